@@ -1,0 +1,124 @@
+"""The ``dicomcheck`` command line. Thin: parses arguments, calls the core, prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import __version__
+from .analysis import decide_studies
+from .knowledge import builtin_knowledge
+from .model import InstanceFacts
+from .registry import Registry, RegistryError, load_registry
+from .report import analysis_document, render_table
+from .rules import RULES, RULES_VERSION
+from .sources import ReadError, discover, read_all
+
+# typer vendors click; its UsageError is the base of the exported BadParameter.
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+app = typer.Typer(
+    help="dicomcheck proves, from DICOM headers, where 3D post-processing of a study was made "
+    "(scanner console, PACS viewer or independent workstation) and what that supports: "
+    "CPT 76377, 76376, no 3D, bundled, or needs review.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+PROGRESS_THRESHOLD = 200
+EXIT_USAGE = 1
+EXIT_NOTHING_ANALYSED = 2
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _registry(devices: Path | None) -> Registry:
+    if devices is None:
+        return Registry()
+    try:
+        return load_registry(devices)
+    except RegistryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--devices") from None
+
+
+@app.command()
+def analyze(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, folders (recursive), ZIP archives or DICOMDIR files.", show_default=False)],
+    devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry and policies (TOML).", show_default=False)] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="table: readable terminal view; json: the machine-readable document.")] = OutputFormat.table,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes reading headers (default: one per core).", show_default=False)] = None,
+) -> None:
+    """Classify every series and decide every study found in PATHS.
+
+    Exit status: 0 when at least one study was analysed, 2 when none was, 1 on a usage error.
+    Inputs that cannot be analysed are listed under errors and never stop the run.
+    """
+    registry = _registry(devices)
+    builtin_knowledge()
+    sources, errors = discover(paths)
+    facts: list[InstanceFacts] = []
+    read_errors: list[ReadError] = list(errors)
+    stderr = Console(stderr=True)
+    if len(sources) >= PROGRESS_THRESHOLD:
+        columns = (TextColumn("reading headers"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=stderr, transient=True) as progress:
+            task = progress.add_task("read", total=len(sources))
+            for result in read_all(sources, workers=workers, progress=lambda n: progress.advance(task, n)):
+                (facts if isinstance(result, InstanceFacts) else read_errors).append(result)
+    else:
+        for result in read_all(sources, workers=workers):
+            (facts if isinstance(result, InstanceFacts) else read_errors).append(result)
+    studies = decide_studies(facts, registry=registry)
+    if output_format is OutputFormat.json:
+        document = analysis_document(studies, read_errors, policy=registry.policy, registry_path=registry.path)
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    else:
+        stdout = Console()
+        render_table(stdout if stdout.is_terminal else Console(width=140), studies, read_errors)
+    if not studies:
+        raise typer.Exit(EXIT_NOTHING_ANALYSED)
+
+
+@app.command()
+def rules() -> None:
+    """List every rule id with what it means (the rule set of this version)."""
+    console = Console()
+    console.print(f"rules version {RULES_VERSION}", style="bold")
+    for rule_id, text in RULES.items():
+        console.print(f"[bold]{rule_id}[/bold]  {text}", highlight=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the dicomcheck and rules versions."""
+    print(f"dicomcheck {__version__} (rules {RULES_VERSION})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: usage errors exit 1, per the documented exit statuses."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # pydicom logs invalid values verbatim; header values may be PHI, so only errors get through.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except UsageError as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(EXIT_USAGE)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

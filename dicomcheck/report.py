@@ -1,0 +1,132 @@
+"""Presentation of decisions: the JSON document (schema/analysis.schema.json) and the terminal table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .model import RuleHit, SeriesDecision, StudyDecision
+from .registry import Policy
+from .rules import RULES_VERSION
+from .sources import ReadError
+
+
+def hit_dict(hit: RuleHit) -> dict:
+    return {
+        "rule": hit.rule,
+        "text": hit.text,
+        "series": list(hit.series_instance_uids),
+        "evidence": [e.as_dict() for e in hit.evidence],
+    }
+
+
+def series_dict(series: SeriesDecision) -> dict:
+    equipment = series.equipment
+    return {
+        "series_instance_uid": series.series_instance_uid,
+        "series_description": series.series_description,
+        "modality": series.modality,
+        "sop_class_uid": series.sop_class_uid,
+        "instances": series.instances,
+        "kind": series.kind.value,
+        "technique": series.technique.value if series.technique else None,
+        "is_3d": series.is_3d,
+        "origin": series.origin.value,
+        "product": series.product,
+        "kind_rule": series.kind_hit.rule,
+        "origin_rule": series.origin_hit.rule,
+        "equipment": {
+            "manufacturer": equipment.manufacturer,
+            "model": equipment.model,
+            "station_name": equipment.station_name,
+            "device_serial_number": equipment.device_serial_number,
+            "software_versions": equipment.software_versions,
+        },
+        "evidence": [e.as_dict() for e in series.evidence],
+    }
+
+
+def study_dict(study: StudyDecision) -> dict:
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "patient_id": study.patient_id,
+        "study_description": study.study_description,
+        "study_date": study.study_date,
+        "outcome": study.outcome.value,
+        "code": study.code,
+        "instances": study.instances,
+        "reasons": [hit_dict(hit) for hit in study.reasons],
+        "series": [series_dict(s) for s in study.series],
+    }
+
+
+def analysis_document(studies: Sequence[StudyDecision], errors: Sequence[ReadError], *, policy: Policy, registry_path: str | None) -> dict:
+    return {
+        "dicomcheck_version": __version__,
+        "rules_version": RULES_VERSION,
+        "policy": policy.as_dict(),
+        "devices": registry_path,
+        "studies": [study_dict(s) for s in studies],
+        "errors": [e.as_dict() for e in errors],
+    }
+
+
+_OUTCOME_STYLE = {
+    "supports_76377": "bold green",
+    "supports_76376": "bold cyan",
+    "no_3d": "bold",
+    "bundled": "bold magenta",
+    "needs_review": "bold yellow",
+}
+
+
+def render_table(console: Console, studies: Sequence[StudyDecision], errors: Sequence[ReadError]) -> None:
+    """One block per study: outcome, code, series with kind / origin / counts, the reasons."""
+    for study in studies:
+        title = Text.assemble(
+            (study.outcome.value, _OUTCOME_STYLE.get(study.outcome.value, "bold")),
+            f"  CPT {study.code}" if study.code else "  no 3D code",
+        )
+        header = (
+            f"Study {study.study_instance_uid}\n"
+            f"Accession {study.accession_number or '-'}   Date {study.study_date or '-'}   "
+            f"{study.study_description or ''}   ({study.instances} instances)"
+        )
+        console.print(header, style="dim", highlight=False)
+        table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+        table.add_column("series", overflow="fold")
+        table.add_column("mod")
+        table.add_column("n", justify="right")
+        table.add_column("kind")
+        table.add_column("3D")
+        table.add_column("origin")
+        table.add_column("made by / equipment", overflow="fold")
+        for s in study.series:
+            equipment = s.product or " / ".join(
+                v for v in (s.equipment.manufacturer, s.equipment.model, s.equipment.station_name) if v
+            ) or "-"
+            table.add_row(
+                s.series_description or f"(no description) …{s.series_instance_uid[-12:]}",
+                s.modality or "-",
+                str(s.instances),
+                s.kind.value + (f" ({s.technique.value})" if s.technique and s.technique.value != s.kind.value else ""),
+                "yes" if s.is_3d else "",
+                s.origin.value,
+                equipment,
+            )
+        console.print(table)
+        for hit in study.reasons:
+            console.print(f"  [bold]{hit.rule}[/bold]  {hit.text}", highlight=False)
+            for ev in hit.evidence[:6]:
+                console.print(f"      {ev.tag or ''} {ev.keyword} = {ev.value!r}", style="dim", highlight=False)
+        console.print()
+    if errors:
+        console.print(f"[bold red]{len(errors)} input(s) not analysed[/bold red]")
+        for error in errors:
+            console.print(f"  {error.path}: {error.reason}", highlight=False)
+    console.print(f"{len(studies)} studies analysed · dicomcheck {__version__} · rules {RULES_VERSION}", style="dim")

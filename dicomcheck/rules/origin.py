@@ -1,0 +1,297 @@
+"""Series origin: where a series was made. Pure functions.
+
+Strongest first (``decision-outcomes.md``): the site device registry; built-in product
+fingerprints; the study itself (a derived series whose station / serial / model / software match
+the acquisition series was made on the console). Conversion Type WSD, implementation version names
+and source AE titles name the last writer and never decide alone. A series that differs from the
+acquisition but matches no registry entry and no known product stays ``unknown``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ..enums import Origin, PacsViewerCode, Role, SeriesKind
+from ..knowledge import Clause, Knowledge, Product
+from ..model import Equipment, Evidence, InstanceFacts, OriginDecision, RuleHit
+from ..registry import Registry
+from .tags import tag_of
+
+_FIELD_KEYWORDS = {
+    "manufacturer": "Manufacturer",
+    "model": "ManufacturerModelName",
+    "station": "StationName",
+    "serial": "DeviceSerialNumber",
+    "software": "SoftwareVersions",
+    "sc_manufacturer": "SecondaryCaptureDeviceManufacturer",
+    "sc_model": "SecondaryCaptureDeviceManufacturerModelName",
+    "sc_software": "SecondaryCaptureDeviceSoftwareVersions",
+    "implementation_version_name": "ImplementationVersionName",
+    "implementation_class_uid": "ImplementationClassUID",
+    "source_ae_title": "SourceApplicationEntityTitle",
+    "image_type_token": "ImageType",
+}
+_REGISTRY_KEYWORDS = {
+    "device_serial_number": "DeviceSerialNumber",
+    "station_name": "StationName",
+    "ae_title": "SourceApplicationEntityTitle",
+    "manufacturer+model": "ManufacturerModelName",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProductMatch:
+    product: Product
+    clause: Clause
+    evidence: tuple[Evidence, ...]
+
+    @property
+    def weak(self) -> bool:
+        return self.clause.weak
+
+
+def _field_values(facts: InstanceFacts, name: str) -> Iterator[tuple[str, Evidence]]:
+    uid = facts.sop_instance_uid
+    if name == "private_creator":
+        for creator in facts.private_creators:
+            yield creator.creator, Evidence("origin.product", "PrivateCreator", creator.creator, creator.tag, uid)
+        return
+    if name == "image_type_token":
+        joined = "\\".join(facts.image_type)
+        for token in facts.image_type[2:]:
+            yield token, Evidence("origin.product", "ImageType", joined, tag_of("ImageType"), uid)
+        return
+    equipment = facts.equipment
+    value = {
+        "manufacturer": equipment.manufacturer,
+        "model": equipment.model,
+        "station": equipment.station_name,
+        "serial": equipment.device_serial_number,
+        "software": equipment.software_versions,
+        "sc_manufacturer": facts.sc_manufacturer,
+        "sc_model": facts.sc_model,
+        "sc_software": facts.sc_software_versions,
+        "implementation_version_name": facts.implementation_version_name,
+        "implementation_class_uid": facts.implementation_class_uid,
+        "source_ae_title": facts.source_ae_title,
+    }[name]
+    if value:
+        keyword = _FIELD_KEYWORDS[name]
+        yield value, Evidence("origin.product", keyword, value, tag_of(keyword), uid)
+
+
+def _clause_evidence(facts: InstanceFacts, clause: Clause) -> tuple[Evidence, ...] | None:
+    evidence = []
+    for name, pattern in clause.patterns:
+        hit = next((ev for value, ev in _field_values(facts, name) if pattern.search(value)), None)
+        if hit is None:
+            return None
+        evidence.append(hit)
+    return tuple(evidence)
+
+
+def match_products(facts: InstanceFacts, knowledge: Knowledge) -> tuple[ProductMatch, ...]:
+    """Every built-in product whose fingerprint the instance carries (first matching clause)."""
+    matches = []
+    for product in knowledge.products:
+        for clause in product.clauses:
+            evidence = _clause_evidence(facts, clause)
+            if evidence is not None:
+                matches.append(ProductMatch(product, clause, evidence))
+                break
+    return tuple(matches)
+
+
+def _norm(value: str | None) -> str | None:
+    return " ".join(value.split()).upper() if value and value.strip() else None
+
+
+def _vendor_word(manufacturer: str | None) -> str | None:
+    text = _norm(manufacturer)
+    return re.split(r"[\s.,]+", text.replace("G.E.", "GE"))[0] if text else None
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    result: str
+    """``match`` or ``differs``."""
+    evidence: tuple[Evidence, ...]
+
+
+def compare_with_acquisitions(facts: InstanceFacts, acquisitions: Sequence[InstanceFacts]) -> Comparison | None:
+    """Compare a series' equipment with the study's acquisition series (None: not comparable)."""
+    equipment = facts.equipment
+    differs: Comparison | None = None
+    seen: set[Equipment] = set()
+    for acq in acquisitions:
+        if acq.equipment in seen:
+            continue
+        seen.add(acq.equipment)
+        verdicts: list[tuple[bool, str]] = []
+        for attr, keyword in (("station_name", "StationName"), ("device_serial_number", "DeviceSerialNumber")):
+            mine, theirs = _norm(getattr(equipment, attr)), _norm(getattr(acq.equipment, attr))
+            if mine and theirs:
+                verdicts.append((mine == theirs, keyword))
+        if not verdicts:
+            mine_vendor, their_vendor = _vendor_word(equipment.manufacturer), _vendor_word(acq.equipment.manufacturer)
+            if mine_vendor and their_vendor and mine_vendor != their_vendor:
+                verdicts.append((False, "Manufacturer"))
+            else:
+                for attr, keyword in (("model", "ManufacturerModelName"), ("software_versions", "SoftwareVersions")):
+                    mine, theirs = _norm(getattr(equipment, attr)), _norm(getattr(acq.equipment, attr))
+                    if mine and theirs:
+                        verdicts.append((mine == theirs, keyword))
+                if len(verdicts) < 2 and all(v for v, _ in verdicts):
+                    verdicts = []  # model or software alone is not enough to call it the console
+        if not verdicts:
+            continue
+        evidence = []
+        for _, keyword in verdicts:
+            attr = {"StationName": "station_name", "DeviceSerialNumber": "device_serial_number",
+                    "Manufacturer": "manufacturer", "ManufacturerModelName": "model",
+                    "SoftwareVersions": "software_versions"}[keyword]
+            evidence.append(Evidence("origin.compare", keyword, str(getattr(equipment, attr)), tag_of(keyword), facts.sop_instance_uid))
+            evidence.append(Evidence("origin.compare.acquisition", keyword, str(getattr(acq.equipment, attr)), tag_of(keyword), acq.sop_instance_uid))
+        if all(same for same, _ in verdicts):
+            return Comparison("match", tuple(evidence))
+        differs = differs or Comparison("differs", tuple(evidence))
+    return differs
+
+
+def _station_carries_serial(equipment: Equipment) -> bool:
+    station, serial = equipment.station_name or "", equipment.device_serial_number or ""
+    digits = re.search(r"(\d{4,})$", station)
+    serial_digits = re.sub(r"\D", "", serial)
+    return bool(digits and serial_digits and digits.group(1).lstrip("0") == serial_digits.lstrip("0"))
+
+
+def _equipment_evidence(facts: InstanceFacts, rule: str) -> tuple[Evidence, ...]:
+    equipment = facts.equipment
+    pairs = (
+        ("Manufacturer", equipment.manufacturer),
+        ("ManufacturerModelName", equipment.model),
+        ("StationName", equipment.station_name),
+        ("DeviceSerialNumber", equipment.device_serial_number),
+        ("SoftwareVersions", equipment.software_versions),
+    )
+    return tuple(Evidence(rule, k, v, tag_of(k), facts.sop_instance_uid) for k, v in pairs if v)
+
+
+def _hit(rule: str, text: str, evidence: Sequence[Evidence]) -> RuleHit:
+    return RuleHit(rule, text, evidence=tuple(Evidence(rule if e.signal in ("origin.product",) else e.signal, e.keyword, e.value, e.tag, e.sop_instance_uid) for e in evidence))
+
+
+def parse_study_date(value: str | None) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.strptime(value.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def decide_origin(
+    facts: InstanceFacts,
+    kind: SeriesKind,
+    *,
+    acquisitions: Sequence[InstanceFacts],
+    registry: Registry,
+    knowledge: Knowledge,
+) -> OriginDecision:
+    """The origin of a series, judged on its representative instance ``facts``."""
+    equipment = facts.equipment
+    match = registry.match(
+        station_name=equipment.station_name,
+        ae_title=facts.source_ae_title,
+        device_serial_number=equipment.device_serial_number,
+        manufacturer=equipment.manufacturer,
+        model=equipment.model,
+        study_date=parse_study_date(facts.study_date),
+    )
+    if match:
+        device = match.device
+        keyword = _REGISTRY_KEYWORDS[match.key]
+        entry = f"{registry.path or 'registry'}:{device.line} role={device.role.value}"
+        if device.note:
+            entry += f" note={device.note!r}"
+        if device.valid_from or device.valid_to:
+            entry += f" valid {device.valid_from or '…'}..{device.valid_to or '…'}"
+        evidence = (
+            Evidence("origin.registry", keyword, match.value, tag_of(keyword), facts.sop_instance_uid),
+            Evidence("origin.registry", "RegistryEntry", entry, None, None),
+        )
+        return OriginDecision(device.role.origin, RuleHit("origin.registry", f"Site registry: {device.label} is a {device.role.value}.", evidence=evidence), f"registry: {device.label}")
+
+    if kind is SeriesKind.ACQUISITION:
+        if equipment.is_empty:
+            return OriginDecision(Origin.UNKNOWN, RuleHit("origin.equipment_stripped", "Acquisition with its equipment tags removed: the modality cannot be named.", evidence=(Evidence("origin.equipment_stripped", "Manufacturer", "(absent)", tag_of("Manufacturer"), facts.sop_instance_uid),)))
+        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.acquisition", "Acquisition images come from the modality that acquired them.", _equipment_evidence(facts, "origin.acquisition")))
+
+    products = [m for m in match_products(facts, knowledge) if not m.weak and m.product.role is not Role.ARCHIVE]
+    makers = [m for m in products if m.product.role in (Role.INDEPENDENT_WORKSTATION, Role.PACS_VIEWER)]
+    both = [m for m in products if m.product.role is Role.CONSOLE_OR_WORKSTATION]
+    consoles = [m for m in products if m.product.role is Role.SCANNER_CONSOLE]
+    comparison = compare_with_acquisitions(facts, acquisitions)
+
+    if makers:
+        roles = {m.product.role for m in makers}
+        evidence = [e for m in makers for e in m.evidence]
+        names = " / ".join(m.product.name for m in makers)
+        if len(roles) > 1:
+            return OriginDecision(Origin.UNKNOWN, _hit("origin.product_conflict", f"Fingerprints of {names} disagree on the role.", evidence))
+        if consoles and (comparison is None or comparison.result == "match"):
+            evidence += [e for m in consoles for e in m.evidence] + list(comparison.evidence if comparison else ())
+            return OriginDecision(Origin.UNKNOWN, _hit("origin.product_conflict", f"{names} fingerprint, but the equipment module names a scanner console ({consoles[0].product.name}): conflicting signals.", evidence))
+        role = roles.pop()
+        return OriginDecision(role.origin, _hit("origin.product", f"Made with {names} ({role.value}).", evidence), names)
+
+    if both:
+        product = both[0]
+        evidence = list(product.evidence)
+        vendor = product.product.vendor
+        if vendor and equipment.manufacturer and not vendor.search(equipment.manufacturer):
+            evidence += _equipment_evidence(facts, "origin.both_role_elsewhere")[:1]
+            return OriginDecision(Origin.INDEPENDENT_WORKSTATION, _hit("origin.both_role_elsewhere", f"{product.product.name} used on {equipment.manufacturer} data: cannot be that scanner's console.", evidence), product.product.name)
+        if comparison and comparison.result == "match":
+            return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.both_role_match", f"{product.product.name} on the acquisition's station: the scanner console.", evidence + list(comparison.evidence)), product.product.name)
+        if comparison and comparison.result == "differs":
+            return OriginDecision(Origin.INDEPENDENT_WORKSTATION, _hit("origin.both_role_elsewhere", f"{product.product.name} on another station than the acquisition: an independent workstation.", evidence + list(comparison.evidence)), product.product.name)
+        if consoles:
+            return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_fingerprint", f"{product.product.name} with the equipment of a {consoles[0].product.name}.", evidence + list(consoles[0].evidence)), product.product.name)
+        if _station_carries_serial(equipment):
+            return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_station_serial", f"{product.product.name} on a station named after the device serial number.", evidence + list(_equipment_evidence(facts, "origin.console_station_serial"))), product.product.name)
+        return OriginDecision(Origin.UNKNOWN, _hit("origin.unidentified", f"{product.product.name} runs on consoles and workstations; nothing places this one.", evidence))
+
+    if equipment.is_empty and not (facts.sc_manufacturer or facts.sc_model):
+        return OriginDecision(Origin.UNKNOWN, RuleHit("origin.equipment_stripped", "Equipment tags (Manufacturer, Model, Station, Serial, Software) are absent.", evidence=(Evidence("origin.equipment_stripped", "Manufacturer", equipment.manufacturer or "(absent)", tag_of("Manufacturer"), facts.sop_instance_uid),)))
+    if comparison and comparison.result == "match":
+        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.study_match", "Same equipment as the study's acquisition: made on the scanner console.", comparison.evidence))
+    if comparison and comparison.result == "differs":
+        return OriginDecision(Origin.UNKNOWN, _hit("origin.study_differs", "Equipment differs from the study's acquisition and names no known product.", comparison.evidence))
+    if consoles:
+        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_fingerprint", f"Equipment of a {consoles[0].product.name}.", consoles[0].evidence))
+    if _station_carries_serial(equipment):
+        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_station_serial", "Station name carries the device serial number, as scanner consoles do.", _equipment_evidence(facts, "origin.console_station_serial")))
+    return OriginDecision(Origin.UNKNOWN, _hit("origin.unidentified", "No registry entry, product fingerprint or acquisition to compare identifies the equipment.", _equipment_evidence(facts, "origin.unidentified")))
+
+
+def weak_marks(facts: InstanceFacts, knowledge: Knowledge) -> tuple[Evidence, ...]:
+    """Fingerprints recorded as evidence only (last writer, archive marks)."""
+    return tuple(
+        Evidence(f"mark:{m.product.id}", e.keyword, e.value, e.tag, e.sop_instance_uid)
+        for m in match_products(facts, knowledge)
+        if m.weak or m.product.role is Role.ARCHIVE
+        for e in m.evidence
+    )
+
+
+def pacs_viewer_policy(code: PacsViewerCode) -> Origin:
+    """Which origin a PACS-viewer 3D series counts as under the site policy."""
+    return {
+        PacsViewerCode.CODE_76376: Origin.SCANNER_CONSOLE,
+        PacsViewerCode.CODE_76377: Origin.INDEPENDENT_WORKSTATION,
+        PacsViewerCode.REVIEW: Origin.UNKNOWN,
+    }[code]
