@@ -1,0 +1,179 @@
+"""The analyze command as a user runs it: inputs, formats, exit statuses, errors."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.fileset import FileSet
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from .conftest import ROOT, run_cli
+
+SCHEMA = json.loads((ROOT / "dicomcheck/schema/analysis.schema.json").read_text())
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_ct(path: Path, study: str, series: str, image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", station: str = "CT54023", **extra) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CT, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientID, ds.PatientName, ds.AccessionNumber = "P1", "TEST^CLI", "ACC-CLI"
+    ds.Modality, ds.ImageType, ds.StudyDate, ds.StudyTime = "CT", image_type.split("\\"), "20260105", "101500"
+    ds.PatientBirthDate, ds.PatientSex, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "", "", "1", 1, 1
+    ds.Manufacturer, ds.ManufacturerModelName, ds.StationName = "SIEMENS", "SOMATOM Definition AS+", station
+    ds.DeviceSerialNumber, ds.SoftwareVersions = "54023", "syngo CT VA48A"
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = b"\0" * 8
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture()
+def study_dir(tmp_path: Path) -> Path:
+    study = generate_uid()
+    acq, mip = generate_uid(), generate_uid()
+    for i in range(3):
+        write_ct(tmp_path / "study" / "acq" / f"{i}.dcm", study, acq, SeriesDescription="Abdomen 1.0")
+    for i in range(2):
+        write_ct(tmp_path / "study" / "mip" / f"{i}.dcm", study, mip, "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP", SeriesDescription="MIP cor")
+    (tmp_path / "study" / "notes.txt").write_text("not DICOM, skipped in folder walks")
+    return tmp_path / "study"
+
+
+def test_json_document_is_schema_valid_and_decides(study_dir: Path):
+    proc = run_cli("analyze", "--format", "json", study_dir, check=True)
+    document = json.loads(proc.stdout)
+    jsonschema.validate(document, SCHEMA)
+    (study,) = document["studies"]
+    assert study["outcome"] == "supports_76376" and study["code"] == "76376"
+    assert study["accession_number"] == "ACC-CLI"
+    kinds = {s["series_description"]: (s["kind"], s["origin"], s["instances"]) for s in study["series"]}
+    assert kinds == {"Abdomen 1.0": ("acquisition", "scanner_console", 3), "MIP cor": ("projection", "scanner_console", 2)}
+    assert document["errors"] == []
+    evidence = next(s for s in study["series"] if s["kind"] == "projection")["evidence"]
+    assert {"signal": "kind.image_type_vendor_token", "tag": "(0008,0008)", "keyword": "ImageType"}.items() <= evidence[0].items()
+
+
+def test_table_is_readable(study_dir: Path):
+    proc = run_cli("analyze", study_dir, check=True)
+    assert "supports_76376" in proc.stdout and "CPT 76376" in proc.stdout
+    assert "MIP cor" in proc.stdout and "projection" in proc.stdout
+    assert "outcome.console_or_viewer" in proc.stdout
+    assert "TEST^CLI" not in proc.stdout + proc.stderr  # no patient names on the terminal
+
+
+def test_errors_never_stop_the_run(study_dir: Path, tmp_path: Path):
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"this is not dicom at all" * 20)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(next(study_dir.rglob("*.dcm")).read_bytes()[:200])
+    document = json.loads(run_cli("analyze", "--format", "json", study_dir, junk, truncated, tmp_path / "missing.dcm").stdout)
+    assert len(document["studies"]) == 1
+    reasons = {Path(e["path"]).name: e["reason"] for e in document["errors"]}
+    assert set(reasons) == {"junk.dcm", "truncated.dcm", "missing.dcm"}
+    assert "not a DICOM" in reasons["junk.dcm"]
+    assert reasons["missing.dcm"] == "no such file or folder"
+
+
+def test_exit_status_two_when_nothing_analysed(tmp_path: Path):
+    (tmp_path / "a.dcm").write_bytes(b"nope")
+    proc = run_cli("analyze", "--format", "json", tmp_path / "a.dcm")
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["studies"] == []
+
+
+@pytest.mark.parametrize("args", [(), ("--format", "xml", "."), ("--bogus", "."), ("--devices",)])
+def test_usage_errors_exit_one(args):
+    assert run_cli("analyze", *args).returncode == 1
+
+
+def test_bad_registry_is_rejected_with_line_and_reason(study_dir: Path, tmp_path: Path):
+    devices = tmp_path / "devices.toml"
+    devices.write_text('[[device]]\nstation_name = "X"\nrole = "3d-lab"\n')
+    proc = run_cli("analyze", "--devices", devices, study_dir)
+    assert proc.returncode == 1
+    assert "devices.toml:1: device #1: role must be one of" in proc.stderr.replace("\n", "").replace("│", "")
+
+
+def test_registry_changes_the_decision(study_dir: Path, tmp_path: Path):
+    devices = tmp_path / "devices.toml"
+    devices.write_text('[[device]]\nstation_name = "CT54023"\nrole = "independent_workstation"\nnote = "console re-used as 3D lab"\n')
+    document = json.loads(run_cli("analyze", "--format", "json", "--devices", devices, study_dir, check=True).stdout)
+    study = document["studies"][0]
+    assert study["outcome"] == "supports_76377"
+    assert document["devices"] == str(devices)
+    mip = next(s for s in study["series"] if s["kind"] == "projection")
+    assert mip["origin_rule"] == "origin.registry"
+
+
+def test_zip_archive(study_dir: Path, tmp_path: Path):
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in study_dir.rglob("*.dcm"):
+            zf.write(path, path.relative_to(study_dir).as_posix())
+        zf.writestr("README.txt", "not DICOM")
+    document = json.loads(run_cli("analyze", "--format", "json", archive, check=True).stdout)
+    assert document["studies"][0]["instances"] == 5 and document["errors"] == []
+
+
+def test_dicomdir_media(study_dir: Path, tmp_path: Path):
+    fileset = FileSet()
+    from pydicom import dcmread
+
+    for path in sorted(study_dir.rglob("*.dcm")):
+        fileset.add(dcmread(path))
+    media = tmp_path / "media"
+    fileset.write(media)
+    document = json.loads(run_cli("analyze", "--format", "json", media / "DICOMDIR", check=True).stdout)
+    assert document["studies"][0]["instances"] == 5 and document["errors"] == []
+    # the same medium walked as a folder: the DICOMDIR index is not an instance, nor an error
+    document = json.loads(run_cli("analyze", "--format", "json", media, check=True).stdout)
+    assert document["studies"][0]["instances"] == 5 and document["errors"] == []
+
+
+def test_duplicate_inputs_count_once(study_dir: Path):
+    document = json.loads(run_cli("analyze", "--format", "json", study_dir, study_dir, check=True).stdout)
+    assert document["studies"][0]["instances"] == 5
+
+
+def test_parallel_reading_gives_the_same_answer(study_dir: Path):
+    one = json.loads(run_cli("analyze", "--format", "json", "--workers", "1", study_dir, check=True).stdout)
+    from dicomcheck import sources
+
+    assert sources.PARALLEL_THRESHOLD > 5  # small inputs are read in-process; force the pool below
+    from dicomcheck.analysis import decide_studies
+    from dicomcheck.report import study_dict
+
+    found, _ = sources.discover([study_dir])
+    results = []
+    original = sources.PARALLEL_THRESHOLD
+    sources.PARALLEL_THRESHOLD = 1
+    try:
+        results = list(sources.read_all(found, workers=2))
+    finally:
+        sources.PARALLEL_THRESHOLD = original
+    (study,) = decide_studies([r for r in results if not isinstance(r, sources.ReadError)])
+    assert study_dict(study)["outcome"] == one["studies"][0]["outcome"]
+    assert study_dict(study)["instances"] == one["studies"][0]["instances"]
+
+
+def test_rules_and_version_commands():
+    proc = run_cli("rules", check=True)
+    assert "outcome.independent_workstation" in proc.stdout and "rules version" in proc.stdout
+    assert "dicomcheck" in run_cli("version", check=True).stdout
+    assert run_cli("--help", check=True).stdout.count("analyze") >= 1
