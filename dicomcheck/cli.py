@@ -91,6 +91,67 @@ def analyze(
 
 
 @app.command()
+def serve(
+    data: Annotated[Path | None, typer.Option("--data", help="Data folder: storage/, quarantine/ and the SQLite index. [default: dicomcheck-data]", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (same names as the flags, with underscores).", show_default=False)] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Our AE title. [default: DICOMCHECK]", show_default=False)] = None,
+    dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM port. [default: 11112]", show_default=False)] = None,
+    bind: Annotated[str | None, typer.Option("--bind", help="Address to listen on. [default: 0.0.0.0]", show_default=False)] = None,
+    allow_caller: Annotated[list[str] | None, typer.Option("--allow-caller", help="Calling AE title allowed (repeat); none given accepts all, with a warning.", show_default=False)] = None,
+    devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry and policies (TOML); re-read when it changes.", show_default=False)] = None,
+    stable_after: Annotated[float | None, typer.Option("--stable-after", help="Seconds without a new instance before a study is decided. [default: 60]", show_default=False)] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Index database URL (env DICOMCHECK_DATABASE_URL); default SQLite under --data.", show_default=False)] = None,
+    max_associations: Annotated[int | None, typer.Option("--max-associations", help="Concurrent associations accepted. [default: 16]", show_default=False)] = None,
+    private_sop_class: Annotated[list[str] | None, typer.Option("--private-sop-class", help="Extra private storage SOP class UID to accept (repeat).", show_default=False)] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM); enables DICOM TLS.", show_default=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", show_default=False)] = None,
+    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle to verify client certificates.", show_default=False)] = None,
+    tls_require_client_cert: Annotated[bool | None, typer.Option("--tls-require-client-cert/--no-tls-require-client-cert", help="Require a client certificate signed by --tls-ca.", show_default=False)] = None,
+) -> None:
+    """Run the DICOM receiver: store every instance durably, index it, decide each study when stable.
+
+    Settings come from the flags, then DICOMCHECK_* environment variables, then --config.
+    """
+    from pydantic import ValidationError
+
+    from .config import load_settings
+    from .ingest import Receiver, Settler
+
+    try:
+        settings = load_settings(
+            config, data=data, ae_title=ae_title, dicom_port=dicom_port, bind=bind, allow_callers=allow_caller,
+            devices=devices, stable_after=stable_after, database_url=database_url, max_associations=max_associations,
+            private_sop_classes=private_sop_class, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+            tls_require_client_cert=tls_require_client_cert,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if settings.devices is not None:
+        _registry(settings.devices)  # a bad registry stops the start, with its line and reason
+    _run_server(settings, Receiver, Settler)
+
+
+def _run_server(settings, receiver_type, settler_type) -> None:
+    import signal
+    import threading
+
+    from scp.server import start
+
+    receiver = receiver_type(settings)
+    settler = settler_type(receiver)
+    settler.start()
+    server = start(settings, receiver, block=False)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"dicomcheck {__version__}: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]}, "
+          f"data in {settings.data}", flush=True)
+    stop.wait()
+    server.shutdown()
+    settler.stop()
+
+
+@app.command()
 def rules() -> None:
     """List every rule id with what it means (the rule set of this version)."""
     console = Console()

@@ -193,3 +193,28 @@ class StudyDecision:
     @property
     def code(self) -> str | None:
         return self.outcome.code
+
+
+def facts_to_dict(facts: InstanceFacts) -> dict:
+    """A JSON-ready dict of an :class:`InstanceFacts` (stored in the index beside each instance)."""
+    from dataclasses import asdict
+
+    return asdict(facts)
+
+
+def facts_from_dict(data: dict) -> InstanceFacts:
+    """Inverse of :func:`facts_to_dict`; unknown keys (from a later version) are ignored."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(InstanceFacts)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["equipment"] = Equipment(**(values.get("equipment") or {}))
+    values["derivation_codes"] = tuple(Code(**c) for c in values.get("derivation_codes", ()))
+    values["procedure_codes"] = tuple(
+        ProcedureCode(Code(**p["code"]), p["keyword"]) for p in values.get("procedure_codes", ())
+    )
+    values["private_creators"] = tuple(PrivateCreator(**p) for p in values.get("private_creators", ()))
+    values["frame_types"] = tuple(tuple(t) for t in values.get("frame_types", ()))
+    for name in ("requested_procedure_descriptions", "image_type", "volume_techniques", "referenced_sop_instance_uids"):
+        values[name] = tuple(values.get(name, ()))
+    return InstanceFacts(**values)

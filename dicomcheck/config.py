@@ -1,0 +1,118 @@
+"""Settings of the ``serve`` command: flags > environment (``DICOMCHECK_*``) > config file > defaults.
+
+Built by the entry point and passed down (``make_ae(settings)``, ``Store(settings)``); nothing reads
+settings at import time. pydantic-settings gives the layering and validation.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+_AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1-16 characters
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class Settings(BaseSettings):
+    """Everything ``dicomcheck serve`` needs; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMCHECK_", extra="forbid")
+
+    data: Path = Field(Path("dicomcheck-data"), description="Data folder: storage/, quarantine/ and the SQLite index.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the index; default sqlite:///DATA/index.sqlite3.")
+    ae_title: str = Field("DICOMCHECK", description="Our AE title.")
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    bind: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
+    allow_callers: list[str] = Field(default_factory=list, description="Calling AE titles allowed; empty accepts all (with a warning).")
+    require_called_ae: bool = Field(True, description="Reject associations whose called AE title is not ours.")
+    devices: Path | None = Field(None, description="Site device registry and policies (TOML).")
+    stable_after: float = Field(60.0, gt=0, description="Seconds without a new instance before a study is decided.")
+    settle_interval: float | None = Field(None, gt=0, description="How often the settler looks for stable studies (default: stable_after / 4, at most 5 s).")
+    max_associations: int = Field(16, ge=1, le=1000)
+    max_pdu: int = Field(262144, ge=0, description="Maximum PDU size we receive (0 = unlimited).")
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    private_sop_classes: list[str] = Field(default_factory=list, description="Extra (private) storage SOP class UIDs to accept.")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_require_client_cert: bool = False
+    node_name: str | None = Field(None, description="Name of this receiver in a shared index (default host:pid).")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not _AE.match(value):
+            raise ValueError("an AE title has 1-16 printable characters and no backslash")
+        return value
+
+    @field_validator("allow_callers")
+    @classmethod
+    def _callers(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in value if v.strip()]
+        bad = [v for v in cleaned if not _AE.match(v)]
+        if bad:
+            raise ValueError(f"not AE titles: {bad}")
+        return cleaned
+
+    @field_validator("private_sop_classes")
+    @classmethod
+    def _uids(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not _UID.match(v) or len(v) > 64]
+        if bad:
+            raise ValueError(f"not UIDs: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.tls_require_client_cert and not self.tls_ca:
+            raise ValueError("tls_require_client_cert needs tls_ca to verify clients")
+        return self
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data / "storage"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data / "quarantine"
+
+    @property
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data / 'index.sqlite3').resolve()}"
+
+    @property
+    def settle_every(self) -> float:
+        return self.settle_interval or min(5.0, max(0.2, self.stable_after / 4))
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Settings from flags (those not None), the environment and an optional TOML config file."""
+    explicit = {k: v for k, v in flags.items() if v is not None and v != [] and v != ()}
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    if config_file is not None and not Path(config_file).is_file():
+        raise ValueError(f"{config_file}: no such config file")
+    return _FileSettings(**explicit)

@@ -1,0 +1,191 @@
+"""Received file -> facts -> durable storage -> index; and stable study -> decision.
+
+Shared by the DICOM receiver (``scp``) and anything else that ingests files. The C-STORE handler
+only maps a :class:`StoreResult` to a DIMSE status.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from pathlib import Path
+
+from . import __version__
+from .analysis import decide_study, group_by_study
+from .config import Settings
+from .extract import extract_facts
+from .knowledge import builtin_knowledge
+from .registry import Registry, load_registry
+from .report import study_dict
+from .rules import RULES_VERSION
+from .sources import read_dataset
+from .store.engine import make_engine, upgrade
+from .store.files import FileStore, sha256_file
+from .store.index import Index, ReceiptInfo
+
+log = logging.getLogger(__name__)
+
+
+class StoreStatus(IntEnum):
+    """DIMSE statuses the receiver answers (PS3.4 Annex B, Storage Service Class)."""
+
+    SUCCESS = 0x0000
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    """Refused: out of resources (disk full, index unavailable): the sender may retry."""
+    CANNOT_UNDERSTAND = 0xC000
+    """Error: the dataset cannot be parsed. Quarantined."""
+    MISSING_UIDS = 0xC001
+    """Error: Study / Series / SOP Instance UID missing. Quarantined."""
+    UID_MISMATCH = 0xC002
+    """Error: the dataset's SOP Instance / Class UID differs from the C-STORE request. Quarantined."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    status: StoreStatus
+    comment: str | None = None
+    duplicate: bool = False
+    version: int | None = None
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class Receiver:
+    """The ingest service of one process: file store + index (+ the settle loop)."""
+
+    def __init__(self, settings: Settings, *, node: str | None = None) -> None:
+        self.settings = settings
+        self.node = node or settings.node_name or f"{os.uname().nodename}:{os.getpid()}"
+        self.files = FileStore(settings.storage_dir, settings.quarantine_dir)
+        self.engine = make_engine(settings.url)
+        upgrade(self.engine)
+        self.index = Index(self.engine, self.node)
+        self.knowledge = builtin_knowledge()
+        self._registry: Registry = Registry()
+        self._registry_mtime: float | None = None
+        self.reload_registry()
+
+    # ---------------------------------------------------------------- storing
+    def store_file(self, temp: Path, receipt: ReceiptInfo, *, expected_sop_instance_uid: str | None = None,
+                   expected_sop_class_uid: str | None = None) -> StoreResult:
+        """Store a received file (``temp`` lives on the storage volume); never loses it."""
+        try:
+            try:
+                ds = read_dataset(str(temp))
+                facts = extract_facts(ds, str(temp), ae_title=receipt.calling_ae)
+            except Exception as exc:  # noqa: BLE001 - every unparseable input is quarantined
+                return self._quarantine(temp, StoreStatus.CANNOT_UNDERSTAND, f"cannot parse the dataset: {type(exc).__name__}: {exc}", receipt, None, expected_sop_instance_uid)
+            missing = [n for n, v in (("StudyInstanceUID", facts.study_instance_uid), ("SeriesInstanceUID", facts.series_instance_uid), ("SOPInstanceUID", facts.sop_instance_uid)) if not v]
+            if missing:
+                return self._quarantine(temp, StoreStatus.MISSING_UIDS, f"missing {', '.join(missing)}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
+            if expected_sop_instance_uid and facts.sop_instance_uid != expected_sop_instance_uid:
+                return self._quarantine(temp, StoreStatus.UID_MISMATCH, f"dataset SOP Instance UID {facts.sop_instance_uid} differs from the request's {expected_sop_instance_uid}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
+            if expected_sop_class_uid and ds.get("SOPClassUID") and facts.sop_class_uid != expected_sop_class_uid:
+                return self._quarantine(temp, StoreStatus.UID_MISMATCH, f"dataset SOP Class UID {facts.sop_class_uid} differs from the request's {expected_sop_class_uid}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
+            sha256, size = sha256_file(temp)
+            existing = self.index.find_content(facts.sop_instance_uid, sha256)  # type: ignore[arg-type]
+            if existing is not None:
+                self.index.add_duplicate_receipt(existing, receipt)
+                temp.unlink(missing_ok=True)
+                return StoreResult(StoreStatus.SUCCESS, "identical instance already stored", duplicate=True)
+            relative = self.files.relative_path(facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid, sha256)  # type: ignore[arg-type]
+            self.files.commit(temp, relative)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            if exc.errno in _DISK_FULL:
+                log.error("storage full: refusing (0xA700)")
+                return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage full")
+            log.error("storage error %s: refusing (0xA700)", exc.errno)
+            return StoreResult(StoreStatus.OUT_OF_RESOURCES, f"storage error: {exc.strerror}")
+        stored = replace(facts, source=relative)
+        try:
+            added = self.index.add_instance(stored, sha256=sha256, size=size, path=relative, receipt=receipt)
+        except Exception as exc:  # noqa: BLE001 - the file is safe on disk; a retry re-indexes it
+            log.error("index unavailable (%s): refusing (0xA700)", type(exc).__name__)
+            return StoreResult(StoreStatus.OUT_OF_RESOURCES, "index unavailable")
+        return StoreResult(StoreStatus.SUCCESS, duplicate=added.duplicate, version=added.version)
+
+    def _quarantine(self, temp: Path, status: StoreStatus, reason: str, receipt: ReceiptInfo,
+                    sop_class_uid: str | None, sop_instance_uid: str | None) -> StoreResult:
+        sha256 = sha256_file(temp)[0] if temp.exists() else None
+        details = {"status": f"0x{status:04X}", "calling_ae": receipt.calling_ae, "peer_address": receipt.peer_address,
+                   "association_id": receipt.association_id, "sop_class_uid": sop_class_uid,
+                   "sop_instance_uid": sop_instance_uid, "transfer_syntax_uid": receipt.transfer_syntax_uid}
+        target = self.files.quarantine(temp, None, reason, details)
+        try:
+            self.index.add_quarantined(path=str(target.relative_to(self.files.quarantine_root)), reason=reason,
+                                       status=int(status), association_id=receipt.association_id,
+                                       sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid, sha256=sha256)
+        except Exception:  # noqa: BLE001 - the sidecar JSON beside the file keeps the reason
+            log.exception("quarantine not indexed; reason kept beside %s", target.name)
+        log.warning("quarantined %s: status 0x%04X (%s)", target.name, status, sop_instance_uid or "no SOP UID")
+        return StoreResult(status, reason[:64])
+
+    # ---------------------------------------------------------------- deciding
+    def reload_registry(self) -> Registry:
+        path = self.settings.devices
+        if path is None:
+            return self._registry
+        mtime = path.stat().st_mtime
+        if mtime != self._registry_mtime:
+            self._registry = load_registry(path)
+            self._registry_mtime = mtime
+        return self._registry
+
+    def decide(self, study_uid: str, *, last_arrival_seen) -> dict | None:
+        facts = self.index.study_facts(study_uid)
+        if not facts:
+            return None
+        registry = self.reload_registry()
+        (uid, series), = group_by_study(facts).items()
+        decision = decide_study(uid, series, registry=registry, knowledge=self.knowledge)
+        document = study_dict(decision)
+        document["policy"] = registry.policy.as_dict()
+        self.index.save_decision(study_uid, document, last_arrival_seen=last_arrival_seen, rules_version=RULES_VERSION,
+                                 dicomcheck_version=__version__, registry_path=registry.path)
+        log.info("decided study %s: %s (%d instances)", study_uid, decision.outcome.value, decision.instances)
+        return document
+
+    def settle_once(self) -> int:
+        """Decide every study that has been stable for ``stable_after`` seconds; returns how many."""
+        lease = max(60.0, self.settings.stable_after)
+        decided = 0
+        for study_uid in self.index.due_studies(stable_after=self.settings.stable_after, lease=lease):
+            last = self.index.claim(study_uid, lease=lease)
+            if last is None:
+                continue
+            try:
+                if self.decide(study_uid, last_arrival_seen=last) is not None:
+                    decided += 1
+            except Exception:  # noqa: BLE001 - one bad study must not stop the others
+                log.exception("decision failed for study %s", study_uid)
+                self.index.release(study_uid)
+        return decided
+
+
+class Settler(threading.Thread):
+    """Background loop deciding stable studies until stopped."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        super().__init__(name="dicomcheck-settler", daemon=True)
+        self.receiver = receiver
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        interval = self.receiver.settings.settle_every
+        while not self._stop_event.is_set():
+            try:
+                self.receiver.settle_once()
+            except Exception:  # noqa: BLE001 - e.g. database briefly unreachable; try again
+                log.exception("settle pass failed")
+            self._stop_event.wait(interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+

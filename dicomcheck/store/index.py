@@ -1,0 +1,227 @@
+"""Queries and writes of the index, in one place. Safe for several processes sharing PostgreSQL:
+upserts and insert-or-ignore keep one row per study / series / content version under races."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from ..model import InstanceFacts, facts_from_dict, facts_to_dict
+from .tables import Association, Decision, Instance, Quarantined, Receipt, Series, Study, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptInfo:
+    """Who sent an instance, when, from where and how (evidence later)."""
+
+    association_id: int | None
+    calling_ae: str | None
+    called_ae: str | None
+    peer_address: str | None
+    implementation_class_uid: str | None
+    implementation_version_name: str | None
+    transfer_syntax_uid: str | None
+    move_originator_ae: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    instance_id: int
+    version: int
+    duplicate: bool
+
+
+class Index:
+    def __init__(self, engine: Engine, node: str) -> None:
+        self.engine = engine
+        self.node = node
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    # ---------------------------------------------------------------- associations
+    def open_association(self, *, calling_ae: str, called_ae: str, peer_address: str, peer_port: int | None,
+                         implementation_class_uid: str | None, implementation_version_name: str | None,
+                         tls: bool, status: str = "accepted", reject_reason: str | None = None) -> int:
+        with Session(self.engine) as session:
+            row = Association(
+                node=self.node, calling_ae=calling_ae[:16], called_ae=called_ae[:16], peer_address=peer_address[:64],
+                peer_port=peer_port, implementation_class_uid=implementation_class_uid,
+                implementation_version_name=(implementation_version_name or None) and implementation_version_name[:16],
+                tls=tls, status=status, reject_reason=reject_reason, started_at=utcnow(),
+                ended_at=utcnow() if status == "rejected" else None,
+            )
+            session.add(row)
+            session.commit()
+            return int(row.id)  # type: ignore[arg-type]
+
+    def close_association(self, association_id: int, *, status: str, received: int, duplicates: int, failures: int) -> None:
+        with Session(self.engine) as session:
+            session.execute(
+                update(Association).where(Association.id == association_id).values(
+                    status=status, ended_at=utcnow(), instances_received=received, duplicates=duplicates, failures=failures
+                )
+            )
+            session.commit()
+
+    # ---------------------------------------------------------------- instances
+    def find_content(self, sop_instance_uid: str, sha256: str) -> int | None:
+        with Session(self.engine) as session:
+            return session.execute(
+                select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid, Instance.sha256 == sha256)
+            ).scalar_one_or_none()
+
+    def add_duplicate_receipt(self, instance_id: int, receipt: ReceiptInfo) -> None:
+        with Session(self.engine) as session:
+            session.add(self._receipt(instance_id, receipt, duplicate=True))
+            session.commit()
+
+    def add_instance(self, facts: InstanceFacts, *, sha256: str, size: int, path: str, receipt: ReceiptInfo) -> Added:
+        """Index one stored file: study and series upserted, the content version inserted once."""
+        now = utcnow()
+        assert facts.study_instance_uid and facts.series_instance_uid and facts.sop_instance_uid
+        with Session(self.engine) as session:
+            study = self._insert(Study.__table__).values(
+                study_instance_uid=facts.study_instance_uid, accession_number=facts.accession_number,
+                patient_id=facts.patient_id, study_date=facts.study_date, study_description=facts.study_description,
+                modalities=facts.modality, instance_count=0, first_arrival=now, last_arrival=now, needs_decision=True,
+            )
+            session.execute(study.on_conflict_do_update(
+                index_elements=["study_instance_uid"],
+                set_={"last_arrival": now, "needs_decision": True},
+            ))
+            series = self._insert(Series.__table__).values(
+                series_instance_uid=facts.series_instance_uid, study_instance_uid=facts.study_instance_uid,
+                modality=facts.modality, series_number=facts.series_number,
+                series_description=facts.series_description, sop_class_uid=facts.sop_class_uid, instance_count=0,
+            )
+            session.execute(series.on_conflict_do_nothing(index_elements=["series_instance_uid"]))
+            existing_versions = session.execute(
+                select(func.count()).select_from(Instance).where(Instance.sop_instance_uid == facts.sop_instance_uid)
+            ).scalar_one()
+            version = existing_versions + 1
+            inserted = session.execute(
+                self._insert(Instance.__table__).values(
+                    sop_instance_uid=facts.sop_instance_uid, version=version,
+                    study_instance_uid=facts.study_instance_uid, series_instance_uid=facts.series_instance_uid,
+                    sop_class_uid=facts.sop_class_uid, transfer_syntax_uid=receipt.transfer_syntax_uid,
+                    sha256=sha256, size=size, path=path, received_at=now,
+                    association_id=receipt.association_id, facts=facts_to_dict(facts),
+                ).on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"]).returning(Instance.__table__.c.id)
+            ).scalar_one_or_none()
+            duplicate = inserted is None
+            if duplicate:  # another receiver stored the same content a moment ago
+                inserted = session.execute(
+                    select(Instance.id).where(Instance.sop_instance_uid == facts.sop_instance_uid, Instance.sha256 == sha256)
+                ).scalar_one()
+            elif version == 1:
+                session.execute(update(Study).where(Study.study_instance_uid == facts.study_instance_uid)
+                                .values(instance_count=Study.instance_count + 1))
+                session.execute(update(Series).where(Series.series_instance_uid == facts.series_instance_uid)
+                                .values(instance_count=Series.instance_count + 1))
+            session.add(self._receipt(int(inserted), receipt, duplicate=duplicate))
+            session.commit()
+            return Added(int(inserted), version, duplicate)
+
+    @staticmethod
+    def _receipt(instance_id: int, receipt: ReceiptInfo, *, duplicate: bool) -> Receipt:
+        return Receipt(
+            instance_id=instance_id, association_id=receipt.association_id, received_at=utcnow(),
+            transfer_syntax_uid=receipt.transfer_syntax_uid, calling_ae=receipt.calling_ae, called_ae=receipt.called_ae,
+            peer_address=receipt.peer_address, implementation_class_uid=receipt.implementation_class_uid,
+            implementation_version_name=(receipt.implementation_version_name or None) and receipt.implementation_version_name[:16],
+            move_originator_ae=receipt.move_originator_ae, duplicate=duplicate,
+        )
+
+    def add_quarantined(self, *, path: str, reason: str, status: int, association_id: int | None,
+                        sop_class_uid: str | None, sop_instance_uid: str | None, sha256: str | None) -> None:
+        with Session(self.engine) as session:
+            session.add(Quarantined(path=path, reason=reason, status=status, received_at=utcnow(),
+                                    association_id=association_id, sop_class_uid=sop_class_uid,
+                                    sop_instance_uid=sop_instance_uid, sha256=sha256))
+            session.commit()
+
+    # ---------------------------------------------------------------- settling and decisions
+    def due_studies(self, *, stable_after: float, lease: float, limit: int = 50) -> list[str]:
+        now = utcnow()
+        cutoff = now - dt.timedelta(seconds=stable_after)
+        stale_claim = now - dt.timedelta(seconds=lease)
+        with Session(self.engine) as session:
+            return list(session.execute(
+                select(Study.study_instance_uid)
+                .where(Study.needs_decision.is_(True), Study.last_arrival <= cutoff,
+                       or_(Study.claimed_at.is_(None), Study.claimed_at < stale_claim))
+                .order_by(Study.last_arrival).limit(limit)
+            ).scalars())
+
+    def claim(self, study_uid: str, *, lease: float) -> dt.datetime | None:
+        """Take the study for deciding (one node at a time); the last arrival seen, or None."""
+        now = utcnow()
+        stale_claim = now - dt.timedelta(seconds=lease)
+        with Session(self.engine) as session:
+            result = session.execute(
+                update(Study).where(
+                    Study.study_instance_uid == study_uid, Study.needs_decision.is_(True),
+                    or_(Study.claimed_at.is_(None), Study.claimed_at < stale_claim),
+                ).values(claimed_by=self.node, claimed_at=now)
+            )
+            last = session.execute(select(Study.last_arrival).where(Study.study_instance_uid == study_uid)).scalar_one_or_none()
+            session.commit()
+            return last if result.rowcount == 1 else None
+
+    def release(self, study_uid: str) -> None:
+        with Session(self.engine) as session:
+            session.execute(update(Study).where(Study.study_instance_uid == study_uid, Study.claimed_by == self.node)
+                            .values(claimed_by=None, claimed_at=None))
+            session.commit()
+
+    def study_facts(self, study_uid: str) -> list[InstanceFacts]:
+        """The facts of the newest version of every instance of the study (no file is read)."""
+        with Session(self.engine) as session:
+            newest = (
+                select(Instance.sop_instance_uid, func.max(Instance.version).label("version"))
+                .where(Instance.study_instance_uid == study_uid).group_by(Instance.sop_instance_uid).subquery()
+            )
+            rows = session.execute(
+                select(Instance.facts).join(newest, and_(Instance.sop_instance_uid == newest.c.sop_instance_uid,
+                                                         Instance.version == newest.c.version))
+                .where(Instance.study_instance_uid == study_uid).order_by(Instance.id)
+            ).scalars()
+            return [facts_from_dict(row) for row in rows]
+
+    def save_decision(self, study_uid: str, document: dict, *, last_arrival_seen: dt.datetime,
+                      rules_version: str, dicomcheck_version: str, registry_path: str | None) -> int:
+        """Keep the decision in the history; clear the settle flag unless more arrived meanwhile."""
+        now = utcnow()
+        with Session(self.engine) as session:
+            decision = Decision(
+                study_instance_uid=study_uid, decided_at=now, node=self.node, rules_version=rules_version,
+                dicomcheck_version=dicomcheck_version, outcome=document["outcome"], code=document["code"],
+                instance_count=document["instances"], registry_path=registry_path, document=document,
+            )
+            session.add(decision)
+            session.flush()
+            session.execute(update(Study).where(Study.study_instance_uid == study_uid).values(
+                current_decision_id=decision.id, decided_at=now, claimed_by=None, claimed_at=None,
+            ))
+            session.execute(update(Study).where(Study.study_instance_uid == study_uid,
+                                                Study.last_arrival == last_arrival_seen).values(needs_decision=False))
+            session.commit()
+            return int(decision.id)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- reads
+    def get_study(self, study_uid: str) -> Study | None:
+        with Session(self.engine) as session:
+            return session.get(Study, study_uid)
+
+    def decisions(self, study_uid: str) -> list[Decision]:
+        with Session(self.engine) as session:
+            return list(session.execute(select(Decision).where(Decision.study_instance_uid == study_uid)
+                                        .order_by(Decision.id)).scalars())
+
+    def instances(self, study_uid: str) -> list[Instance]:
+        with Session(self.engine) as session:
+            return list(session.execute(select(Instance).where(Instance.study_instance_uid == study_uid)
+                                        .order_by(Instance.id)).scalars())

@@ -1,0 +1,1 @@
+"""The DICOM receiver: a pynetdicom Storage SCP feeding dicomcheck's ingest service."""

@@ -1,0 +1,142 @@
+"""Short event handlers: map receiver results to DIMSE statuses, keep association provenance.
+
+Logs carry UIDs and AE titles only, never patient names or IDs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from dicomcheck.config import Settings
+from dicomcheck.ingest import Receiver, StoreStatus
+from dicomcheck.store.index import ReceiptInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tally:
+    association_id: int | None
+    received: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Handlers:
+    def __init__(self, receiver: Receiver, settings: Settings, supported_sop_classes: list[str]) -> None:
+        self.receiver = receiver
+        self.settings = settings
+        self.supported = set(supported_sop_classes)
+        self._tallies: dict[int, _Tally] = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- associations
+    def _peer(self, assoc) -> dict:
+        requestor = assoc.requestor
+        primitive = requestor.primitive
+        return {
+            "calling_ae": str(getattr(primitive, "calling_ae_title", "") or requestor.ae_title or "").strip(),
+            "called_ae": str(getattr(primitive, "called_ae_title", "") or "").strip(),
+            "peer_address": str(requestor.address),
+            "peer_port": requestor.port,
+            "implementation_class_uid": str(requestor.implementation_class_uid or "") or None,
+            "implementation_version_name": str(requestor.implementation_version_name or "").strip() or None,
+        }
+
+    def _tally(self, assoc) -> _Tally:
+        with self._lock:
+            tally = self._tallies.get(id(assoc))
+            if tally is None:
+                tally = self._tallies[id(assoc)] = _Tally(None)
+            return tally
+
+    def on_accepted(self, event) -> None:
+        peer = self._peer(event.assoc)
+        tls = self.settings.tls_cert is not None
+        try:
+            association_id = self.receiver.index.open_association(**peer, tls=tls)
+        except Exception:  # noqa: BLE001 - provenance is best effort; stores still succeed
+            log.exception("association not recorded")
+            association_id = None
+        self._tally(event.assoc).association_id = association_id
+        log.info("association %s from %s (%s) accepted", association_id, peer["calling_ae"], peer["peer_address"])
+
+    def on_rejected(self, event) -> None:
+        peer = self._peer(event.assoc)
+        if self.settings.allow_callers and peer["calling_ae"] not in self.settings.allow_callers:
+            reason = "calling AE title not recognised (0x01, 0x01, 0x03)"
+        elif self.settings.require_called_ae and peer["called_ae"] != self.settings.ae_title:
+            reason = "called AE title not recognised (0x01, 0x01, 0x07)"
+        else:
+            reason = "local limit exceeded or other (see log)"
+        log.warning("association from %s (%s) rejected: %s", peer["calling_ae"], peer["peer_address"], reason)
+        try:
+            self.receiver.index.open_association(**peer, tls=self.settings.tls_cert is not None, status="rejected", reject_reason=reason)
+        except Exception:  # noqa: BLE001
+            log.exception("rejection not recorded")
+
+    def on_ended(self, event) -> None:
+        with self._lock:
+            tally = self._tallies.pop(id(event.assoc), None)
+        if tally is None or tally.association_id is None or tally.closed:
+            return
+        tally.closed = True
+        status = {"EVT_RELEASED": "released", "EVT_ABORTED": "aborted"}.get(event.event.name, "closed")
+        try:
+            self.receiver.index.close_association(tally.association_id, status=status, received=tally.received,
+                                                  duplicates=tally.duplicates, failures=tally.failures)
+        except Exception:  # noqa: BLE001
+            log.exception("association end not recorded")
+
+    # ---------------------------------------------------------------- C-STORE
+    def on_store(self, event) -> Dataset | int:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID or "")
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+        tally = self._tally(event.assoc)
+        try:
+            path = Path(event.dataset_path)
+        except AttributeError:
+            return _status(StoreStatus.CANNOT_UNDERSTAND, "no dataset received")
+        if sop_class not in self.supported:
+            tally.failures += 1
+            log.warning("SOP class %s not supported for %s", sop_class, sop_instance)
+            return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP class not supported")
+        peer = self._peer(event.assoc)
+        receipt = ReceiptInfo(
+            association_id=tally.association_id,
+            calling_ae=peer["calling_ae"],
+            called_ae=peer["called_ae"],
+            peer_address=peer["peer_address"],
+            implementation_class_uid=peer["implementation_class_uid"],
+            implementation_version_name=peer["implementation_version_name"],
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            move_originator_ae=str(request.MoveOriginatorApplicationEntityTitle or "").strip() or None,
+        )
+        result = self.receiver.store_file(path, receipt, expected_sop_instance_uid=sop_instance or None,
+                                          expected_sop_class_uid=sop_class or None)
+        with tally.lock:
+            if result.status is StoreStatus.SUCCESS:
+                tally.received += 1
+                tally.duplicates += int(result.duplicate)
+            else:
+                tally.failures += 1
+        if result.status is not StoreStatus.SUCCESS:
+            log.warning("C-STORE %s from %s: 0x%04X %s", sop_instance, peer["calling_ae"], result.status, result.comment or "")
+        return _status(result.status, result.comment)
+
+
+def _status(status: StoreStatus, comment: str | None) -> Dataset | int:
+    if status is StoreStatus.SUCCESS or not comment:
+        return int(status)
+    ds = Dataset()
+    ds.Status = int(status)
+    ds.ErrorComment = comment[:64]
+    return ds

@@ -1,0 +1,113 @@
+"""The DICOM receiver's application entity: contexts, limits, allow-list, TLS.
+
+``make_ae(settings)`` builds a pynetdicom AE from settings; ``supported_contexts(settings)`` is the
+single list the conformance statement (docs/conformance.md) is checked against.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+
+from pydicom import uid
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import Verification
+
+from dicomcheck.config import Settings
+from dicomcheck.ingest import Receiver
+
+from .handlers import Handlers
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.JPEG2000MCLossless,
+    uid.JPEG2000MC,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+    uid.RLELossless,
+)
+"""Transfer syntaxes accepted for every storage SOP class; datasets are stored as received."""
+
+
+def storage_sop_classes(settings: Settings) -> list[str]:
+    """Every storage SOP class pynetdicom knows, plus the configured private classes."""
+    known = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    return known + [u for u in settings.private_sop_classes if u not in known]
+
+
+def supported_contexts(settings: Settings) -> list[PresentationContext]:
+    contexts = [build_context(Verification, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])]
+    contexts += [build_context(sop_class, list(TRANSFER_SYNTAXES)) for sop_class in storage_sop_classes(settings)]
+    return contexts
+
+
+def configure_process(settings: Settings) -> None:
+    """Process-wide library settings, set once by the entry point (pynetdicom / tempfile)."""
+    # Receive each dataset straight to a file on the storage volume, never into memory or /tmp.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tmp = settings.storage_dir / ".tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(tmp)
+    # pynetdicom logs dataset summaries at INFO/DEBUG; keep only its warnings (no PHI in logs).
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(settings.tls_ca) if settings.tls_ca else None)
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED if settings.tls_require_client_cert else ssl.CERT_NONE
+    return context
+
+
+def make_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.supported_contexts = supported_contexts(settings)
+    ae.require_calling_aet = list(settings.allow_callers)
+    ae.require_called_aet = settings.require_called_ae
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.implementation_version_name = "DICOMCHECK"
+    return ae
+
+
+def start(settings: Settings, receiver: Receiver, *, block: bool = True):
+    """Start listening; returns the server (``block=False``) or blocks until shut down."""
+    configure_process(settings)
+    if not settings.allow_callers:
+        log.warning("no --allow-caller configured: accepting associations from any calling AE title")
+    ae = make_ae(settings)
+    handlers = Handlers(receiver, settings, storage_sop_classes(settings))
+    bindings = [
+        (evt.EVT_C_STORE, handlers.on_store),
+        (evt.EVT_ACCEPTED, handlers.on_accepted),
+        (evt.EVT_REJECTED, handlers.on_rejected),
+        (evt.EVT_RELEASED, handlers.on_ended),
+        (evt.EVT_ABORTED, handlers.on_ended),
+        (evt.EVT_CONN_CLOSE, handlers.on_ended),
+    ]
+    log.info("listening as %s on %s:%d", settings.ae_title, settings.bind, settings.dicom_port)
+    return ae.start_server((settings.bind, settings.dicom_port), block=block, evt_handlers=bindings,
+                           ssl_context=ssl_context(settings))
