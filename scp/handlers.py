@@ -105,10 +105,10 @@ class Handlers:
             path = Path(event.dataset_path)
         except AttributeError:
             return _status(StoreStatus.CANNOT_UNDERSTAND, "no dataset received")
-        if sop_class not in self.supported:
+        if sop_class not in self.supported or sop_class != str(event.context.abstract_syntax):
             tally.failures += 1
-            log.warning("SOP class %s not supported for %s", sop_class, sop_instance)
-            return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP class not supported")
+            log.warning("SOP class %s not supported on this presentation context (%s)", sop_class, sop_instance)
+            return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP class not supported on this context")
         peer = self._peer(event.assoc)
         receipt = ReceiptInfo(
             association_id=tally.association_id,

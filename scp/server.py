@@ -13,7 +13,8 @@ import tempfile
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification, register_uid
 
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver
@@ -64,6 +65,10 @@ def configure_process(settings: Settings) -> None:
     tmp = settings.storage_dir / ".tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(tmp)
+    # Configured private SOP classes belong to the storage service (else pynetdicom drops them).
+    for number, private in enumerate(settings.private_sop_classes, start=1):
+        if private not in _STORAGE_CLASSES.values():
+            register_uid(private, f"DicomcheckPrivateStorage{number}", StorageServiceClass)
     # pynetdicom logs dataset summaries at INFO/DEBUG; keep only its warnings (no PHI in logs).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.ERROR)

@@ -54,3 +54,20 @@ def analyze_json(*args: str | Path) -> dict:
     proc = run_cli("analyze", "--format", "json", *args)
     assert proc.returncode in (0, 2), proc.stderr
     return json.loads(proc.stdout)
+
+
+@pytest.fixture()
+def receiver_factory(tmp_path: Path):
+    """Start receivers for one test and always stop them."""
+    from .peers import start_receiver
+
+    started = []
+
+    def factory(*extra: str, data: Path | None = None, **kwargs):
+        server = start_receiver(data or tmp_path / f"data{len(started)}", *extra, **kwargs)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()

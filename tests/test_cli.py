@@ -8,41 +8,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from .conftest import ROOT, run_cli
+from .dicomfiles import write_ct
 
 SCHEMA = json.loads((ROOT / "dicomcheck/schema/analysis.schema.json").read_text())
-CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def write_ct(path: Path, study: str, series: str, image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", station: str = "CT54023", **extra) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientID, ds.PatientName, ds.AccessionNumber = "P1", "TEST^CLI", "ACC-CLI"
-    ds.Modality, ds.ImageType, ds.StudyDate, ds.StudyTime = "CT", image_type.split("\\"), "20260105", "101500"
-    ds.PatientBirthDate, ds.PatientSex, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "", "", "1", 1, 1
-    ds.Manufacturer, ds.ManufacturerModelName, ds.StationName = "SIEMENS", "SOMATOM Definition AS+", station
-    ds.DeviceSerialNumber, ds.SoftwareVersions = "54023", "syngo CT VA48A"
-    ds.Rows = ds.Columns = 2
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelData = b"\0" * 8
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.fixture()
 def study_dir(tmp_path: Path) -> Path:
     study = generate_uid()

@@ -1,0 +1,132 @@
+"""Real peers and a real receiver process for tests: free ports, no sleeps, everything stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_peer(*programs: str) -> None:
+    """Skip (on a laptop) or fail (under CI=true) when a real peer program is missing."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        reason = f"peer program(s) {missing} not installed (apt-get install dcmtk dicom3tools orthanc)"
+        if IN_CI:
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peer_env() -> dict[str, str]:
+    """DCMTK and Orthanc wait on delayed ACKs unless TCP_NODELAY is set (see shared/reference/peers.md)."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass
+class ReceiverProcess:
+    data: Path
+    port: int
+    ae_title: str
+    proc: subprocess.Popen
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def db(self) -> Path:
+        return self.data / "index.sqlite3"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_receiver(data: Path, *extra: str, port: int | None = None, ae_title: str = "DICOMCHECK",
+                   stable_after: float = 1.0, env: dict[str, str] | None = None, prefix: list[str] | None = None,
+                   timeout: float = 60.0) -> ReceiverProcess:
+    """Run `dicomcheck serve` as a user would, on loopback and a free port; wait until it listens."""
+    port = port or free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    log_path = data.parent / f"{data.name}-serve-{port}.log"
+    args = [*(prefix or []), sys.executable, "-m", "dicomcheck.cli", "serve", "--data", str(data), "--dicom-port", str(port),
+            "--bind", "127.0.0.1", "--ae-title", ae_title, "--stable-after", str(stable_after), *extra]
+    log = log_path.open("ab")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy())
+    server = ReceiverProcess(data, port, ae_title, proc, log_path, args)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"receiver exited {proc.returncode}:\n{server.log()}")
+        if "listening on" in server.log():
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return server
+        time.sleep(0.05)
+    server.kill()
+    raise AssertionError(f"receiver did not start:\n{server.log()}")
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def send_raw_c_store(assoc, *, sop_class: str, sop_instance: str, body: bytes, context_id: int | None = None):
+    """Send a C-STORE whose command and data set we craft (a sloppy or hostile sender).
+
+    pynetdicom's own SCU pauses its reactor around a request so the response is not swallowed;
+    this does the same with a request built by hand. Returns the response primitive (or None).
+    """
+    import io
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_instance
+    request.Priority = 2
+    request.DataSet = io.BytesIO(body)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context_id or assoc.accepted_contexts[0].context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return response
