@@ -19,12 +19,15 @@ from .analysis import decide_study, group_by_study
 from .config import Settings
 from .extract import extract_facts
 from .knowledge import builtin_knowledge
+from .enums import Role
+from .registry import Device as RegistryDevice
 from .registry import Registry, load_registry
 from .report import study_dict
 from .rules import RULES_VERSION
 from .sources import read_dataset
 from .store.engine import make_engine, upgrade
 from .store.files import FileStore, sha256_file
+from .store.access import Access
 from .store.index import Index, ReceiptInfo
 
 log = logging.getLogger(__name__)
@@ -138,18 +141,40 @@ class Receiver:
             self._registry_mtime = mtime
         return self._registry
 
-    def decide(self, study_uid: str, *, last_arrival_seen) -> dict | None:
+    def effective_registry(self) -> Registry:
+        """The registry file's entries, then those kept in the index (API ``/devices``)."""
+        base = self.reload_registry()
+        rows = Access(self.engine).devices()
+        if not rows:
+            return base
+        extra = tuple(
+            RegistryDevice(role=Role(r.role), line=0, station_name=r.station_name, ae_title=r.ae_title,
+                           device_serial_number=r.device_serial_number, manufacturer=r.manufacturer, model=r.model,
+                           note=r.note, valid_from=r.valid_from, valid_to=r.valid_to, id=f"device #{r.id}",
+                           source=f"index device #{r.id}")
+            for r in rows
+        )
+        return Registry(base.devices + extra, base.policy, base.path)
+
+    def evaluate(self, study_uid: str) -> tuple[dict, Registry] | None:
+        """The study decided now from the indexed facts (nothing saved)."""
         facts = self.index.study_facts(study_uid)
         if not facts:
             return None
-        registry = self.reload_registry()
+        registry = self.effective_registry()
         (uid, series), = group_by_study(facts).items()
-        decision = decide_study(uid, series, registry=registry, knowledge=self.knowledge)
-        document = study_dict(decision)
+        document = study_dict(decide_study(uid, series, registry=registry, knowledge=self.knowledge))
         document["policy"] = registry.policy.as_dict()
+        return document, registry
+
+    def decide(self, study_uid: str, *, last_arrival_seen) -> dict | None:
+        evaluated = self.evaluate(study_uid)
+        if evaluated is None:
+            return None
+        document, registry = evaluated
         self.index.save_decision(study_uid, document, last_arrival_seen=last_arrival_seen, rules_version=RULES_VERSION,
                                  dicomcheck_version=__version__, registry_path=registry.path)
-        log.info("decided study %s: %s (%d instances)", study_uid, decision.outcome.value, decision.instances)
+        log.info("decided study %s: %s (%d instances)", study_uid, document["outcome"], document["instances"])
         return document
 
     def settle_once(self) -> int:

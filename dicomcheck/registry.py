@@ -67,6 +67,8 @@ class Device:
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
     id: str | None = None
+    source: str | None = None
+    """Where the entry is kept, e.g. ``devices.toml:12`` or ``index device #3``."""
 
     @property
     def label(self) -> str:
@@ -236,6 +238,7 @@ def _parse_device(row: dict, where: str, line: int) -> Device:
         valid_from=valid_from,
         valid_to=valid_to,
         id=row.get("id"),
+        source=where.split(": device")[0],
     )
 
 

@@ -92,7 +92,7 @@ def test_rules_fire_across_fixtures_and_evidence_names_header_values(all_without
     must = {
         "kind.sop_class", "kind.volume_technique", "kind.derivation_code", "kind.image_type_vendor_token",
         "kind.image_type_value3", "kind.series_description", "kind.original", "kind.compression_only",
-        "kind.derived_no_technique", "origin.acquisition", "origin.product", "origin.study_match",
+        "origin.acquisition", "origin.product", "origin.study_match",
         "origin.study_differs", "origin.both_role_match", "origin.both_role_elsewhere", "origin.equipment_stripped",
         "outcome.no_3d", "outcome.bundled_cpt", "outcome.bundled_description", "outcome.bundled_modality",
         "outcome.no_base_acquisition", "outcome.independent_workstation", "outcome.unknown_origin",

@@ -214,7 +214,7 @@ def decide_origin(
     if match:
         device = match.device
         keyword = _REGISTRY_KEYWORDS[match.key]
-        entry = f"{registry.path or 'registry'}:{device.line} role={device.role.value}"
+        entry = f"{device.source or registry.path or 'registry'} role={device.role.value}"
         if device.note:
             entry += f" note={device.note!r}"
         if device.valid_from or device.valid_to:

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from ..model import InstanceFacts, facts_from_dict, facts_to_dict
-from .tables import Association, Decision, Instance, Quarantined, Receipt, Series, Study, utcnow
+from .tables import Association, Decision, Instance, Quarantined, Receipt, Review, Series, Study, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,10 @@ class Added:
     instance_id: int
     version: int
     duplicate: bool
+
+
+def _cut(value: str | None, length: int = 64) -> str | None:
+    return value[:length] if value else None
 
 
 class Index:
@@ -96,6 +100,9 @@ class Index:
                 series_instance_uid=facts.series_instance_uid, study_instance_uid=facts.study_instance_uid,
                 modality=facts.modality, series_number=facts.series_number,
                 series_description=facts.series_description, sop_class_uid=facts.sop_class_uid, instance_count=0,
+                station_name=_cut(facts.equipment.station_name), device_serial_number=_cut(facts.equipment.device_serial_number),
+                manufacturer=_cut(facts.equipment.manufacturer), model=_cut(facts.equipment.model),
+                calling_ae=_cut(receipt.calling_ae, 16),
             )
             session.execute(series.on_conflict_do_nothing(index_elements=["series_instance_uid"]))
             existing_versions = session.execute(
@@ -201,8 +208,15 @@ class Index:
                 dicomcheck_version=dicomcheck_version, outcome=document["outcome"], code=document["code"],
                 instance_count=document["instances"], registry_path=registry_path, document=document,
             )
+            previous = session.execute(
+                select(Decision.outcome).join(Study, Study.current_decision_id == Decision.id)
+                .where(Study.study_instance_uid == study_uid)
+            ).scalar_one_or_none()
             session.add(decision)
             session.flush()
+            if previous is not None and previous != decision.outcome:  # a coder's review no longer matches
+                session.execute(update(Review).where(Review.study_instance_uid == study_uid, Review.stale_since.is_(None))
+                                .values(stale_since=now))
             session.execute(update(Study).where(Study.study_instance_uid == study_uid).values(
                 current_decision_id=decision.id, decided_at=now, claimed_by=None, claimed_at=None,
             ))

@@ -50,6 +50,11 @@ class Series(SQLModel, table=True):
     series_number: str | None = Field(default=None, max_length=16)
     series_description: str | None = Field(default=None, sa_column=Column(Text))
     sop_class_uid: str | None = Field(default=None, max_length=64)
+    station_name: str | None = Field(default=None, max_length=64, index=True)
+    device_serial_number: str | None = Field(default=None, max_length=64)
+    manufacturer: str | None = Field(default=None, max_length=64)
+    model: str | None = Field(default=None, max_length=64)
+    calling_ae: str | None = Field(default=None, max_length=16)
     instance_count: int = 0
 
 
@@ -150,3 +155,108 @@ class Quarantined(SQLModel, table=True):
     sop_class_uid: str | None = Field(default=None, max_length=64)
     sop_instance_uid: str | None = Field(default=None, max_length=64)
     sha256: str | None = Field(default=None, max_length=64)
+
+
+# ---------------------------------------------------------------- API: access, audit, registry, reviews
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token; only its SHA-256 is stored. Auditor tokens expire and are scoped."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    role: str = Field(max_length=16)
+    """reader | admin | auditor"""
+    token_hash: str = Field(max_length=64, unique=True)
+    prefix: str = Field(max_length=12)
+    created_at: dt.datetime = Field(sa_column=_ts())
+    expires_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    revoked_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_used_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    studies: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    accessions: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class AuditEvent(SQLModel, table=True):
+    """An access audit record; ``event`` uses the DICOM / IHE ATNA event names (PS3.15 A.5.3)."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: dt.datetime = Field(sa_column=_ts(index=True))
+    event: str = Field(max_length=48, index=True)
+    action: str = Field(max_length=1)
+    """ATNA action code: C create, R read, U update, D delete, E execute."""
+    outcome: int = 0
+    """ATNA outcome: 0 success, 4 minor failure, 8 serious failure, 12 major failure."""
+    token_name: str | None = Field(default=None, max_length=64, index=True)
+    role: str | None = Field(default=None, max_length=16)
+    method: str = Field(max_length=8)
+    endpoint: str = Field(sa_column=Column(Text, nullable=False))
+    study_instance_uid: str | None = Field(default=None, max_length=64, index=True)
+    client_address: str | None = Field(default=None, max_length=64)
+    detail: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Device(SQLModel, table=True):
+    """A site registry entry kept in the index (beside the optional TOML file)."""
+
+    __tablename__ = "device"
+
+    id: int | None = Field(default=None, primary_key=True)
+    station_name: str | None = Field(default=None, max_length=64)
+    ae_title: str | None = Field(default=None, max_length=16)
+    device_serial_number: str | None = Field(default=None, max_length=64)
+    manufacturer: str | None = Field(default=None, max_length=64)
+    model: str | None = Field(default=None, max_length=64)
+    role: str = Field(max_length=32)
+    note: str | None = Field(default=None, sa_column=Column(Text))
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
+    created_at: dt.datetime = Field(sa_column=_ts())
+    updated_at: dt.datetime = Field(sa_column=_ts())
+
+
+class DeviceChange(SQLModel, table=True):
+    __tablename__ = "device_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    at: dt.datetime = Field(sa_column=_ts())
+    action: str = Field(max_length=16)
+    token_name: str | None = Field(default=None, max_length=64)
+    before: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    after: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Review(SQLModel, table=True):
+    """A coder's final outcome for a study, beside the automatic decision it reviewed."""
+
+    __tablename__ = "review"
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    decision_id: int | None = Field(default=None, foreign_key="decision.id")
+    outcome: str = Field(max_length=32)
+    code: str | None = Field(default=None, max_length=8)
+    reviewer: str = Field(max_length=128)
+    token_name: str = Field(max_length=64)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: dt.datetime = Field(sa_column=_ts())
+    stale_since: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    """Set when a later automatic decision changed the outcome after this review."""
+
+
+class StudyRead(SQLModel, table=True):
+    """Which decision a billing client last read, for the ``changed_after_read`` flag."""
+
+    __tablename__ = "study_read"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "token_name", name="uq_study_read"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    token_name: str = Field(max_length=64)
+    decision_id: int | None = None
+    read_at: dt.datetime = Field(sa_column=_ts())
