@@ -1,0 +1,202 @@
+"""Index writes and reads for the API: tokens, audit events, registry devices, reviews, reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select, update
+from sqlmodel import Session
+
+from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
+
+ROLES = ("reader", "admin", "auditor")
+TOKEN_PREFIX = "dck_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    name: str
+    role: str
+    expires_at: dt.datetime | None
+    studies: tuple[str, ...]
+    accessions: tuple[str, ...]
+
+    def may_read(self, study_uid: str, accession: str | None) -> bool:
+        if self.role != "auditor":
+            return True
+        return study_uid in self.studies or (accession is not None and accession in self.accessions)
+
+
+class Access:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---------------------------------------------------------------- tokens
+    def create_token(self, name: str, role: str, *, expires_at: dt.datetime | None = None,
+                     studies: list[str] | None = None, accessions: list[str] | None = None) -> str:
+        """Create a token and return it; it is shown once, only its hash is kept."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        if role == "auditor" and (expires_at is None or not (studies or accessions)):
+            raise ValueError("an auditor token needs --expires and at least one --study or --accession")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with Session(self.engine) as session:
+            if session.execute(select(ApiToken.id).where(ApiToken.name == name)).first():
+                raise ValueError(f"a token named {name!r} exists already")
+            session.add(ApiToken(name=name, role=role, token_hash=hash_token(token), prefix=token[:10],
+                                 created_at=utcnow(), expires_at=expires_at, studies=studies or [], accessions=accessions or []))
+            session.commit()
+        return token
+
+    def list_tokens(self) -> list[ApiToken]:
+        with Session(self.engine) as session:
+            return list(session.execute(select(ApiToken).order_by(ApiToken.id)).scalars())
+
+    def revoke_token(self, name: str) -> bool:
+        with Session(self.engine) as session:
+            result = session.execute(update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+                                     .values(revoked_at=utcnow()))
+            session.commit()
+            return result.rowcount == 1
+
+    def verify(self, token: str) -> TokenInfo | str:
+        """The token's identity, or why it is refused."""
+        with Session(self.engine) as session:
+            row = session.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).scalar_one_or_none()
+            if row is None:
+                return "unknown token"
+            if row.revoked_at is not None:
+                return "token revoked"
+            expires = row.expires_at
+            if expires is not None:
+                if expires.tzinfo is None:
+                    expires = expires.replace(tzinfo=dt.UTC)
+                if expires <= utcnow():
+                    return "token expired"
+            session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
+            session.commit()
+            return TokenInfo(row.name, row.role, expires, tuple(row.studies or ()), tuple(row.accessions or ()))
+
+    # ---------------------------------------------------------------- audit
+    def audit(self, *, event: str, action: str, method: str, endpoint: str, token: TokenInfo | None,
+              study_uid: str | None = None, client_address: str | None = None, outcome: int = 0,
+              detail: dict | None = None) -> None:
+        with Session(self.engine) as session:
+            session.add(AuditEvent(at=utcnow(), event=event, action=action, outcome=outcome,
+                                   token_name=token.name if token else None, role=token.role if token else None,
+                                   method=method, endpoint=endpoint, study_instance_uid=study_uid,
+                                   client_address=client_address, detail=detail or {}))
+            session.commit()
+
+    def audit_events(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                     event: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+        query = select(AuditEvent)
+        if since:
+            query = query.where(AuditEvent.at >= since)
+        if until:
+            query = query.where(AuditEvent.at <= until)
+        if event:
+            query = query.where(AuditEvent.event == event)
+        if study_uid:
+            query = query.where(AuditEvent.study_instance_uid == study_uid)
+        with Session(self.engine) as session:
+            return list(session.execute(query.order_by(AuditEvent.id.desc()).limit(limit)).scalars())
+
+    # ---------------------------------------------------------------- registry devices
+    def devices(self) -> list[Device]:
+        with Session(self.engine) as session:
+            return list(session.execute(select(Device).order_by(Device.id)).scalars())
+
+    def get_device(self, device_id: int) -> Device | None:
+        with Session(self.engine) as session:
+            return session.get(Device, device_id)
+
+    def save_device(self, values: dict, *, device_id: int | None, token_name: str | None) -> Device:
+        now = utcnow()
+        with Session(self.engine) as session:
+            if device_id is None:
+                device = Device(**values, created_at=now, updated_at=now)
+                before = None
+                session.add(device)
+            else:
+                device = session.get(Device, device_id)
+                if device is None:
+                    raise KeyError(device_id)
+                before = _device_dict(device)
+                for key, value in values.items():
+                    setattr(device, key, value)
+                device.updated_at = now
+            session.flush()
+            session.add(DeviceChange(device_id=int(device.id), at=now, action="created" if before is None else "updated",  # type: ignore[arg-type]
+                                     token_name=token_name, before=before, after=_device_dict(device)))
+            session.commit()
+            session.refresh(device)
+            return device
+
+    def delete_device(self, device_id: int, *, token_name: str | None) -> bool:
+        with Session(self.engine) as session:
+            device = session.get(Device, device_id)
+            if device is None:
+                return False
+            session.add(DeviceChange(device_id=device_id, at=utcnow(), action="deleted", token_name=token_name,
+                                     before=_device_dict(device), after=None))
+            session.delete(device)
+            session.commit()
+            return True
+
+    def device_changes(self, device_id: int) -> list[DeviceChange]:
+        with Session(self.engine) as session:
+            return list(session.execute(select(DeviceChange).where(DeviceChange.device_id == device_id)
+                                        .order_by(DeviceChange.id)).scalars())
+
+    # ---------------------------------------------------------------- reviews and reads
+    def add_review(self, *, study_uid: str, decision_id: int | None, outcome: str, code: str | None,
+                   reviewer: str, token_name: str, reason: str) -> Review:
+        with Session(self.engine) as session:
+            review = Review(study_instance_uid=study_uid, decision_id=decision_id, outcome=outcome, code=code,
+                            reviewer=reviewer, token_name=token_name, reason=reason, created_at=utcnow())
+            session.add(review)
+            session.commit()
+            session.refresh(review)
+            return review
+
+    def reviews(self, study_uid: str) -> list[Review]:
+        with Session(self.engine) as session:
+            return list(session.execute(select(Review).where(Review.study_instance_uid == study_uid)
+                                        .order_by(Review.id)).scalars())
+
+    def record_read(self, study_uid: str, token_name: str, decision_id: int | None) -> StudyRead | None:
+        """Remember the decision this client read; returns the previous read (before this one)."""
+        with Session(self.engine) as session:
+            previous = session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid,
+                                                               StudyRead.token_name == token_name)).scalar_one_or_none()
+            snapshot = None
+            if previous is not None:
+                snapshot = StudyRead(study_instance_uid=previous.study_instance_uid, token_name=previous.token_name,
+                                     decision_id=previous.decision_id, read_at=previous.read_at)
+                previous.decision_id, previous.read_at = decision_id, utcnow()
+            else:
+                session.add(StudyRead(study_instance_uid=study_uid, token_name=token_name, decision_id=decision_id, read_at=utcnow()))
+            session.commit()
+            return snapshot
+
+    def reads(self, study_uid: str) -> list[StudyRead]:
+        with Session(self.engine) as session:
+            return list(session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid)).scalars())
+
+
+def _device_dict(device: Device) -> dict:
+    return {
+        "station_name": device.station_name, "ae_title": device.ae_title,
+        "device_serial_number": device.device_serial_number, "manufacturer": device.manufacturer,
+        "model": device.model, "role": device.role, "note": device.note,
+        "valid_from": device.valid_from.isoformat() if device.valid_from else None,
+        "valid_to": device.valid_to.isoformat() if device.valid_to else None,
+    }
