@@ -92,25 +92,30 @@ def analyze(
 
 @app.command()
 def serve(
-    data: Annotated[Path | None, typer.Option("--data", help="Data folder: storage/, quarantine/ and the SQLite index. [default: dicomcheck-data]", show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Data folder: storage/, quarantine/ and the SQLite index. (default: dicomcheck-data)", show_default=False)] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (same names as the flags, with underscores).", show_default=False)] = None,
-    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Our AE title. [default: DICOMCHECK]", show_default=False)] = None,
-    dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM port. [default: 11112]", show_default=False)] = None,
-    bind: Annotated[str | None, typer.Option("--bind", help="Address to listen on. [default: 0.0.0.0]", show_default=False)] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Our AE title. (default: DICOMCHECK)", show_default=False)] = None,
+    dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM port. (default: 11112)", show_default=False)] = None,
+    bind: Annotated[str | None, typer.Option("--bind", help="Address to listen on. (default: 0.0.0.0)", show_default=False)] = None,
     allow_caller: Annotated[list[str] | None, typer.Option("--allow-caller", help="Calling AE title allowed (repeat); none given accepts all, with a warning.", show_default=False)] = None,
     devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry and policies (TOML); re-read when it changes.", show_default=False)] = None,
-    stable_after: Annotated[float | None, typer.Option("--stable-after", help="Seconds without a new instance before a study is decided. [default: 60]", show_default=False)] = None,
+    stable_after: Annotated[float | None, typer.Option("--stable-after", help="Seconds without a new instance before a study is decided. (default: 60)", show_default=False)] = None,
     database_url: Annotated[str | None, typer.Option("--database-url", help="Index database URL (env DICOMCHECK_DATABASE_URL); default SQLite under --data.", show_default=False)] = None,
-    max_associations: Annotated[int | None, typer.Option("--max-associations", help="Concurrent associations accepted. [default: 16]", show_default=False)] = None,
+    max_associations: Annotated[int | None, typer.Option("--max-associations", help="Concurrent associations accepted. (default: 16)", show_default=False)] = None,
     private_sop_class: Annotated[list[str] | None, typer.Option("--private-sop-class", help="Extra private storage SOP class UID to accept (repeat).", show_default=False)] = None,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM); enables DICOM TLS.", show_default=False)] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", show_default=False)] = None,
     tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle to verify client certificates.", show_default=False)] = None,
     tls_require_client_cert: Annotated[bool | None, typer.Option("--tls-require-client-cert/--no-tls-require-client-cert", help="Require a client certificate signed by --tls-ca.", show_default=False)] = None,
+    http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP port of the lookup API. (default: 8080)", show_default=False)] = None,
+    no_api: Annotated[bool, typer.Option("--no-api", help="Run the DICOM receiver only.")] = False,
+    no_scp: Annotated[bool, typer.Option("--no-scp", help="Run the HTTP API only (on a shared index).")] = False,
 ) -> None:
-    """Run the DICOM receiver: store every instance durably, index it, decide each study when stable.
+    """Run the DICOM receiver and the HTTP lookup API on one index.
 
-    Settings come from the flags, then DICOMCHECK_* environment variables, then --config.
+    The receiver stores every instance durably, indexes it and decides each study when stable; the
+    API serves the decisions to billing systems (tokens: `dicomcheck token create`). Settings come
+    from the flags, then DICOMCHECK_* environment variables, then --config.
     """
     from pydantic import ValidationError
 
@@ -122,7 +127,8 @@ def serve(
             config, data=data, ae_title=ae_title, dicom_port=dicom_port, bind=bind, allow_callers=allow_caller,
             devices=devices, stable_after=stable_after, database_url=database_url, max_associations=max_associations,
             private_sop_classes=private_sop_class, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-            tls_require_client_cert=tls_require_client_cert,
+            tls_require_client_cert=tls_require_client_cert, http_port=http_port,
+            api=False if no_api else None, scp=False if no_scp else None,
         )
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -135,20 +141,114 @@ def _run_server(settings, receiver_type, settler_type) -> None:
     import signal
     import threading
 
-    from scp.server import start
-
     receiver = receiver_type(settings)
     settler = settler_type(receiver)
     settler.start()
-    server = start(settings, receiver, block=False)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"dicomcheck {__version__}: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]}, "
-          f"data in {settings.data}", flush=True)
-    stop.wait()
-    server.shutdown()
-    settler.stop()
+    server = None
+    if settings.scp:
+        from scp.server import start
+
+        server = start(settings, receiver, block=False)
+        print(f"dicomcheck {__version__}: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]}, "
+              f"data in {settings.data}", flush=True)
+    try:
+        if settings.api:
+            from .api.server import run_api
+
+            print(f"dicomcheck {__version__}: API listening on http://{settings.bind}:{settings.http_port}", flush=True)
+            run_api(settings, receiver)  # returns on SIGTERM / SIGINT
+        else:
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        if server is not None:
+            server.shutdown()
+        settler.stop()
+
+
+def _index_settings(data: Path | None, database_url: str | None):
+    from .config import load_settings
+
+    return load_settings(None, data=data, database_url=database_url)
+
+
+token_app = typer.Typer(help="API tokens: create (shown once, stored hashed), list, revoke.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+DataOption = Annotated[Path | None, typer.Option("--data", help="Data folder of the index (as for serve). (default: dicomcheck-data)", show_default=False)]
+UrlOption = Annotated[str | None, typer.Option("--database-url", help="Index database URL (env DICOMCHECK_DATABASE_URL).", show_default=False)]
+
+
+def _access(data: Path | None, database_url: str | None):
+    from .store.access import Access
+    from .store.engine import make_engine, upgrade
+
+    settings = _index_settings(data, database_url)
+    engine = make_engine(settings.url)
+    upgrade(engine)
+    return Access(engine)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who or what the token is for (unique).")],
+    role: Annotated[str, typer.Option("--role", help="reader | admin | auditor")],
+    expires: Annotated[str | None, typer.Option("--expires", help="Expiry date (YYYY-MM-DD, end of day UTC); required for auditors.", show_default=False)] = None,
+    study: Annotated[list[str] | None, typer.Option("--study", help="Study Instance UID an auditor may read (repeat).", show_default=False)] = None,
+    accession: Annotated[list[str] | None, typer.Option("--accession", help="Accession Number an auditor may read (repeat).", show_default=False)] = None,
+    data: DataOption = None,
+    database_url: UrlOption = None,
+) -> None:
+    """Create a token and print it once; only its SHA-256 is stored."""
+    import datetime as dt
+
+    expires_at = None
+    if expires:
+        try:
+            expires_at = dt.datetime.combine(dt.date.fromisoformat(expires), dt.time(23, 59, 59), tzinfo=dt.UTC)
+        except ValueError:
+            raise typer.BadParameter(f"{expires!r} is not a date (YYYY-MM-DD)", param_hint="--expires") from None
+    try:
+        token = _access(data, database_url).create_token(name, role, expires_at=expires_at, studies=study or [], accessions=accession or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    print(token)
+
+
+@token_app.command("list")
+def token_list(data: DataOption = None, database_url: UrlOption = None) -> None:
+    """List tokens (names, roles, scopes, expiry; never the tokens)."""
+    from rich.table import Table
+
+    table = Table("name", "role", "prefix", "created", "expires", "revoked", "scope")
+    for t in _access(data, database_url).list_tokens():
+        scope = ", ".join([*t.studies, *t.accessions]) or "all studies"
+        table.add_row(t.name, t.role, t.prefix + "…", f"{t.created_at:%Y-%m-%d}", f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "-",
+                      f"{t.revoked_at:%Y-%m-%d}" if t.revoked_at else "-", scope)
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")], data: DataOption = None, database_url: UrlOption = None) -> None:
+    """Revoke a token at once."""
+    if not _access(data, database_url).revoke_token(name):
+        raise typer.BadParameter(f"no active token named {name!r}")
+    print(f"revoked {name}")
+
+
+db_app = typer.Typer(help="Index maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data: DataOption = None, database_url: UrlOption = None) -> None:
+    """Apply the index schema migrations (serve does this at start too)."""
+    from .store.engine import make_engine, upgrade
+
+    settings = _index_settings(data, database_url)
+    upgrade(make_engine(settings.url))
+    print(f"index at the newest schema: {make_engine(settings.url).url.render_as_string(hide_password=True)}")
 
 
 @app.command()

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     tls_ca: Path | None = None
     tls_require_client_cert: bool = False
     node_name: str | None = Field(None, description="Name of this receiver in a shared index (default host:pid).")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
+    api: bool = Field(True, description="Serve the HTTP API.")
+    scp: bool = Field(True, description="Run the DICOM receiver.")
 
     @field_validator("ae_title")
     @classmethod
@@ -71,6 +74,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls(self) -> Settings:
+        if not (self.api or self.scp):
+            raise ValueError("--no-api and --no-scp together leave nothing to run")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.tls_require_client_cert and not self.tls_ca:

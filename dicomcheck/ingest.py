@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 
-from . import __version__
+from . import __version__, metrics
 from .analysis import decide_study, group_by_study
 from .config import Settings
 from .extract import extract_facts
@@ -174,6 +174,7 @@ class Receiver:
         document, registry = evaluated
         self.index.save_decision(study_uid, document, last_arrival_seen=last_arrival_seen, rules_version=RULES_VERSION,
                                  dicomcheck_version=__version__, registry_path=registry.path)
+        metrics.DECISIONS.labels(document["outcome"]).inc()
         log.info("decided study %s: %s (%d instances)", study_uid, document["outcome"], document["instances"])
         return document
 

@@ -71,3 +71,46 @@ def receiver_factory(tmp_path: Path):
     yield factory
     for server in started:
         server.stop()
+
+
+POSTGRES_URL = os.environ.get("DICOMCHECK_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_schema_url(name: str) -> str:
+    """A fresh schema in the test database (dropped by the caller); fails under CI, skips elsewhere."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        reason = f"PostgreSQL at {POSTGRES_URL} unreachable: {type(exc).__name__}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
+
+
+def drop_postgres_schema(name: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """The index database, once on SQLite (embedded default) and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite3'}"
+        return
+    import uuid
+
+    name = f"dc_test_{uuid.uuid4().hex[:12]}"
+    yield postgres_schema_url(name)
+    drop_postgres_schema(name)

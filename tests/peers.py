@@ -76,6 +76,8 @@ def start_receiver(data: Path, *extra: str, port: int | None = None, ae_title: s
     port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
     log_path = data.parent / f"{data.name}-serve-{port}.log"
+    if "--http-port" not in extra and "--no-scp" not in extra:
+        extra = ("--no-api", *extra)  # the DICOM receiver alone unless a test asks for the API
     args = [*(prefix or []), sys.executable, "-m", "dicomcheck.cli", "serve", "--data", str(data), "--dicom-port", str(port),
             "--bind", "127.0.0.1", "--ae-title", ae_title, "--stable-after", str(stable_after), *extra]
     log = log_path.open("ab")

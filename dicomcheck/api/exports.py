@@ -1,0 +1,89 @@
+"""Decision exports for billing offices: CSV (stdlib) and XLSX (openpyxl)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from ..store.access import Access
+from ..store.tables import Decision, Study
+
+COLUMNS = (
+    "study_instance_uid", "accession_number", "study_date", "study_description", "outcome", "code", "decided_at",
+    "rules_version", "instances", "stations", "three_d_series", "three_d_origins", "three_d_stations", "products",
+    "review_outcome", "review_stale", "changed_after_read", "evidence_link",
+)
+
+
+def decision_rows(engine: Engine, access: Access, *, decided_from: dt.datetime | None, decided_to: dt.datetime | None,
+                  station: str | None, outcome: str | None, base_url: str, limit: int) -> list[dict]:
+    query = select(Study, Decision).join(Decision, Decision.id == Study.current_decision_id)
+    if decided_from:
+        query = query.where(Decision.decided_at >= decided_from)
+    if decided_to:
+        query = query.where(Decision.decided_at <= decided_to)
+    if outcome:
+        query = query.where(Decision.outcome == outcome)
+    with Session(engine) as session:
+        pairs = session.execute(query.order_by(Decision.decided_at, Study.study_instance_uid).limit(limit)).all()
+    rows = []
+    wanted = station.upper() if station else None
+    for study, decision in pairs:
+        document = decision.document
+        series = document.get("series", [])
+        stations = sorted({(s.get("equipment") or {}).get("station_name") or "" for s in series} - {""})
+        if wanted and wanted not in {s.upper() for s in stations}:
+            continue
+        three_d = [s for s in series if s.get("is_3d")]
+        reviews = access.reviews(study.study_instance_uid)
+        reads = access.reads(study.study_instance_uid)
+        rows.append({
+            "study_instance_uid": study.study_instance_uid,
+            "accession_number": study.accession_number,
+            "study_date": study.study_date,
+            "study_description": study.study_description,
+            "outcome": decision.outcome,
+            "code": decision.code,
+            "decided_at": decision.decided_at.isoformat(),
+            "rules_version": decision.rules_version,
+            "instances": decision.instance_count,
+            "stations": ";".join(stations),
+            "three_d_series": len(three_d),
+            "three_d_origins": ";".join(sorted({s["origin"] for s in three_d})),
+            "three_d_stations": ";".join(sorted({(s.get("equipment") or {}).get("station_name") or "-" for s in three_d})),
+            "products": ";".join(sorted({s["product"] for s in series if s.get("product")})),
+            "review_outcome": reviews[-1].outcome if reviews else None,
+            "review_stale": (reviews[-1].stale_since is not None) if reviews else None,
+            "changed_after_read": any(r.decision_id != decision.id for r in reads),
+            "evidence_link": f"{base_url}/studies/{study.study_instance_uid}/evidence",
+        })
+    return rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_xlsx(rows: list[dict]) -> bytes:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "decisions"
+    sheet.append(list(COLUMNS))
+    for row in rows:
+        sheet.append([row[c] for c in COLUMNS])
+        link = sheet.cell(row=sheet.max_row, column=len(COLUMNS))
+        link.hyperlink = row["evidence_link"]
+    sheet.freeze_panes = "A2"
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return buffer.getvalue()

@@ -1,0 +1,213 @@
+"""Request and response models of the HTTP API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+Uid = Annotated[str, Field(min_length=1, max_length=64, pattern=UID_PATTERN, description="A DICOM UID (digits and dots).")]
+
+
+class OutcomeName(str, Enum):
+    supports_76377 = "supports_76377"
+    supports_76376 = "supports_76376"
+    no_3d = "no_3d"
+    bundled = "bundled"
+    needs_review = "needs_review"
+
+
+class RoleName(str, Enum):
+    scanner_console = "scanner_console"
+    pacs_viewer = "pacs_viewer"
+    independent_workstation = "independent_workstation"
+
+
+class Evidence(BaseModel):
+    signal: str
+    tag: str | None
+    keyword: str
+    value: str
+    sop_instance_uid: str | None
+
+
+class Reason(BaseModel):
+    rule: str
+    text: str
+    series: list[str] = []
+    evidence: list[Evidence] = []
+
+
+class SeriesOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    series_instance_uid: str
+    series_description: str | None
+    modality: str | None
+    sop_class_uid: str | None
+    instances: int
+    kind: str
+    technique: str | None = None
+    is_3d: bool = False
+    origin: str
+    product: str | None = None
+    kind_rule: str | None = None
+    origin_rule: str | None = None
+    equipment: dict[str, str | None] = {}
+    evidence: list[Evidence]
+
+
+class ReviewOut(BaseModel):
+    id: int
+    outcome: OutcomeName
+    code: str | None
+    reviewer: str
+    token_name: str
+    reason: str
+    created_at: dt.datetime
+    decision_id: int | None
+    stale: bool
+    stale_since: dt.datetime | None
+
+
+class StudyOut(BaseModel):
+    """One study as ``dicomcheck analyze --format json`` prints it, plus its index status."""
+
+    model_config = ConfigDict(extra="allow")
+
+    study_instance_uid: str
+    accession_number: str | None
+    patient_id: str | None
+    study_description: str | None
+    study_date: str | None = None
+    outcome: OutcomeName
+    code: str | None
+    instances: int
+    reasons: list[Reason]
+    series: list[SeriesOut]
+    status: str = Field(description="pending (not yet stable, or newer instances than the decision) or decided")
+    instance_count: int
+    first_arrival: dt.datetime
+    last_arrival: dt.datetime
+    decided_at: dt.datetime | None
+    decision_id: int | None
+    rules_version: str | None
+    changed_after_read: bool = Field(description="The decision changed since this client last read the study.")
+    review: ReviewOut | None = Field(description="The latest coder review, if any.")
+
+
+class StudySummary(BaseModel):
+    study_instance_uid: str
+    accession_number: str | None
+    study_date: str | None
+    study_description: str | None
+    modalities: str | None
+    instance_count: int
+    first_arrival: dt.datetime
+    last_arrival: dt.datetime
+    status: str
+    outcome: OutcomeName | None
+    code: str | None
+    decided_at: dt.datetime | None
+
+
+class StudyPage(BaseModel):
+    items: list[StudySummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class StudySearch(BaseModel):
+    """Search by body, so that patient IDs never travel in a URL that access logs record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accession: str | None = Field(None, max_length=64)
+    patient_id: str | None = Field(None, max_length=64)
+    outcome: OutcomeName | None = None
+    modality: str | None = Field(None, max_length=16, pattern=r"^[A-Z0-9]{1,16}$")
+    received_from: dt.datetime | None = None
+    received_to: dt.datetime | None = None
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(None, max_length=512)
+
+
+class DecisionOut(BaseModel):
+    id: int
+    decided_at: dt.datetime
+    node: str
+    rules_version: str
+    dicomcheck_version: str
+    outcome: OutcomeName
+    code: str | None
+    instance_count: int
+    registry_path: str | None
+    current: bool
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: OutcomeName
+    reviewer: str = Field(min_length=1, max_length=128, description="The coder who made the call.")
+    reason: str = Field(min_length=3, max_length=4000)
+
+
+class DeviceIn(BaseModel):
+    """A registry entry: the same fields as a [[device]] table of the TOML registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    station_name: str | None = Field(None, min_length=1, max_length=64)
+    ae_title: str | None = Field(None, min_length=1, max_length=16)
+    device_serial_number: str | None = Field(None, min_length=1, max_length=64)
+    manufacturer: str | None = Field(None, min_length=1, max_length=64)
+    model: str | None = Field(None, min_length=1, max_length=64)
+    role: RoleName
+    note: str | None = Field(None, max_length=1000)
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
+
+    @field_validator("station_name", "ae_title", "device_serial_number", "manufacturer", "model")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class DeviceOut(DeviceIn):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class DeviceChangeOut(BaseModel):
+    device: DeviceOut | None
+    affected_studies: list[str] = Field(description="Studies with series from equipment this entry matches.")
+    reanalyze: str = Field(description="How to re-run the rules on the affected studies.")
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: dt.datetime
+    event: str
+    action: str
+    outcome: int
+    token_name: str | None
+    role: str | None
+    method: str
+    endpoint: str
+    study_instance_uid: str | None
+    client_address: str | None
+    detail: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    index: str
+    version: str
