@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from dicomcheck import metrics
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver, StoreStatus
 from dicomcheck.store.index import ReceiptInfo
@@ -66,6 +67,7 @@ class Handlers:
             log.exception("association not recorded")
             association_id = None
         self._tally(event.assoc).association_id = association_id
+        metrics.ASSOCIATIONS.labels("accepted").inc()
         log.info("association %s from %s (%s) accepted", association_id, peer["calling_ae"], peer["peer_address"])
 
     def on_rejected(self, event) -> None:
@@ -77,6 +79,7 @@ class Handlers:
         else:
             reason = "local limit exceeded or other (see log)"
         log.warning("association from %s (%s) rejected: %s", peer["calling_ae"], peer["peer_address"], reason)
+        metrics.ASSOCIATIONS.labels("rejected").inc()
         try:
             self.receiver.index.open_association(**peer, tls=self.settings.tls_cert is not None, status="rejected", reject_reason=reason)
         except Exception:  # noqa: BLE001
@@ -134,6 +137,7 @@ class Handlers:
 
 
 def _status(status: StoreStatus, comment: str | None) -> Dataset | int:
+    metrics.INSTANCES.labels(f"0x{int(status):04X}").inc()
     if status is StoreStatus.SUCCESS or not comment:
         return int(status)
     ds = Dataset()
