@@ -1,0 +1,123 @@
+"""End to end as deployed: DCMTK storescu sends the fixture studies to `dicomcheck serve`; billing
+looks them up over HTTP. Then two receivers share one PostgreSQL index."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from .conftest import drop_postgres_schema, postgres_schema_url
+from .dicomfiles import ct_dataset
+from .peers import free_port, peer_env, require_peer, wait_for
+
+
+def token(data: Path, name: str = "billing", role: str = "reader", database_url: str | None = None) -> str:
+    args = [sys.executable, "-m", "dicomcheck.cli", "token", "create", name, "--role", role, "--data", str(data)]
+    if database_url:
+        args += ["--database-url", database_url]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_fixture_studies_through_storescu_and_the_api(receiver_factory, fixtures_output, tmp_path):
+    require_peer("storescu")
+    http_port = free_port()
+    data = tmp_path / "data"
+    server = receiver_factory("--http-port", str(http_port), "--allow-caller", "MODALITY", data=data, stable_after=1.0)
+    wait_for(lambda: "API listening" in server.log())
+    cases = [json.loads(p.read_text()) for p in sorted(fixtures_output.glob("*/expected.json"))]
+    for case in cases:
+        files = sorted(str(p) for p in (fixtures_output / case["case"]).rglob("*.dcm"))
+        proc = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "DICOMCHECK", "-R",
+                               "127.0.0.1", str(server.port), *files],
+                              capture_output=True, text=True, env=peer_env(), timeout=300)
+        assert proc.returncode == 0, (case["case"], proc.stderr[-2000:])
+    bearer = {"Authorization": f"Bearer {token(data)}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers=bearer, timeout=30) as client:
+        def all_decided() -> bool:
+            return all(client.get(f"/studies/{c['study_instance_uid']}").json().get("status") == "decided" for c in cases)
+
+        wait_for(all_decided, timeout=120, interval=0.5)
+        for case in cases:
+            expected = case.get("without_devices") or case  # served without a registry file
+            study = client.get(f"/studies/{case['study_instance_uid']}").json()
+            assert (case["case"], study["outcome"], study["code"]) == (case["case"], expected["outcome"], expected.get("code"))
+            page = client.get("/studies", params={"accession": case["accession_number"]}).json()
+            assert [(i["study_instance_uid"], i["outcome"]) for i in page["items"]] == [(case["study_instance_uid"], expected["outcome"])]
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
+def _send_half(port: int, datasets: list, errors: list) -> None:
+    try:
+        ae = AE(ae_title="HALF")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMCHECK")
+        assert assoc.is_established
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if status.Status != 0:
+                errors.append(status.Status)
+        assoc.release()
+    except Exception as exc:  # noqa: BLE001 - reported by the main thread
+        errors.append(repr(exc))
+
+
+def test_two_receivers_on_one_postgresql_index(receiver_factory, tmp_path):
+    name = f"dc_two_{generate_uid()[-10:].replace('.', '')}"
+    url = postgres_schema_url(name)
+    try:
+        env = {**peer_env(), "DICOMCHECK_DATABASE_URL": url}
+        shared_storage = tmp_path / "shared"  # one storage folder, as on a shared volume
+        first = receiver_factory("--no-api", data=shared_storage, env=env, stable_after=2.0)
+        second = receiver_factory("--no-api", data=shared_storage, env=env, stable_after=2.0)
+        study, series = generate_uid(), generate_uid()
+        datasets = [ct_dataset(study, series, InstanceNumber=i + 1) for i in range(400)]
+        errors: list = []
+        threads = [threading.Thread(target=_send_half, args=(server.port, datasets[i::2], errors)) for i, server in enumerate((first, second))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        assert errors == []
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as connection:
+            def scalar(sql: str):
+                return connection.execute(sqlalchemy.text(sql)).scalar()
+
+            wait_for(lambda: scalar("SELECT count(*) FROM decision") >= 1 and scalar("SELECT count(*) FROM study WHERE needs_decision") == 0, timeout=60)
+            assert scalar("SELECT count(*) FROM study") == 1
+            assert scalar("SELECT instance_count FROM study") == 400
+            assert scalar("SELECT count(DISTINCT sop_instance_uid) FROM instance") == scalar("SELECT count(*) FROM instance") == 400
+            assert scalar("SELECT count(*) FROM decision") == 1
+            assert scalar("SELECT instance_count FROM decision") == 400
+            nodes = connection.execute(sqlalchemy.text("SELECT DISTINCT a.node FROM receipt r JOIN association a ON a.id = r.association_id")).scalars().all()
+            assert len(nodes) == 2  # both receivers took part
+        engine.dispose()
+    finally:
+        drop_postgres_schema(name)
+
+
+@pytest.mark.parametrize("role", ["reader", "admin"])
+def test_token_cli_create_list_revoke(tmp_path, role):
+    data = tmp_path / "data"
+    secret = token(data, "ris", role)
+    assert secret.startswith("dck_") and len(secret) > 40
+    listed = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "list", "--data", str(data)], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert "ris" in listed.stdout and role in listed.stdout and secret not in listed.stdout
+    bad = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "create", "aud", "--role", "auditor", "--data", str(data)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "auditor token needs --expires" in bad.stderr.replace("\n", " ").replace("│", "")
+    revoked = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)], capture_output=True, text=True)
+    assert revoked.returncode == 0
+    again = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)], capture_output=True, text=True)
+    assert again.returncode == 1
