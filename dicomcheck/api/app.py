@@ -36,6 +36,7 @@ from .schemas import (
     DeviceChangeOut,
     DeviceIn,
     DeviceOut,
+    ErrorOut,
     Health,
     OutcomeName,
     ReviewIn,
@@ -60,7 +61,12 @@ def _client(request: Request) -> str | None:
 
 def create_app(receiver: Receiver) -> FastAPI:
     """The API app on one receiver's index (no import-time state)."""
+    error = {"model": ErrorOut}
     app = FastAPI(
+        responses={400: {**error, "description": "Bad request (e.g. a cursor not from a previous page)"},
+                   401: {**error, "description": "No, unknown, expired or revoked token"},
+                   403: {**error, "description": "The token's role or scope does not allow this"},
+                   404: {**error, "description": "No such study or device"}},
         title="dicomcheck",
         version=__version__,
         description="What the images of a study prove about its 3D post-processing (CPT 76376 / 76377 evidence). "
@@ -153,7 +159,8 @@ def create_app(receiver: Receiver) -> FastAPI:
         return document
 
     # ---------------------------------------------------------------- health and metrics
-    @app.get("/healthz", response_model=Health, tags=["operations"], summary="Liveness and index reachability")
+    @app.get("/healthz", response_model=Health, tags=["operations"], summary="Liveness and index reachability",
+             responses={503: {"model": Health, "description": "The index is unreachable"}})
     def healthz() -> JSONResponse:
         try:
             with receiver.engine.connect() as connection:
@@ -238,7 +245,7 @@ def create_app(receiver: Receiver) -> FastAPI:
         received_from: dt.datetime | None = None,
         received_to: dt.datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=512)] = None,
+        cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page")] = None,
     ) -> dict:
         search = StudySearch(accession=accession, patient_id=patient_id, outcome=outcome, modality=modality,
                              received_from=received_from, received_to=received_to, limit=limit, cursor=cursor)
@@ -286,8 +293,8 @@ def create_app(receiver: Receiver) -> FastAPI:
         values = body.model_dump(mode="python")
         try:
             _parse_device({k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in values.items() if v is not None}, "device", 0)
-        except RegistryError as exc:
-            raise HTTPException(422, str(exc).removeprefix("device: ")) from None
+        except RegistryError as exc:  # the registry's own rules, reported like any validation error
+            raise RequestValidationError([{"loc": ("body",), "msg": str(exc).removeprefix("device: "), "type": "value_error"}]) from None
         values["role"] = body.role.value
         return values
 

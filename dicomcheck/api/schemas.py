@@ -131,7 +131,7 @@ class StudySearch(BaseModel):
     received_from: dt.datetime | None = None
     received_to: dt.datetime | None = None
     limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=512)
+    cursor: str | None = Field(None, max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page")
 
 
 class DecisionOut(BaseModel):
@@ -205,6 +205,10 @@ class AuditOut(BaseModel):
     study_instance_uid: str | None
     client_address: str | None
     detail: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(description="Why the request was refused.")
 
 
 class Health(BaseModel):
