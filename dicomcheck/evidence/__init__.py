@@ -1,0 +1,1 @@
+"""Evidence packs for audits: JSON, PDF report, DICOM KOS / SR, manifest, signature."""

@@ -1,0 +1,125 @@
+"""Build an :class:`EvidenceSource` from the receiver's index or straight from a folder of files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from .. import __version__
+from ..analysis import decide_studies
+from ..model import InstanceFacts
+from ..registry import Registry
+from ..report import study_dict
+from ..rules import RULES_VERSION
+from ..sources import discover, read_all
+from ..store.files import sha256_file
+from ..store.tables import Decision, Instance, Receipt as ReceiptRow, Study
+from .model import CitedInstance, EvidenceSource, Receipt
+
+
+class EvidenceError(ValueError):
+    """The evidence for a study cannot be assembled (unknown study, nothing decided, files missing)."""
+
+
+def cited_uids(document: dict) -> list[str]:
+    """Every SOP Instance UID the decision cites, in order of first mention."""
+    seen: dict[str, None] = {}
+    for series in document.get("series", []):
+        for item in series.get("evidence", []):
+            if item.get("sop_instance_uid"):
+                seen.setdefault(item["sop_instance_uid"], None)
+    for reason in document.get("reasons", []):
+        for item in reason.get("evidence", []):
+            if item.get("sop_instance_uid"):
+                seen.setdefault(item["sop_instance_uid"], None)
+    return list(seen)
+
+
+def representatives(document: dict, members: dict[str, Sequence[str]]) -> dict[str, str]:
+    """SOP UID -> role for the images the report shows: the middle image of every 3D series and of
+    the first acquisition series. ``members`` maps series UID -> its SOP UIDs in order."""
+    chosen: dict[str, str] = {}
+    acquisition_done = False
+    for series in document.get("series", []):
+        uids = members.get(series["series_instance_uid"]) or []
+        if not uids:
+            continue
+        if series.get("is_3d"):
+            chosen[uids[len(uids) // 2]] = "3d"
+        elif series.get("kind") == "acquisition" and not acquisition_done:
+            chosen[uids[len(uids) // 2]] = "acquisition"
+            acquisition_done = True
+    return chosen
+
+
+def from_folder(paths: Iterable[str | Path], study_uid: str | None = None, *, registry: Registry | None = None) -> list[EvidenceSource]:
+    """Analyse files offline and assemble the evidence of each study (or of ``study_uid``)."""
+    sources, _ = discover(paths)
+    facts = [r for r in read_all(sources) if isinstance(r, InstanceFacts)]
+    results = []
+    for decision in decide_studies(facts, registry=registry):
+        if study_uid and decision.study_instance_uid != study_uid:
+            continue
+        document = study_dict(decision)
+        document["policy"] = (registry or Registry()).policy.as_dict()
+        by_uid = {f.sop_instance_uid: f for f in facts if f.study_instance_uid == decision.study_instance_uid}
+        members: dict[str, list[str]] = {}
+        for f in sorted(by_uid.values(), key=lambda f: f.source):
+            members.setdefault(f.series_instance_uid or "", []).append(f.sop_instance_uid or "")
+        roles = {uid: "cited" for uid in cited_uids(document)}
+        roles.update(representatives(document, members))
+        instances = []
+        for uid, role in roles.items():
+            f = by_uid.get(uid)
+            if f is None or "!" in f.source:  # ZIP members are not files the pack can hash in place
+                continue
+            path = Path(f.source).resolve()
+            instances.append(CitedInstance(uid, f.sop_class_uid or "", f.series_instance_uid or "", path, sha256_file(path)[0], role))
+        results.append(EvidenceSource(decision.study_instance_uid, document, tuple(instances), RULES_VERSION, __version__))
+    if study_uid and not results:
+        raise EvidenceError(f"study {study_uid} is not among the files")
+    return results
+
+
+def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int | None = None) -> EvidenceSource:
+    """The evidence of a decided study in the index (its current decision unless ``decision_id``)."""
+    with Session(engine) as session:
+        study = session.get(Study, study_uid)
+        if study is None:
+            raise EvidenceError(f"no study {study_uid} has been received")
+        decision = session.get(Decision, decision_id or study.current_decision_id) if (decision_id or study.current_decision_id) else None
+        if decision is None or decision.study_instance_uid != study_uid:
+            raise EvidenceError(f"study {study_uid} has no decision yet (it is pending)")
+        rows = session.execute(
+            select(Instance).where(Instance.study_instance_uid == study_uid).order_by(Instance.series_instance_uid, Instance.id)
+        ).scalars().all()
+        newest: dict[str, Instance] = {}
+        for row in rows:
+            if row.sop_instance_uid not in newest or row.version > newest[row.sop_instance_uid].version:
+                newest[row.sop_instance_uid] = row
+        members: dict[str, list[str]] = {}
+        for row in newest.values():
+            members.setdefault(row.series_instance_uid, []).append(row.sop_instance_uid)
+        document = dict(decision.document)
+        roles = {uid: "cited" for uid in cited_uids(document)}
+        roles.update(representatives(document, members))
+        instances = []
+        for uid, role in roles.items():
+            row = newest.get(uid)
+            if row is None:
+                continue
+            receipts = session.execute(select(ReceiptRow).where(ReceiptRow.instance_id == row.id).order_by(ReceiptRow.id)).scalars().all()
+            instances.append(CitedInstance(
+                uid, row.sop_class_uid or "", row.series_instance_uid, (storage_root / row.path).resolve(), row.sha256, role,
+                tuple(Receipt(r.received_at, r.calling_ae, r.called_ae, r.peer_address, r.transfer_syntax_uid,
+                              r.implementation_class_uid, r.implementation_version_name, r.duplicate) for r in receipts),
+            ))
+        decided_at = decision.decided_at
+        if decided_at is not None and decided_at.tzinfo is None:
+            decided_at = decided_at.replace(tzinfo=dt.UTC)
+        return EvidenceSource(study_uid, document, tuple(instances), decision.rules_version, decision.dicomcheck_version,
+                              decision_id=decision.id, decided_at=decided_at)
