@@ -237,6 +237,115 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")],
     print(f"revoked {name}")
 
 
+keys_app = typer.Typer(help="The site key that signs evidence manifests.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+KeyDirOption = Annotated[Path | None, typer.Option("--key-dir", help="Folder of the site key (default: DATA/keys).", show_default=False)]
+
+
+def _key_dir(data: Path | None, key_dir: Path | None) -> Path:
+    return key_dir or _index_settings(data, None).data / "keys"
+
+
+@keys_app.command("create")
+def keys_create(data: DataOption = None, key_dir: KeyDirOption = None,
+                force: Annotated[bool, typer.Option("--force", help="Replace an existing key (packs signed with it stay verifiable by their fingerprint).")] = False) -> None:
+    """Create the site's Ed25519 signing key and print its public fingerprint."""
+    from .evidence.keys import KeyError_, create_key
+
+    try:
+        key = create_key(_key_dir(data, key_dir), force=force)
+    except KeyError_ as exc:
+        raise typer.BadParameter(str(exc)) from None
+    print(key.fingerprint)
+
+
+@keys_app.command("show")
+def keys_show(data: DataOption = None, key_dir: KeyDirOption = None) -> None:
+    """Print the public key fingerprint (publish it outside the packs) and the public key."""
+    from .evidence.keys import KeyError_, load_key
+
+    try:
+        key = load_key(_key_dir(data, key_dir))
+    except KeyError_ as exc:
+        raise typer.BadParameter(str(exc)) from None
+    print(key.fingerprint)
+    print(key.public_pem().decode(), end="")
+
+
+@app.command()
+def evidence(
+    target: Annotated[str, typer.Argument(help="A folder / file of DICOM instances, a Study Instance UID in the index, or the word `verify`.", show_default=False)],
+    pack: Annotated[Path | None, typer.Argument(help="With `verify`: the pack folder or ZIP.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the pack(s).", show_default=False)] = None,
+    minimal: Annotated[bool, typer.Option("--minimal", help="PHI-minimal variant: patient IDs hashed, names removed, burned-in SCs without thumbnails.")] = False,
+    study: Annotated[str | None, typer.Option("--study", help="With a folder: only this Study Instance UID.", show_default=False)] = None,
+    devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry (folder mode).", show_default=False)] = None,
+    storage: Annotated[Path | None, typer.Option("--storage", help="With verify: the storage folder holding the cited instances (default: where they were).", show_default=False)] = None,
+    fingerprint: Annotated[str | None, typer.Option("--fingerprint", help="With verify: the published fingerprint the signing key must have.", show_default=False)] = None,
+    data: DataOption = None,
+    database_url: UrlOption = None,
+    key_dir: KeyDirOption = None,
+) -> None:
+    """Write a self-verifying evidence pack, or check one.
+
+    dicomcheck evidence PATH-or-STUDY_UID --out DIR [--minimal]   write pack(s)
+    dicomcheck evidence verify PACK [--storage DIR] [--fingerprint FP]   exit 0 when intact
+    """
+    if target == "verify":
+        if pack is None:
+            raise typer.BadParameter("name the pack folder or ZIP to verify")
+        _verify(pack, storage, fingerprint)
+        return
+    if out is None:
+        raise typer.BadParameter("--out DIR is required to write a pack")
+    from .evidence.collect import EvidenceError, from_folder
+    from .evidence.pack import PackError, PackWriter, pack_dir_name
+    from .evidence.service import site_key
+
+    settings = _index_settings(data, database_url)
+    key = site_key(_key_dir(data, key_dir))
+    try:
+        if Path(target).exists():
+            sources = from_folder([target], study, registry=_registry(devices))
+        else:
+            from .config import Settings  # noqa: F401
+            from .evidence.collect import from_index
+            from .ingest import Receiver
+
+            receiver = Receiver(settings)
+            sources = [from_index(receiver.engine, settings.storage_dir, target, registry=receiver.effective_registry())]
+        if not sources:
+            raise EvidenceError(f"no study found in {target}")
+        writer = PackWriter(key)
+        for source in sources:
+            folder = writer.write(source, out / source.study_instance_uid / pack_dir_name(source, minimal=minimal), minimal=minimal)
+            print(f"{source.study_instance_uid}: {source.document['outcome']} -> {folder}")
+    except (EvidenceError, PackError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _verify(pack: Path, storage: Path | None, fingerprint: str | None) -> None:
+    from .evidence.pack import PackError, verify_pack
+
+    try:
+        result = verify_pack(pack, storage_root=storage, expected_fingerprint=fingerprint)
+    except PackError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    for problem in result.problems:
+        print(f"FAIL {problem}")
+    for difference in result.differences:
+        print(f"DIFF {difference}")
+    for note in result.notes:
+        print(f"note {note}")
+    manifest = result.manifest
+    if result.ok:
+        print(f"OK {manifest.get('study_instance_uid')} decision {manifest.get('decision_id')}: {manifest.get('outcome')}, "
+              f"{len(manifest.get('files', []))} files and {len(manifest.get('cited_instances', []))} cited instances intact, "
+              f"signed by {manifest.get('public_key_fingerprint')}")
+        return
+    raise typer.Exit(1)
+
+
 db_app = typer.Typer(help="Index maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

@@ -252,3 +252,38 @@ def load_registry(path: str | Path) -> Registry:
     except UnicodeDecodeError as exc:
         raise RegistryError(f"{path}: not UTF-8 text: {exc}") from exc
     return parse_registry(text, str(path))
+
+
+def registry_to_dict(registry: Registry) -> dict:
+    """A JSON-ready copy of the registry and policy (kept in evidence packs for re-derivation)."""
+    return {
+        "path": registry.path,
+        "policy": registry.policy.as_dict(),
+        "devices": [
+            {
+                "role": d.role.value, "station_name": d.station_name, "ae_title": d.ae_title,
+                "device_serial_number": d.device_serial_number, "manufacturer": d.manufacturer, "model": d.model,
+                "note": d.note, "valid_from": d.valid_from.isoformat() if d.valid_from else None,
+                "valid_to": d.valid_to.isoformat() if d.valid_to else None, "id": d.id, "source": d.source,
+            }
+            for d in registry.devices
+        ],
+    }
+
+
+def registry_from_dict(data: dict) -> Registry:
+    policy = data.get("policy") or {}
+    devices = tuple(
+        Device(
+            role=Role(d["role"]), line=0, station_name=d.get("station_name"), ae_title=d.get("ae_title"),
+            device_serial_number=d.get("device_serial_number"), manufacturer=d.get("manufacturer"), model=d.get("model"),
+            note=d.get("note"), valid_from=dt.date.fromisoformat(d["valid_from"]) if d.get("valid_from") else None,
+            valid_to=dt.date.fromisoformat(d["valid_to"]) if d.get("valid_to") else None, id=d.get("id"), source=d.get("source"),
+        )
+        for d in data.get("devices", [])
+    )
+    return Registry(
+        devices,
+        Policy(PacsViewerCode(policy.get("pacs_viewer_code", "76376")), policy.get("minip_is_3d", True), policy.get("curved_mpr_is_3d", False)),
+        data.get("path"),
+    )

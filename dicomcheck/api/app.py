@@ -66,7 +66,8 @@ def create_app(receiver: Receiver) -> FastAPI:
         responses={400: {**error, "description": "Bad request (e.g. a cursor not from a previous page)"},
                    401: {**error, "description": "No, unknown, expired or revoked token"},
                    403: {**error, "description": "The token's role or scope does not allow this"},
-                   404: {**error, "description": "No such study or device"}},
+                   404: {**error, "description": "No such study or device"},
+                   409: {**error, "description": "The study has no decision yet"}},
         title="dicomcheck",
         version=__version__,
         description="What the images of a study prove about its 3D post-processing (CPT 76376 / 76377 evidence). "
@@ -272,6 +273,49 @@ def create_app(receiver: Receiver) -> FastAPI:
                                   reviewer=body.reviewer, token_name=token.name, reason=body.reason)
         audit(request, token, "Procedure Record", "C", study_uid=study_uid, detail={"review_id": saved.id, "outcome": body.outcome.value})
         return _review_out(saved)
+
+    # ---------------------------------------------------------------- evidence packs
+    def pack_for(request: Request, token: TokenInfo, study_uid: str, minimal: bool, kind: str):
+        from ..evidence.collect import EvidenceError
+        from ..evidence.service import ensure_pack
+
+        row = study_row(study_uid)
+        check_scope(request, token, row)
+        if row.current_decision_id is None:
+            raise HTTPException(409, f"study {study_uid} is pending: no decision to document yet")
+        try:
+            folder = ensure_pack(receiver, study_uid, minimal=minimal)
+        except EvidenceError as exc:
+            raise HTTPException(409, str(exc)) from None
+        audit(request, token, "Data Export", "R", study_uid=study_uid, detail={"evidence": kind, "minimal": minimal, "pack": folder.name})
+        return folder
+
+    @app.get("/studies/{study_uid}/evidence", tags=["evidence"], summary="The evidence pack of the current decision (JSON)")
+    def evidence_json(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)], minimal: bool = False) -> dict:
+        folder = pack_for(request, token, study_uid, minimal, "json")
+        base = f"/studies/{study_uid}"
+        return {"pack": folder.name,
+                "manifest": json.loads((folder / "manifest.json").read_text()),
+                "signature": (folder / "manifest.sig").read_text().strip(),
+                "evidence": json.loads((folder / "evidence.json").read_text()),
+                "links": {"pdf": f"{base}/evidence.pdf" + ("?minimal=true" if minimal else ""),
+                          "zip": f"{base}/evidence.zip" + ("?minimal=true" if minimal else "")}}
+
+    @app.get("/studies/{study_uid}/evidence.pdf", tags=["evidence"], summary="The readable evidence report (PDF)",
+             responses={200: {"content": {"application/pdf": {}}}}, response_class=Response)
+    def evidence_pdf(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)], minimal: bool = False) -> Response:
+        folder = pack_for(request, token, study_uid, minimal, "pdf")
+        return Response((folder / "report.pdf").read_bytes(), media_type="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="evidence-{study_uid}.pdf"'})
+
+    @app.get("/studies/{study_uid}/evidence.zip", tags=["evidence"], summary="The whole signed pack (ZIP)",
+             responses={200: {"content": {"application/zip": {}}}}, response_class=Response)
+    def evidence_zip(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)], minimal: bool = False) -> Response:
+        from ..evidence.pack import zip_pack
+
+        folder = pack_for(request, token, study_uid, minimal, "zip")
+        return Response(zip_pack(folder), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="evidence-{study_uid}-{folder.name}.zip"'})
 
     # ---------------------------------------------------------------- device registry
     def affected_studies(values: dict) -> list[str]:

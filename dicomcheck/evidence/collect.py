@@ -11,8 +11,8 @@ from sqlmodel import Session
 
 from .. import __version__
 from ..analysis import decide_studies
-from ..model import InstanceFacts
-from ..registry import Registry
+from ..model import InstanceFacts, facts_from_dict
+from ..registry import Registry, registry_to_dict
 from ..report import study_dict
 from ..rules import RULES_VERSION
 from ..sources import discover, read_all
@@ -79,14 +79,19 @@ def from_folder(paths: Iterable[str | Path], study_uid: str | None = None, *, re
                 continue
             path = Path(f.source).resolve()
             instances.append(CitedInstance(uid, f.sop_class_uid or "", f.series_instance_uid or "", path, sha256_file(path)[0], role))
-        results.append(EvidenceSource(decision.study_instance_uid, document, tuple(instances), RULES_VERSION, __version__))
+        results.append(EvidenceSource(decision.study_instance_uid, document, tuple(instances), RULES_VERSION, __version__,
+                                      facts=tuple(by_uid.values()), registry=registry_to_dict(registry or Registry())))
     if study_uid and not results:
         raise EvidenceError(f"study {study_uid} is not among the files")
     return results
 
 
-def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int | None = None) -> EvidenceSource:
-    """The evidence of a decided study in the index (its current decision unless ``decision_id``)."""
+def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int | None = None,
+               registry: Registry | None = None) -> EvidenceSource:
+    """The evidence of a decided study in the index (its current decision unless ``decision_id``).
+
+    The facts are those of the instances received up to the decision, so the pack re-derives the
+    decision it documents even when more instances arrived later."""
     with Session(engine) as session:
         study = session.get(Study, study_uid)
         if study is None:
@@ -97,6 +102,8 @@ def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int |
         rows = session.execute(
             select(Instance).where(Instance.study_instance_uid == study_uid).order_by(Instance.series_instance_uid, Instance.id)
         ).scalars().all()
+        cutoff = decision.decided_at
+        rows = [r for r in rows if r.received_at <= cutoff]
         newest: dict[str, Instance] = {}
         for row in rows:
             if row.sop_instance_uid not in newest or row.version > newest[row.sop_instance_uid].version:
@@ -122,4 +129,7 @@ def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int |
         if decided_at is not None and decided_at.tzinfo is None:
             decided_at = decided_at.replace(tzinfo=dt.UTC)
         return EvidenceSource(study_uid, document, tuple(instances), decision.rules_version, decision.dicomcheck_version,
-                              decision_id=decision.id, decided_at=decided_at)
+                              decision_id=decision.id, decided_at=decided_at,
+                              facts=tuple(facts_from_dict(r.facts) for r in newest.values()),
+                              registry=registry_to_dict(registry or Registry()),
+                              storage_paths={uid: r.path for uid, r in newest.items()})

@@ -71,6 +71,12 @@ class EvidenceSource:
     decision_id: int | None = None
     decided_at: dt.datetime | None = None
     generated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    facts: tuple = ()
+    """The header facts of every instance the decision was made from (InstanceFacts)."""
+    registry: dict | None = None
+    """The effective site registry and policy at generation time (devices + policy), for re-derivation."""
+    storage_paths: dict = field(default_factory=dict)
+    """SOP Instance UID -> path relative to the storage folder, for stored (not offline) instances."""
 
     def by_role(self, role: str) -> list[CitedInstance]:
         return [i for i in self.instances if i.role == role]
