@@ -18,7 +18,7 @@ from ..rules import RULES_VERSION
 from ..sources import discover, read_all
 from ..store.files import sha256_file
 from ..store.tables import Decision, Instance, Receipt as ReceiptRow, Study
-from .model import CitedInstance, EvidenceSource, Receipt
+from .model import CitedInstance, EvidenceSource, Receipt, is_own_object
 
 
 class EvidenceError(ValueError):
@@ -103,7 +103,7 @@ def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int |
             select(Instance).where(Instance.study_instance_uid == study_uid).order_by(Instance.series_instance_uid, Instance.id)
         ).scalars().all()
         cutoff = decision.decided_at
-        rows = [r for r in rows if r.received_at <= cutoff]
+        rows = [r for r in rows if r.received_at <= cutoff and not is_own_object(facts_from_dict(r.facts))]
         newest: dict[str, Instance] = {}
         for row in rows:
             if row.sop_instance_uid not in newest or row.version > newest[row.sop_instance_uid].version:

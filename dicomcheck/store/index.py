@@ -10,6 +10,7 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from ..evidence.model import is_own_object
 from ..model import InstanceFacts, facts_from_dict, facts_to_dict
 from .tables import Association, Decision, Instance, Quarantined, Receipt, Review, Series, Study, utcnow
 
@@ -86,16 +87,20 @@ class Index:
         """Index one stored file: study and series upserted, the content version inserted once."""
         now = utcnow()
         assert facts.study_instance_uid and facts.series_instance_uid and facts.sop_instance_uid
+        own = is_own_object(facts)  # our evidence KOS / SR routed back: stored, never a decision input
         with Session(self.engine) as session:
             study = self._insert(Study.__table__).values(
                 study_instance_uid=facts.study_instance_uid, accession_number=facts.accession_number,
                 patient_id=facts.patient_id, study_date=facts.study_date, study_description=facts.study_description,
-                modalities=facts.modality, instance_count=0, first_arrival=now, last_arrival=now, needs_decision=True,
+                modalities=facts.modality, instance_count=0, first_arrival=now, last_arrival=now, needs_decision=not own,
             )
-            session.execute(study.on_conflict_do_update(
-                index_elements=["study_instance_uid"],
-                set_={"last_arrival": now, "needs_decision": True},
-            ))
+            if own:
+                session.execute(study.on_conflict_do_nothing(index_elements=["study_instance_uid"]))
+            else:
+                session.execute(study.on_conflict_do_update(
+                    index_elements=["study_instance_uid"],
+                    set_={"last_arrival": now, "needs_decision": True},
+                ))
             series = self._insert(Series.__table__).values(
                 series_instance_uid=facts.series_instance_uid, study_instance_uid=facts.study_instance_uid,
                 modality=facts.modality, series_number=facts.series_number,
@@ -124,8 +129,9 @@ class Index:
                     select(Instance.id).where(Instance.sop_instance_uid == facts.sop_instance_uid, Instance.sha256 == sha256)
                 ).scalar_one()
             elif version == 1:
-                session.execute(update(Study).where(Study.study_instance_uid == facts.study_instance_uid)
-                                .values(instance_count=Study.instance_count + 1))
+                if not own:
+                    session.execute(update(Study).where(Study.study_instance_uid == facts.study_instance_uid)
+                                    .values(instance_count=Study.instance_count + 1))
                 session.execute(update(Series).where(Series.series_instance_uid == facts.series_instance_uid)
                                 .values(instance_count=Series.instance_count + 1))
             session.add(self._receipt(int(inserted), receipt, duplicate=duplicate))
@@ -196,7 +202,7 @@ class Index:
                                                          Instance.version == newest.c.version))
                 .where(Instance.study_instance_uid == study_uid).order_by(Instance.id)
             ).scalars()
-            return [facts_from_dict(row) for row in rows]
+            return [facts for facts in map(facts_from_dict, rows) if not is_own_object(facts)]
 
     def save_decision(self, study_uid: str, document: dict, *, last_arrival_seen: dt.datetime,
                       rules_version: str, dicomcheck_version: str, registry_path: str | None) -> int:
