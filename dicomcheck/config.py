@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     tls_ca: Path | None = None
     tls_require_client_cert: bool = False
     node_name: str | None = Field(None, description="Name of this receiver in a shared index (default host:pid).")
+    evidence_destination: str | None = Field(None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE).")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
     api: bool = Field(True, description="Serve the HTTP API.")
     scp: bool = Field(True, description="Run the DICOM receiver.")
@@ -63,6 +64,15 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not AE titles: {bad}")
         return cleaned
+
+    @field_validator("evidence_destination")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        if value:
+            from .evidence.send import PacsDestination
+
+            PacsDestination.parse(value)  # raises ValueError with the reason
+        return value or None
 
     @field_validator("private_sop_classes")
     @classmethod

@@ -6,10 +6,10 @@ only maps a :class:`StoreResult` to a DIMSE status.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
@@ -26,7 +26,7 @@ from .report import study_dict
 from .rules import RULES_VERSION
 from .sources import read_dataset
 from .store.engine import make_engine, upgrade
-from .store.files import FileStore, sha256_file
+from .store.files import DISK_FULL, FileStore, SpoolFile, sha256_file
 from .store.access import Access
 from .store.index import Index, ReceiptInfo
 
@@ -56,7 +56,13 @@ class StoreResult:
     version: int | None = None
 
 
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+def temp_grace(settings: Settings) -> float:
+    """How long a file in ``storage/.tmp`` may sit untouched and still be a live transfer.
+
+    A receiving file is touched by every fragment (gaps end with the network timeout) and renamed
+    out right after it is parsed and hashed; an hour, or twice the longest timeout, is far beyond.
+    """
+    return max(3600.0, 2 * max(settings.acse_timeout, settings.dimse_timeout, settings.network_timeout))
 
 
 class Receiver:
@@ -66,6 +72,7 @@ class Receiver:
         self.settings = settings
         self.node = node or settings.node_name or f"{os.uname().nodename}:{os.getpid()}"
         self.files = FileStore(settings.storage_dir, settings.quarantine_dir)
+        self.sweep_temp()
         self.engine = make_engine(settings.url)
         upgrade(self.engine)
         self.index = Index(self.engine, self.node)
@@ -74,10 +81,29 @@ class Receiver:
         self._registry_mtime: float | None = None
         self.reload_registry()
 
+    def sweep_temp(self) -> int:
+        """Remove what killed processes and aborted transfers left in ``storage/.tmp``.
+
+        Only files older than :func:`temp_grace`: receivers sharing this storage volume may be
+        receiving into ``.tmp`` right now. Called at start and from the settle loop.
+        """
+        try:
+            removed = self.files.sweep_tmp(temp_grace(self.settings))
+        except OSError as exc:
+            log.warning("could not sweep %s: %s", self.files.tmp, exc.strerror)
+            return 0
+        if removed:
+            log.info("removed %d abandoned temporary file(s) from %s", removed, self.files.tmp)
+        return removed
+
     # ---------------------------------------------------------------- storing
     def store_file(self, temp: Path, receipt: ReceiptInfo, *, expected_sop_instance_uid: str | None = None,
                    expected_sop_class_uid: str | None = None) -> StoreResult:
         """Store a received file (``temp`` lives on the storage volume); never loses it."""
+        if SpoolFile.failure(temp) is not None:  # the volume filled up while the data set arrived
+            temp.unlink(missing_ok=True)
+            log.error("storage full while receiving: refusing (0xA700)")
+            return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage full")
         try:
             try:
                 ds = read_dataset(str(temp))
@@ -101,7 +127,7 @@ class Receiver:
             self.files.commit(temp, relative)
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            if exc.errno in _DISK_FULL:
+            if exc.errno in DISK_FULL:
                 log.error("storage full: refusing (0xA700)")
                 return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage full")
             log.error("storage error %s: refusing (0xA700)", exc.errno)
@@ -176,7 +202,25 @@ class Receiver:
                                  dicomcheck_version=__version__, registry_path=registry.path)
         metrics.DECISIONS.labels(document["outcome"]).inc()
         log.info("decided study %s: %s (%d instances)", study_uid, document["outcome"], document["instances"])
+        if self.settings.evidence_destination:
+            self.return_evidence(study_uid)
         return document
+
+    def return_evidence(self, study_uid: str) -> list[int] | None:
+        """Send the decision's KOS and SR to the configured PACS, beside the study (never the
+        PHI-minimal variant). A failure is logged; the decision stands and the pack is kept."""
+        from .evidence.send import PacsDestination
+        from .evidence.service import ensure_pack
+
+        destination = PacsDestination.parse(self.settings.evidence_destination or "", calling_ae=self.settings.ae_title)
+        try:
+            folder = ensure_pack(self, study_uid, minimal=False)
+            statuses = destination.send([folder / "kos.dcm", folder / "sr.dcm"])
+        except Exception as exc:  # noqa: BLE001 - the PACS may be down; the pack stays for a later send
+            log.error("evidence for study %s not sent to %s: %s", study_uid, destination, type(exc).__name__)
+            return None
+        log.info("evidence for study %s sent to %s: statuses %s", study_uid, destination, ", ".join(f"0x{s:04X}" for s in statuses))
+        return statuses
 
     def settle_once(self) -> int:
         """Decide every study that has been stable for ``stable_after`` seconds; returns how many."""
@@ -203,13 +247,20 @@ class Settler(threading.Thread):
         self.receiver = receiver
         self._stop_event = threading.Event()
 
+    SWEEP_EVERY = 600.0
+    """Seconds between sweeps of abandoned temporary files."""
+
     def run(self) -> None:
         interval = self.receiver.settings.settle_every
+        next_sweep = time.monotonic() + self.SWEEP_EVERY
         while not self._stop_event.is_set():
             try:
                 self.receiver.settle_once()
             except Exception:  # noqa: BLE001 - e.g. database briefly unreachable; try again
                 log.exception("settle pass failed")
+            if time.monotonic() >= next_sweep:
+                self.receiver.sweep_temp()
+                next_sweep = time.monotonic() + self.SWEEP_EVERY
             self._stop_event.wait(interval)
 
     def stop(self) -> None:

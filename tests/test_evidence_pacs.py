@@ -256,3 +256,29 @@ def test_rejected_association_and_destination_strings(fixtures_output: Path, tmp
     for bad in ("PACS@host", "@host:104", "PACS@host:0", "PACS@host:70000", "A_TITLE_LONGER_THAN_16@h:104", "PACS host:104"):
         with pytest.raises(ValueError):
             PacsDestination.parse(bad)
+
+
+def test_configured_destination_receives_each_decisions_kos_and_sr(fixtures_output: Path, tmp_path: Path, receiver_factory, orthanc_factory) -> None:
+    """`serve --evidence-destination AE@host:port`: after deciding a study, its KOS and SR are
+    C-STOREd to the PACS and sit there beside the study's images."""
+    require_peer("Orthanc")
+    port = free_port()
+    orthanc = orthanc_factory({"dicomcheck": ["DICOMCHECK", "127.0.0.1", port]})
+    server = receiver_factory("--evidence-destination", f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}",
+                              port=port, stable_after=STABLE_AFTER)
+    images = study_files(fixtures_output)
+    assert store_images(server.port, server.ae_title, images) == [0] * len(images)
+    study_uid = str(pydicom.dcmread(images[0], stop_before_pixels=True).StudyInstanceUID)
+    wait_for(lambda: rows(server, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid) == [(1,)], timeout=60)
+
+    def modalities_in_orthanc():
+        found = orthanc.lookup(study_uid)
+        if not found:
+            return None
+        series = orthanc.get(f"/studies/{found[0]['ID']}/series")
+        return sorted(s["MainDicomTags"].get("Modality", "") for s in series)
+
+    got = wait_for(lambda: (m := modalities_in_orthanc()) and {"KO", "SR"} <= set(m) and m, timeout=60)
+    assert {"KO", "SR"} <= set(got)
+    assert "not sent" not in server.log()
+    assert (server.data / "evidence" / study_uid).is_dir()  # the pack that was sent is kept
