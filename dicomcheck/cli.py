@@ -309,7 +309,6 @@ def evidence(
         if Path(target).exists():
             sources = from_folder([target], study, registry=_registry(devices))
         else:
-            from .config import Settings  # noqa: F401
             from .evidence.collect import from_index
             from .ingest import Receiver
 

@@ -51,10 +51,6 @@ StudyUid = Annotated[str, Path(min_length=1, max_length=64, pattern=UID_PATTERN,
 MAX_EXPORT_ROWS = 100_000
 
 
-class ApiError(HTTPException):
-    pass
-
-
 def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
