@@ -277,3 +277,11 @@ def test_patient_ids_are_redacted_from_the_access_log():
                                ("127.0.0.1:5", "GET", "/studies?patient_id=FX0001&limit=5", "1.1", 200), None)
     RedactPatientIds().filter(record)
     assert "FX0001" not in record.getMessage() and "patient_id=[redacted]&limit=5" in record.getMessage()
+
+
+def test_extreme_time_bounds_are_not_server_errors(api):
+    """Found by schemathesis: a bound like year 1 at +01:00 overflowed when converted to UTC."""
+    client, tokens, *_ = api
+    for bound in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"):
+        response = client.get("/studies", params={"received_from": bound, "received_to": bound}, headers=auth(tokens["reader"]))
+        assert response.status_code == 200, response.text

@@ -28,7 +28,10 @@ class UtcDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        value = value.astimezone(dt.UTC)
+        try:
+            value = value.astimezone(dt.UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00 as a filter bound: the earliest / latest time
+            value = (dt.datetime.min if value.year < 1000 else dt.datetime.max).replace(tzinfo=dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
