@@ -108,6 +108,8 @@ class Receiver:
             try:
                 ds = read_dataset(str(temp))
                 facts = extract_facts(ds, str(temp), ae_title=receipt.calling_ae)
+                # pydicom converts an element when it is first read: a corrupt one raises here, not later
+                dataset_has_class = bool(ds.get("SOPClassUID"))
             except Exception as exc:  # noqa: BLE001 - every unparseable input is quarantined
                 return self._quarantine(temp, StoreStatus.CANNOT_UNDERSTAND, f"cannot parse the dataset: {type(exc).__name__}: {exc}", receipt, None, expected_sop_instance_uid)
             missing = [n for n, v in (("StudyInstanceUID", facts.study_instance_uid), ("SeriesInstanceUID", facts.series_instance_uid), ("SOPInstanceUID", facts.sop_instance_uid)) if not v]
@@ -115,7 +117,7 @@ class Receiver:
                 return self._quarantine(temp, StoreStatus.MISSING_UIDS, f"missing {', '.join(missing)}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
             if expected_sop_instance_uid and facts.sop_instance_uid != expected_sop_instance_uid:
                 return self._quarantine(temp, StoreStatus.UID_MISMATCH, f"dataset SOP Instance UID {facts.sop_instance_uid} differs from the request's {expected_sop_instance_uid}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
-            if expected_sop_class_uid and ds.get("SOPClassUID") and facts.sop_class_uid != expected_sop_class_uid:
+            if expected_sop_class_uid and dataset_has_class and facts.sop_class_uid != expected_sop_class_uid:
                 return self._quarantine(temp, StoreStatus.UID_MISMATCH, f"dataset SOP Class UID {facts.sop_class_uid} differs from the request's {expected_sop_class_uid}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
             sha256, size = sha256_file(temp)
             existing = self.index.find_content(facts.sop_instance_uid, sha256)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pydicom.dataset import Dataset
 from dicomcheck import metrics
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver, StoreStatus
+from dicomcheck.store.files import SpoolFile
 from dicomcheck.store.index import ReceiptInfo
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,23 @@ class Handlers:
         self.receiver = receiver
         self.settings = settings
         self.supported = set(supported_sop_classes)
-        self._tallies: dict[int, _Tally] = {}
+        # keyed by the association itself, weakly: an association whose end no event reports
+        # (its network thread crashed) leaves nothing behind, and a new one never inherits its counts
+        self._tallies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- associations
+    def on_open(self, event) -> None:
+        """EVT_CONN_OPEN: bound the connection's socket reads and writes by the network timeout.
+
+        pynetdicom (3.0) applies ``network_timeout`` to the listening socket only; an accepted
+        socket blocks without limit, so a peer that stops in the middle of a PDU keeps its
+        connection, its threads and one of ``max_associations`` forever. With a timeout the read
+        fails and the connection is closed. (Bound by ``scp.server``; ``on_accepted`` does the same
+        for established associations.)
+        """
+        _bound_socket(event.assoc, self.settings.network_timeout)
+
     def _peer(self, assoc) -> dict:
         requestor = assoc.requestor
         primitive = requestor.primitive
@@ -53,12 +68,13 @@ class Handlers:
 
     def _tally(self, assoc) -> _Tally:
         with self._lock:
-            tally = self._tallies.get(id(assoc))
+            tally = self._tallies.get(assoc)
             if tally is None:
-                tally = self._tallies[id(assoc)] = _Tally(None)
+                tally = self._tallies[assoc] = _Tally(None)
             return tally
 
     def on_accepted(self, event) -> None:
+        _bound_socket(event.assoc, self.settings.network_timeout)  # in case EVT_CONN_OPEN is not bound
         peer = self._peer(event.assoc)
         tls = self.settings.tls_cert is not None
         try:
@@ -86,8 +102,9 @@ class Handlers:
             log.exception("rejection not recorded")
 
     def on_ended(self, event) -> None:
+        _discard_partial_dataset(event.assoc)
         with self._lock:
-            tally = self._tallies.pop(id(event.assoc), None)
+            tally = self._tallies.pop(event.assoc, None)
         if tally is None or tally.association_id is None or tally.closed:
             return
         tally.closed = True
@@ -134,6 +151,38 @@ class Handlers:
         if result.status is not StoreStatus.SUCCESS:
             log.warning("C-STORE %s from %s: 0x%04X %s", sop_instance, peer["calling_ae"], result.status, result.comment or "")
         return _status(result.status, result.comment)
+
+
+def _bound_socket(assoc, timeout: float | None) -> None:
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None and timeout:
+        try:
+            sock.settimeout(timeout)
+        except OSError:  # already closed by the peer
+            pass
+
+
+def _discard_partial_dataset(assoc) -> None:
+    """Remove the file of a data set whose transfer the association's end cut short.
+
+    pynetdicom receives each data set into a temporary file on the storage volume and removes it
+    after the C-STORE handler; a message still incomplete when the association is released,
+    aborted or closed is dropped with its file left behind. An ending event comes after the last
+    PDU of the association was decoded, so the message cannot complete meanwhile.
+    """
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    spool = getattr(message, "_data_set_file", None)
+    if spool is None:
+        return
+    try:
+        spool.close()
+    except OSError:
+        pass
+    SpoolFile.failure(spool.name)
+    Path(spool.name).unlink(missing_ok=True)
+    message._data_set_file = None
+    message._data_set_path = None
+    log.info("association ended in the middle of a data set: partial file removed")
 
 
 def _status(status: StoreStatus, comment: str | None) -> Dataset | int:

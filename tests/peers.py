@@ -132,3 +132,43 @@ def send_raw_c_store(assoc, *, sop_class: str, sop_instance: str, body: bytes, c
     finally:
         assoc._reactor_checkpoint.set()
     return response
+
+
+def tmpfs_prefix(mount_point: Path, size: str) -> list[str]:
+    """A ``start_receiver(prefix=...)`` running the receiver in its own mount namespace with a
+    ``size`` tmpfs (e.g. ``"256k"``) on ``mount_point``; the host never sees that tmpfs, and it goes
+    away with the process. ``unshare`` and ``sh`` exec in place: the process id stays the receiver's."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs -o size={size},mode=0755 dicomcheck-test "$0" && exec "$@"', str(mount_point)]
+
+
+def require_mount_namespace(scratch: Path) -> None:
+    """Skip (on a laptop) or fail (under CI=true) unless a tmpfs can be mounted in a new mount namespace."""
+    missing = [p for p in ("unshare", "mount", "sh") if shutil.which(p) is None]
+    reason = f"programs {missing} missing" if missing else None
+    if reason is None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        probe = subprocess.run([*tmpfs_prefix(scratch, "64k"), "true"], check=False, capture_output=True, text=True, timeout=30)
+        if probe.returncode != 0:
+            reason = f"cannot mount a tmpfs in a new mount namespace (root / CAP_SYS_ADMIN needed): {probe.stderr.strip()}"
+    if reason:
+        if IN_CI:
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+
+
+def in_namespace(pid: int, path: Path) -> Path:
+    """``path`` as the process ``pid`` sees it (through its own mount namespace)."""
+    return Path(f"/proc/{pid}/root") / Path(path).resolve().relative_to("/")
+
+
+def nodelay(assoc):
+    """TCP_NODELAY on a pynetdicom requestor's socket (like ``peer_env()`` for DCMTK): a C-STORE's
+    command and data set go out as two writes, and Nagle + delayed ACK cost ~40 ms an instance."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None and assoc.is_established:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # closed meanwhile (aborted by the peer)
+            pass
+    return assoc

@@ -125,7 +125,8 @@ def create_app(receiver: Receiver) -> FastAPI:
             audit(request, token, "Security Alert", "R", study_uid=row.study_instance_uid, outcome=4, detail={"reason": "outside the auditor token's scope"})
             raise HTTPException(403, "this token may not read that study")
 
-    def study_view(row: Study, token: TokenInfo, *, record_read: bool) -> dict:
+    def study_view(row: Study, token: TokenInfo, *, read_by: Request | None) -> dict:
+        """The study as served; ``read_by``: record this client's read and audit it (one commit)."""
         decision = None
         if row.current_decision_id is not None:
             with Session(receiver.engine) as session:
@@ -139,8 +140,12 @@ def create_app(receiver: Receiver) -> FastAPI:
             document = evaluated[0]
         reviews = access.reviews(row.study_instance_uid)
         changed = False
-        if record_read:
-            previous = access.record_read(row.study_instance_uid, token.name, decision.id if decision else None)
+        if read_by is not None:
+            audit_fields = {"event": "DICOM Instances Accessed", "action": "R", "outcome": 0, "token_name": token.name,
+                            "role": token.role, "method": read_by.method, "endpoint": read_by.url.path,
+                            "study_instance_uid": row.study_instance_uid, "client_address": _client(read_by),
+                            "detail": {"outcome": document.get("outcome")}}
+            previous = access.record_read(row.study_instance_uid, token.name, decision.id if decision else None, audit=audit_fields)
             changed = previous is not None and previous.decision_id != (decision.id if decision else None)
         document.update(
             status="decided" if decision is not None and not row.needs_decision else "pending",
@@ -176,9 +181,7 @@ def create_app(receiver: Receiver) -> FastAPI:
     def get_study(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)]) -> dict:
         row = study_row(study_uid)
         check_scope(request, token, row)
-        view = study_view(row, token, record_read=True)
-        audit(request, token, "DICOM Instances Accessed", "R", study_uid=study_uid, detail={"outcome": view["outcome"]})
-        return view
+        return study_view(row, token, read_by=request)
 
     @app.get("/studies/{study_uid}/decisions", response_model=list[DecisionOut], tags=["studies"], summary="The decision history of a study")
     def get_decisions(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)]) -> list[dict]:
@@ -257,7 +260,7 @@ def create_app(receiver: Receiver) -> FastAPI:
         row = study_row(study_uid)
         receiver.decide(study_uid, last_arrival_seen=row.last_arrival)
         row = study_row(study_uid)
-        view = study_view(row, token, record_read=False)
+        view = study_view(row, token, read_by=None)
         audit(request, token, "Procedure Record", "U", study_uid=study_uid, detail={"reanalyzed": True, "outcome": view["outcome"]})
         return view
 

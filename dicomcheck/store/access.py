@@ -13,6 +13,7 @@ from sqlmodel import Session
 from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
 
 ROLES = ("reader", "admin", "auditor")
+LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 TOKEN_PREFIX = "dck_"
 
 
@@ -80,8 +81,11 @@ class Access:
                     expires = expires.replace(tzinfo=dt.UTC)
                 if expires <= utcnow():
                     return "token expired"
-            session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
-            session.commit()
+            now = utcnow()
+            last = row.last_used_at
+            if last is None or now - last >= LAST_USED_RESOLUTION:  # one write a minute, not one per request
+                session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+                session.commit()
             return TokenInfo(row.name, row.role, expires, tuple(row.studies or ()), tuple(row.accessions or ()))
 
     # ---------------------------------------------------------------- audit
@@ -172,9 +176,12 @@ class Access:
             return list(session.execute(select(Review).where(Review.study_instance_uid == study_uid)
                                         .order_by(Review.id)).scalars())
 
-    def record_read(self, study_uid: str, token_name: str, decision_id: int | None) -> StudyRead | None:
-        """Remember the decision this client read; returns the previous read (before this one)."""
+    def record_read(self, study_uid: str, token_name: str, decision_id: int | None, *, audit: dict | None = None) -> StudyRead | None:
+        """Remember the decision this client read (and write its audit event in the same
+        transaction); returns the previous read (before this one)."""
         with Session(self.engine) as session:
+            if audit is not None:
+                session.add(AuditEvent(at=utcnow(), **audit))
             previous = session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid,
                                                                StudyRead.token_name == token_name)).scalar_one_or_none()
             snapshot = None

@@ -7,12 +7,17 @@ directory entry is fsynced too, so a power cut or SIGKILL after the answer loses
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
 import re
+import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
+from typing import ClassVar, Self
 
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
 
@@ -76,6 +81,29 @@ class FileStore:
     def new_temp(self) -> Path:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
+    def sweep_tmp(self, older_than: float) -> int:
+        """Remove files in ``.tmp`` untouched for ``older_than`` seconds; returns how many.
+
+        Nothing in ``.tmp`` is ever referenced by the index (a file is renamed out of it before it
+        is indexed), so what stays there is what a killed process or an aborted transfer left. The
+        age limit keeps the files of another receiver sharing this storage volume that are still
+        being received (each received fragment touches the file).
+        """
+        cutoff = time.time() - older_than
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:  # removed meanwhile (committed, or swept by another receiver)
+                continue
+        return removed
+
     def quarantine(self, temp: Path | None, data: bytes | None, reason: str, details: dict) -> Path:
         """Keep the input with its reason beside it: ``quarantine/<date>/<id>.dcm`` + ``.json``."""
         day = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
@@ -97,3 +125,81 @@ class FileStore:
             os.fsync(fh.fileno())
         fsync_dir(folder)
         return target
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class SpoolFile:
+    """The file a data set is received into from the network; a full disk does not break it.
+
+    A drop-in for the ``tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=...)`` that
+    pynetdicom opens (in ``tempfile.tempdir``, the storage volume's ``.tmp``) to receive a C-STORE
+    data set in chunks. With the plain temporary file, a write on a full volume raises inside
+    pynetdicom's network thread: the association dies and the sender sees an abort, not a status.
+    Here the failure is remembered, the bytes written so far are given back to the volume, later
+    fragments are discarded and the transfer completes; the store then answers 0xA700
+    (:meth:`failure`), and the sender may retry later.
+    """
+
+    _failures: ClassVar[dict[str, int]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, mode: str = "w+b", *, suffix: str | None = None, prefix: str | None = None,
+                 dir: str | None = None, **_ignored) -> None:  # NamedTemporaryFile's keywords
+        if "b" not in mode:
+            raise ValueError("SpoolFile receives bytes")
+        fd, self.name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
+        self._fh = os.fdopen(fd, "wb", buffering=0)  # unbuffered: a failure is seen by the write that failed
+        self.failed: int | None = None
+
+    @property
+    def file(self) -> SpoolFile:  # pynetdicom calls ``.file.flush()``
+        return self
+
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view and self.failed is None:
+            try:
+                view = view[self._fh.write(view):]  # a short write on a nearly full volume: write the rest
+            except OSError as exc:
+                self._fail(exc)
+        return size
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            try:
+                self._fh.close()
+            except OSError as exc:
+                self._fail(exc)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _fail(self, exc: OSError) -> None:
+        if exc.errno not in DISK_FULL:
+            raise exc
+        self.failed = exc.errno
+        with self._lock:
+            self._failures[os.path.abspath(self.name)] = exc.errno
+        try:  # give the space back at once; the bytes are useless now
+            os.truncate(self.name, 0)
+        except OSError:
+            pass
+
+    @classmethod
+    def failure(cls, path: Path | str) -> int | None:
+        """The errno that stopped receiving ``path`` (forgotten once asked), or None."""
+        with cls._lock:
+            return cls._failures.pop(os.path.abspath(path), None)
