@@ -1,7 +1,10 @@
 """The DICOM receiver's application entity: contexts, limits, allow-list, TLS.
 
 ``make_ae(settings)`` builds a pynetdicom AE from settings; ``supported_contexts(settings)`` is the
-single list the conformance statement (docs/conformance.md) is checked against.
+single list the conformance statement (docs/conformance.md, ``python -m scp.conformance``) is
+generated from. ``start`` runs the receiver in this process; ``start_processes`` runs N receiver
+processes behind one port (scp/workers.py), since one interpreter serves every association on one
+core. ``configure_process`` applies the receive-path tuning of scp/tuning.py (bench/README.md).
 """
 
 from __future__ import annotations
@@ -9,16 +12,21 @@ from __future__ import annotations
 import logging
 import ssl
 import tempfile
+import threading
 
 from pydicom import uid
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification, register_uid
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver
+from dicomcheck.store.files import SpoolFile
 
+from . import trace, tuning
 from .handlers import Handlers
 
 log = logging.getLogger(__name__)
@@ -60,8 +68,11 @@ def supported_contexts(settings: Settings) -> list[PresentationContext]:
 
 def configure_process(settings: Settings) -> None:
     """Process-wide library settings, set once by the entry point (pynetdicom / tempfile)."""
-    # Receive each dataset straight to a file on the storage volume, never into memory or /tmp.
+    # Receive each dataset straight to a file on the storage volume, never into memory or /tmp,
+    # into a SpoolFile: a volume that fills up meanwhile is answered 0xA700 instead of killing the
+    # network thread (tests/test_receiver_faults.py).
     _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = tuning.tracked(SpoolFile)
     tmp = settings.storage_dir / ".tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(tmp)
@@ -72,6 +83,8 @@ def configure_process(settings: Settings) -> None:
     # pynetdicom logs dataset summaries at INFO/DEBUG; keep only its warnings (no PHI in logs).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    tuning.apply()
+    trace.install()  # only with DICOMCHECK_SCP_TRACE set (bench/bench_receiver.py --profile)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -98,14 +111,10 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
-def start(settings: Settings, receiver: Receiver, *, block: bool = True):
-    """Start listening; returns the server (``block=False``) or blocks until shut down."""
-    configure_process(settings)
-    if not settings.allow_callers:
-        log.warning("no --allow-caller configured: accepting associations from any calling AE title")
-    ae = make_ae(settings)
-    handlers = Handlers(receiver, settings, storage_sop_classes(settings))
-    bindings = [
+def bindings(handlers: Handlers) -> list:
+    """The event handlers of every association (C-STORE, provenance of accepted/rejected/ended)."""
+    return [
+        (evt.EVT_CONN_OPEN, handlers.on_open),  # socket timeouts before any association (handlers.py)
         (evt.EVT_C_STORE, handlers.on_store),
         (evt.EVT_ACCEPTED, handlers.on_accepted),
         (evt.EVT_REJECTED, handlers.on_rejected),
@@ -113,6 +122,74 @@ def start(settings: Settings, receiver: Receiver, *, block: bool = True):
         (evt.EVT_ABORTED, handlers.on_ended),
         (evt.EVT_CONN_CLOSE, handlers.on_ended),
     ]
+
+
+def start(settings: Settings, receiver: Receiver, *, block: bool = True):
+    """Start listening; returns the server (``block=False``) or blocks until shut down."""
+    configure_process(settings)
+    if not settings.allow_callers:
+        log.warning("no --allow-caller configured: accepting associations from any calling AE title")
+    ae = make_ae(settings)
+    handlers = Handlers(receiver, settings, storage_sop_classes(settings))
     log.info("listening as %s on %s:%d", settings.ae_title, settings.bind, settings.dicom_port)
-    return ae.start_server((settings.bind, settings.dicom_port), block=block, evt_handlers=bindings,
-                           ssl_context=ssl_context(settings))
+    server = ae.make_server((settings.bind, settings.dicom_port), evt_handlers=bindings(handlers), ssl_context=ssl_context(settings),
+                            server_class=ReceiverServer)
+    server.contexts = tuning.share_contexts(server.contexts, tuning.applied())
+    ae._servers.append(server)
+    if block:
+        try:
+            server.serve_forever()
+        finally:
+            server.shutdown()
+        return None
+    thread = threading.Thread(target=make_target(server.serve_forever), name="dicomcheck-listener", daemon=True)
+    thread.start()
+    return server
+
+
+def start_processes(settings: Settings, processes: int):
+    """Listen on the DICOM port and serve associations from ``processes`` receiver processes.
+
+    Returns at once (after every receiver process is ready) with an object that has
+    ``server_address`` and ``shutdown()``, like :func:`start` with ``block=False``. The caller keeps
+    running the settle loop (and the API) in this process. ``processes=1`` still uses a separate
+    receiver process; use :func:`start` for the single-process receiver.
+    """
+    from .workers import ReceiverProcesses
+
+    if not settings.allow_callers:
+        log.warning("no --allow-caller configured: accepting associations from any calling AE title")
+    return ReceiverProcesses(settings, processes).start()
+
+
+def serve_processes(settings: Settings, processes: int) -> None:
+    """``dicomcheck serve --no-api --processes N``: receivers + settle loop until SIGTERM / SIGINT."""
+    import signal
+
+    from dicomcheck.ingest import Settler
+
+    receiver = Receiver(settings)
+    settler = Settler(receiver)
+    settler.start()
+    server = start_processes(settings, processes) if processes > 1 else start(settings, receiver, block=False)
+    print(f"dicomcheck: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]} "
+          f"({processes} receiver process{'es' if processes > 1 else ''}), data in {settings.data}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        settler.stop()
+
+
+class ReceiverServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with per-connection socket options (``scp.tuning``)."""
+
+    def get_request(self):
+        client, address = self.socket.accept()
+        tuning.prepare_accepted(client, tuning.applied())
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address

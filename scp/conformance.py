@@ -1,0 +1,290 @@
+"""Generate dicomcheck's DICOM Conformance Statement from the code that negotiates and answers.
+
+    python -m scp.conformance > docs/conformance.md
+
+Everything in the statement comes from the running code: the presentation contexts are
+``scp.server.supported_contexts(Settings())`` with ``TRANSFER_SYNTAXES``, the AE settings and their
+defaults are ``dicomcheck.config.Settings`` (flags read from the CLI itself), the DIMSE statuses are
+``dicomcheck.ingest.StoreStatus``. ``tests/test_conformance.py`` fails when docs/conformance.md is not
+this module's output, and checks the contexts and rejections over real associations.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from pydicom.uid import UID
+
+from dicomcheck import __version__
+from dicomcheck.config import Settings
+from dicomcheck.ingest import StoreStatus
+
+from .server import TRANSFER_SYNTAXES, make_ae, supported_contexts
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+REJECTIONS: tuple[tuple[str, int, int, int, str], ...] = (
+    # (when, result, source, reason/diagnostic, meaning) -- A-ASSOCIATE-RJ as pynetdicom sends it
+    ("the calling AE title is not in the allow-list (`allow_callers`, when set)", 0x01, 0x01, 0x03,
+     "rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized"),
+    ("the called AE title is not ours (when `require_called_ae`, the default)", 0x01, 0x01, 0x07,
+     "rejected-permanent, DICOM UL service-user, called-AE-title-not-recognized"),
+    ("`max_associations` associations are already open (per receiver process; see below)", 0x02, 0x03, 0x02,
+     "rejected-transient, DICOM UL service-provider (presentation related), local-limit-exceeded"),
+)
+
+STATUS_MEANING: dict[StoreStatus, tuple[str, str]] = {
+    StoreStatus.SUCCESS: ("Success",
+                          "The file is on disk (fsynced, renamed into place, directory fsynced) and indexed. Also "
+                          "answered for an identical re-send (recorded as a duplicate receipt, stored once) and for "
+                          "changed content under a known SOP Instance UID (kept as a new version)."),
+    StoreStatus.SOP_CLASS_NOT_SUPPORTED: ("Refused: SOP Class not supported",
+                                          "The request's Affected SOP Class UID is not a storage class we accept, or "
+                                          "differs from the abstract syntax of the presentation context it was sent on. "
+                                          "Nothing is stored."),
+    StoreStatus.OUT_OF_RESOURCES: ("Refused: Out of Resources",
+                                   "Storage full or failing, or the index unavailable. Nothing was answered success; "
+                                   "the sender may retry later."),
+    StoreStatus.CANNOT_UNDERSTAND: ("Error: Cannot understand",
+                                    "The data set cannot be parsed. Kept in quarantine with the reason."),
+    StoreStatus.MISSING_UIDS: ("Error: Cannot understand (0xC001)",
+                               "Study, Series or SOP Instance UID missing. Kept in quarantine with the reason."),
+    StoreStatus.UID_MISMATCH: ("Error: Cannot understand (0xC002)",
+                               "The data set's SOP Instance or SOP Class UID differs from the C-STORE request's. "
+                               "Kept in quarantine with the reason."),
+}
+
+NETWORK_FIELDS: tuple[tuple[str, str], ...] = (
+    # (Settings field, what it means when its description is not enough)
+    ("ae_title", "Our AE title (the called AE title senders must use)."),
+    ("dicom_port", "TCP port of the DICOM listener."),
+    ("bind", "Address the DICOM listener binds to."),
+    ("processes", "Receiver processes sharing the DICOM port."),
+    ("receiver_processes", "Receiver processes sharing the DICOM port."),
+    ("allow_callers", "Calling AE titles allowed; empty accepts all (with a warning at start)."),
+    ("require_called_ae", "Reject associations whose called AE title is not ours."),
+    ("max_associations", "Concurrent associations accepted (in total; shared out between receiver processes)."),
+    ("max_pdu", "Maximum PDU length we announce and receive (0 = unlimited)."),
+    ("acse_timeout", "Seconds to wait for association messages (A-ASSOCIATE, A-RELEASE)."),
+    ("dimse_timeout", "Seconds to wait for DIMSE messages."),
+    ("network_timeout", "Seconds of network inactivity before the association is aborted."),
+    ("private_sop_classes", "Extra (private) storage SOP Class UIDs accepted, with the same transfer syntaxes."),
+    ("tls_cert", "Certificate (PEM): enables DICOM TLS on the DICOM port."),
+    ("tls_key", "Private key (PEM) of the certificate."),
+    ("tls_ca", "CA bundle used to verify client certificates."),
+    ("tls_require_client_cert", "Require a client certificate signed by `tls_ca` (mutual TLS)."),
+    ("stable_after", "Seconds without a new instance of a study before it is decided."),
+    ("evidence_destination", "PACS (AE@host:port) that receives each decision's evidence objects (C-STORE SCU)."),
+)
+
+
+def _name(uid: str) -> str:
+    name = UID(uid).name
+    return "" if name == uid else name
+
+
+def _flags() -> dict[str, str]:
+    """Settings field (or CLI parameter name) -> the ``dicomcheck serve`` flag(s), read from the CLI."""
+    try:
+        import typer
+
+        from dicomcheck.cli import app
+
+        serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - the statement does not need the CLI to exist
+        return {}
+    flags = {}
+    for param in serve.params:
+        opts = " / ".join(f"`{o}`" for o in [*param.opts, *getattr(param, "secondary_opts", [])])
+        flags[param.name] = opts
+        for field in Settings.model_fields:
+            if field in (f"{param.name}s", f"{param.name}es"):
+                flags[field] = opts
+    return flags
+
+
+def _default(field: str) -> str:
+    info = Settings.model_fields[field]
+    value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+    if value is None:
+        return "not set"
+    if value == []:
+        return "empty"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"`{value}`"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def statement(settings: Settings | None = None) -> str:
+    settings = settings or Settings.model_validate({})  # the defaults: no environment, no config file
+    ae = make_ae(settings)
+    contexts = supported_contexts(settings)
+    storage = [str(cx.abstract_syntax) for cx in contexts if str(cx.abstract_syntax) != VERIFICATION]
+    verification = next(cx for cx in contexts if str(cx.abstract_syntax) == VERIFICATION)
+    flags = _flags()
+    out: list[str] = []
+    add = out.append
+
+    add("# dicomcheck DICOM Conformance Statement")
+    add("")
+    add(f"dicomcheck {__version__}. Generated from the code by `python -m scp.conformance > docs/conformance.md`; "
+        "`tests/test_conformance.py` fails when this file differs from the generator's output and checks the contexts "
+        "and rejections below over real associations. Do not edit by hand.")
+    add("")
+    add("## 1. Overview")
+    add("")
+    add("dicomcheck receives studies from a PACS or modality (`dicomcheck serve`), keeps every instance as received, "
+        "indexes its header facts and decides, per study, whether the images support CPT 76376 / 76377. This statement "
+        "covers its network roles:")
+    add("")
+    out += _table(["SOP Classes", "User of service (SCU)", "Provider of service (SCP)"], [
+        ["Verification", "no", "yes"],
+        [f"Storage ({len(storage)} SOP classes, section 4)", "evidence objects only, when `evidence_destination` is set (section 7)", "yes"],
+    ])
+    add("")
+    add("No Query/Retrieve, Worklist, MPPS, Storage Commitment or Print services.")
+    add("")
+
+    add("## 2. Application Entity")
+    add("")
+    out += _table(["Item", "Value"], [
+        ["AE title", f"`{settings.ae_title}` by default (`ae_title`)"],
+        ["Implementation Class UID", f"`{ae.implementation_class_uid}` (pynetdicom's)"],
+        ["Implementation Version Name", f"`{ae.implementation_version_name}`"],
+        ["Network", "TCP/IP, DICOM Upper Layer (PS3.8); IPv4 and IPv6"],
+        ["Maximum PDU length received", f"{settings.max_pdu} bytes by default (`max_pdu`)"],
+        ["Asynchronous operations window", "not negotiated: one operation at a time on an association"],
+        ["SCP/SCU role selection", "default roles only (the requestor is SCU, dicomcheck is SCP)"],
+        ["Extended negotiation, user identity", "none; a User Identity item is not required and not answered"],
+    ])
+    add("")
+    add("### 2.1 Settings")
+    add("")
+    add("Each setting is a flag of `dicomcheck serve` (when listed), an environment variable `DICOMCHECK_<NAME>` or "
+        "a key of the `--config` TOML file; flags win over the environment, which wins over the file.")
+    add("")
+    rows = []
+    for field, note in NETWORK_FIELDS:
+        if field not in Settings.model_fields:
+            continue
+        description = Settings.model_fields[field].description or note
+        rows.append([f"`{field}`", flags.get(field, "(no flag)"), f"`DICOMCHECK_{field.upper()}`", _default(field), description])
+    out += _table(["Setting", "Flag", "Environment", "Default", "Meaning"], rows)
+    add("")
+
+    add("## 3. Association policies")
+    add("")
+    add("An association request is accepted unless one of these holds; the A-ASSOCIATE-RJ then carries:")
+    add("")
+    out += _table(["When", "Result", "Source", "Reason", "Meaning"],
+                  [[when, f"0x{r:02X}", f"0x{s:02X}", f"0x{d:02X}", meaning] for when, r, s, d, meaning in REJECTIONS])
+    add("")
+    add("Accepted and rejected associations are recorded in the index with the calling and called AE titles, the "
+        "peer address, the implementation class UID and version name, TLS, and the rejection reason.")
+    add("")
+    processes_flag = next((f for name, f in flags.items() if "processes" in name), None)
+    add("Receiver processes: with N receiver processes ("
+        + (f"{processes_flag} N" if processes_flag else "`scp.server.start_processes`")
+        + ") one process listens and hands each new association to the receiver process with the fewest open "
+        "associations; each accepts `ceil(max_associations / N)`, so the total stays `max_associations`.")
+    add("")
+    add("Presentation contexts are negotiated per context: a context whose abstract syntax is not listed in "
+        "section 4 is rejected with result 0x03 (abstract syntax not supported); one that proposes none of the "
+        "transfer syntaxes of section 4.1 is rejected with result 0x04 (transfer syntaxes not supported). When a "
+        "context proposes several transfer syntaxes we support, the first in the order of section 4.1 is accepted.")
+    add("")
+
+    add("## 4. Presentation contexts (SCP)")
+    add("")
+    add(f"Verification SOP Class `{VERIFICATION}`: transfer syntaxes "
+        + ", ".join(f"{_name(str(t))} `{t}`" for t in verification.transfer_syntax) + ".")
+    add("")
+    add(f"Every storage SOP class below is accepted with every transfer syntax of section 4.1, in the SCP role. "
+        f"Private storage SOP classes are accepted only when configured (`private_sop_classes`, "
+        f"{flags.get('private_sop_classes', 'no flag')}), with the same transfer syntaxes; any other SOP class "
+        "is refused at negotiation (result 0x03), so unknown objects are never received.")
+    add("")
+    add("### 4.1 Transfer syntaxes (in order of preference)")
+    add("")
+    out += _table(["Transfer syntax", "UID"], [[_name(t), f"`{t}`"] for t in TRANSFER_SYNTAXES])
+    add("")
+    add(f"### 4.2 Storage SOP classes ({len(storage)})")
+    add("")
+    out += _table(["SOP Class", "UID", "Role"], [[_name(u) or "(private, configured)", f"`{u}`", "SCP"] for u in storage])
+    add("")
+
+    add("## 5. C-STORE SCP behaviour")
+    add("")
+    add("- **Stored as received.** The data set bytes are written as they arrive (straight to a temporary file on "
+        "the storage volume, not held in memory), after a File Meta Information header naming the SOP Class and "
+        "Instance UIDs of the request and the accepted transfer syntax. Nothing is decompressed, transcoded or "
+        "coerced; the SHA-256 of the stored file is kept in the index.")
+    add("- **Durable before success.** Success is answered only after the file is fsynced, renamed into "
+        "`storage/<study>/<series>/<instance>.<sha>.dcm`, its directory fsynced, and the instance indexed. A failure "
+        "of any of these is answered with a failure status, never success.")
+    add("- **Duplicates and versions.** An identical re-send is answered Success and recorded as a duplicate receipt "
+        "(stored once). Different content under a known SOP Instance UID is stored as a new version; nothing is "
+        "overwritten.")
+    add("- **SOP class checks.** A C-STORE whose Affected SOP Class UID differs from its presentation context's "
+        "abstract syntax is refused with 0x0122 (the context decides what may be sent on it).")
+    add("- **Provenance.** Each receipt records calling and called AE titles, peer address, implementation class UID "
+        "and version name, the transfer syntax and the Move Originator AE title (when present).")
+    add("")
+    add("DIMSE statuses of C-STORE responses:")
+    add("")
+    missing = [s for s in StoreStatus if s not in STATUS_MEANING]
+    if missing:
+        raise RuntimeError(f"scp.conformance: no meaning written for {missing}")
+    out += _table(["Status", "Name", "Meaning"], [[f"`0x{int(s):04X}`", STATUS_MEANING[s][0], STATUS_MEANING[s][1]] for s in StoreStatus])
+    add("")
+    add("An unexpected exception in the receiver is answered by pynetdicom with `0xC211` (Cannot understand); "
+        "error responses carry an Error Comment (0000,0902) of at most 64 characters.")
+    add("")
+
+    add("## 6. Security")
+    add("")
+    add("- Calling AE allow-list (`allow_callers`) and called AE check (`require_called_ae`), section 3.")
+    add("- DICOM TLS (PS3.15 Annex B) on the DICOM port when `tls_cert` and `tls_key` are set: TLS 1.2 or newer, "
+        "server certificate from `tls_cert`; with `tls_require_client_cert` a client certificate signed by `tls_ca` "
+        "is required (mutual TLS). Without TLS settings the port is plain TCP.")
+    add("- Logs carry UIDs, AE titles and addresses, never patient names or IDs.")
+    add("")
+
+    add("## 7. Storage SCU (evidence objects)")
+    add("")
+    try:
+        from dicomcheck.evidence.model import OWN_SOP_CLASSES
+        from dicomcheck.evidence.send import DEFAULT_CALLING_AE
+    except ImportError:
+        add("Not available in this build.")
+    else:
+        add("When `evidence_destination` (`AE@host:port`) is set, dicomcheck sends each decision's evidence objects "
+            f"to that PACS with C-STORE, calling AE title `{DEFAULT_CALLING_AE}` by default, proposing each SOP class "
+            "below with Explicit VR Little Endian (the syntax dicomcheck writes them in). PHI-minimal objects are "
+            "never sent.")
+        add("")
+        out += _table(["SOP Class", "UID", "Role"], [[_name(u), f"`{u}`", "SCU"] for u in sorted(OWN_SOP_CLASSES)])
+    add("")
+
+    add("## 8. Character sets")
+    add("")
+    add("Data sets are stored byte for byte, whatever their Specific Character Set (0008,0005). For the index, "
+        "header values are decoded by pydicom according to (0008,0005).")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    sys.stdout.write(statement())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""Receive-path tuning of pynetdicom, measured in bench/README.md ("Receiver").
+
+pynetdicom runs two polling loops per association: the DUL reactor (socket -> PDUs) sleeps 1 ms
+whenever its socket has nothing to read, and the association reactor (PDUs -> DIMSE -> C-STORE
+handler) sleeps 1 ms before every look at its message queue. On one association each C-STORE
+round trip crosses those loops three times (request in, handler, response out), so the sleeps add
+up to ~2-3 ms an instance; it also reads every PDU 4 KB at a time. The steps below remove that
+latency and overhead without touching what is received, stored or answered:
+
+``quiet``    no per-PDU / per-DIMSE standard log handlers (``_config.LOG_HANDLER_LEVEL = "none"``;
+             pynetdicom's logger is at WARNING here anyway, but the handlers still format).
+``recv``     read a PDU with ``recv_into`` in chunks of up to 256 KB instead of 4 KB ``recv`` calls.
+``reactor``  event-driven reactors: the DUL waits in ``select()`` on its socket and a wake-up pipe
+             (written when a primitive is queued for sending or the DUL is stopped) instead of
+             sleeping; the association reactor waits on an event the DUL sets after every state
+             machine action instead of sleeping 1 ms. Timers (ARTIM, network idle) are still
+             checked at least every 50 ms.
+``nodelay``  ``TCP_NODELAY`` on every accepted socket (the response leaves at once).
+``context``  copy the ~170 supported presentation contexts for each new association with a
+             shallow copy (pynetdicom deep-copies them, re-validating every UID: ~50 ms per
+             association here).
+
+All are on by default. ``DICOMCHECK_SCP_TUNING`` selects them for measurements: ``none``, ``all``
+or a comma list (e.g. ``quiet,recv``). They change only *when* loops wake up and how bytes are read,
+never the state machine or the data.
+
+Whatever the tuning, the same patched reactors also fix what peer input could do to pynetdicom 3.0
+(found by tests/test_receiver_fuzz.py):
+
+* an exception from the DUL state machine, or in an association thread (e.g. while negotiating),
+  killed the thread: the association was never answered or ended without EVT_ABORTED (its
+  provenance row left open, a partial file left). Now it is logged, the association aborted
+  (A-ABORT) and EVT_ABORTED triggered;
+* a data set file received for a C-STORE-RQ that no storage service handled (a SOP class that is
+  not a storage class), or dropped when a second command set arrived before the data set, was left
+  in ``storage/.tmp``: it is removed.
+
+The patches replace methods of pynetdicom 3.0 classes and are applied only to that version
+(checked); with any other version the library runs unpatched and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from typing import Any
+
+import pynetdicom
+from pynetdicom import _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
+
+log = logging.getLogger(__name__)
+
+STEPS = ("quiet", "recv", "reactor", "nodelay", "context")
+ENV = "DICOMCHECK_SCP_TUNING"
+PATCHED_VERSIONS = ("3.0.",)
+"""pynetdicom versions whose reactor code the patches were written against (pyproject pins <3.1)."""
+
+TIMER_CHECK = 0.05
+"""Longest wait of a reactor without an event, so ARTIM / idle timers are still checked."""
+
+RECV_CHUNK = 256 * 1024
+
+_applied: set[str] = set()
+_lock = threading.Lock()
+_EVENT_DRIVEN = [False]
+"""Whether the patched reactors wait for events ("reactor" step) or sleep like pynetdicom."""
+
+
+def selected(value: str | None = None) -> set[str]:
+    """The steps named by ``DICOMCHECK_SCP_TUNING`` (default: all)."""
+    value = os.environ.get(ENV, "all") if value is None else value
+    value = value.strip().lower()
+    if value in ("", "all"):
+        return set(STEPS)
+    if value == "none":
+        return set()
+    steps = {s.strip() for s in value.split(",") if s.strip()}
+    unknown = steps - set(STEPS)
+    if unknown:
+        raise ValueError(f"{ENV}: unknown tuning steps {sorted(unknown)} (known: {', '.join(STEPS)}, all, none)")
+    return steps
+
+
+def apply(steps: set[str] | None = None) -> set[str]:
+    """Apply the tuning steps once per process; returns the steps in effect."""
+    steps = selected() if steps is None else steps
+    with _lock:
+        known = pynetdicom.__version__.startswith(PATCHED_VERSIONS)
+        if not known:
+            log.warning("pynetdicom %s is not %s: receive-path patches not applied", pynetdicom.__version__, PATCHED_VERSIONS)
+            steps = steps - {"recv", "reactor", "context"}
+        if "quiet" in steps:
+            _config.LOG_HANDLER_LEVEL = "none"
+        if "recv" in steps and "recv" not in _applied:
+            AssociationSocket.recv = _recv  # type: ignore[method-assign]
+        if known and not _ORIGINAL:
+            _patch_reactors()
+        if "reactor" in steps:
+            _EVENT_DRIVEN[0] = True
+        _applied.update(steps)
+    return steps
+
+
+def applied() -> set[str]:
+    return set(_applied)
+
+
+# ---------------------------------------------------------------------------------------------- recv
+def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv``: up to ``nr_bytes``, blocking; fewer only if the peer closed.
+
+    Same contract as pynetdicom's, but reads with ``recv_into`` up to 256 KB at a time into a reused
+    per-socket buffer. The result grows only as bytes arrive, so a PDU header claiming gigabytes
+    allocates nothing until they are actually sent (as before).
+    """
+    sock = self.socket
+    assert sock is not None
+    buffer = getattr(self, "_dc_buffer", None)
+    if buffer is None:
+        buffer = self._dc_buffer = memoryview(bytearray(RECV_CHUNK))  # type: ignore[attr-defined]
+    out = bytearray()
+    remaining = nr_bytes
+    while remaining > 0:
+        got = sock.recv_into(buffer, min(remaining, RECV_CHUNK))
+        if not got:  # connection closed: return what we have (the caller checks the length)
+            return out
+        out += buffer[:got]
+        remaining -= got
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reactors
+def _patch_reactors() -> None:
+    original_dul_init = DULServiceProvider.__init__
+    original_assoc_init = Association.__init__
+    original_send_pdu = DULServiceProvider.send_pdu
+    original_kill_dul = DULServiceProvider.kill_dul
+
+    def dul_init(self: DULServiceProvider, assoc: Any) -> None:
+        original_dul_init(self, assoc)
+        pipe = self._dc_pipe = _WakePipe()  # type: ignore[attr-defined]
+        weakref.finalize(self, pipe.close)  # a DUL whose reactor never ran
+
+    def assoc_init(self: Association, ae: Any, mode: str) -> None:
+        wake = self._dc_wake = threading.Event()  # type: ignore[attr-defined]
+        original_assoc_init(self, ae, mode)
+        # A thread that wants to send on this association clears the checkpoint and waits until the
+        # reactor pauses there: wake the reactor so it gets there at once.
+        self._reactor_checkpoint = _Checkpoint(wake)
+
+    def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
+        original_send_pdu(self, primitive)
+        _wake_dul(self)
+
+    def kill_dul(self: DULServiceProvider) -> None:
+        original_kill_dul(self)
+        _wake_dul(self)
+
+    def stop_dul(self: DULServiceProvider) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            _wake_dul(self)
+            while self.is_alive():
+                time.sleep(0.0005)
+            return True
+        return False
+
+    DULServiceProvider.__init__ = dul_init  # type: ignore[method-assign]
+    Association.__init__ = assoc_init  # type: ignore[method-assign]
+    DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+    DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
+    DULServiceProvider.stop_dul = stop_dul  # type: ignore[method-assign]
+    DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
+    _ORIGINAL["assoc_run_reactor"] = Association._run_reactor
+    Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
+    _ORIGINAL["run_reactor"] = Association.run_reactor
+    Association.run_reactor = _assoc_run_guarded  # type: ignore[method-assign]
+    _ORIGINAL["serve_request"] = Association._serve_request
+    Association._serve_request = _serve_request_cleaned  # type: ignore[method-assign]
+    _ORIGINAL["decode_msg"] = DIMSEMessage.decode_msg
+    DIMSEMessage.decode_msg = _decode_msg_cleaned  # type: ignore[method-assign]
+
+
+_ORIGINAL: dict[str, Any] = {}
+
+
+class _Checkpoint(threading.Event):
+    """``Association._reactor_checkpoint`` (set: run; cleared: pause) that wakes the reactor when cleared."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake = wake
+        self.set()
+
+    def clear(self) -> None:
+        super().clear()
+        self._wake.set()
+
+
+class _WakePipe:
+    """A non-blocking pipe that wakes a DUL reactor's ``select()``; closed exactly once, and never
+    written after closing (a closed descriptor number may already belong to another file)."""
+
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe()
+        os.set_blocking(self.read, False)
+        os.set_blocking(self.write, False)
+        self.lock = threading.Lock()
+        self.open = True
+
+    def wake(self) -> None:
+        with self.lock:
+            if self.open:
+                try:
+                    os.write(self.write, b"!")
+                except BlockingIOError:  # full: the reactor has plenty of wake-ups to read
+                    pass
+
+    def drain(self) -> None:
+        with self.lock:
+            if self.open:
+                try:
+                    while os.read(self.read, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+
+    def close(self) -> None:
+        with self.lock:
+            if self.open:
+                self.open = False
+                os.close(self.read)
+                os.close(self.write)
+
+
+def _wake_dul(dul: DULServiceProvider) -> None:
+    pipe = getattr(dul, "_dc_pipe", None)
+    if pipe is not None:
+        pipe.wake()
+
+
+def _wake_assoc(dul: DULServiceProvider) -> None:
+    wake = getattr(dul.assoc, "_dc_wake", None)
+    if wake is not None:
+        wake.set()
+
+
+def _dul_wait(self: DULServiceProvider) -> None:
+    """Sleep until the socket is readable, a primitive is queued, or TIMER_CHECK passes."""
+    if not _EVENT_DRIVEN[0]:  # pynetdicom's own timing
+        time.sleep(self._run_loop_delay)
+        return
+    if self.to_provider_queue.qsize() or self.event_queue.qsize() or self._kill_thread:
+        return
+    pipe: _WakePipe = self._dc_pipe  # type: ignore[attr-defined]
+    if not pipe.open:
+        time.sleep(self._run_loop_delay)
+        return
+    wrapped = self.socket
+    sock = wrapped.socket if wrapped is not None and wrapped._is_connected else None
+    watch: list[Any] = [pipe.read]
+    if sock is not None:
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():  # TLS: bytes already decrypted in the SSL buffer
+            return
+        watch.append(sock)
+    timeout = TIMER_CHECK if sock is not None else self._run_loop_delay
+    try:
+        ready, _, _ = select.select(watch, [], [], timeout)
+    except (OSError, ValueError):  # socket closed meanwhile: let the reactor find out
+        return
+    if pipe.read in ready:
+        pipe.drain()
+
+
+def _dul_run_reactor(self: DULServiceProvider) -> None:
+    """pynetdicom 3.0 ``DULServiceProvider.run_reactor`` with the idle sleep made a ``select()``.
+
+    The same control flow, except: ``time.sleep(self._run_loop_delay)`` -> ``_dul_wait``; the
+    association reactor is woken when the state machine queued something for it and when the loop
+    ends; and an exception from the state machine aborts the association like one from the
+    transport does (pynetdicom let it kill the thread), with EVT_ABORTED in both cases.
+    """
+    from pynetdicom.dul import LOGGER
+
+    self._idle_timer.start()
+    sleep = False
+    try:
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+
+            if sleep:
+                _dul_wait(self)
+
+            if self._kill_thread:
+                break
+
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                _dul_abort(self, exc, "Exception in DUL.run(), aborting association")
+                return
+
+            try:
+                event = self.event_queue.get(block=False)
+            except Exception:  # queue.Empty
+                sleep = True
+                continue
+
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:
+                _dul_abort(self, exc, "Exception in the DUL state machine, aborting association")
+                return
+            if self.to_user_queue.qsize() or self.assoc.dimse.msg_queue.qsize():
+                _wake_assoc(self)  # only when there is something for it (not per data PDU)
+            sleep = False
+    finally:
+        _wake_assoc(self)
+        self._dc_pipe.close()  # type: ignore[attr-defined]
+
+
+def _dul_abort(self: DULServiceProvider, exc: Exception, message: str) -> None:
+    """Abort the association from the DUL thread: A-ABORT to the peer, close, EVT_ABORTED."""
+    from pynetdicom.dul import LOGGER
+    from pynetdicom.pdu import A_ABORT_RQ
+
+    LOGGER.error(message)
+    LOGGER.exception(exc)
+    abort_pdu = A_ABORT_RQ()
+    abort_pdu.source = 0x02
+    abort_pdu.reason_diagnostic = 0x00
+    sock = self.socket
+    try:
+        if sock is not None:
+            sock.send(abort_pdu.encode())
+    except Exception:  # noqa: BLE001 - the peer may be gone already
+        pass
+    assoc = self.assoc
+    was_open = not (assoc.is_aborted or assoc.is_released or assoc.is_rejected)
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc._kill = True
+    self._kill_thread = True
+    try:
+        if sock is not None:
+            sock.close()
+    except Exception:  # noqa: BLE001
+        pass
+    if was_open:
+        evt.trigger(assoc, evt.EVT_ABORTED, {})
+
+
+def _assoc_run_guarded(self: Association) -> None:
+    """``Association.run_reactor``: an exception in an acceptor's thread (e.g. while negotiating a
+    request pynetdicom cannot handle) aborts the association instead of killing the thread silently;
+    messages still queued when the association ends (a C-STORE-RQ followed at once by an A-ABORT)
+    have their data set files removed."""
+    from pynetdicom.association import LOGGER
+
+    try:
+        _ORIGINAL["run_reactor"](self)
+        if self.is_acceptor:
+            _discard_queued(self)
+    except Exception as exc:
+        if not self.is_acceptor:
+            raise
+        LOGGER.error("Exception in the association thread, aborting association")
+        LOGGER.exception(exc)
+        try:
+            self.abort()  # A-ABORT to the peer, EVT_ABORTED, stops the DUL
+        except Exception:  # noqa: BLE001
+            self.kill()
+            evt.trigger(self, evt.EVT_ABORTED, {})
+        sock = self.dul.socket
+        if self._server is not None and sock is not None and sock.socket is not None:
+            self._server.shutdown_request(sock.socket)
+        _discard_queued(self)
+
+
+def _discard_queued(assoc: Association) -> None:
+    while True:
+        try:
+            _, msg = assoc.dimse.msg_queue.get(block=False)
+        except Exception:  # queue.Empty
+            return
+        _discard(getattr(msg, "_dataset_file", None))
+
+
+def _serve_request_cleaned(self: Association, msg: Any, context_id: int) -> None:
+    """``Association._serve_request``, then remove a received data set file nobody consumed.
+
+    pynetdicom's storage service removes it after the C-STORE handler (which has already moved it
+    into storage); a C-STORE-RQ whose SOP class is not a storage class never reaches that service.
+    """
+    try:
+        _ORIGINAL["serve_request"](self, msg, context_id)
+    finally:
+        _discard(getattr(msg, "_dataset_file", None))
+
+
+_created = threading.local()
+
+
+def tracked(factory: Any) -> Any:
+    """The data set file factory for ``pynetdicom.dimse_messages.NamedTemporaryFile``: ``factory``,
+    with the files created while a P-DATA primitive is decoded noted (see ``_decode_msg_cleaned``)."""
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        spool = factory(*args, **kwargs)
+        files = getattr(_created, "files", None)
+        if files is not None:
+            files.append(spool)
+        return spool
+
+    return create
+
+
+def _decode_msg_cleaned(self: DIMSEMessage, primitive: Any, assoc: Any = None) -> bool:
+    """``DIMSEMessage.decode_msg``; a second command set arriving before the data set of the first
+    (even in the same P-DATA) replaces the first's data set file without closing it: remove it."""
+    before = getattr(self, "_data_set_file", None)
+    _created.files = []
+    try:
+        return _ORIGINAL["decode_msg"](self, primitive, assoc)
+    finally:
+        created, _created.files = _created.files, None
+        current = getattr(self, "_data_set_file", None)
+        for spool in ([before] if before is not None else []) + created:
+            if spool is not current:
+                _discard(spool)
+
+
+def _discard(spool: Any) -> None:
+    if spool is None:
+        return
+    try:
+        spool.close()
+    except OSError:
+        pass
+    try:
+        os.unlink(spool.name)
+    except OSError:  # already moved into storage or removed
+        pass
+
+
+def _assoc_run_reactor(self: Association) -> None:
+    """pynetdicom 3.0 ``Association._run_reactor`` with the 1 ms sleep made an event wait.
+
+    Acceptors only (the receiver); an association we request (e.g. sending evidence) keeps
+    pynetdicom's own loop.
+    """
+    from pynetdicom.association import LOGGER
+
+    if not self.is_acceptor:
+        return _ORIGINAL["assoc_run_reactor"](self)
+
+    wake: threading.Event = self._dc_wake  # type: ignore[attr-defined]
+    self._is_paused = False
+    while not self._kill:
+        if not _EVENT_DRIVEN[0]:
+            time.sleep(0.001)  # pynetdicom's own timing
+        elif not (self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize()):
+            wake.wait(TIMER_CHECK)
+        wake.clear()
+
+        self._is_paused = True
+        self._reactor_checkpoint.wait()
+        self._is_paused = False
+
+        context_id, msg = self.dimse.get_msg(block=False)
+        if msg:
+            self._serve_request(msg, context_id)  # type: ignore[arg-type]
+
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            LOGGER.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return
+
+        if self.acse.is_aborted():
+            log_msg = "Association Aborted"
+            if self.acse.is_aborted("a-p-abort"):
+                log_msg += " (A-P-ABORT)"
+            LOGGER.info(log_msg)
+            self.dul.receive_pdu(wait=False)
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return
+
+        if not self.dul.is_alive():
+            self.kill()
+            return
+
+        if self.dul.idle_timer_expired():
+            LOGGER.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return
+
+
+# ---------------------------------------------------------------------------------------------- accepted sockets
+def prepare_accepted(sock: socket.socket, steps: set[str]) -> None:
+    """Per-connection socket options for an accepted association."""
+    if "nodelay" in steps:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (tests) or already closed
+            pass
+
+
+def share_contexts(contexts: list, steps: set[str]) -> list:
+    """The server's supported contexts, cheap to copy per association when tuned."""
+    return _SharedContexts(contexts) if "context" in steps else contexts
+
+
+class _SharedContexts(list):
+    """pynetdicom deep-copies the server's contexts for each association (``RequestHandler.
+    _create_association``); this list copies each context shallowly instead, with its own list of
+    transfer syntaxes (UIDs are immutable strings, the rest are scalars)."""
+
+    def __deepcopy__(self, memo: dict) -> list:
+        out = []
+        for context in self:
+            clone = copy.copy(context)
+            clone._transfer_syntax = list(context._transfer_syntax)
+            out.append(clone)
+        return out
