@@ -107,6 +107,7 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", show_default=False)] = None,
     tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle to verify client certificates.", show_default=False)] = None,
     tls_require_client_cert: Annotated[bool | None, typer.Option("--tls-require-client-cert/--no-tls-require-client-cert", help="Require a client certificate signed by --tls-ca.", show_default=False)] = None,
+    processes: Annotated[int | None, typer.Option("--processes", min=1, max=64, help="DICOM receiver processes sharing the port (default 1).", show_default=False)] = None,
     evidence_destination: Annotated[str | None, typer.Option("--evidence-destination", help="AE@host:port of a PACS that receives each decision's evidence KOS and SR.", show_default=False)] = None,
     http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP port of the lookup API. (default: 8080)", show_default=False)] = None,
     no_api: Annotated[bool, typer.Option("--no-api", help="Run the DICOM receiver only.")] = False,
@@ -128,7 +129,7 @@ def serve(
             config, data=data, ae_title=ae_title, dicom_port=dicom_port, bind=bind, allow_callers=allow_caller,
             devices=devices, stable_after=stable_after, database_url=database_url, max_associations=max_associations,
             private_sop_classes=private_sop_class, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-            tls_require_client_cert=tls_require_client_cert, http_port=http_port, evidence_destination=evidence_destination,
+            tls_require_client_cert=tls_require_client_cert, http_port=http_port, evidence_destination=evidence_destination, processes=processes,
             api=False if no_api else None, scp=False if no_scp else None,
         )
     except (ValidationError, ValueError) as exc:
@@ -147,9 +148,9 @@ def _run_server(settings, receiver_type, settler_type) -> None:
     settler.start()
     server = None
     if settings.scp:
-        from scp.server import start
+        from scp.server import start, start_processes
 
-        server = start(settings, receiver, block=False)
+        server = start_processes(settings, settings.processes) if settings.processes > 1 else start(settings, receiver, block=False)
         print(f"dicomcheck {__version__}: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]}, "
               f"data in {settings.data}", flush=True)
     try:

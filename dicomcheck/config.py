@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     tls_require_client_cert: bool = False
     node_name: str | None = Field(None, description="Name of this receiver in a shared index (default host:pid).")
     evidence_destination: str | None = Field(None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE).")
+    processes: int = Field(1, ge=1, le=64, description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
     api: bool = Field(True, description="Serve the HTTP API.")
     scp: bool = Field(True, description="Run the DICOM receiver.")
