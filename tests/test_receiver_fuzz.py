@@ -722,4 +722,5 @@ def test_transfers_cut_short_leave_no_temporary_file(receiver_factory):
     assert rows(server, "SELECT count(*) FROM instance") == [(0,)]
     # and each association's end is recorded
     wait_for(lambda: [s for (s,) in rows(server, "SELECT status FROM association")].count("accepted") == 0, timeout=TIMEOUT + SLACK)
-    assert len(rows(server, "SELECT 1 FROM association WHERE ended_at IS NOT NULL")) == 3
+    recorded = rows(server, "SELECT ended_at FROM association")
+    assert recorded and all(ended for (ended,) in recorded)  # every recorded association has its end
