@@ -355,7 +355,7 @@ def send(ns: Netns, receiver: Receiver, files: list[Path], associations: int, me
         measure.update(receiver_cpu_s=round(receiver_cpu, 2), sender_cpu_s=round(senders_cpu, 2),
                        other_cpu_s=round(max(0.0, busy - receiver_cpu - senders_cpu), 2),
                        machine_busy=round(busy / elapsed / (os.cpu_count() or 1), 2))
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         if p.returncode != 0:
             raise RuntimeError(f"storescu failed ({p.returncode}) sending to {receiver.kind}:\n{out.decode(errors='replace')[-3000:]}")
     return elapsed
@@ -387,10 +387,10 @@ stays within its time budget); the least loaded attempt is kept. Set from the co
 
 
 def measured(run) -> dict:
-    """``run()`` repeated while other load on the shared machine was above ``LOAD['max_foreign']``."""
+    """``run(attempt)`` repeated while other load on the shared machine was above ``LOAD['max_foreign']``."""
     attempts = []
-    for _ in range(1 + LOAD["retries"]):
-        row = run()
+    for attempt in range(1 + LOAD["retries"]):
+        row = run(attempt)
         row["foreign_cores"] = round(row["other_cpu_s"] / row["seconds"], 2)
         attempts.append(row)
         if row["foreign_cores"] <= LOAD["max_foreign"] or time.monotonic() > LOAD["retry_until"]:
@@ -468,8 +468,8 @@ def tuning_steps(ns: Netns, files: list[Path], work: Path, repeats: int, port: i
             port += 2
             paths: list[Path] = []
 
-            def run(port: int = port, env: dict = env) -> dict:
-                port += 1000 * len(paths)
+            def run(attempt: int, port: int = port, env: dict = env, paths: list[Path] = paths) -> dict:
+                port += 1000 * attempt
                 paths.append(work / f"trace-{port}.json")
                 return run_once(ns, "dicomcheck", files, 1, work / f"tuning-{port}", port, env={**env, "DICOMCHECK_SCP_TRACE": str(paths[-1])})
 
@@ -654,7 +654,11 @@ def main() -> int:
             for repeat in range(args.repeats):  # round robin, so drift hits every receiver alike
                 for mode, kind, chosen, assocs in plan + (memory_plan if repeat < args.memory_repeats else []):
                     port += 2
-                    row = measured(lambda: run_once(ns, kind, chosen, assocs, work / f"{mode}-{kind}-{repeat}-{port}", port))
+                    def run(attempt: int, kind=kind, chosen=chosen, assocs=assocs, name=f"{mode}-{kind}-{repeat}", port=port) -> dict:
+                        port += 1000 * attempt
+                        return run_once(ns, kind, chosen, assocs, work / f"{name}-{port}", port)
+
+                    row = measured(run)
                     runs[f"{mode}/{kind}"].append(row)
                     print(f"  repeat {repeat + 1} {mode:10s} {kind:14s} {len(chosen):5d} inst  {row['instances_per_s']:7.1f}/s  "
                           f"peak RSS {row['peak_rss_mib_max']:.0f} MiB (sum {row['peak_rss_mib_sum']:.0f})  cpu {row['cpu_s']:.1f}s  "

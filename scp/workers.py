@@ -248,7 +248,6 @@ class ReceiverProcesses:
 def _worker_main(argv: list[str]) -> int:
     import argparse
 
-    from pynetdicom import evt
     from pynetdicom.transport import ThreadedAssociationServer
 
     from dicomcheck.ingest import Receiver

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pydicom import uid
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 from pynetdicom.sop_class import (
     CTImageStorage,
     EnhancedCTImageStorage,

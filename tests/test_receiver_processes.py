@@ -1,4 +1,4 @@
-"""Several receiver processes behind one DICOM port (``scp.server.start_processes``)."""
+"""Several receiver processes behind one DICOM port (``dicomcheck serve --processes N``, ``scp/workers.py``)."""
 
 from __future__ import annotations
 
@@ -19,24 +19,23 @@ from .dicomfiles import ct_dataset
 from .peers import free_port, wait_for
 
 CALLING = "PROCTEST"
-# Until `dicomcheck serve --processes N` exists, run the function the CLI will call.
-RUNNER = (
-    "import sys\n"
-    "from dicomcheck.config import load_settings\n"
-    "from scp.server import serve_processes\n"
-    "settings = load_settings(None, data=sys.argv[1], dicom_port=int(sys.argv[2]), bind='127.0.0.1',\n"
-    "                         allow_callers=['PROCTEST'], stable_after=1.0, api=False)\n"
-    "serve_processes(settings, int(sys.argv[3]))\n"
-)
 
 
 class Served:
+    """``dicomcheck serve --processes N``, started as a user would; ready once every receiver process is.
+
+    (Not ``tests.peers.start_receiver``: its readiness probe is a bare TCP connect, which a receiver
+    process holds as an unanswered association until the ACSE timeout, skewing least-connections.)
+    """
+
     def __init__(self, data: Path, processes: int) -> None:
         self.data, self.port, self.processes = data, free_port(), processes
         data.mkdir(parents=True)
         self.log_path = data.parent / f"{data.name}.log"
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(data), str(self.port), str(processes)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "dicomcheck.cli", "serve", "--no-api", "--data", str(data),
+                                          "--dicom-port", str(self.port), "--bind", "127.0.0.1", "--allow-caller", CALLING,
+                                          "--stable-after", "1", "--processes", str(processes)],
                                          stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: self._exited() or "listening on" in self.log(), timeout=120)
