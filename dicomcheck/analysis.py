@@ -14,7 +14,7 @@ from .model import Evidence, InstanceFacts, RuleHit, SeriesDecision, StudyDecisi
 from .registry import Registry
 from .rules.kind import classify_series, is_secondary_capture
 from .rules.origin import decide_origin, weak_marks
-from .rules.outcome import _DERIVED_ONLY_MODALITIES, decide_outcome, three_d_status
+from .rules.outcome import DERIVED_ONLY_MODALITIES, decide_outcome, three_d_status
 from .rules.tags import tag_of
 
 
@@ -41,7 +41,7 @@ def _equipment_key(facts: InstanceFacts) -> tuple:
 def _is_base_acquisition(kind: SeriesKind, first: InstanceFacts) -> bool:
     """Contract clarification: an image series of the study's modality, Image Type value 2
     PRIMARY (or an acquisition), with no reformat / projection / rendering technique."""
-    if is_secondary_capture(first) or (first.modality or "") in _DERIVED_ONLY_MODALITIES:
+    if is_secondary_capture(first) or (first.modality or "") in DERIVED_ONLY_MODALITIES:
         return False
     if kind is SeriesKind.ACQUISITION:
         return True

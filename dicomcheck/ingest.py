@@ -24,7 +24,7 @@ from .registry import Device as RegistryDevice
 from .registry import Registry, load_registry
 from .report import study_dict
 from .rules import RULES_VERSION
-from .sources import read_dataset
+from .sources import read_file_header
 from .store.engine import make_engine, upgrade
 from .store.files import DISK_FULL, FileStore, SpoolFile, sha256_file
 from .store.access import Access
@@ -106,7 +106,7 @@ class Receiver:
             return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage full")
         try:
             try:
-                ds = read_dataset(str(temp))
+                ds = read_file_header(str(temp))
                 facts = extract_facts(ds, str(temp), ae_title=receipt.calling_ae)
                 # pydicom converts an element when it is first read: a corrupt one raises here, not later
                 dataset_has_class = bool(ds.get("SOPClassUID"))

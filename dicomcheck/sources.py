@@ -164,7 +164,7 @@ def read_facts(source: Source) -> InstanceFacts | ReadError:
         return _read_facts(source)
 
 
-def _read_file(path: str) -> Dataset:
+def read_file_header(path: str) -> Dataset:
     """:func:`read_dataset` of a file, from memory when the file is small (``WHOLE_FILE_LIMIT``)."""
     with open(path, "rb") as fh:
         info = os.fstat(fh.fileno())
@@ -175,7 +175,7 @@ def _read_file(path: str) -> Dataset:
 def _read_facts(source: Source) -> InstanceFacts | ReadError:
     try:
         if source.member is None:
-            ds = _read_file(source.path)
+            ds = read_file_header(source.path)
         else:
             with zipfile.ZipFile(source.path) as archive:
                 ds = read_dataset(io.BytesIO(archive.read(source.member)))

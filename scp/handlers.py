@@ -174,12 +174,7 @@ def _discard_partial_dataset(assoc) -> None:
     spool = getattr(message, "_data_set_file", None)
     if spool is None:
         return
-    try:
-        spool.close()
-    except OSError:
-        pass
-    SpoolFile.failure(spool.name)
-    Path(spool.name).unlink(missing_ok=True)
+    SpoolFile.discard(spool)
     message._data_set_file = None
     message._data_set_path = None
     log.info("association ended in the middle of a data set: partial file removed")

@@ -101,7 +101,7 @@ def install() -> bool:
     DIMSEServiceProvider.receive_primitive = traced_receive  # type: ignore[method-assign]
     AssociationSocket.send = traced_send  # type: ignore[method-assign]
     handlers.Handlers.on_store = traced_on_store  # type: ignore[method-assign]
-    for module, name, label in ((ingest, "read_dataset", "parse"), (ingest, "extract_facts", "facts"),
+    for module, name, label in ((ingest, "read_file_header", "parse"), (ingest, "extract_facts", "facts"),
                                 (ingest, "sha256_file", "sha256"), (files, "fsync_file", "fsync_file"),
                                 (files, "fsync_dir", "fsync_dir")):
         setattr(module, name, _timed(getattr(module, name), label))

@@ -60,6 +60,8 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
+from dicomcheck.store.files import SpoolFile
+
 log = logging.getLogger(__name__)
 
 STEPS = ("quiet", "recv", "reactor", "nodelay", "context")
@@ -402,7 +404,7 @@ def _discard_queued(assoc: Association) -> None:
             _, msg = assoc.dimse.msg_queue.get(block=False)
         except Exception:  # queue.Empty
             return
-        _discard(getattr(msg, "_dataset_file", None))
+        SpoolFile.discard(getattr(msg, "_dataset_file", None))
 
 
 def _serve_request_cleaned(self: Association, msg: Any, context_id: int) -> None:
@@ -414,7 +416,7 @@ def _serve_request_cleaned(self: Association, msg: Any, context_id: int) -> None
     try:
         _ORIGINAL["serve_request"](self, msg, context_id)
     finally:
-        _discard(getattr(msg, "_dataset_file", None))
+        SpoolFile.discard(getattr(msg, "_dataset_file", None))
 
 
 _created = threading.local()
@@ -446,20 +448,7 @@ def _decode_msg_cleaned(self: DIMSEMessage, primitive: Any, assoc: Any = None) -
         current = getattr(self, "_data_set_file", None)
         for spool in ([before] if before is not None else []) + created:
             if spool is not current:
-                _discard(spool)
-
-
-def _discard(spool: Any) -> None:
-    if spool is None:
-        return
-    try:
-        spool.close()
-    except OSError:
-        pass
-    try:
-        os.unlink(spool.name)
-    except OSError:  # already moved into storage or removed
-        pass
+                SpoolFile.discard(spool)
 
 
 def _assoc_run_reactor(self: Association) -> None:

@@ -341,6 +341,12 @@ def create_app(receiver: Receiver) -> FastAPI:
         values["role"] = body.role.value
         return values
 
+    def device_out(device_id: int) -> dict:
+        device = access.get_device(device_id)
+        if device is None:
+            raise HTTPException(404, f"no device {device_id}")
+        return _device_out(device)
+
     def change_response(device, before: dict | None, after: dict | None) -> dict:
         affected = sorted(set(affected_studies(before or {})) | set(affected_studies(after or {})))
         return {"device": _device_out(device) if device else None, "affected_studies": affected,
@@ -359,17 +365,11 @@ def create_app(receiver: Receiver) -> FastAPI:
 
     @app.get("/devices/{device_id}", response_model=DeviceOut, tags=["devices"], summary="One registry entry")
     def get_device(device_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, token: Annotated[TokenInfo, Depends(staff)]) -> dict:
-        device = access.get_device(device_id)
-        if device is None:
-            raise HTTPException(404, f"no device {device_id}")
-        return _device_out(device)
+        return device_out(device_id)
 
     @app.put("/devices/{device_id}", response_model=DeviceChangeOut, tags=["devices"], summary="Replace a registry entry")
     def update_device(device_id: Annotated[int, Path(ge=1, le=2**31 - 1)], body: DeviceIn, request: Request, token: Annotated[TokenInfo, Depends(admin)]) -> dict:
-        existing = access.get_device(device_id)
-        if existing is None:
-            raise HTTPException(404, f"no device {device_id}")
-        before = _device_out(existing)
+        before = device_out(device_id)
         values = validated(body)
         device = access.save_device(values, device_id=device_id, token_name=token.name)
         audit(request, token, "Security Alert", "U", detail={"device_id": device_id, "change": "registry entry updated"})
@@ -377,10 +377,7 @@ def create_app(receiver: Receiver) -> FastAPI:
 
     @app.delete("/devices/{device_id}", response_model=DeviceChangeOut, tags=["devices"], summary="Remove a registry entry")
     def delete_device(device_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, token: Annotated[TokenInfo, Depends(admin)]) -> dict:
-        existing = access.get_device(device_id)
-        if existing is None:
-            raise HTTPException(404, f"no device {device_id}")
-        before = _device_out(existing)
+        before = device_out(device_id)
         access.delete_device(device_id, token_name=token.name)
         audit(request, token, "Security Alert", "D", detail={"device_id": device_id, "change": "registry entry deleted"})
         return change_response(None, before, None)

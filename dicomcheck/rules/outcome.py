@@ -17,7 +17,7 @@ THREE_D_KINDS = frozenset(
 TOMOGRAPHIC_MODALITIES = frozenset({"CT", "MR", "US", "PT", "NM", "OCT", "IVOCT", "IVUS", "OPT"})
 _CPT_SCHEMES = frozenset({"C4", "CPT", "CPT4", "CPT-4"})
 _CPT_SHAPE = re.compile(r"^\d{4}[0-9A-Z]$")
-_DERIVED_ONLY_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "OT", "REG", "RWV", "DOC"})
+DERIVED_ONLY_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "OT", "REG", "RWV", "DOC"})
 
 
 def three_d_status(kind: SeriesKind, technique: Technique | None, policy: Policy) -> tuple[bool, RuleHit | None]:
@@ -116,7 +116,7 @@ def decide_outcome(
         lead = RuleHit(first.rule, f"{first.text} 3D present ({_describe(three_d)}), but the base study already includes it.", tuple(s.series_instance_uid for s in three_d), first.evidence)
         return Outcome.BUNDLED, (lead, *bundled[1:], *policy_hits)
 
-    image_modalities = {s.modality for s in series if s.kind not in (SeriesKind.NON_IMAGE,) and s.modality and s.modality not in _DERIVED_ONLY_MODALITIES}
+    image_modalities = {s.modality for s in series if s.kind not in (SeriesKind.NON_IMAGE,) and s.modality and s.modality not in DERIVED_ONLY_MODALITIES}
     if image_modalities and not image_modalities & TOMOGRAPHIC_MODALITIES:
         evidence = tuple(Evidence("outcome.non_tomographic", "Modality", m, tag_of("Modality"), None) for m in sorted(image_modalities))
         return Outcome.NEEDS_REVIEW, (RuleHit("outcome.non_tomographic", f"3D codes apply to CT, MR or ultrasound; this study is {', '.join(sorted(image_modalities))}.", evidence=evidence), *policy_hits)

@@ -203,3 +203,22 @@ class SpoolFile:
         """The errno that stopped receiving ``path`` (forgotten once asked), or None."""
         with cls._lock:
             return cls._failures.pop(os.path.abspath(path), None)
+
+    @classmethod
+    def discard(cls, spool: object | None) -> None:
+        """Close and remove a receive file nobody will store (cut short, or not a storage request),
+        forgetting any failure it recorded. Already moved into storage or removed: nothing to do."""
+        if spool is None:
+            return
+        try:
+            spool.close()  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        name = getattr(spool, "name", None)
+        if name is None:
+            return
+        cls.failure(name)
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
