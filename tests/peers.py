@@ -17,14 +17,30 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def peer_program(name: str) -> str | None:
+    """A peer program's path; Debian installs Orthanc in /usr/sbin, not on every user's PATH."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+
+
 def require_peer(*programs: str) -> None:
     """Skip (on a laptop) or fail (under CI=true) when a real peer program is missing."""
-    missing = [p for p in programs if shutil.which(p) is None]
+    missing = [p for p in programs if peer_program(p) is None]
     if missing:
         reason = f"peer program(s) {missing} not installed (apt-get install dcmtk dicom3tools orthanc)"
         if IN_CI:
             pytest.fail(f"CI=true: {reason}")
         pytest.skip(reason)
+
+
+def stop_process(proc: subprocess.Popen, *, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:
@@ -55,13 +71,7 @@ class ReceiverProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -172,3 +182,84 @@ def nodelay(assoc):
         except OSError:  # closed meanwhile (aborted by the peer)
             pass
     return assoc
+
+
+@dataclass
+class OrthancProcess:
+    proc: subprocess.Popen
+    http_port: int
+    dicom_port: int
+    ae_title: str
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str):
+        import httpx
+
+        response = httpx.get(self.base + path, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: bytes | str | dict | list, timeout: float = 120):
+        import json
+
+        import httpx
+
+        content = body if isinstance(body, bytes | str) else json.dumps(body)
+        response = httpx.post(self.base + path, content=content, timeout=timeout)
+        response.raise_for_status()
+        return response.json()
+
+    def lookup(self, uid: str) -> list[dict]:
+        return self.post("/tools/lookup", uid)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=30)
+
+
+def start_orthanc(folder: Path, modalities: dict[str, list], *, dicom_server: bool = True) -> OrthancProcess:
+    """Our own Orthanc (shared/reference/peers.md): loopback HTTP, free ports, storage in
+    ``folder``, no plugins; C-STORE accepted only from the declared modalities on their declared
+    host. ``dicom_server=False`` when Orthanc only sends: then nothing listens but loopback HTTP."""
+    import json
+
+    import httpx
+
+    require_peer("Orthanc")
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "dicomcheck-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "DicomServerEnabled": dicom_server,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [], "SaveJobs": False,
+        "StableAge": 3600, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
+        "DicomCheckModalityHost": True, "DicomModalities": modalities, "DicomScuTimeout": 30,
+    }
+    config_path = folder / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log_path = folder / "orthanc.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([peer_program("Orthanc") or "Orthanc", str(config_path)], stdout=log,
+                                stderr=subprocess.STDOUT, env=peer_env())
+    orthanc = OrthancProcess(proc, http_port, dicom_port, "ORTHANC", log_path)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited {proc.returncode}:\n{orthanc.log()[-3000:]}")
+        try:
+            return httpx.get(orthanc.base + "/system", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, timeout=60)
+    except BaseException:
+        orthanc.stop()
+        raise
+    return orthanc

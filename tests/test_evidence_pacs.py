@@ -5,14 +5,10 @@ never sent."""
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
@@ -22,85 +18,13 @@ from dicomcheck.evidence.collect import from_folder
 from dicomcheck.evidence.dicom import build_kos, build_sr, write
 from dicomcheck.evidence.send import AssociationRejected, PacsDestination, send_objects
 
-from .peers import free_port, peer_env, require_peer, wait_for
+from .peers import OrthancProcess, free_port, require_peer, start_orthanc, wait_for
 
 CASE = "both_console_and_workstation"
 STABLE_AFTER = 1.0
 
 
 # ---------------------------------------------------------------------------- helpers
-@dataclass
-class OrthancProcess:
-    proc: subprocess.Popen
-    http_port: int
-    dicom_port: int
-    ae_title: str
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def get(self, path: str):
-        response = httpx.get(self.base + path, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def post(self, path: str, body: bytes | str | dict | list):
-        content = body if isinstance(body, bytes | str) else json.dumps(body)
-        response = httpx.post(self.base + path, content=content, timeout=60)
-        response.raise_for_status()
-        return response.json()
-
-    def lookup(self, uid: str) -> list[dict]:
-        return self.post("/tools/lookup", uid)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_orthanc(folder: Path, modalities: dict[str, list]) -> OrthancProcess:
-    """Our own Orthanc: loopback HTTP, free ports, storage in ``folder``, no plugins; C-STORE only
-    from the declared modalities on their declared host."""
-    require_peer("Orthanc")
-    folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
-    config = {
-        "Name": "dicomcheck-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "Plugins": [], "SaveJobs": False, "StableAge": 3600,
-        "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False, "DicomCheckModalityHost": True,
-        "DicomModalities": modalities,
-    }
-    config_path = folder / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    log_path = folder / "orthanc.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(["Orthanc", str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=peer_env())
-    orthanc = OrthancProcess(proc, http_port, dicom_port, "ORTHANC", log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"Orthanc exited {proc.returncode}:\n{orthanc.log()}")
-        try:
-            if httpx.get(orthanc.base + "/system", timeout=2).status_code == 200:
-                return orthanc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    orthanc.stop()
-    raise AssertionError(f"Orthanc did not start:\n{orthanc.log()}")
-
-
 @pytest.fixture()
 def orthanc_factory(tmp_path: Path):
     started: list[OrthancProcess] = []
