@@ -1,9 +1,8 @@
 """Faults of the receiver with real components: SIGKILL in the middle of a study, real-world files
 sent by DCMTK, and a real full disk (a tmpfs in the receiver's own mount namespace).
 
-The full-disk test asserts that nothing stored is lost and that the receiver keeps serving; that the
-refusal is 0xA700 rather than an abort needs scp/server.py to receive into ``SpoolFile`` (see the
-test): until then it ends as an expected failure saying so, after every other assertion passed.
+The full-disk test asserts that nothing stored is lost, that the receiver keeps serving, and that
+the refusal is 0xA700 rather than an abort (the receiver receives into ``SpoolFile``).
 """
 
 from __future__ import annotations
@@ -293,12 +292,6 @@ def test_full_disk_refuses_with_a700_and_loses_nothing_stored(receiver_factory, 
     current = "SELECT d.instance_count, s.needs_decision FROM study s JOIN decision d ON d.id = s.current_decision_id"
     wait_for(lambda: rows(server, current) == [(len(acknowledged), 0)], timeout=30)
 
-    if refusal == 0xA700:
-        assert not list((inside / ".tmp").iterdir()), "the refused instance's temporary file was left on the full volume"
-        assert "Traceback" not in server.log()
-    else:
-        pytest.xfail("a volume that fills up while a data set is being received aborts the association instead of "
-                     "answering 0xA700: pynetdicom's chunked receive writes the temporary file in its network thread, "
-                     "whose ENOSPC kills that thread. scp/server.py configure_process needs "
-                     "`pynetdicom.dimse_messages.NamedTemporaryFile = dicomcheck.store.files.SpoolFile` "
-                     "(the store then answers 0xA700); nothing stored was lost")
+    assert refusal == 0xA700, f"a full volume was answered {refusal!r}, not 0xA700 (Refused: out of resources)"
+    assert not list((inside / ".tmp").iterdir()), "the refused instance's temporary file was left on the full volume"
+    assert "Traceback" not in server.log()
