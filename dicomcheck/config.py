@@ -45,7 +45,13 @@ class Settings(BaseSettings):
     node_name: str | None = Field(None, description="Name of this receiver in a shared index (default host:pid).")
     evidence_destination: str | None = Field(None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE).")
     processes: int = Field(1, ge=1, le=64, description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).")
+    max_inflated_size: int = Field(1 << 30, ge=1 << 20, description="Largest size in bytes a Deflated Explicit VR data set may inflate to; beyond it the C-STORE is refused with 0xA700.")
+    pdu_deadline: float = Field(60.0, gt=0, description="Seconds one PDU may take to arrive in full; bytes trickling in do not reset it (the connection is aborted).")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
+    http_idle_timeout: float = Field(5.0, gt=0, description="Seconds an HTTP connection may sit idle, or take to send a request's headers or body, before it is closed.")
+    http_max_body: int = Field(1 << 20, ge=1024, description="Largest HTTP request body in bytes; larger ones get 413 before they are read.")
+    http_max_header_size: int = Field(16384, ge=1024, description="Largest HTTP request header block in bytes; larger ones get 431 / the connection is closed.")
+    http_max_connections: int = Field(200, ge=1, description="Open HTTP connections at most; beyond it new connections wait or are refused, so the API never starves the DICOM receiver of file descriptors.")
     api: bool = Field(True, description="Serve the HTTP API.")
     scp: bool = Field(True, description="Run the DICOM receiver.")
 

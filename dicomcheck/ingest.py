@@ -24,7 +24,7 @@ from .registry import Device as RegistryDevice
 from .registry import Registry, load_registry
 from .report import study_dict
 from .rules import RULES_VERSION
-from .sources import read_file_header
+from .sources import ResourceLimitExceeded, read_file_header
 from .store.engine import make_engine, upgrade
 from .store.files import DISK_FULL, FileStore, SpoolFile, sha256_file
 from .store.access import Access
@@ -110,6 +110,10 @@ class Receiver:
                 facts = extract_facts(ds, str(temp), ae_title=receipt.calling_ae)
                 # pydicom converts an element when it is first read: a corrupt one raises here, not later
                 dataset_has_class = bool(ds.get("SOPClassUID"))
+            except ResourceLimitExceeded as exc:  # a limit of ours, not bad data: the sender may retry
+                temp.unlink(missing_ok=True)
+                log.warning("refusing a data set (0xA700): %s", exc)
+                return StoreResult(StoreStatus.OUT_OF_RESOURCES, str(exc)[:64])
             except Exception as exc:  # noqa: BLE001 - every unparseable input is quarantined
                 return self._quarantine(temp, StoreStatus.CANNOT_UNDERSTAND, f"cannot parse the dataset: {type(exc).__name__}: {exc}", receipt, None, expected_sop_instance_uid)
             missing = [n for n, v in (("StudyInstanceUID", facts.study_instance_uid), ("SeriesInstanceUID", facts.series_instance_uid), ("SOPInstanceUID", facts.sop_instance_uid)) if not v]

@@ -142,6 +142,11 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[ReadError]
     return list(sources.values()), errors
 
 
+class ResourceLimitExceeded(Exception):
+    """Reading the input would exceed a configured resource limit (e.g. the inflated size of a
+    Deflated data set). Not a malformed input: the receiver answers 0xA700 (retryable), never 0xC000."""
+
+
 def read_dataset(fp: str | io.BytesIO) -> Dataset:
     """Read a header without pixel data; tolerate files without preamble or file meta."""
     with warnings.catch_warnings():
