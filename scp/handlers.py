@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from dicomcheck import metrics
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver, StoreStatus
-from dicomcheck.store.files import SpoolFile
+from dicomcheck.store.files import SpoolFile, printable
 from dicomcheck.store.index import ReceiptInfo
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Handlers:
             association_id = None
         self._tally(event.assoc).association_id = association_id
         metrics.ASSOCIATIONS.labels("accepted").inc()
-        log.info("association %s from %s (%s) accepted", association_id, peer["calling_ae"], peer["peer_address"])
+        log.info("association %s from %s (%s) accepted", association_id, printable(peer["calling_ae"]), peer["peer_address"])
 
     def on_rejected(self, event) -> None:
         peer = self._peer(event.assoc)
@@ -94,7 +94,7 @@ class Handlers:
             reason = "called AE title not recognised (0x01, 0x01, 0x07)"
         else:
             reason = "local limit exceeded or other (see log)"
-        log.warning("association from %s (%s) rejected: %s", peer["calling_ae"], peer["peer_address"], reason)
+        log.warning("association from %s (%s) rejected: %s", printable(peer["calling_ae"]), peer["peer_address"], reason)
         metrics.ASSOCIATIONS.labels("rejected").inc()
         try:
             self.receiver.index.open_association(**peer, tls=self.settings.tls_cert is not None, status="rejected", reject_reason=reason)
@@ -108,10 +108,11 @@ class Handlers:
         if tally is None or tally.association_id is None or tally.closed:
             return
         tally.closed = True
-        status = {"EVT_RELEASED": "released", "EVT_ABORTED": "aborted"}.get(event.event.name, "closed")
+        status = _ending(event)
+        with tally.lock:
+            counts = {"received": tally.received, "duplicates": tally.duplicates, "failures": tally.failures}
         try:
-            self.receiver.index.close_association(tally.association_id, status=status, received=tally.received,
-                                                  duplicates=tally.duplicates, failures=tally.failures)
+            self.receiver.index.close_association(tally.association_id, status=status, **counts)
         except Exception:  # noqa: BLE001
             log.exception("association end not recorded")
 
@@ -127,7 +128,7 @@ class Handlers:
             return _status(StoreStatus.CANNOT_UNDERSTAND, "no dataset received")
         if sop_class not in self.supported or sop_class != str(event.context.abstract_syntax):
             tally.failures += 1
-            log.warning("SOP class %s not supported on this presentation context (%s)", sop_class, sop_instance)
+            log.warning("SOP class %s not supported on this presentation context (%s)", printable(sop_class), printable(sop_instance))
             return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP class not supported on this context")
         peer = self._peer(event.assoc)
         receipt = ReceiptInfo(
@@ -149,8 +150,36 @@ class Handlers:
             else:
                 tally.failures += 1
         if result.status is not StoreStatus.SUCCESS:
-            log.warning("C-STORE %s from %s: 0x%04X %s", sop_instance, peer["calling_ae"], result.status, result.comment or "")
+            log.warning("C-STORE %s from %s: 0x%04X %s", printable(sop_instance), printable(peer["calling_ae"]), result.status,
+                        result.comment or "")
         return _status(result.status, result.comment)
+
+
+def _ending(event) -> str:
+    """How the association ended: ``released``, ``aborted`` or ``closed`` (the connection went away
+    with no release or abort at all).
+
+    The first of EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE records the end. On an A-ABORT from the
+    peer, or a connection lost in the middle of an association (an A-P-ABORT), pynetdicom's
+    network thread closes the connection (EVT_CONN_CLOSE) before the association's own thread
+    reports EVT_ABORTED: the abort indication is already waiting in the DUL's queue then.
+    """
+    name = event.event.name
+    assoc = event.assoc
+    if name == "EVT_RELEASED" or getattr(assoc, "is_released", False):
+        return "released"
+    if name == "EVT_ABORTED" or getattr(assoc, "is_aborted", False) or getattr(assoc, "_sent_abort", False):
+        return "aborted"
+    try:
+        if assoc.acse.is_aborted():  # an A-ABORT indication not yet taken by the association
+            return "aborted"
+        if assoc.dul.state_machine.current_state == "Sta13":  # A-RELEASE-RP sent, the peer closes (AR-5)
+            return "released"
+    except Exception:  # noqa: BLE001 - no DUL any more
+        return "closed"
+    # the connection went away in the middle of an established association: PS3.8 9.2 (AA-4) makes
+    # that an A-P-ABORT; pynetdicom closes (EVT_CONN_CLOSE) before it queues the indication
+    return "aborted" if getattr(assoc, "is_established", False) else "closed"
 
 
 def _bound_socket(assoc, timeout: float | None) -> None:

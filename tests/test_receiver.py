@@ -41,6 +41,7 @@ def pynetdicom_store(server, datasets, calling: str = "PYNETDICOM", contexts=Non
         assoc.release()
 
 
+@pytest.mark.peer
 def test_echo_and_unknown_calling_ae_rejected(receiver_factory):
     require_peer("echoscu")
     server = receiver_factory("--allow-caller", "GOODPACS", "--allow-caller", "ORTHANC")
@@ -63,6 +64,7 @@ def test_empty_allow_list_warns_at_start(receiver_factory):
     assert "accepting associations from any calling AE title" in server.log()
 
 
+@pytest.mark.peer
 def test_storescu_study_is_stored_indexed_and_decided(receiver_factory, tmp_path):
     require_peer("storescu")
     study, paths = write_study(tmp_path / "study", acquisition=12, mip=4)
@@ -197,6 +199,7 @@ def encode_body(ds) -> bytes:
     ("us_ge_logiqe_original.dcm", "1.2.840.10008.1.2.4.91", "-xw"),   # JPEG 2000
     ("sc_mevislab_testpattern.dcm", "1.2.840.10008.1.2.4.80", "-xt"),  # JPEG-LS lossless
 ])
+@pytest.mark.peer
 def test_compressed_instances_are_stored_as_sent(receiver_factory, realworld, name, syntax, propose):
     require_peer("storescu")
     source = realworld / name

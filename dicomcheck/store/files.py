@@ -2,12 +2,29 @@
 
 Nothing is answered success before its bytes are flushed to disk and renamed into place; the
 directory entry is fsynced too, so a power cut or SIGKILL after the answer loses nothing.
+
+No received value ever names a file or folder. A stored instance lives at
+``storage/<h(study)>/<h(series)>/<h(sop)>.<sha256>.dcm``, where ``h`` is the first 32 hex digits of
+the SHA-256 of the UID (:func:`derived_name`) and ``sha256`` is the content's full digest: every
+name is lower-case hex, so no UID - ``..``, ``.tmp``, ``/etc``, a NUL, 200 characters - can reach
+the data folder's parent, add a top-level entry, or land in ``storage/.tmp`` (the only non-hex
+name in ``storage/``); the received UIDs are kept in the index. The full content digest in the
+name means that two files with one name have the same bytes, so a rename over an existing file
+never replaces one content by another. Quarantined inputs are named by the product
+(``quarantine/<date>/<time>-<random>.dcm``).
+
+Between the rename into storage and the index row, a *commit record* in ``storage/.tmp``
+(``<random>.commit``: the relative path, content digest, receipt and the owning process) says
+what is being stored; it is removed once the instance is indexed. A receiver killed in between
+leaves it behind, and the next start indexes the file (:func:`process_alive` decides whose
+records may be taken over: only a provably dead process's).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -20,11 +37,83 @@ from pathlib import Path
 from typing import ClassVar, Self
 
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
+COMMIT_SUFFIX = ".commit"
+"""Commit records in ``storage/.tmp``; the temporary-file sweep never removes them."""
 
 
 def safe_name(text: str, limit: int = 64) -> str:
-    """A file-system-safe rendering of a UID (UIDs are already safe; anything else is masked)."""
+    """A file-system-safe rendering of a text (anything but letters, digits, '.' and '-' masked)."""
     return _SAFE.sub("_", text)[:limit] or "_"
+
+
+def derived_name(value: str) -> str:
+    """The name a received UID's folder or file gets: 32 hex digits of its SHA-256 (128 bits).
+
+    Derived, never the received text, so no value can name a path; the same UID always maps to the
+    same name, so a study's instances share one folder."""
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def printable(value: object, limit: int = 96) -> str:
+    """A received value safe for a log line, an index column or an error comment: control and
+    non-ASCII characters escaped (``\\x00``), cut to ``limit`` characters. For UIDs and AE titles
+    only, never for patient data."""
+    text = value if isinstance(value, str) else repr(value)
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in escaped)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- process identity
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def process_identity() -> str:
+    """This process, provably: ``host/boot id/pid/start time``. A pid alone may be reused."""
+    pid = os.getpid()
+    return f"{os.uname().nodename}/{_boot_id() or '-'}/{pid}/{_start_time(pid) or '-'}"
+
+
+def process_alive(identity: str | None) -> bool | None:
+    """Whether the process ``identity`` (:func:`process_identity`) still runs: ``False`` only
+    when provably gone (same host, and another boot, or no such pid, or a pid started later),
+    ``None`` when it cannot be told (another host sharing the index or the volume)."""
+    if not identity:
+        return None
+    try:
+        host, boot, pid_text, started = identity.rsplit("/", 3)
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if host != os.uname().nodename:
+        return None
+    if boot != "-" and _boot_id() not in (None, boot):
+        return False
+    if pid == os.getpid():
+        return started == (_start_time(pid) or "-")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now_started = _start_time(pid)
+    if started != "-" and now_started is not None and now_started != started:
+        return False  # the pid was reused by a later process
+    return True
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,7 +143,7 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 
 class FileStore:
-    """The storage folder: ``storage/<study>/<series>/<sop>.<sha16>.dcm`` plus ``.tmp/``."""
+    """The storage folder: ``storage/<h(study)>/<h(series)>/<h(sop)>.<sha256>.dcm`` plus ``.tmp/``."""
 
     def __init__(self, storage_dir: Path, quarantine_dir: Path) -> None:
         self.root = storage_dir
@@ -64,7 +153,10 @@ class FileStore:
             folder.mkdir(parents=True, exist_ok=True)
 
     def relative_path(self, study: str, series: str, sop: str, sha256: str) -> str:
-        return f"{safe_name(study)}/{safe_name(series)}/{safe_name(sop)}.{sha256[:16]}.dcm"
+        """Where an instance is stored, relative to ``storage/``: derived names only (module doc)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("not a SHA-256 hex digest")
+        return f"{derived_name(study)}/{derived_name(series)}/{derived_name(sop)}.{sha256}.dcm"
 
     def absolute(self, relative: str) -> Path:
         return self.root / relative
@@ -72,11 +164,70 @@ class FileStore:
     def commit(self, temp: Path, relative: str) -> Path:
         """Flush ``temp`` and rename it to ``relative`` (same file system: atomic)."""
         final = self.root / relative
+        if final.parent.parent.parent != self.root:
+            raise ValueError("a stored instance is two folders below storage/")
+        created = [folder for folder in (final.parent.parent, final.parent) if not folder.is_dir()]
         final.parent.mkdir(parents=True, exist_ok=True)
         fsync_file(temp)
         os.replace(temp, final)
         fsync_dir(final.parent)
+        for folder in reversed(created):  # a new study / series folder's own entry is durable too
+            fsync_dir(folder.parent)
         return final
+
+    # ---------------------------------------------------------------- commit records
+    def begin_commit(self, relative: str, record: dict) -> Path:
+        """Write the commit record of ``relative`` (module doc) before it is renamed into place."""
+        marker = self.tmp / f"{uuid.uuid4().hex}{COMMIT_SUFFIX}"
+        try:
+            with marker.open("x", encoding="utf-8") as fh:
+                json.dump({"path": relative, **record}, fh)
+        except BaseException:  # e.g. a full volume: no record is left behind
+            marker.unlink(missing_ok=True)
+            raise
+        return marker
+
+    @staticmethod
+    def end_commit(marker: Path) -> None:
+        marker.unlink(missing_ok=True)
+
+    def commit_records(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.tmp.iterdir() if p.name.endswith(COMMIT_SUFFIX))
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def read_commit(marker: Path, owner_dead) -> dict | None:
+        """The record of ``marker`` when ``owner_dead(record["owner"])`` and no other process is
+        taking it over right now (an exclusive ``flock`` held until the caller closes the returned
+        dict's ``_fd``), else None. An unreadable record (being written, or cut short by a power
+        cut) asks ``owner_dead(None)`` and gives ``{"_fd": ...}``."""
+        try:
+            fd = os.open(marker, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_nlink == 0:  # taken over and removed meanwhile
+                raise BlockingIOError
+            with os.fdopen(os.dup(fd), "r", encoding="utf-8") as fh:
+                try:
+                    record = json.load(fh)
+                except ValueError:
+                    record = {}
+            if not isinstance(record, dict):
+                record = {}
+            if not owner_dead(record.get("owner")):
+                raise BlockingIOError
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        record["_fd"] = fd
+        return record
 
     def new_temp(self) -> Path:
         return self.tmp / f"{uuid.uuid4().hex}.part"
@@ -96,6 +247,8 @@ class FileStore:
         except FileNotFoundError:
             return 0
         for entry in entries:
+            if entry.name.endswith(COMMIT_SUFFIX):  # a stored instance's record: its owner or the next start clears it
+                continue
             try:
                 if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.path)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from ..evidence.model import is_own_object
 from ..model import InstanceFacts, facts_from_dict, facts_to_dict
+from .files import printable
 from .tables import Association, Decision, Instance, Quarantined, Receipt, Review, Series, Study, utcnow
 
 
@@ -40,10 +41,16 @@ def _cut(value: str | None, length: int = 64) -> str | None:
     return value[:length] if value else None
 
 
+def _printable_cut(value: str | None, length: int = 64) -> str | None:
+    return printable(value, length) if value else None
+
+
 class Index:
-    def __init__(self, engine: Engine, node: str) -> None:
+    def __init__(self, engine: Engine, node: str, owner: str | None = None) -> None:
         self.engine = engine
         self.node = node
+        self.owner = owner
+        """This process (``store.files.process_identity``), kept on the associations it opens."""
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     # ---------------------------------------------------------------- associations
@@ -56,7 +63,7 @@ class Index:
                 peer_port=peer_port, implementation_class_uid=implementation_class_uid,
                 implementation_version_name=(implementation_version_name or None) and implementation_version_name[:16],
                 tls=tls, status=status, reject_reason=reject_reason, started_at=utcnow(),
-                ended_at=utcnow() if status == "rejected" else None,
+                ended_at=utcnow() if status == "rejected" else None, owner=self.owner,
             )
             session.add(row)
             session.commit()
@@ -70,6 +77,58 @@ class Index:
                 )
             )
             session.commit()
+
+    def close_abandoned_associations(self, owner_dead) -> list[tuple[int, int]]:
+        """Close, as ``aborted``, the associations left open by processes that are provably gone.
+
+        ``owner_dead(owner)`` is true only for a process known dead (``store.files.process_alive``
+        is False): receivers sharing one PostgreSQL index keep their open rows. The counts are what
+        the index holds of the association: instances received (each one indexed, with its receipt,
+        before success was answered), duplicates among them, and quarantined failures. Returns
+        ``(association id, instances received)`` of each row closed.
+        """
+        closed: list[tuple[int, int]] = []
+        with Session(self.engine) as session:
+            candidates = session.execute(
+                select(Association.id, Association.owner)
+                .where(Association.ended_at.is_(None), Association.status == "accepted", Association.owner.is_not(None))
+            ).all()
+            for association_id, owner in candidates:
+                if not owner_dead(owner):
+                    continue
+                received, duplicates = session.execute(
+                    select(func.count(), func.coalesce(func.sum(case((Receipt.duplicate.is_(True), 1), else_=0)), 0))
+                    .select_from(Receipt).where(Receipt.association_id == association_id)
+                ).one()
+                failures = session.execute(
+                    select(func.count()).select_from(Quarantined).where(Quarantined.association_id == association_id)
+                ).scalar_one()
+                result = session.execute(
+                    update(Association).where(Association.id == association_id, Association.ended_at.is_(None)).values(
+                        status="aborted", ended_at=utcnow(), instances_received=received, duplicates=duplicates,
+                        failures=failures,
+                    )
+                )
+                session.commit()
+                if result.rowcount == 1:
+                    closed.append((int(association_id), int(received)))
+        return closed
+
+    def association_receipt(self, association_id: int | None, transfer_syntax_uid: str | None) -> ReceiptInfo:
+        """The receipt of an instance of ``association_id`` (its peer, as recorded at the start)."""
+        row = None
+        if association_id is not None:
+            with Session(self.engine) as session:
+                row = session.get(Association, association_id)
+        return ReceiptInfo(
+            association_id=row.id if row is not None else None,
+            calling_ae=row.calling_ae if row is not None else None,
+            called_ae=row.called_ae if row is not None else None,
+            peer_address=row.peer_address if row is not None else None,
+            implementation_class_uid=row.implementation_class_uid if row is not None else None,
+            implementation_version_name=row.implementation_version_name if row is not None else None,
+            transfer_syntax_uid=transfer_syntax_uid,
+        )
 
     # ---------------------------------------------------------------- instances
     def find_content(self, sop_instance_uid: str, sha256: str) -> int | None:
@@ -151,9 +210,11 @@ class Index:
     def add_quarantined(self, *, path: str, reason: str, status: int, association_id: int | None,
                         sop_class_uid: str | None, sop_instance_uid: str | None, sha256: str | None) -> None:
         with Session(self.engine) as session:
-            session.add(Quarantined(path=path, reason=reason, status=status, received_at=utcnow(),
-                                    association_id=association_id, sop_class_uid=sop_class_uid,
-                                    sop_instance_uid=sop_instance_uid, sha256=sha256))
+            # received values as they came may be anything (NUL, 200 characters): the sidecar JSON
+            # keeps them whole; the columns get a printable, cut rendering, on every database
+            session.add(Quarantined(path=path, reason=printable(reason, 4096), status=status, received_at=utcnow(),
+                                    association_id=association_id, sop_class_uid=_printable_cut(sop_class_uid),
+                                    sop_instance_uid=_printable_cut(sop_instance_uid), sha256=sha256))
             session.commit()
 
     # ---------------------------------------------------------------- settling and decisions

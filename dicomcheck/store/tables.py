@@ -94,10 +94,13 @@ class Association(SQLModel, table=True):
     implementation_version_name: str | None = Field(default=None, max_length=16)
     tls: bool = False
     status: str = Field(default="accepted", max_length=16)
-    """accepted | released | aborted | rejected"""
+    """accepted | released | aborted | closed | rejected"""
     reject_reason: str | None = Field(default=None, sa_column=Column(Text))
     started_at: dt.datetime = Field(sa_column=_ts(index=True))
-    ended_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    ended_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True, index=True))
+    """None while open; rows a killed process left open are closed by the next start."""
+    owner: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """The receiving process, provably (``store.files.process_identity``: host/boot/pid/start)."""
     instances_received: int = 0
     duplicates: int = 0
     failures: int = 0
