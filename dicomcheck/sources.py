@@ -11,18 +11,27 @@ import dataclasses
 import io
 import os
 import stat
+import struct
+import tempfile
 import warnings
 import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_partial, read_preamble
+from pydicom.filereader import read_dataset as pydicom_read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .extract import extract_facts, header_value
 from .model import Code, Equipment, InstanceFacts, PrivateCreator, ProcedureCode
@@ -147,43 +156,230 @@ class ResourceLimitExceeded(Exception):
     Deflated data set). Not a malformed input: the receiver answers 0xA700 (retryable), never 0xC000."""
 
 
-def read_dataset(fp: str | io.BytesIO) -> Dataset:
-    """Read a header without pixel data; tolerate files without preamble or file meta."""
+DEFAULT_MAX_INFLATED_SIZE = 1 << 30
+"""Largest size a Deflated Explicit VR Little Endian data set may inflate to when reading it
+(``Settings.max_inflated_size`` for the receiver; this default for ``analyze``)."""
+DEFER_SIZE = 1 << 20
+"""Top-level element values longer than this are not read into memory while parsing a header
+(files larger than ``WHOLE_FILE_LIMIT`` and inflated data sets): pydicom skips them by their length.
+Such a value is never a header attribute the facts need (a 256 MB private OB, overlay or icon
+data), except a sequence with a defined length: those up to ``MAX_SEQUENCE_SIZE`` are read
+afterwards, larger ones are left out of the header like every other skipped value."""
+MAX_SEQUENCE_SIZE = 64 << 20
+"""Largest top-level sequence of defined length read into a header (e.g. the per-frame functional
+groups of a large enhanced multi-frame)."""
+MAX_HEADER_SIZE = 256 << 20
+"""Largest total size of the top-level values read into memory for one header; beyond it reading
+stops with :class:`ResourceLimitExceeded` (a header of hundreds of values of just under
+``DEFER_SIZE`` each)."""
+HEAD_SIZE = 4096
+"""Bytes of a file looked at for its transfer syntax before choosing how to read it."""
+INFLATE_CHUNK = 1 << 20
+"""Compressed bytes read, and inflated bytes produced, per step while inflating."""
+
+_DEFLATED = str(DeflatedExplicitVRLittleEndian)
+_DEFLATED_BYTES = _DEFLATED.encode("ascii")
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_META_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_META_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                             b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+
+
+def _maybe_deflated(head: bytes) -> bool:
+    """False when ``head`` (the first bytes of a file) certainly holds no Deflated transfer syntax.
+
+    A few microseconds of ``struct`` over the file meta group instead of a second pydicom parse of
+    it: every file that is not plainly something else goes through :func:`_read_meta`, which
+    asks pydicom exactly what its reader would do.
+    """
+    pos = 132 if head[128:132] == b"DICM" else 0
+    end = len(head)
+    while True:
+        if pos + 8 > end:
+            return True  # the meta runs past what we looked at
+        group, element, vr = struct.unpack_from("<HH2s", head, pos)
+        if group != 2:
+            return False  # the meta group ended without a Deflated transfer syntax
+        if vr in _META_LONG_VRS:
+            if pos + 12 > end:
+                return True
+            (length,) = struct.unpack_from("<L", head, pos + 8)
+            pos += 12
+        elif vr in _META_SHORT_VRS:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            pos += 8
+        else:
+            return True  # implicit VR or odd meta: let pydicom decide
+        if length == _UNDEFINED_LENGTH or pos + length > end:
+            return True
+        if element == 0x0010 and _DEFLATED_BYTES in head[pos:pos + length]:
+            return True
+        pos += length
+
+
+def _read_meta(fh: BinaryIO, force: bool) -> tuple[bytes | None, FileMetaDataset]:
+    """Preamble and file meta exactly as ``dcmread`` reads them; ``fh`` left at the data set."""
+    fh.seek(0)
+    preamble = read_preamble(fh, force)
+    return preamble, _read_file_meta_info(fh)
+
+
+def _inflate(fh: BinaryIO, out: BinaryIO, limit: int) -> int:
+    """Inflate the raw deflate stream from ``fh``'s position into ``out``, at most ``limit`` bytes.
+
+    Streamed: at most ``INFLATE_CHUNK`` compressed and inflated bytes in memory at any time
+    (``decompressobj`` with ``max_length``). A stream that inflates beyond ``limit`` raises
+    :class:`ResourceLimitExceeded` as soon as the limit is passed; a corrupt one raises ``zlib.error``.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    while not inflater.eof:
+        data = fh.read(INFLATE_CHUNK)
+        if not data:
+            break
+        while data and not inflater.eof:
+            chunk = inflater.decompress(data, INFLATE_CHUNK)
+            data = inflater.unconsumed_tail
+            total += len(chunk)
+            if total > limit:
+                raise ResourceLimitExceeded(f"deflated data set inflates beyond {limit} bytes")
+            out.write(chunk)
+    chunk = inflater.flush()
+    total += len(chunk)
+    if total > limit:
+        raise ResourceLimitExceeded(f"deflated data set inflates beyond {limit} bytes")
+    out.write(chunk)
+    return total
+
+
+def _bounded_stop() -> Callable[[Any, Any, int], bool]:
+    """pydicom's ``stop_before_pixels``, also counting the top-level bytes read into memory."""
+    read = 0
+
+    def stop(tag: Any, vr: Any, length: int) -> bool:
+        nonlocal read
+        if tag in _PIXEL_TAGS:
+            return True
+        if length <= DEFER_SIZE:  # longer ones are skipped (and undefined lengths are huge)
+            read += length
+            if read > MAX_HEADER_SIZE:
+                raise ResourceLimitExceeded(f"header values exceed {MAX_HEADER_SIZE} bytes")
+        return False
+
+    return stop
+
+
+def _is_sequence(elem: Any) -> bool:
+    vr = elem.VR
+    if vr == "SQ":
+        return True
+    if vr is None or vr == "UN":
+        try:
+            return dictionary_VR(elem.tag) == "SQ"
+        except KeyError:
+            return False
+    return False
+
+
+def _settle_deferred(ds: Dataset, fh: BinaryIO) -> None:
+    """Read the skipped sequences that may be read (``MAX_SEQUENCE_SIZE``) from ``fh`` now, and
+    drop every other skipped value: nothing in the header is left to be read later (from a file
+    that may be gone, or hold the deflated bytes)."""
+    elements = ds._dict
+    budget = MAX_HEADER_SIZE
+    for tag, elem in list(elements.items()):
+        if type(elem) is not RawDataElement or elem.value is not None or elem.length == 0:
+            continue
+        if elem.length != _UNDEFINED_LENGTH and elem.length <= min(MAX_SEQUENCE_SIZE, budget) and _is_sequence(elem):
+            fh.seek(elem.value_tell)
+            value = fh.read(elem.length)
+            if len(value) == elem.length:
+                budget -= elem.length
+                elements[tag] = elem._replace(value=value)
+                continue
+        del elements[tag]
+
+
+def _read_careful(fh: BinaryIO, name: str, force: bool, limit: int) -> Dataset:
+    """The header of a file that may be deflated: its meta read as pydicom does, then either the
+    bounded parse, or the data set inflated (streamed, at most ``limit`` bytes, into a temporary
+    file, never into memory) and parsed from there."""
+    preamble, meta = _read_meta(fh, force)
+    if meta.get("TransferSyntaxUID") != _DEFLATED:
+        return _read_bounded(fh, force)
+    with tempfile.TemporaryFile() as inflated:
+        _inflate(fh, inflated, limit)
+        inflated.seek(0)
+        dataset = pydicom_read_dataset(inflated, False, True, stop_when=_bounded_stop(), defer_size=DEFER_SIZE)
+        ds = FileDataset(name, dataset, preamble, meta, False, True)
+        ds.set_original_encoding(False, True, dataset._character_set)
+        _settle_deferred(ds, inflated)
+    return ds
+
+
+def _read_bounded(fh: BinaryIO, force: bool) -> Dataset:
+    """``dcmread(stop_before_pixels=True)`` skipping long values (``DEFER_SIZE``), within ``MAX_HEADER_SIZE``."""
+    fh.seek(0)
+    ds = read_partial(fh, _bounded_stop(), defer_size=DEFER_SIZE, force=force)
+    _settle_deferred(ds, fh)
+    return ds
+
+
+def _read(fp: str | io.BytesIO, force: bool, limit: int) -> Dataset:
+    if isinstance(fp, io.BytesIO):  # small (WHOLE_FILE_LIMIT) or a ZIP member: already in memory
+        fp.seek(0)
+        head = fp.read(HEAD_SIZE)
+        fp.seek(0)
+        if not _maybe_deflated(head):
+            return dcmread(fp, stop_before_pixels=True, force=force)
+        return _read_careful(fp, getattr(fp, "name", None) or "<memory>", force, limit)
+    with open(fp, "rb") as fh:
+        if not _maybe_deflated(fh.read(HEAD_SIZE)):
+            return _read_bounded(fh, force)
+        return _read_careful(fh, fp, force, limit)
+
+
+def read_dataset(fp: str | io.BytesIO, *, max_inflated_size: int = DEFAULT_MAX_INFLATED_SIZE) -> Dataset:
+    """Read a header without pixel data; tolerate files without preamble or file meta.
+
+    Bounded whatever the input: a Deflated data set is inflated streamed and refused with
+    :class:`ResourceLimitExceeded` beyond ``max_inflated_size`` bytes; values longer than
+    ``DEFER_SIZE`` are skipped, not read (see ``DEFER_SIZE``, ``MAX_HEADER_SIZE``).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return dcmread(fp, stop_before_pixels=True)
+            return _read(fp, False, max_inflated_size)
         except InvalidDicomError:
-            if isinstance(fp, io.BytesIO):
-                fp.seek(0)
-            ds = dcmread(fp, stop_before_pixels=True, force=True)
+            ds = _read(fp, True, max_inflated_size)
             if not any(k in ds for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")):
                 raise InvalidDicomError("not a DICOM file (no preamble, no DICOM identifiers)") from None
             return ds
 
 
-def read_facts(source: Source) -> InstanceFacts | ReadError:
+def read_facts(source: Source, *, max_inflated_size: int = DEFAULT_MAX_INFLATED_SIZE) -> InstanceFacts | ReadError:
     """Read one source into facts, or say why it cannot be analysed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's value warnings quote header values (PHI)
-        return _read_facts(source)
+        return _read_facts(source, max_inflated_size)
 
 
-def read_file_header(path: str) -> Dataset:
+def read_file_header(path: str, *, max_inflated_size: int = DEFAULT_MAX_INFLATED_SIZE) -> Dataset:
     """:func:`read_dataset` of a file, from memory when the file is small (``WHOLE_FILE_LIMIT``)."""
     with open(path, "rb") as fh:
         info = os.fstat(fh.fileno())
         data = fh.read() if stat.S_ISREG(info.st_mode) and info.st_size <= WHOLE_FILE_LIMIT else None
-    return read_dataset(path if data is None else io.BytesIO(data))
+    return read_dataset(path if data is None else io.BytesIO(data), max_inflated_size=max_inflated_size)
 
 
-def _read_facts(source: Source) -> InstanceFacts | ReadError:
+def _read_facts(source: Source, max_inflated_size: int) -> InstanceFacts | ReadError:
     try:
         if source.member is None:
-            ds = read_file_header(source.path)
+            ds = read_file_header(source.path, max_inflated_size=max_inflated_size)
         else:
             with zipfile.ZipFile(source.path) as archive:
-                ds = read_dataset(io.BytesIO(archive.read(source.member)))
+                ds = read_dataset(io.BytesIO(archive.read(source.member)), max_inflated_size=max_inflated_size)
     except InvalidDicomError as exc:
         return ReadError(source.name, str(exc) or "not a DICOM file")
     except OSError as exc:

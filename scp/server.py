@@ -84,6 +84,7 @@ def configure_process(settings: Settings) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     tuning.apply()
+    tuning.set_limits(pdu_deadline=settings.pdu_deadline)
     trace.install()  # only with DICOMCHECK_SCP_TRACE set (bench/bench_receiver.py --profile)
 
 
@@ -97,8 +98,34 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class ReceiverAE(AE):
+    """pynetdicom's AE whose association limit counts associations, not connections.
+
+    pynetdicom 3.0's ACSE rejects an A-ASSOCIATE-RQ (local-limit-exceeded, 0x02/0x03/0x02) when
+    more acceptor threads run than ``maximum_associations``, and there is one thread per TCP
+    connection from its first byte on: 24 connections that never finish their A-ASSOCIATE-RQ (each
+    bounded by the ARTIM timer, ``scp.tuning``) locked every real peer out for as long as they
+    lasted. ``maximum_associations`` as read here is the configured limit plus the connections still
+    waiting for their request, so only connections that have sent an A-ASSOCIATE-RQ count against
+    it (ACSE's comparison is the only reader of the value in pynetdicom 3.0).
+    """
+
+    @property
+    def maximum_associations(self) -> int:
+        return self._maximum_associations + waiting_for_request(self)
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        AE.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
+
+
+def waiting_for_request(ae: AE) -> int:
+    """Connections accepted by ``ae`` whose A-ASSOCIATE-RQ has not arrived (yet)."""
+    return sum(1 for assoc in ae.active_associations if assoc.is_acceptor and assoc.requestor.primitive is None)
+
+
 def make_ae(settings: Settings) -> AE:
-    ae = AE(ae_title=settings.ae_title)
+    ae = ReceiverAE(ae_title=settings.ae_title)
     ae.supported_contexts = supported_contexts(settings)
     ae.require_calling_aet = list(settings.allow_callers)
     ae.require_called_aet = settings.require_called_ae
@@ -185,7 +212,11 @@ def serve_processes(settings: Settings, processes: int) -> None:
 
 
 class ReceiverServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with per-connection socket options (``scp.tuning``)."""
+    """pynetdicom's threaded server, with per-connection socket options (``scp.tuning``) and a listen
+    backlog of 128 (``socketserver``'s default of 5 makes the kernel drop the SYNs of a sixth
+    simultaneous connection: retried after 1 s, 3 s, ... while dripping peers hold the first five)."""
+
+    request_queue_size = 128
 
     def get_request(self):
         client, address = self.socket.accept()

@@ -37,6 +37,20 @@ Whatever the tuning, the same patched reactors also fix what peer input could do
   not a storage class), or dropped when a second command set arrived before the data set, was left
   in ``storage/.tmp``: it is removed.
 
+and what a peer could do to it by sending slowly (issue 8, tests/test_receiver_limits.py):
+
+* the DUL reads a PDU with blocking ``recv`` calls, each bounded only by the socket timeout: one byte
+  a second restarts it forever. The ARTIM timer (``acse_timeout``, PS3.8 §9.1.5) started at the
+  connection was only looked at between PDUs, and ``Association.kill`` waits for the DUL thread, so a
+  peer dripping its A-ASSOCIATE-RQ kept its thread, socket and association slot without limit. Now
+  every PDU has a deadline from its first byte (``pdu_deadline``), and one read while the ARTIM timer
+  runs (waiting for the A-ASSOCIATE-RQ, or for the close after a release / rejection) ends when it
+  expires; then the connection is shut down (``_read_pdu_data`` / ``_recv``). The deadline holds
+  whatever tuning steps are selected.
+* ``ACSE`` counts every acceptor thread against ``maximum_associations`` (local-limit-exceeded
+  rejection), also connections that have not sent their A-ASSOCIATE-RQ: 24 such connections locked
+  every real peer out. ``scp.server.ReceiverAE`` counts associations only (see there).
+
 The patches replace methods of pynetdicom 3.0 classes and are applied only to that version
 (checked); with any other version the library runs unpatched and a warning is logged.
 """
@@ -73,6 +87,11 @@ TIMER_CHECK = 0.05
 """Longest wait of a reactor without an event, so ARTIM / idle timers are still checked."""
 
 RECV_CHUNK = 256 * 1024
+PYNETDICOM_RECV_CHUNK = 4096
+_RECV_CHUNK = [RECV_CHUNK]
+
+PDU_DEADLINE = [60.0]
+"""Seconds one PDU may take from its first byte (``Settings.pdu_deadline``, set by :func:`set_limits`)."""
 
 _applied: set[str] = set()
 _lock = threading.Lock()
@@ -105,8 +124,9 @@ def apply(steps: set[str] | None = None) -> set[str]:
             steps = steps - {"recv", "reactor", "context"}
         if "quiet" in steps:
             _config.LOG_HANDLER_LEVEL = "none"
-        if "recv" in steps and "recv" not in _applied:
+        if known:  # the PDU deadline holds whatever the steps; "recv" chooses the read size only
             AssociationSocket.recv = _recv  # type: ignore[method-assign]
+            _RECV_CHUNK[0] = RECV_CHUNK if "recv" in steps else PYNETDICOM_RECV_CHUNK
         if known and not _ORIGINAL:
             _patch_reactors()
         if "reactor" in steps:
@@ -119,28 +139,97 @@ def applied() -> set[str]:
     return set(_applied)
 
 
+def set_limits(*, pdu_deadline: float) -> None:
+    """Process-wide limits of the patched reading (``configure_process`` passes the settings)."""
+    PDU_DEADLINE[0] = float(pdu_deadline)
+
+
 # ---------------------------------------------------------------------------------------------- recv
 def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     """``AssociationSocket.recv``: up to ``nr_bytes``, blocking; fewer only if the peer closed.
 
-    Same contract as pynetdicom's, but reads with ``recv_into`` up to 256 KB at a time into a reused
-    per-socket buffer. The result grows only as bytes arrive, so a PDU header claiming gigabytes
-    allocates nothing until they are actually sent (as before).
+    Same contract as pynetdicom's, but reads with ``recv_into`` up to 256 KB at a time (``recv``
+    step; else pynetdicom's 4 KB) into a reused per-socket buffer. The result grows only as bytes
+    arrive, so a PDU header claiming gigabytes allocates nothing until they are actually sent.
+
+    While a PDU is read (``_read_pdu_data`` sets ``_dc_deadline``) no read waits beyond its
+    deadline, however often bytes trickle in: then the connection is shut down and the bytes read
+    so far returned, which pynetdicom's ``_read_pdu_data`` takes for a connection closed in the
+    middle of the PDU (Evt17; logged as an error without a traceback).
     """
     sock = self.socket
     assert sock is not None
     buffer = getattr(self, "_dc_buffer", None)
-    if buffer is None:
-        buffer = self._dc_buffer = memoryview(bytearray(RECV_CHUNK))  # type: ignore[attr-defined]
+    size = _RECV_CHUNK[0]
+    if buffer is None or len(buffer) != size:
+        buffer = self._dc_buffer = memoryview(bytearray(size))  # type: ignore[attr-defined]
+    deadline: float | None = getattr(self, "_dc_deadline", None)
+    timeout = sock.gettimeout() if deadline is not None else None
+    bounded = False
     out = bytearray()
     remaining = nr_bytes
-    while remaining > 0:
-        got = sock.recv_into(buffer, min(remaining, RECV_CHUNK))
-        if not got:  # connection closed: return what we have (the caller checks the length)
-            return out
-        out += buffer[:got]
-        remaining -= got
+    try:
+        while remaining > 0:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    _deadline_passed(self)
+                    return out
+                if timeout is None or left < timeout:
+                    sock.settimeout(left)
+                    bounded = True
+            try:
+                got = sock.recv_into(buffer, min(remaining, size))
+            except TimeoutError:
+                if deadline is not None and deadline - time.monotonic() <= 0:
+                    _deadline_passed(self)
+                    return out
+                raise
+            if not got:  # connection closed: return what we have (the caller checks the length)
+                return out
+            out += buffer[:got]
+            remaining -= got
+    finally:
+        if bounded:
+            try:
+                sock.settimeout(timeout)
+            except OSError:  # shut down meanwhile
+                pass
     return out
+
+
+def _deadline_passed(self: AssociationSocket) -> None:
+    log.warning("a PDU from %s did not arrive within its deadline: closing the connection", _peer_address(self))
+    try:
+        self.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # later reads end at once
+    except OSError:
+        pass
+
+
+def _peer_address(self: AssociationSocket) -> str:
+    try:
+        return str(self.socket.getpeername()[0])  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def _read_pdu_data_bounded(self: DULServiceProvider) -> None:
+    """``DULServiceProvider._read_pdu_data`` with a deadline for the whole PDU: ``pdu_deadline``
+    from now (the reactor calls it when the PDU's first bytes are readable), and no later than
+    the ARTIM timer's expiry while it runs (an acceptor waiting for the A-ASSOCIATE-RQ: PS3.8
+    §9.1.5, ``acse_timeout`` from the TCP connection; or for the close after release/rejection)."""
+    wrapped = self.socket
+    if wrapped is None:
+        return _ORIGINAL["read_pdu_data"](self)
+    deadline = time.monotonic() + PDU_DEADLINE[0]
+    artim = self.artim_timer
+    if artim._start_time is not None and artim._end_time is None and artim.timeout is not None:
+        deadline = min(deadline, time.monotonic() + max(0.0, artim.remaining))
+    wrapped._dc_deadline = deadline  # type: ignore[attr-defined]
+    try:
+        return _ORIGINAL["read_pdu_data"](self)
+    finally:
+        wrapped._dc_deadline = None  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------- reactors
@@ -193,6 +282,8 @@ def _patch_reactors() -> None:
     Association._serve_request = _serve_request_cleaned  # type: ignore[method-assign]
     _ORIGINAL["decode_msg"] = DIMSEMessage.decode_msg
     DIMSEMessage.decode_msg = _decode_msg_cleaned  # type: ignore[method-assign]
+    _ORIGINAL["read_pdu_data"] = DULServiceProvider._read_pdu_data
+    DULServiceProvider._read_pdu_data = _read_pdu_data_bounded  # type: ignore[method-assign]
 
 
 _ORIGINAL: dict[str, Any] = {}
