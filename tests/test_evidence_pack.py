@@ -41,14 +41,20 @@ def case_copy(fixtures_output: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def pack(case_copy: Path, tmp_path: Path) -> Path:
+def site(tmp_path: Path):
+    """The site key (the `evidence` command never creates one) and its fingerprint."""
+    return create_key(tmp_path / "keys")
+
+
+@pytest.fixture()
+def pack(case_copy: Path, tmp_path: Path, site) -> Path:
     proc = cli("evidence", case_copy, "--out", tmp_path / "packs", "--key-dir", tmp_path / "keys")
     assert proc.returncode == 0, proc.stderr
     (folder,) = (tmp_path / "packs").glob("*/decision-*")
     return folder
 
 
-def test_cli_pack_holds_every_part_and_verifies(pack: Path):
+def test_cli_pack_holds_every_part_and_verifies(pack: Path, tmp_path: Path):
     names = {p.relative_to(pack).as_posix() for p in pack.rglob("*") if p.is_file()}
     assert {"manifest.json", "manifest.sig", "public_key.pem", "evidence.json", "report.pdf", "kos.dcm", "sr.dcm"} <= names
     assert any(n.startswith("thumbnails/3d-") for n in names) and any(n.startswith("thumbnails/acquisition-") for n in names)
@@ -58,61 +64,64 @@ def test_cli_pack_holds_every_part_and_verifies(pack: Path):
     assert all(c["receipts"] == "analysed from files: no network receipt" for c in evidence["cited_instances"])
     manifest = json.loads((pack / "manifest.json").read_text())
     assert {f["path"] for f in manifest["files"]} == names - {"manifest.json", "manifest.sig"}
-    proc = cli("evidence", "verify", pack)
+    proc = cli("evidence", "verify", pack, "--key-dir", tmp_path / "keys")
     assert proc.returncode == 0 and proc.stdout.startswith("OK "), proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("name", ["evidence.json", "report.pdf", "kos.dcm", "sr.dcm", "public_key.pem", "manifest.json"])
-def test_any_changed_byte_of_the_pack_fails_naming_the_file(pack: Path, name: str):
+def test_any_changed_byte_of_the_pack_fails_naming_the_file(pack: Path, name: str, site):
     path = pack / name
     path.chmod(0o644)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    proc = cli("evidence", "verify", pack)
+    proc = cli("evidence", "verify", pack, "--fingerprint", site.fingerprint)
     assert proc.returncode == 1
     assert f"FAIL {name}" in proc.stdout
 
 
-def test_a_changed_cited_instance_fails_naming_it(pack: Path, case_copy: Path):
+def test_a_changed_cited_instance_fails_naming_it(pack: Path, case_copy: Path, site):
     manifest = json.loads((pack / "manifest.json").read_text())
     cited = Path(manifest["cited_instances"][0]["location"])
     assert cited.is_relative_to(case_copy)
     data = bytearray(cited.read_bytes())
     data[-1] ^= 0xFF
     cited.write_bytes(bytes(data))
-    proc = cli("evidence", "verify", pack)
+    proc = cli("evidence", "verify", pack, "--fingerprint", site.fingerprint)
     assert proc.returncode == 1 and f"FAIL {cited}" in proc.stdout and "changed" in proc.stdout
 
 
-def test_extra_or_missing_files_and_a_foreign_key_fail(pack: Path, tmp_path: Path):
-    (pack / "thumbnails" / "extra.png").write_bytes(b"x")
-    result = verify_pack(pack)
-    assert not result.ok and any(p.startswith("thumbnails/extra.png") for p in result.problems)
+def test_extra_or_missing_files_and_a_foreign_key_fail(pack: Path, tmp_path: Path, site):
+    assert verify_pack(pack, trusted=[site.fingerprint]).ok
     other = create_key(tmp_path / "other-keys")
-    assert any("published" in p for p in verify_pack(pack, expected_fingerprint=other.fingerprint).problems)
+    assert any("not a trusted key" in p for p in verify_pack(pack, expected_fingerprint=other.fingerprint).problems)
+    (pack / "thumbnails" / "extra.png").write_bytes(b"x")
+    result = verify_pack(pack, trusted=[site.fingerprint])
+    assert not result.ok and any(p.startswith("thumbnails/extra.png") for p in result.problems)
 
 
-def test_zip_of_the_pack_verifies_too(pack: Path, tmp_path: Path):
+def test_zip_of_the_pack_verifies_too(pack: Path, tmp_path: Path, site):
     from dicomcheck.evidence.pack import zip_pack
 
     archive = tmp_path / "pack.zip"
     archive.write_bytes(zip_pack(pack))
-    assert verify_pack(archive).ok
-    assert cli("evidence", "verify", archive).returncode == 0
+    assert verify_pack(archive, trusted=[site.fingerprint]).ok
+    assert cli("evidence", "verify", archive, "--fingerprint", site.fingerprint).returncode == 0
 
 
 def test_re_derivation_reports_a_doctored_decision(case_copy: Path, tmp_path: Path):
     (source,) = from_folder([case_copy])
     doctored = replace(source, document={**source.document, "outcome": "supports_76376", "code": "76376"})
-    folder = PackWriter(create_key(tmp_path / "keys")).write(doctored, tmp_path / "doctored")
-    result = verify_pack(folder)
+    key = create_key(tmp_path / "keys")
+    folder = PackWriter(key).write(doctored, tmp_path / "doctored")
+    result = verify_pack(folder, trusted=[key.fingerprint])
     assert not result.problems  # every byte is as signed ...
     assert any(d.startswith("outcome: recorded supports_76376") for d in result.differences)
     assert not result.ok  # ... but the recorded headers do not support the recorded outcome
 
 
-def test_minimal_pack_carries_no_patient_name_or_id(case_copy: Path, tmp_path: Path):
+@pytest.mark.peer
+def test_minimal_pack_carries_no_patient_name_or_id(case_copy: Path, tmp_path: Path, site):
     require_peer("pdftotext")
     from pydicom import dcmread
 
@@ -129,7 +138,7 @@ def test_minimal_pack_carries_no_patient_name_or_id(case_copy: Path, tmp_path: P
     evidence = json.loads((folder / "evidence.json").read_text())
     assert evidence["minimal"] and evidence["study"]["patient_id"].startswith("hmac-sha256:")
     assert dcmread(folder / "sr.dcm").PatientID == evidence["study"]["patient_id"]  # one pseudonym everywhere
-    assert verify_pack(folder).ok
+    assert verify_pack(folder, trusted=[site.fingerprint]).ok
 
 
 def test_keys_cli_create_show_and_refuse_to_overwrite(tmp_path: Path):
@@ -166,7 +175,10 @@ def test_api_serves_json_pdf_zip_of_one_immutable_pack_per_decision(served, tmp_
     assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
     archive = client.get(f"/studies/{uid}/evidence.zip", headers=headers)
     (tmp_path / "api.zip").write_bytes(archive.content)
-    assert verify_pack(tmp_path / "api.zip").ok
+    assert verify_pack(tmp_path / "api.zip", trusted=[body["manifest"]["public_key_fingerprint"]]).ok
+    from dicomcheck.evidence.keys import load_key
+
+    assert body["manifest"]["public_key_fingerprint"] == load_key(receiver.settings.data / "keys").fingerprint
     folder = receiver.settings.data / "evidence" / uid / body["pack"]
     first_manifest = (folder / "manifest.json").read_bytes()
     assert client.get(f"/studies/{uid}/evidence", headers=headers).json()["pack"] == body["pack"]
@@ -197,12 +209,13 @@ def test_api_refuses_evidence_for_a_pending_study(tmp_path: Path, fixtures_outpu
 def test_index_mode_cli_and_verify_against_the_storage(served, tmp_path: Path):
     _, _, receiver, case = served
     data = receiver.settings.data
+    assert cli("keys", "create", "--data", data).returncode == 0
     proc = cli("evidence", case["study_instance_uid"], "--out", tmp_path / "out", "--data", data)
     assert proc.returncode == 0, proc.stderr
     (folder,) = (tmp_path / "out").glob("*/decision-*")
-    assert cli("evidence", "verify", folder, "--storage", data / "storage").returncode == 0
+    assert cli("evidence", "verify", folder, "--data", data).returncode == 0  # the site key and DATA/storage
     manifest = json.loads((folder / "manifest.json").read_text())
     stored = data / "storage" / manifest["cited_instances"][0]["storage_path"]
     stored.write_bytes(stored.read_bytes()[:-1] + bytes([stored.read_bytes()[-1] ^ 1]))
-    proc = cli("evidence", "verify", folder, "--storage", data / "storage")
+    proc = cli("evidence", "verify", folder, "--storage", data / "storage", "--data", data)
     assert proc.returncode == 1 and f"FAIL {stored}" in proc.stdout

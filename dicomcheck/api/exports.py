@@ -1,4 +1,10 @@
-"""Decision exports for billing offices: CSV (stdlib) and XLSX (openpyxl)."""
+"""Decision exports for billing offices: CSV (stdlib) and XLSX (openpyxl).
+
+Accession numbers, descriptions and station names come from whoever sent the images. A text cell
+that a spreadsheet would read as a formula (OWASP CSV injection: first character, after any leading
+whitespace, one of ``= + - @``, tab, CR or LF) gets a leading ``'``, in CSV and XLSX alike, and
+XLSX text cells are written as strings, never formulas. Counts stay numbers.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,25 @@ from sqlmodel import Session
 
 from ..store.access import Access
 from ..store.tables import Decision, Study
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def neutralise(value: str) -> str:
+    """``value`` with a leading ``'`` when a spreadsheet could take it for a formula."""
+    if value.startswith(FORMULA_STARTS) or value.lstrip().startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _cell(value: object) -> object:
+    return neutralise(value) if isinstance(value, str) else value
+
+
+def _join(values) -> str:
+    """A ``;``-separated list whose parts are neutralised too (``;`` is the CSV separator in some locales)."""
+    return ";".join(neutralise(v) for v in values)
+
 
 COLUMNS = (
     "study_instance_uid", "accession_number", "study_date", "study_description", "outcome", "code", "decided_at",
@@ -51,11 +76,11 @@ def decision_rows(engine: Engine, access: Access, *, decided_from: dt.datetime |
             "decided_at": decision.decided_at.isoformat(),
             "rules_version": decision.rules_version,
             "instances": decision.instance_count,
-            "stations": ";".join(stations),
+            "stations": _join(stations),
             "three_d_series": len(three_d),
-            "three_d_origins": ";".join(sorted({s["origin"] for s in three_d})),
-            "three_d_stations": ";".join(sorted({(s.get("equipment") or {}).get("station_name") or "-" for s in three_d})),
-            "products": ";".join(sorted({s["product"] for s in series if s.get("product")})),
+            "three_d_origins": _join(sorted({s["origin"] for s in three_d})),
+            "three_d_stations": _join(sorted({(s.get("equipment") or {}).get("station_name") or "-" for s in three_d})),
+            "products": _join(sorted({s["product"] for s in series if s.get("product")})),
             "review_outcome": reviews[-1].outcome if reviews else None,
             "review_stale": (reviews[-1].stale_since is not None) if reviews else None,
             "changed_after_read": any(r.decision_id != decision.id for r in reads),
@@ -68,21 +93,29 @@ def to_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({c: _cell(row.get(c)) for c in COLUMNS} for row in rows)
     return buffer.getvalue()
 
 
 def to_xlsx(rows: list[dict]) -> bytes:
     from openpyxl import Workbook
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
     book = Workbook()
     sheet = book.active
     sheet.title = "decisions"
     sheet.append(list(COLUMNS))
-    for row in rows:
-        sheet.append([row[c] for c in COLUMNS])
-        link = sheet.cell(row=sheet.max_row, column=len(COLUMNS))
-        link.hyperlink = row["evidence_link"]
+    for number, row in enumerate(rows, 2):
+        for column, name in enumerate(COLUMNS, 1):
+            value = _cell(row.get(name))
+            if isinstance(value, str):  # control characters a sender put in a header have no place in XLSX
+                value = ILLEGAL_CHARACTERS_RE.sub("\N{REPLACEMENT CHARACTER}", value)
+            cell = sheet.cell(row=number, column=column, value=value)
+            if isinstance(value, str):
+                cell.data_type = "s"  # text, never a formula, whatever it looks like
+        link = sheet.cell(row=number, column=len(COLUMNS))
+        if isinstance(row.get("evidence_link"), str) and row["evidence_link"].startswith(("http://", "https://")):
+            link.hyperlink = row["evidence_link"]
     sheet.freeze_panes = "A2"
     buffer = io.BytesIO()
     book.save(buffer)

@@ -12,7 +12,11 @@ A pack is a folder (or the same folder zipped)::
     thumbnails/*.png
 
 ``verify_pack`` detects any changed byte of the pack or of a cited stored instance, and re-derives
-the outcome from the recorded headers.
+the outcome from the recorded headers. The key inside a pack proves nothing by itself (anyone can
+re-sign a changed pack with their own key): verification needs a trust anchor, the fingerprint of the
+site key known beforehand, and fails without one. A pack ZIP with an entry name twice, an absolute or
+a ``..`` entry is refused. In pack-only mode (``check_instances=False``) the cited stored instances
+are not checked, and the result says so.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -186,20 +191,26 @@ class PackWriter:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise PackError(f"{out_dir} exists and is not empty: packs are never overwritten")
         files = self.build(source, minimal=minimal)
-        staging = out_dir.with_name(out_dir.name + ".part")
-        if staging.exists():
-            shutil.rmtree(staging)
-        for name, data in files.items():
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".part-", dir=out_dir.parent))
+        try:
+            for name, data in files.items():
+                path = staging / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            staging.chmod(0o755)
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above); fails if a pack appeared meanwhile
+            os.replace(staging, out_dir)
+        except OSError as exc:
+            raise PackError(f"{out_dir}: the pack could not be written ({type(exc).__name__}: {exc.strerror or exc})") from None
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
         return out_dir
 
 
@@ -224,65 +235,157 @@ class Verification:
     """Re-derivation differences (under the same rules version they fail verification too)."""
     notes: list[str] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    signer: str | None = None
+    """Fingerprint of the key that signed the manifest (whoever that was)."""
+    trusted: bool = False
+    """The signer is one of the trust anchors given; without an anchor a pack never verifies."""
+    instances_checked: bool = True
+    """False in pack-only mode: the cited stored instances were not compared with the manifest."""
 
     @property
     def ok(self) -> bool:
         same_rules = self.manifest.get("rules_version") == RULES_VERSION
-        return not self.problems and not (same_rules and self.differences)
+        return self.trusted and not self.problems and not (same_rules and self.differences)
+
+
+MAX_PACK_BYTES = 1 << 30
+"""A pack ZIP may declare at most this many uncompressed bytes (a pack is a few MB; this stops bombs)."""
+
+
+def _entry_problem(name: str) -> str | None:
+    """Why a ZIP entry name cannot be part of a pack, or None."""
+    if "\\" in name or "\0" in name:
+        return "has a backslash or NUL: an absolute path or a path of another system"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "has a '..' component"
+    if any(part in ("", ".") for part in name.rstrip("/").split("/")):
+        return "is not a plain relative path"
+    return None
 
 
 def _read_pack(path: Path) -> dict[str, bytes]:
+    """Every file of a pack folder or ZIP, by relative path. A ZIP with an entry name twice, an
+    absolute or ``..`` entry or one that is too large is refused outright: which of two same-named
+    entries a reader sees depends on the reader, so such a ZIP can show a payer another pack."""
     if path.is_dir():
-        return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+        try:
+            links = [p for p in path.rglob("*") if p.is_symlink()]
+            if links:
+                raise PackError(f"{links[0]}: a symbolic link (a pack holds only its own files); not a pack")
+            return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+        except OSError as exc:
+            raise PackError(f"{path}: the pack folder cannot be read ({type(exc).__name__}: {exc.strerror or exc})") from None
     try:
         with zipfile.ZipFile(path) as archive:
-            return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise PackError(f"{path}: neither a pack folder nor a pack ZIP ({exc})") from None
+            infos = archive.infolist()
+            seen: set[str] = set()
+            for info in infos:
+                problem = _entry_problem(info.filename)
+                if problem:
+                    raise PackError(f"{path}: entry {info.filename!r} {problem}; not a pack")
+                if info.filename in seen:
+                    raise PackError(f"{path}: entry {info.filename!r} appears twice (a second file of one name could show another pack); not a pack")
+                seen.add(info.filename)
+            if sum(info.file_size for info in infos) > MAX_PACK_BYTES:
+                raise PackError(f"{path}: declares more than {MAX_PACK_BYTES} bytes uncompressed; not a pack")
+            return {info.filename: archive.read(info) for info in infos if not info.is_dir()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
+        raise PackError(f"{path}: neither a pack folder nor a pack ZIP ({type(exc).__name__}: {exc})") from None
 
 
-def verify_pack(path: Path, *, storage_root: Path | None = None, expected_fingerprint: str | None = None) -> Verification:
-    """Check the signature, every file and every cited stored instance; re-derive the outcome."""
-    result = Verification()
+def _stored_location(cited: dict, storage_root: Path | None) -> Path | None:
+    """Where to find a cited instance: under ``storage_root`` by its storage path, else where it was."""
+    relative = cited.get("storage_path")
+    if storage_root is not None and isinstance(relative, str) and relative:
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts:
+            return None
+        return storage_root / relative
+    location = cited.get("location")
+    return Path(location) if isinstance(location, str) and location else None
+
+
+def verify_pack(path: Path, *, storage_root: Path | None = None, expected_fingerprint: str | None = None,
+                trusted: Iterable[str] = (), check_instances: bool = True) -> Verification:
+    """Check the signature and its signer against the trust anchors (``trusted`` fingerprints and
+    ``expected_fingerprint``), every file, and (unless ``check_instances`` is False: pack-only
+    mode) every cited stored instance; re-derive the outcome from the recorded headers.
+
+    Without any trust anchor the result is never ok: a pack re-signed by anyone with their own key is
+    internally consistent, so only a key known beforehand makes the signature mean something."""
+    result = Verification(instances_checked=check_instances)
+    anchors = {*trusted, *([expected_fingerprint] if expected_fingerprint else [])}
     files = _read_pack(Path(path))
     for required in ("manifest.json", "manifest.sig", "public_key.pem"):
         if required not in files:
             result.problems.append(f"{required}: missing from the pack")
     if result.problems:
         return result
-    try:
-        key = load_public_pem(files["public_key.pem"])
-        manifest = json.loads(files["manifest.json"])
-        signature = bytes.fromhex(files["manifest.sig"].decode().strip())
-    except (ValueError, UnicodeDecodeError) as exc:
-        result.problems.append(f"manifest.json / manifest.sig / public_key.pem: unreadable ({exc})")
+    parsers = {"public_key.pem": load_public_pem, "manifest.json": json.loads,
+               "manifest.sig": lambda data: bytes.fromhex(data.decode().strip())}
+    parsed = {}
+    for name, parse in parsers.items():
+        try:
+            parsed[name] = parse(files[name])
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            result.problems.append(f"{name}: unreadable ({type(exc).__name__}: {str(exc)[:200]})")
+    if result.problems:
+        return result
+    key, manifest, signature = parsed["public_key.pem"], parsed["manifest.json"], parsed["manifest.sig"]
+    if not isinstance(manifest, dict):
+        result.problems.append("manifest.json: not a JSON object")
         return result
     result.manifest = manifest
+    result.signer = fingerprint(key)
     if not verify_signature(key, signature, files["manifest.json"]):
         result.problems.append("manifest.json: the signature does not match (manifest or signature changed)")
-    if manifest.get("public_key_fingerprint") != fingerprint(key):
+    if manifest.get("public_key_fingerprint") != result.signer:
         result.problems.append("public_key.pem: not the key the manifest names")
-    if expected_fingerprint and fingerprint(key) != expected_fingerprint:
-        result.problems.append(f"public_key.pem: fingerprint {fingerprint(key)} is not the published {expected_fingerprint}")
-    listed = {entry["path"]: entry for entry in manifest.get("files", [])}
+    if not anchors:
+        result.problems.append(f"signer unknown: the pack is signed by {result.signer} and no trust anchor was given "
+                               "(the site's published fingerprint, its key or a file of trusted fingerprints); "
+                               "compare this fingerprint with the one the site publishes")
+    elif result.signer in anchors:
+        result.trusted = True
+    else:
+        result.problems.append(f"public_key.pem: signed by {result.signer}, which is not a trusted key "
+                               f"(trusted: {', '.join(sorted(anchors))}); the pack may have been re-signed")
+    try:
+        listed = {entry["path"]: entry for entry in manifest.get("files", [])}
+        cited_list = list(manifest.get("cited_instances", []))
+        if not all(isinstance(c, dict) and isinstance(c.get("sop_instance_uid"), str) for c in cited_list):
+            raise TypeError("cited_instances")
+    except (TypeError, KeyError, AttributeError):
+        result.problems.append("manifest.json: not a pack manifest (files / cited_instances malformed)")
+        return result
     for name, entry in listed.items():
         data = files.get(name)
         if data is None:
             result.problems.append(f"{name}: missing from the pack")
-        elif _sha256(data) != entry["sha256"]:
+        elif not isinstance(entry, dict) or _sha256(data) != entry.get("sha256"):
             result.problems.append(f"{name}: changed (SHA-256 differs from the manifest)")
     for name in sorted(set(files) - set(listed) - set(SIGNED)):
         result.problems.append(f"{name}: not in the manifest")
-    for cited in manifest.get("cited_instances", []):
-        location = Path(cited["location"])
-        if storage_root is not None and cited.get("storage_path"):
-            location = storage_root / cited["storage_path"]
-        if not location.is_file():
-            result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} is missing")
-        elif _file_sha256(location) != cited["sha256"]:
-            result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} changed (SHA-256 differs)")
+    if check_instances:
+        for cited in cited_list:
+            location = _stored_location(cited, storage_root)
+            if location is None or not location.is_file():
+                result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} is missing "
+                                       "(with only the pack, verify with --pack-only)")
+            elif _file_sha256(location) != cited.get("sha256"):
+                result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} changed (SHA-256 differs)")
+    else:
+        result.notes.append(f"pack-only: the {len(cited_list)} cited stored instances were NOT checked "
+                            "(only the pack's own files, its signature and the re-derivation from its recorded headers)")
     if "evidence.json" in files:
-        _rederive(json.loads(files["evidence.json"]), manifest, result)
+        try:
+            _rederive(json.loads(files["evidence.json"]), manifest, result)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            result.differences.append(f"evidence.json: the recorded headers cannot be re-derived ({type(exc).__name__})")
+            if manifest.get("rules_version") != RULES_VERSION:
+                result.problems.append("evidence.json: unreadable recorded headers")
     return result
 
 

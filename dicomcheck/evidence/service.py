@@ -1,45 +1,86 @@
-"""Packs kept beside the decision history: one per decision version (and variant), never rewritten."""
+"""Packs kept beside the decision history: one per decision version (and variant), never rewritten.
+
+Several API or receiver processes may ask for the same pack at once (shared data folder). An
+exclusive ``flock`` on a lock file beside the pack makes exactly one of them write it; the others
+wait on the lock and then serve the pack that was written. A writer that died mid-way leaves only
+its ``.part`` staging folder, which the next writer removes under the lock.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
-import threading
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .collect import from_index
-from .keys import KeyError_, SiteKey, create_key, load_key
+from .collect import EvidenceError, from_index
+from .keys import PRIVATE_NAME, KeyError_, KeyExists, SiteKey, create_key, load_key
 from .pack import PackWriter, pack_dir_name
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def site_key(key_dir: Path) -> SiteKey:
-    """The site key; created (and its fingerprint logged) the first time a pack is needed."""
+    """The site key; created (and its fingerprint logged, once) when none exists.
+
+    ``dicomcheck serve`` calls this at start; the ``evidence`` command never does (it refuses
+    without a key and names ``dicomcheck keys create``)."""
     try:
         return load_key(key_dir)
     except KeyError_:
-        if (key_dir / "site-ed25519.pem").exists():
+        if (key_dir / PRIVATE_NAME).exists():
             raise
+    try:
         key = create_key(key_dir)
-        log.warning("created the site key %s (fingerprint %s): publish the fingerprint outside the packs",
-                    key_dir / "site-ed25519.pem", key.fingerprint)
-        return key
+    except KeyExists:  # another process created it a moment ago: use that one
+        return load_key(key_dir)
+    log.warning("created the site key %s, fingerprint %s: publish the fingerprint outside the packs",
+                key_dir / PRIVATE_NAME, key.fingerprint)
+    return key
 
 
 def evidence_root(data_dir: Path) -> Path:
     return data_dir / "evidence"
 
 
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (and threads: each call opens its own descriptor)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def ensure_pack(receiver, study_uid: str, *, minimal: bool = False, decision_id: int | None = None) -> Path:
-    """The pack of the study's current decision (or ``decision_id``), written on first request."""
+    """The pack of the study's current decision (or ``decision_id``), written on first request.
+
+    Exactly one process writes a given pack; every other caller waits and gets the same folder."""
+    if not _UID.match(study_uid) or len(study_uid) > 64:
+        raise EvidenceError("not a Study Instance UID")  # it names a folder: never a path from outside
     settings = receiver.settings
-    with _lock:
-        source = from_index(receiver.engine, settings.storage_dir, study_uid, decision_id=decision_id,
-                            registry=receiver.effective_registry())
-        folder = evidence_root(settings.data) / study_uid / pack_dir_name(source, minimal=minimal)
+    source = from_index(receiver.engine, settings.storage_dir, study_uid, decision_id=decision_id,
+                        registry=receiver.effective_registry())
+    name = pack_dir_name(source, minimal=minimal)
+    study_dir = evidence_root(settings.data) / study_uid
+    folder = study_dir / name
+    if (folder / "manifest.json").is_file():
+        return folder  # immutable: a decision's pack is written once
+    with _exclusive(study_dir / f".{name}.lock"):
         if (folder / "manifest.json").is_file():
-            return folder  # immutable: a decision's pack is written once
+            return folder  # written by another process while this one waited
+        for stale in study_dir.glob(f"{name}.part*"):  # left by a writer that died; nobody else writes it now
+            shutil.rmtree(stale, ignore_errors=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
         PackWriter(site_key(settings.data / "keys")).write(source, folder, minimal=minimal)
-        log.info("evidence pack written for study %s decision %s%s", study_uid, source.decision_id, " (minimal)" if minimal else "")
-        return folder
+    log.info("evidence pack written for study %s decision %s%s", study_uid, source.decision_id, " (minimal)" if minimal else "")
+    return folder
