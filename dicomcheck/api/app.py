@@ -20,6 +20,8 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import and_, or_, select, text
 from sqlmodel import Session
 
@@ -30,6 +32,7 @@ from ..store.access import Access, TokenInfo
 from ..store.tables import Decision, Series, Study
 from .. import metrics
 from .schemas import (
+    NO_NUL_PATTERN,
     UID_PATTERN,
     AuditOut,
     DecisionOut,
@@ -49,6 +52,8 @@ from .schemas import (
 
 StudyUid = Annotated[str, Path(min_length=1, max_length=64, pattern=UID_PATTERN, description="Study Instance UID")]
 MAX_EXPORT_ROWS = 100_000
+DOCS_ASSETS = "/docs/assets"  # Swagger UI / ReDoc files, served from the fastapi-offline package (no CDN)
+NOT_FOUND = "no study {uid} has been received"  # also an auditor's answer for a study outside its scope
 
 
 def _client(request: Request) -> str | None:
@@ -58,12 +63,16 @@ def _client(request: Request) -> str | None:
 def create_app(receiver: Receiver) -> FastAPI:
     """The API app on one receiver's index (no import-time state)."""
     error = {"model": ErrorOut}
-    app = FastAPI(
+    settings = receiver.settings
+    app = FastAPIOffline(
         responses={400: {**error, "description": "Bad request (e.g. a cursor not from a previous page)"},
                    401: {**error, "description": "No, unknown, expired or revoked token"},
-                   403: {**error, "description": "The token's role or scope does not allow this"},
-                   404: {**error, "description": "No such study or device"},
-                   409: {**error, "description": "The study has no decision yet"}},
+                   403: {**error, "description": "The token's role does not allow this"},
+                   404: {**error, "description": "No such study or device (auditors: or outside the token's scope)"},
+                   409: {**error, "description": "The study has no decision yet"},
+                   413: {**error, "description": "The request body is larger than the server accepts"}},
+        static_url=DOCS_ASSETS,
+        max_body_size=settings.http_max_body,
         title="dicomcheck",
         version=__version__,
         description="What the images of a study prove about its 3D post-processing (CPT 76376 / 76377 evidence). "
@@ -100,8 +109,19 @@ def create_app(receiver: Receiver) -> FastAPI:
     staff = require("reader", "admin")
     admin = require("admin")
 
+    guards = {anyone, staff, admin}
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI validates the body and parameters before it runs the token dependency: a request
+        # that also lacks a valid token is answered (and audited) as unauthenticated first.
+        route = request.scope.get("route")
+        guard = next((d.call for d in getattr(getattr(route, "dependant", None), "dependencies", ()) if d.call in guards), None)
+        if guard is not None:
+            try:
+                await run_in_threadpool(guard, request)
+            except HTTPException as refused:
+                return JSONResponse({"detail": refused.detail}, status_code=refused.status_code, headers=refused.headers)
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
@@ -117,13 +137,19 @@ def create_app(receiver: Receiver) -> FastAPI:
     def study_row(study_uid: str) -> Study:
         row = receiver.index.get_study(study_uid)
         if row is None:
-            raise HTTPException(404, f"no study {study_uid} has been received")
+            raise HTTPException(404, NOT_FOUND.format(uid=study_uid))
         return row
 
-    def check_scope(request: Request, token: TokenInfo, row: Study) -> None:
-        if not token.may_read(row.study_instance_uid, row.accession_number):
-            audit(request, token, "Security Alert", "R", study_uid=row.study_instance_uid, outcome=4, detail={"reason": "outside the auditor token's scope"})
-            raise HTTPException(403, "this token may not read that study")
+    def check_scope(request: Request, token: TokenInfo, study_uid: str) -> Study:
+        """The study a token may read: an auditor gets the same 404 for a study outside its scope
+        as for one never received, so it cannot learn which studies exist (both are audited)."""
+        row = receiver.index.get_study(study_uid)
+        if row is not None and token.may_read(row.study_instance_uid, row.accession_number):
+            return row
+        if token.role == "auditor":
+            audit(request, token, "Security Alert", "R", study_uid=study_uid, outcome=4,
+                  detail={"reason": "outside the auditor token's scope" if row is not None else "no such study"})
+        raise HTTPException(404, NOT_FOUND.format(uid=study_uid))
 
     def study_view(row: Study, token: TokenInfo, *, read_by: Request | None) -> dict:
         """The study as served; ``read_by``: record this client's read and audit it (one commit)."""
@@ -164,12 +190,21 @@ def create_app(receiver: Receiver) -> FastAPI:
     @app.get("/healthz", response_model=Health, tags=["operations"], summary="Liveness and index reachability",
              responses={503: {"model": Health, "description": "The index is unreachable"}})
     def healthz() -> JSONResponse:
+        # A bad --devices file degrades (decisions go on with its last good version) but stays 200:
+        # this node still serves lookups; 503 only when the index is unreachable.
+        registry = receiver.reload_registry()
+        body = {"status": "ok", "index": "reachable", "version": __version__,
+                "registry": "none" if receiver.settings.devices is None else "error" if registry.error else "ok"}
+        if registry.error:
+            body.update(status="degraded", reason=f"device registry unusable, deciding with its last good version: {registry.error}"[:500])
         try:
             with receiver.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-            return JSONResponse({"status": "ok", "index": "reachable", "version": __version__})
+            return JSONResponse(body)
         except Exception:  # noqa: BLE001
-            return JSONResponse({"status": "degraded", "index": "unreachable", "version": __version__}, status_code=503)
+            body.update(status="degraded", index="unreachable")
+            body.setdefault("reason", "index unreachable")
+            return JSONResponse(body, status_code=503)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
     def prometheus(token: Annotated[TokenInfo, Depends(staff)]) -> PlainTextResponse:
@@ -179,14 +214,12 @@ def create_app(receiver: Receiver) -> FastAPI:
     # ---------------------------------------------------------------- studies
     @app.get("/studies/{study_uid}", response_model=StudyOut, tags=["studies"], summary="A study's outcome, reasons, series and evidence")
     def get_study(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)]) -> dict:
-        row = study_row(study_uid)
-        check_scope(request, token, row)
+        row = check_scope(request, token, study_uid)
         return study_view(row, token, read_by=request)
 
     @app.get("/studies/{study_uid}/decisions", response_model=list[DecisionOut], tags=["studies"], summary="The decision history of a study")
     def get_decisions(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)]) -> list[dict]:
-        row = study_row(study_uid)
-        check_scope(request, token, row)
+        row = check_scope(request, token, study_uid)
         history = receiver.index.decisions(study_uid)
         audit(request, token, "DICOM Instances Accessed", "R", study_uid=study_uid, detail={"decisions": len(history)})
         return [
@@ -238,8 +271,8 @@ def create_app(receiver: Receiver) -> FastAPI:
     def find_studies(
         request: Request,
         token: Annotated[TokenInfo, Depends(anyone)],
-        accession: Annotated[str | None, Query(max_length=64)] = None,
-        patient_id: Annotated[str | None, Query(max_length=64, description="Prefer POST /studies/search: query strings end up in access logs (dicomcheck redacts this one from its own).")] = None,
+        accession: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
+        patient_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN, description="Prefer POST /studies/search: query strings end up in access logs (dicomcheck redacts this one from its own).")] = None,
         outcome: OutcomeName | None = None,
         modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z0-9]{1,16}$")] = None,
         received_from: dt.datetime | None = None,
@@ -274,12 +307,15 @@ def create_app(receiver: Receiver) -> FastAPI:
         return _review_out(saved)
 
     # ---------------------------------------------------------------- evidence packs
+    def pack_minimal(token: TokenInfo, minimal: bool) -> bool:
+        """Auditors (payers, outside the organisation) get the PHI-minimal pack unless the site says otherwise."""
+        return minimal or (token.role == "auditor" and not settings.auditor_full_pack)
+
     def pack_for(request: Request, token: TokenInfo, study_uid: str, minimal: bool, kind: str):
         from ..evidence.collect import EvidenceError
         from ..evidence.service import ensure_pack
 
-        row = study_row(study_uid)
-        check_scope(request, token, row)
+        row = check_scope(request, token, study_uid)
         if row.current_decision_id is None:
             raise HTTPException(409, f"study {study_uid} is pending: no decision to document yet")
         try:
@@ -291,6 +327,7 @@ def create_app(receiver: Receiver) -> FastAPI:
 
     @app.get("/studies/{study_uid}/evidence", tags=["evidence"], summary="The evidence pack of the current decision (JSON)")
     def evidence_json(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)], minimal: bool = False) -> dict:
+        minimal = pack_minimal(token, minimal)
         folder = pack_for(request, token, study_uid, minimal, "json")
         base = f"/studies/{study_uid}"
         return {"pack": folder.name,
@@ -303,7 +340,7 @@ def create_app(receiver: Receiver) -> FastAPI:
     @app.get("/studies/{study_uid}/evidence.pdf", tags=["evidence"], summary="The readable evidence report (PDF)",
              responses={200: {"content": {"application/pdf": {}}}}, response_class=Response)
     def evidence_pdf(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)], minimal: bool = False) -> Response:
-        folder = pack_for(request, token, study_uid, minimal, "pdf")
+        folder = pack_for(request, token, study_uid, pack_minimal(token, minimal), "pdf")
         return Response((folder / "report.pdf").read_bytes(), media_type="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="evidence-{study_uid}.pdf"'})
 
@@ -312,7 +349,7 @@ def create_app(receiver: Receiver) -> FastAPI:
     def evidence_zip(study_uid: StudyUid, request: Request, token: Annotated[TokenInfo, Depends(anyone)], minimal: bool = False) -> Response:
         from ..evidence.pack import zip_pack
 
-        folder = pack_for(request, token, study_uid, minimal, "zip")
+        folder = pack_for(request, token, study_uid, pack_minimal(token, minimal), "zip")
         return Response(zip_pack(folder), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="evidence-{study_uid}-{folder.name}.zip"'})
 
@@ -390,7 +427,7 @@ def create_app(receiver: Receiver) -> FastAPI:
         token: Annotated[TokenInfo, Depends(admin)],
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
-        event: Annotated[str | None, Query(max_length=48)] = None,
+        event: Annotated[str | None, Query(max_length=48, pattern=NO_NUL_PATTERN)] = None,
         study_uid: Annotated[str | None, Query(max_length=64, pattern=UID_PATTERN)] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
         format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
@@ -416,7 +453,7 @@ def create_app(receiver: Receiver) -> FastAPI:
         token: Annotated[TokenInfo, Depends(staff)],
         decided_from: dt.datetime | None = None,
         decided_to: dt.datetime | None = None,
-        station: Annotated[str | None, Query(max_length=64)] = None,
+        station: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
         outcome: OutcomeName | None = None,
         format: Annotated[str, Query(pattern="^(csv|xlsx)$")] = "csv",
     ) -> Response:

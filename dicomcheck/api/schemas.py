@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+NO_NUL_PATTERN = r"^[^\x00]*$"  # text reaching the index: PostgreSQL text cannot hold NUL, so it is a 422 on every database
 Uid = Annotated[str, Field(min_length=1, max_length=64, pattern=UID_PATTERN, description="A DICOM UID (digits and dots).")]
 
 
@@ -124,8 +125,8 @@ class StudySearch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    accession: str | None = Field(None, max_length=64)
-    patient_id: str | None = Field(None, max_length=64)
+    accession: str | None = Field(None, max_length=64, pattern=NO_NUL_PATTERN)
+    patient_id: str | None = Field(None, max_length=64, pattern=NO_NUL_PATTERN)
     outcome: OutcomeName | None = None
     modality: str | None = Field(None, max_length=16, pattern=r"^[A-Z0-9]{1,16}$")
     received_from: dt.datetime | None = None
@@ -151,8 +152,8 @@ class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outcome: OutcomeName
-    reviewer: str = Field(min_length=1, max_length=128, description="The coder who made the call.")
-    reason: str = Field(min_length=3, max_length=4000)
+    reviewer: str = Field(min_length=1, max_length=128, pattern=NO_NUL_PATTERN, description="The coder who made the call.")
+    reason: str = Field(min_length=3, max_length=4000, pattern=NO_NUL_PATTERN)
 
 
 class DeviceIn(BaseModel):
@@ -160,13 +161,13 @@ class DeviceIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    station_name: str | None = Field(None, min_length=1, max_length=64)
-    ae_title: str | None = Field(None, min_length=1, max_length=16)
-    device_serial_number: str | None = Field(None, min_length=1, max_length=64)
-    manufacturer: str | None = Field(None, min_length=1, max_length=64)
-    model: str | None = Field(None, min_length=1, max_length=64)
+    station_name: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
+    ae_title: str | None = Field(None, min_length=1, max_length=16, pattern=NO_NUL_PATTERN)
+    device_serial_number: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
+    manufacturer: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
+    model: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
     role: RoleName
-    note: str | None = Field(None, max_length=1000)
+    note: str | None = Field(None, max_length=1000, pattern=NO_NUL_PATTERN)
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
 

@@ -1,17 +1,63 @@
-"""Running the API under uvicorn, with patient IDs kept out of the access log."""
+"""Running the API under uvicorn: bounded connections, and patient IDs kept out of the access log.
+
+Every HTTP peer is hostile. uvicorn alone keeps a connection that never sends a request, or stops
+in the middle of its headers or body, open for ever, and accepts sockets without bound: a few
+hundred such connections starve the DICOM receiver (same process) of file descriptors. Here:
+
+* each connection has a deadline (``http_idle_timeout``) from the moment it is opened or its last
+  response was sent until its next request has fully arrived (headers and body); bytes trickling
+  in do not extend it. A connection past its deadline is closed (408 if a request had begun);
+* a request's header block may hold ``http_max_header_size`` bytes (431 and close beyond);
+* bodies are bounded by the app (FastAPI ``max_body_size``: 413 from Content-Length before the
+  body is read, chunked bodies counted while they stream); a connection answered before its body
+  was read is closed rather than drained;
+* at most ``http_max_connections`` connections are open, and never more than half the process's
+  file descriptors (of the soft limit, and of the 1024 that pynetdicom's select() can poll); one
+  more is answered 503 and closed at once, so the receiver always has descriptors;
+* the soft RLIMIT_NOFILE is raised to the hard limit at start.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+import resource
+from urllib.parse import unquote_plus
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
 from ..ingest import Receiver
 from .app import create_app
 
-_PATIENT_ID = re.compile(r"(?i)(patient_id=)[^&\s]*")
+log = logging.getLogger("dicomcheck.api")
+
+# pynetdicom's transport polls association sockets with select.select, which takes descriptors
+# below 1024 only: HTTP connections never hold more than half of those (or of a lower soft limit).
+FD_SETSIZE = 1024
+
+# GuardedH11Protocol reads uvicorn's H11Protocol attributes (conn, transport, cycle, connections,
+# loop) and overrides its on_response_complete: checked against this exact version.
+UVICORN_VERSION = "0.55.0"
+
+# name=value pairs of a query string; the name is compared after percent-decoding
+_PAIR = re.compile(r"(?P<lead>^|[?&;])(?P<name>[^=&;\s?]*)=(?P<value>[^&;\s]*)")
+_REDACTED_NAMES = {"patient_id"}
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line ending a request's header block (h11 accepts bare LF)
+
+
+def redact_query(text: str) -> str:
+    """``text`` (a request line or path with query) with every patient_id value masked, however
+    its name is spelt (``patient_id``, ``Patient_ID``, ``patient%5Fid``, ``patient%5fid`` ...)."""
+
+    def mask(match: re.Match) -> str:
+        if unquote_plus(match["name"]).strip().lower() in _REDACTED_NAMES:
+            return f"{match['lead']}{match['name']}=[redacted]"
+        return match[0]
+
+    return _PAIR.sub(mask, text) if "=" in text else text
 
 
 class RedactPatientIds(logging.Filter):
@@ -19,17 +65,162 @@ class RedactPatientIds(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_PATIENT_ID.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = _PATIENT_ID.sub(r"\1[redacted]", record.msg)
+            record.msg = redact_query(record.msg)
         return True
+
+
+def _raw_response(status: int, reason: str, text: str) -> bytes:
+    body = text.encode("ascii")
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode("ascii") + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a per-connection request deadline, a header-size check and a
+    connection cap (class attributes set by :func:`guarded_protocol`)."""
+
+    idle_timeout: float = 5.0
+    max_header_size: int = 16384
+    max_connections: int = 200
+
+    _deadline = None
+    _refused = False
+
+    # -------------------------------------------------------------- asyncio Protocol interface
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            self._refused = True
+            self.transport = transport
+            transport.write(_raw_response(503, "Service Unavailable", "too many open HTTP connections"))
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.conn.their_state is h11.IDLE and self._headers_too_large(data):
+            self._disarm()
+            log.warning("HTTP request from %s refused: header block larger than %d bytes", self._peer(), self.max_header_size)
+            self._close(_raw_response(431, "Request Header Fields Too Large", "request header fields too large"))
+            return
+        super().data_received(data)
+        self._track()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _headers_too_large(self, data: bytes) -> bool:
+        """More than max_header_size bytes of a request's head are here without its blank line."""
+        buffered = self.conn.trailing_data[0]
+        limit = self.max_header_size
+        if len(buffered) + len(data) <= limit:
+            return False
+        head = bytes(buffered[: limit + 4]) + data[: limit + 4]
+        return _HEAD_END.search(head, 0, limit + 4) is None
+
+    def pause_writing(self) -> None:
+        if not self._refused:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if not self._refused:
+            super().resume_writing()
+
+    # -------------------------------------------------------------- uvicorn hooks
+    def on_response_complete(self) -> None:
+        self._disarm()
+        if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+            # answered before the request body was read (e.g. 413 from Content-Length): never drain it
+            self._close(b"")
+            return
+        super().on_response_complete()
+        self._track()
+
+    # -------------------------------------------------------------- the deadline
+    def _track(self) -> None:
+        """Armed while a request is awaited or arriving; disarmed once it has fully arrived."""
+        if self.transport.is_closing():
+            self._disarm()
+        elif self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+            self._arm()
+        else:
+            self._disarm()
+
+    def _arm(self) -> None:
+        if self._deadline is None and not self.transport.is_closing():
+            self._deadline = self.loop.call_later(self.idle_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        begun = self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
+        answered = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+        if begun and not answered:
+            log.warning("HTTP request from %s not complete within %.1f s: connection closed", self._peer(), self.idle_timeout)
+            self._close(_raw_response(408, "Request Timeout", "request not complete in time"))
+        else:
+            self._close(b"")
+
+    def _close(self, last_words: bytes) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's receive() answers http.disconnect
+            self.cycle.message_event.set()
+        if last_words:
+            self.transport.write(last_words)
+        self.transport.close()
+
+    def _peer(self) -> str:
+        return "%s:%d" % self.client if self.client else "?"
+
+
+def guarded_protocol(settings: Settings, nofile_soft: int | None = None) -> type[GuardedH11Protocol]:
+    """The protocol class for these settings; the connection cap keeps half the descriptors free."""
+    if uvicorn.__version__ != UVICORN_VERSION:
+        raise RuntimeError(f"dicomcheck's HTTP connection limits are written for uvicorn {UVICORN_VERSION}, "
+                           f"not {uvicorn.__version__}: install uvicorn=={UVICORN_VERSION}")
+    soft = nofile_soft if nofile_soft is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    budget = FD_SETSIZE if soft == resource.RLIM_INFINITY else min(soft, FD_SETSIZE)
+    cap = max(1, min(settings.http_max_connections, budget // 2))
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {
+        "idle_timeout": settings.http_idle_timeout, "max_header_size": settings.http_max_header_size, "max_connections": cap})
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel does not take
+            pass
+    return soft
 
 
 def run_api(settings: Settings, receiver: Receiver) -> None:
     """Serve until SIGTERM / SIGINT (uvicorn installs the signal handlers)."""
+    soft = raise_nofile_limit()
+    protocol = guarded_protocol(settings, soft)
     app = create_app(receiver)
-    config = uvicorn.Config(app, host=settings.bind, port=settings.http_port, log_level="info", proxy_headers=False)
+    config = uvicorn.Config(app, host=settings.bind, port=settings.http_port, log_level="info", proxy_headers=False,
+                            http=protocol, timeout_keep_alive=settings.http_idle_timeout,
+                            h11_max_incomplete_event_size=settings.http_max_header_size)
     server = uvicorn.Server(config)
     config.load()
     logging.getLogger("uvicorn.access").addFilter(RedactPatientIds())
+    log.info("HTTP limits: %d connections, idle / request deadline %.1f s, headers %d bytes, body %d bytes",
+             protocol.max_connections, settings.http_idle_timeout, settings.http_max_header_size, settings.http_max_body)
     server.run()

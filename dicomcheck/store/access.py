@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
@@ -15,6 +16,18 @@ from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRea
 ROLES = ("reader", "admin", "auditor")
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 TOKEN_PREFIX = "dck_"
+
+
+def _text(value):
+    """A request-derived value as the index can keep it: PostgreSQL text and JSONB refuse NUL, so
+    a NUL (e.g. a percent-encoded %00 in a refused request's path) is stored as U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value]
+    return value
 
 
 def hash_token(token: str) -> str:
@@ -95,8 +108,8 @@ class Access:
         with Session(self.engine) as session:
             session.add(AuditEvent(at=utcnow(), event=event, action=action, outcome=outcome,
                                    token_name=token.name if token else None, role=token.role if token else None,
-                                   method=method, endpoint=endpoint, study_instance_uid=study_uid,
-                                   client_address=client_address, detail=detail or {}))
+                                   method=_text(method), endpoint=_text(endpoint), study_instance_uid=_text(study_uid),
+                                   client_address=_text(client_address), detail=_text(detail or {})))
             session.commit()
 
     def audit_events(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
@@ -178,19 +191,29 @@ class Access:
 
     def record_read(self, study_uid: str, token_name: str, decision_id: int | None, *, audit: dict | None = None) -> StudyRead | None:
         """Remember the decision this client read (and write its audit event in the same
-        transaction); returns the previous read (before this one)."""
+        transaction); returns the previous read (before this one).
+
+        Simultaneous first reads by one client race to create its row: an insert that does nothing
+        on conflict, then a locked read and update, so every one of them succeeds (no unique-key
+        violation) and exactly one of them sees no previous read."""
+        now = utcnow()
+        insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(StudyRead)
         with Session(self.engine) as session:
             if audit is not None:
-                session.add(AuditEvent(at=utcnow(), **audit))
-            previous = session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid,
-                                                               StudyRead.token_name == token_name)).scalar_one_or_none()
+                session.add(AuditEvent(at=now, **_text(audit)))
+            created = session.execute(
+                insert.values(study_instance_uid=study_uid, token_name=token_name, decision_id=decision_id, read_at=now)
+                .on_conflict_do_nothing(index_elements=["study_instance_uid", "token_name"])
+                .returning(StudyRead.id)
+            ).first()
             snapshot = None
-            if previous is not None:
+            if created is None:
+                previous = session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid,
+                                                                   StudyRead.token_name == token_name)
+                                           .with_for_update()).scalar_one()
                 snapshot = StudyRead(study_instance_uid=previous.study_instance_uid, token_name=previous.token_name,
                                      decision_id=previous.decision_id, read_at=previous.read_at)
-                previous.decision_id, previous.read_at = decision_id, utcnow()
-            else:
-                session.add(StudyRead(study_instance_uid=study_uid, token_name=token_name, decision_id=decision_id, read_at=utcnow()))
+                previous.decision_id, previous.read_at = decision_id, now
             session.commit()
             return snapshot
 
