@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -36,6 +37,28 @@ app = typer.Typer(
 PROGRESS_THRESHOLD = 200
 EXIT_USAGE = 1
 EXIT_NOTHING_ANALYSED = 2
+EXIT_CANNOT_LISTEN = 3
+"""``serve`` could not open its DICOM port (uvicorn exits 3 too when the HTTP port is taken)."""
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"dicomcheck {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the dicomcheck version and exit.")] = False,
+) -> None:
+    pass
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """One line on stderr, no traceback; ``raise _fail(...)`` exits with ``code``."""
+    sys.stderr.write(f"dicomcheck: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
 
 
 class OutputFormat(str, Enum):
@@ -119,9 +142,7 @@ def serve(
     API serves the decisions to billing systems (tokens: `dicomcheck token create`). Settings come
     from the flags, then DICOMCHECK_* environment variables, then --config.
     """
-    from pydantic import ValidationError
-
-    from .config import load_settings
+    from .config import ConfigError, load_settings
     from .ingest import Receiver, Settler
 
     try:
@@ -132,10 +153,13 @@ def serve(
             tls_require_client_cert=tls_require_client_cert, http_port=http_port, evidence_destination=evidence_destination, processes=processes,
             api=False if no_api else None, scp=False if no_scp else None,
         )
-    except (ValidationError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except ConfigError as exc:
+        raise _fail(f"bad settings: {exc}") from None
     if settings.devices is not None:
-        _registry(settings.devices)  # a bad registry stops the start, with its line and reason
+        try:
+            load_registry(settings.devices)  # a bad registry stops the start, with its line and reason
+        except RegistryError as exc:
+            raise _fail(f"bad --devices file: {exc}") from None
     _run_server(settings, Receiver, Settler)
 
 
@@ -143,6 +167,14 @@ def _run_server(settings, receiver_type, settler_type) -> None:
     import signal
     import threading
 
+    if settings.api or settings.evidence_destination:  # API packs and returned KOS / SR are signed by the site key
+        from .evidence.keys import KeyError_
+        from .evidence.service import site_key
+
+        try:
+            site_key(settings.data / "keys")  # created at the first start, its fingerprint logged that once
+        except KeyError_ as exc:
+            raise typer.BadParameter(str(exc)) from None
     receiver = receiver_type(settings)
     settler = settler_type(receiver)
     settler.start()
@@ -150,7 +182,13 @@ def _run_server(settings, receiver_type, settler_type) -> None:
     if settings.scp:
         from scp.server import start, start_processes
 
-        server = start_processes(settings, settings.processes) if settings.processes > 1 else start(settings, receiver, block=False)
+        try:
+            server = start_processes(settings, settings.processes) if settings.processes > 1 else start(settings, receiver, block=False)
+        except OSError as exc:  # port taken, address not ours, no permission: one line, like a taken HTTP port
+            settler.stop()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise _fail(f"cannot listen for DICOM on {settings.bind}:{settings.dicom_port}: {reason}"
+                        + (f" ({exc.filename})" if exc.filename else ""), EXIT_CANNOT_LISTEN) from None
         print(f"dicomcheck {__version__}: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]}, "
               f"data in {settings.data}", flush=True)
     try:
@@ -171,9 +209,12 @@ def _run_server(settings, receiver_type, settler_type) -> None:
 
 
 def _index_settings(data: Path | None, database_url: str | None):
-    from .config import load_settings
+    from .config import ConfigError, load_settings
 
-    return load_settings(None, data=data, database_url=database_url)
+    try:
+        return load_settings(None, data=data, database_url=database_url)
+    except ConfigError as exc:
+        raise _fail(f"bad settings: {exc}") from None
 
 
 token_app = typer.Typer(help="API tokens: create (shown once, stored hashed), list, revoke.", no_args_is_help=True)
@@ -183,12 +224,26 @@ UrlOption = Annotated[str | None, typer.Option("--database-url", help="Index dat
 
 
 def _access(data: Path | None, database_url: str | None):
+    """The existing index; never creates one (a typo in --data must not start an empty index)."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
     from .store.access import Access
     from .store.engine import make_engine, upgrade
 
     settings = _index_settings(data, database_url)
+    url = make_url(settings.url)
+    shown = url.render_as_string(hide_password=True)
+    create = "create it with `dicomcheck db upgrade" + (" --data " + str(settings.data) if not settings.database_url else " --database-url URL") + "` (or start `dicomcheck serve`)"
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not Path(url.database).is_file():
+        raise _fail(f"no index at {url.database}: {create}")
     engine = make_engine(settings.url)
-    upgrade(engine)
+    try:
+        if not sqlalchemy.inspect(engine).has_table("alembic_version"):
+            raise _fail(f"no dicomcheck index in {shown}: {create}")
+        upgrade(engine)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise _fail(f"cannot use the index at {shown}: {type(exc).__name__}") from None
     return Access(engine)
 
 
@@ -211,6 +266,8 @@ def token_create(
             expires_at = dt.datetime.combine(dt.date.fromisoformat(expires), dt.time(23, 59, 59), tzinfo=dt.UTC)
         except ValueError:
             raise typer.BadParameter(f"{expires!r} is not a date (YYYY-MM-DD)", param_hint="--expires") from None
+        if expires_at <= dt.datetime.now(dt.UTC):
+            raise typer.BadParameter(f"{expires} is in the past; a token expires at the end of a day to come (UTC)", param_hint="--expires")
     try:
         token = _access(data, database_url).create_token(name, role, expires_at=expires_at, studies=study or [], accessions=accession or [])
     except ValueError as exc:
@@ -282,30 +339,44 @@ def evidence(
     minimal: Annotated[bool, typer.Option("--minimal", help="PHI-minimal variant: patient IDs hashed, names removed, burned-in SCs without thumbnails.")] = False,
     study: Annotated[str | None, typer.Option("--study", help="With a folder: only this Study Instance UID.", show_default=False)] = None,
     devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry (folder mode).", show_default=False)] = None,
-    storage: Annotated[Path | None, typer.Option("--storage", help="With verify: the storage folder holding the cited instances (default: where they were).", show_default=False)] = None,
-    fingerprint: Annotated[str | None, typer.Option("--fingerprint", help="With verify: the published fingerprint the signing key must have.", show_default=False)] = None,
+    storage: Annotated[Path | None, typer.Option("--storage", help="With verify: the storage folder holding the cited instances (default: DATA/storage with --data, else where they were).", show_default=False)] = None,
+    fingerprint: Annotated[list[str] | None, typer.Option("--fingerprint", help="With verify: a published fingerprint the signing key must have (trust anchor; repeat for several).", show_default=False)] = None,
+    trusted_keys: Annotated[Path | None, typer.Option("--trusted-keys", help="With verify: a file of trusted fingerprints, one per line, # comments (trust anchor).", show_default=False)] = None,
+    pack_only: Annotated[bool, typer.Option("--pack-only", help="With verify: check only the pack (every file, the signature, the re-derivation), not the stored instances it cites.")] = False,
     data: DataOption = None,
     database_url: UrlOption = None,
     key_dir: KeyDirOption = None,
 ) -> None:
     """Write a self-verifying evidence pack, or check one.
 
-    dicomcheck evidence PATH-or-STUDY_UID --out DIR [--minimal]   write pack(s)
-    dicomcheck evidence verify PACK [--storage DIR] [--fingerprint FP]   exit 0 when intact
+    dicomcheck evidence PATH-or-STUDY_UID --out DIR [--minimal]   write pack(s) (needs the site key: `dicomcheck keys create`)
+    dicomcheck evidence verify PACK (--fingerprint FP | --data DIR | --trusted-keys FILE) [--storage DIR] [--pack-only]   exit 0 when intact
     """
     if target == "verify":
         if pack is None:
             raise typer.BadParameter("name the pack folder or ZIP to verify")
-        _verify(pack, storage, fingerprint)
+        if storage is None and data is not None and not pack_only:
+            storage = _index_settings(data, None).storage_dir
+        _verify(pack, storage, _trust_anchors(fingerprint or [], trusted_keys, data, key_dir), pack_only=pack_only)
         return
     if out is None:
         raise typer.BadParameter("--out DIR is required to write a pack")
+    import re
+
     from .evidence.collect import EvidenceError, from_folder
+    from .evidence.keys import PRIVATE_NAME, KeyError_, load_key
     from .evidence.pack import PackError, PackWriter, pack_dir_name
-    from .evidence.service import site_key
 
     settings = _index_settings(data, database_url)
-    key = site_key(_key_dir(data, key_dir))
+    folder_of_keys = _key_dir(data, key_dir)
+    if not (folder_of_keys / PRIVATE_NAME).exists():
+        create = f"dicomcheck keys create --key-dir {key_dir}" if key_dir else f"dicomcheck keys create --data {settings.data}"
+        raise typer.BadParameter(f"no site key in {folder_of_keys}: packs are signed by the site key; create it once with "
+                                 f"`{create}` and publish the fingerprint it prints")
+    try:
+        key = load_key(folder_of_keys)
+    except KeyError_ as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         if Path(target).exists():
             sources = from_folder([target], study, registry=_registry(devices))
@@ -319,19 +390,46 @@ def evidence(
             raise EvidenceError(f"no study found in {target}")
         writer = PackWriter(key)
         for source in sources:
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", source.study_instance_uid or "") or len(source.study_instance_uid) > 64:
+                print(f"skipped a study whose Study Instance UID is not a UID: {source.study_instance_uid[:64]!r}", file=sys.stderr)
+                continue  # the UID names the pack's folder: never a path from a file
             folder = writer.write(source, out / source.study_instance_uid / pack_dir_name(source, minimal=minimal), minimal=minimal)
             print(f"{source.study_instance_uid}: {source.document['outcome']} -> {folder}")
     except (EvidenceError, PackError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _verify(pack: Path, storage: Path | None, fingerprint: str | None) -> None:
+def _trust_anchors(fingerprints: list[str], trusted_keys: Path | None, data: Path | None, key_dir: Path | None) -> list[str]:
+    """The fingerprints a pack's signer may have: --fingerprint, --trusted-keys, the site key of --data / --key-dir."""
+    from .evidence.keys import KeyError_, check_fingerprint, read_trusted_fingerprints, site_fingerprint
+
+    anchors = []
+    for value in fingerprints:
+        try:
+            anchors.append(check_fingerprint(value))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--fingerprint") from None
+    if trusted_keys is not None:
+        try:
+            anchors.extend(read_trusted_fingerprints(trusted_keys))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--trusted-keys") from None
+    if data is not None or key_dir is not None:
+        try:
+            anchors.append(site_fingerprint(_key_dir(data, key_dir)))
+        except KeyError_ as exc:
+            raise typer.BadParameter(str(exc), param_hint="--key-dir" if key_dir else "--data") from None
+    return anchors
+
+
+def _verify(pack: Path, storage: Path | None, anchors: list[str], *, pack_only: bool = False) -> None:
     from .evidence.pack import PackError, verify_pack
 
     try:
-        result = verify_pack(pack, storage_root=storage, expected_fingerprint=fingerprint)
+        result = verify_pack(pack, storage_root=storage, trusted=anchors, check_instances=not pack_only)
     except PackError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        print(f"FAIL {exc}")
+        raise typer.Exit(1) from None
     for problem in result.problems:
         print(f"FAIL {problem}")
     for difference in result.differences:
@@ -340,9 +438,10 @@ def _verify(pack: Path, storage: Path | None, fingerprint: str | None) -> None:
         print(f"note {note}")
     manifest = result.manifest
     if result.ok:
+        instances = (f"{len(manifest.get('cited_instances', []))} cited instances intact" if result.instances_checked
+                     else "the stored instances were NOT checked (pack-only)")
         print(f"OK {manifest.get('study_instance_uid')} decision {manifest.get('decision_id')}: {manifest.get('outcome')}, "
-              f"{len(manifest.get('files', []))} files and {len(manifest.get('cited_instances', []))} cited instances intact, "
-              f"signed by {manifest.get('public_key_fingerprint')}")
+              f"{len(manifest.get('files', []))} files intact, {instances}, signed by the trusted key {result.signer}")
         return
     raise typer.Exit(1)
 

@@ -6,12 +6,14 @@ settings at import time. pydantic-settings gives the layering and validation.
 
 from __future__ import annotations
 
+import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1-16 characters
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -52,6 +54,7 @@ class Settings(BaseSettings):
     http_max_body: int = Field(1 << 20, ge=1024, description="Largest HTTP request body in bytes; larger ones get 413 before they are read.")
     http_max_header_size: int = Field(16384, ge=1024, description="Largest HTTP request header block in bytes; larger ones get 431 / the connection is closed.")
     http_max_connections: int = Field(200, ge=1, description="Open HTTP connections at most; beyond it new connections wait or are refused, so the API never starves the DICOM receiver of file descriptors.")
+    auditor_full_pack: bool = Field(False, description="Serve auditor tokens the full evidence pack; by default they get the PHI-minimal pack.")
     api: bool = Field(True, description="Serve the HTTP API.")
     scp: bool = Field(True, description="Run the DICOM receiver.")
 
@@ -116,9 +119,68 @@ class Settings(BaseSettings):
         return self.settle_interval or min(5.0, max(0.2, self.stable_after / 4))
 
 
+class ConfigError(ValueError):
+    """Settings that cannot be used; the one-line message names the file (and line) or flag, and the field."""
+
+
+def _read_config(config_file: Path) -> dict[str, Any]:
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"{config_file}: no such config file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{config_file}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{config_file}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = int(at.group(1)) if at else max(1, len(text.splitlines()))  # else "(at end of document)"
+        reason = re.sub(r"\s*\((at line \d+, column \d+|at end of document)\)", "", str(exc))
+        raise ConfigError(f"{config_file}:{line}: TOML syntax error: {reason}") from None
+
+
+def _origin(field: str, explicit: dict[str, Any], config_file: Path | None, file_data: dict[str, Any]) -> str:
+    """Where a setting's value came from, as the user wrote it: the flag, the variable or the file."""
+    if field in explicit:
+        return f"--{field.replace('_', '-')}"
+    env = f"DICOMCHECK_{field.upper()}"
+    if any(k.upper() == env for k in os.environ):
+        return env
+    if config_file is not None and field in file_data:
+        return f"{config_file}: {field}"
+    if config_file is not None and field not in Settings.model_fields:
+        return f"{config_file}: {field}"
+    return field
+
+
+def _one_line(exc: ValidationError, explicit: dict[str, Any], config_file: Path | None, file_data: dict[str, Any]) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error.get("loc", ())]
+        message = error.get("msg", "invalid").removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = "unknown setting"
+        if loc:
+            where = _origin(loc[0], explicit, config_file, file_data) + "".join(f"[{part}]" for part in loc[1:])
+            given = error.get("input")
+            shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) and error.get("type") != "extra_forbidden" else ""
+            problems.append(f"{where}: {message}{shown}")
+        else:
+            problems.append(f"{config_file}: {message}" if config_file is not None else message)
+    return "; ".join(" ".join(p.split()) for p in problems)
+
+
 def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
-    """Settings from flags (those not None), the environment and an optional TOML config file."""
+    """Settings from flags (those not None), the environment and an optional TOML config file.
+
+    Raises :class:`ConfigError` with one line naming the file (with the line of a TOML syntax error)
+    or the flag / variable, and the field, for anything that cannot be used.
+    """
     explicit = {k: v for k, v in flags.items() if v is not None and v != [] and v != ()}
+    file_data = _read_config(config_file) if config_file is not None else {}
 
     class _FileSettings(Settings):
         @classmethod
@@ -131,10 +193,11 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-            if config_file is not None:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            if config_file is not None:  # read and checked above, so its errors name the file and line
+                sources.append(InitSettingsSource(settings_cls, init_kwargs=file_data))
             return tuple(sources)
 
-    if config_file is not None and not Path(config_file).is_file():
-        raise ValueError(f"{config_file}: no such config file")
-    return _FileSettings(**explicit)
+    try:
+        return _FileSettings(**explicit)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, explicit, config_file, file_data)) from None

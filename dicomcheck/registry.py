@@ -17,15 +17,19 @@ valid_to = 2026-06-30
 An entry matches an instance when any of its keys matches (case-insensitive, surrounding blanks
 ignored); ``manufacturer`` and ``model`` only match together. When several entries match, the
 most specific key wins (serial, then station, then AE title, then manufacturer + model), then the
-first entry in the file. Parsing is pure (text in, objects out); ``load_registry`` reads the file.
+first entry in the file. Parsing is pure (text in, objects out); ``load_registry`` reads the file;
+``RegistryFile`` follows the live file of a running receiver (a bad edit keeps the last good one).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import re
+import threading
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .enums import REGISTRY_ROLES, PacsViewerCode, Role
@@ -34,6 +38,9 @@ DEVICE_KEYS = ("station_name", "ae_title", "device_serial_number", "manufacturer
 DEVICE_FIELDS = (*DEVICE_KEYS, "role", "note", "valid_from", "valid_to", "id")
 POLICY_FIELDS = ("pacs_viewer_code", "minip_is_3d", "curved_mpr_is_3d")
 KEY_SPECIFICITY = ("device_serial_number", "station_name", "ae_title", "manufacturer+model")
+
+
+_log = logging.getLogger(__name__)
 
 
 class RegistryError(ValueError):
@@ -96,6 +103,8 @@ class Registry:
     devices: tuple[Device, ...] = ()
     policy: Policy = field(default_factory=Policy)
     path: str | None = None
+    error: str | None = None
+    """Set when the live file at ``path`` is unusable: this is then its last good version (see :class:`RegistryFile`)."""
 
     def match(
         self,
@@ -147,6 +156,13 @@ def _line_of(text: str, header: str) -> int:
     return 1
 
 
+def _line_of_key(text: str, key: str) -> int:
+    for n, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{key}\s*=", line):
+            return n
+    return 1
+
+
 def _date(value: object, where: str) -> dt.date | None:
     if value is None:
         return None
@@ -171,14 +187,19 @@ def parse_registry(text: str, name: str = "<registry>") -> Registry:
     unknown_tables = set(data) - {"device", "policy"}
     if unknown_tables:
         raise RegistryError(f"{name}:1: unknown key(s) {sorted(unknown_tables)}; expected [policy] and [[device]]")
-    policy = _parse_policy(data.get("policy", {}), f"{name}:{_line_of(text, 'policy')}")
+    raw_policy = data.get("policy", {})
+    if not isinstance(raw_policy, dict):
+        raise RegistryError(f"{name}:{_line_of_key(text, 'policy')}: 'policy' must be a table ([policy])")
+    policy = _parse_policy(raw_policy, f"{name}:{_line_of(text, 'policy')}")
     raw_devices = data.get("device", [])
     if not isinstance(raw_devices, list):
         raise RegistryError(f"{name}: 'device' must be an array of tables ([[device]])")
     lines = _device_lines(text)
     devices = []
     for index, row in enumerate(raw_devices):
-        line = lines[index] if index < len(lines) else 1
+        line = lines[index] if index < len(lines) else _line_of_key(text, "device")
+        if not isinstance(row, dict):
+            raise RegistryError(f"{name}:{line}: device #{index + 1} must be a table ([[device]])")
         devices.append(_parse_device(row, f"{name}:{line}: device #{index + 1}", line))
     return Registry(tuple(devices), policy, name)
 
@@ -243,7 +264,7 @@ def _parse_device(row: dict, where: str, line: int) -> Device:
 
 
 def load_registry(path: str | Path) -> Registry:
-    """Read and parse a registry file (the only I/O in this module)."""
+    """Read and parse a registry file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -252,6 +273,51 @@ def load_registry(path: str | Path) -> Registry:
     except UnicodeDecodeError as exc:
         raise RegistryError(f"{path}: not UTF-8 text: {exc}") from exc
     return parse_registry(text, str(path))
+
+
+class RegistryFile:
+    """The live ``--devices`` file of a running receiver: re-read when it changes on disk.
+
+    A version that cannot be used (TOML typo, unknown role, file removed ...) never stops the
+    decisions: :meth:`current` keeps returning the last good registry, with ``error`` set to the
+    file's line and reason, and the error is logged once per change of the file, not on every call.
+    When the file is fixed, the next call uses it. Thread-safe (settle loop and API threads).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._signature: tuple | None = None
+        self._good: Registry | None = None
+        self._current = Registry(path=str(self.path))
+
+    def _stat(self) -> tuple:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            return ("unreadable", exc.errno)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def current(self) -> Registry:
+        """The registry to decide with now (``error`` set while the file is unusable)."""
+        signature = self._stat()
+        with self._lock:
+            if signature == self._signature:
+                return self._current
+            self._signature = signature
+            try:
+                good = load_registry(self.path)
+            except RegistryError as exc:
+                reason = " ".join(str(exc).split())
+                fallback = self._good or Registry(path=str(self.path))
+                self._current = replace(fallback, error=reason)
+                _log.error("device registry %s is unusable, %s: %s", self.path,
+                           "deciding with its last good version" if self._good else "deciding without it", reason)
+                return self._current
+            if self._current.error:
+                _log.warning("device registry %s is valid again: deciding with it", self.path)
+            self._good = self._current = good
+            return good
 
 
 def registry_to_dict(registry: Registry) -> dict:

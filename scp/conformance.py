@@ -53,6 +53,11 @@ STATUS_MEANING: dict[StoreStatus, tuple[str, str]] = {
     StoreStatus.UID_MISMATCH: ("Error: Cannot understand (0xC002)",
                                "The data set's SOP Instance or SOP Class UID differs from the C-STORE request's. "
                                "Kept in quarantine with the reason."),
+    StoreStatus.INVALID_UID: ("Error: Cannot understand (0xC003)",
+                              "The data set's Study, Series or SOP Instance UID breaks PS3.5 §9.1 (after removing the "
+                              "trailing NUL / space padding): more than 64 characters, a character other than digits "
+                              "and '.', or an empty component. Kept in quarantine with the reason, the same on SQLite "
+                              "and PostgreSQL. A component with a leading zero is accepted."),
 }
 
 NETWORK_FIELDS: tuple[tuple[str, str], ...] = (
@@ -76,6 +81,31 @@ NETWORK_FIELDS: tuple[tuple[str, str], ...] = (
     ("tls_require_client_cert", "Require a client certificate signed by `tls_ca` (mutual TLS)."),
     ("stable_after", "Seconds without a new instance of a study before it is decided."),
     ("evidence_destination", "PACS (AE@host:port) that receives each decision's evidence objects (C-STORE SCU)."),
+)
+
+
+LIMITS: tuple[tuple[str, str | None, str], ...] = (
+    # (what is bounded, Settings field, what a breach gets) -- DICOM first, then HTTP
+    ("Association request (A-ASSOCIATE-RQ) complete, measured from the TCP connection (ARTIM, PS3.8 §9.1.5)",
+     "acse_timeout", "the connection is closed; its slot is free again"),
+    ("One PDU complete, measured from its first byte; bytes trickling in do not extend it", "pdu_deadline",
+     "connection closed; a data set cut short is discarded (never acknowledged)"),
+    ("Network inactivity on an association", "network_timeout", "A-ABORT, connection closed"),
+    ("Concurrent associations (connections still sending their A-ASSOCIATE-RQ do not count)", "max_associations",
+     "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded"),
+    ("Size a Deflated Explicit VR Little Endian data set may inflate to (inflated as a stream, never held in memory)",
+     "max_inflated_size", "`0xA700` Out of Resources (retryable); nothing stored. A deflate stream that cannot be "
+     "decoded: `0xC000`, quarantined"),
+    ("Header values read per instance: top-level values over 1 MB (private blobs, overlays, icons) are skipped by "
+     "their length, never read; at most 256 MB of header values in all", None,
+     "over 256 MB of header values: `0xA700`"),
+    ("HTTP: a connection idle, or sending a request's headers or body, for longer than", "http_idle_timeout",
+     "the connection is closed"),
+    ("HTTP: request body size (checked against Content-Length before reading; chunked bodies while streaming)",
+     "http_max_body", "`413 Content Too Large`, body not read"),
+    ("HTTP: request header block size", "http_max_header_size", "`431` / connection closed"),
+    ("HTTP: open connections", "http_max_connections",
+     "further connections wait; the DICOM receiver keeps its file descriptors"),
 )
 
 
@@ -228,8 +258,11 @@ def statement(settings: Settings | None = None) -> str:
         "Instance UIDs of the request and the accepted transfer syntax. Nothing is decompressed, transcoded or "
         "coerced; the SHA-256 of the stored file is kept in the index.")
     add("- **Durable before success.** Success is answered only after the file is fsynced, renamed into "
-        "`storage/<study>/<series>/<instance>.<sha>.dcm`, its directory fsynced, and the instance indexed. A failure "
-        "of any of these is answered with a failure status, never success.")
+        "`storage/<h(study)>/<h(series)>/<h(instance)>.<sha256>.dcm` (each `h` the first 32 hex digits of the SHA-256 "
+        "of the UID: no received value ever names a file or folder; the UIDs are kept in the index), its directory "
+        "fsynced, and the instance indexed. A failure of any of these is answered with a failure status, never "
+        "success. A commit record written before the rename lets the next start index a file whose receiver was "
+        "killed between the rename and the index.")
     add("- **Duplicates and versions.** An identical re-send is answered Success and recorded as a duplicate receipt "
         "(stored once). Different content under a known SOP Instance UID is stored as a new version; nothing is "
         "overwritten.")
@@ -247,6 +280,15 @@ def statement(settings: Settings | None = None) -> str:
     add("")
     add("An unexpected exception in the receiver is answered by pynetdicom with `0xC211` (Cannot understand); "
         "error responses carry an Error Comment (0000,0902) of at most 64 characters.")
+    add("")
+
+    add("### 5.1 Resource limits")
+    add("")
+    add("Every limit has a safe default and a setting; a breach is answered as below and never loses an instance "
+        "already acknowledged.")
+    add("")
+    out += _table(["Limit", "Setting", "Default", "When exceeded"], [[what, f"`{field}`" if field else "(fixed)", _default(field) if field else "", breach]
+                                                                  for what, field, breach in LIMITS])
     add("")
 
     add("## 6. Security")

@@ -103,7 +103,7 @@ def drop_postgres_schema(name: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.peer)])
 def index_url(request: pytest.FixtureRequest, tmp_path: Path):
     """The index database, once on SQLite (embedded default) and once on PostgreSQL."""
     if request.param == "sqlite":

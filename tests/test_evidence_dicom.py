@@ -80,6 +80,7 @@ def check_ours(ds: pydicom.Dataset, source: EvidenceSource) -> None:
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.peer
 def test_kos_and_sr_of_every_fixture_study(case: str, fixtures_output: Path, tmp_path: Path) -> None:
     require_peer("dciodvfy")
     source = source_of(fixtures_output / case)

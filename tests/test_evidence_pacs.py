@@ -80,6 +80,8 @@ def assert_no_new_decision(server, study_uid: str, before) -> None:
 
 
 # ---------------------------------------------------------------------------- tests
+@pytest.mark.peer
+@pytest.mark.slow
 def test_sending_the_kos_and_sr_to_orthanc_places_them_in_the_same_study_there(
         fixtures_output: Path, tmp_path: Path, receiver_factory, orthanc_factory) -> None:
     receiver = receiver_factory("--allow-caller", "ORTHANC", stable_after=STABLE_AFTER)
@@ -182,6 +184,8 @@ def test_rejected_association_and_destination_strings(fixtures_output: Path, tmp
             PacsDestination.parse(bad)
 
 
+@pytest.mark.peer
+@pytest.mark.slow
 def test_configured_destination_receives_each_decisions_kos_and_sr(fixtures_output: Path, tmp_path: Path, receiver_factory, orthanc_factory) -> None:
     """`serve --evidence-destination AE@host:port`: after deciding a study, its KOS and SR are
     C-STOREd to the PACS and sit there beside the study's images."""

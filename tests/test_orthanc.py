@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from .dicomfiles import write_study
 from .peers import require_peer, start_orthanc, wait_for
 
@@ -15,6 +17,8 @@ def rows(db: Path, sql: str, *params):
         return connection.execute(sql, params).fetchall()
 
 
+@pytest.mark.peer
+@pytest.mark.slow
 def test_study_pushed_by_orthanc_arrives_whole_and_is_decided(receiver_factory, tmp_path):
     require_peer("Orthanc")
     study, paths = write_study(tmp_path / "study", acquisition=16, mip=4)  # 20 instances, 4 of a console MIP

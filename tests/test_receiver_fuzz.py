@@ -55,9 +55,13 @@ TIMEOUT = 2.0
 """The receiver's ACSE, DIMSE and network timeouts during the run (seconds)."""
 SLACK = 6.0
 """Scheduling slack on two loaded cores before a connection the receiver should have closed counts as hung."""
+MIN_CASES = int(os.environ.get("DICOMCHECK_FUZZ_MIN_CASES", "500"))
+"""The run goes on past DICOMCHECK_FUZZ_SECONDS until this many cases were tried (instead of asserting a rate)."""
+ANSWER_TIMEOUT = 60.0
+"""How long the fuzzing requestor waits for a C-STORE answer: a bound on hanging, never on speed."""
 APP_CONTEXT = b"1.2.840.10008.3.1.1.1"
 CALLED = b"DICOMCHECK"
-EXPECTED_STORE_STATUSES = {0x0000, 0xC000, 0xC001, 0xC002}
+EXPECTED_STORE_STATUSES = {0x0000, 0xC000, 0xC001, 0xC002, 0xC003}
 """What a corrupted CT data set on a CT context may be answered: stored, or quarantined with a reason."""
 
 
@@ -417,7 +421,7 @@ class Run:
     def corrupted_stores(self) -> None:
         rng = self.rng
         ae = AE(ae_title="FUZZSTORE")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT + SLACK
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ANSWER_TIMEOUT
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         assoc = nodelay(ae.associate("127.0.0.1", self.port, ae_title=CALLED.decode()))
         if not assoc.is_established:
@@ -435,9 +439,23 @@ class Run:
                 response = send_raw_c_store(assoc, sop_class=CTImageStorage, sop_instance=sop, body=body)
                 took = time.monotonic() - started
                 self.store_seconds.append(took)
-                assert response is not None, (f"case {self.case} (seed {SEED}): no C-STORE response within {took:.1f}s "
-                                              f"(established {assoc.is_established}, aborted {assoc.is_aborted}, "
-                                              f"{len(body)} bytes); slowest so far {sorted(self.store_seconds)[-5:]}")
+                if response is None:
+                    # No status: acceptable only as the receiver's own network timeout (TIMEOUT) ending the
+                    # association, which a loaded machine can reach while the instance is stored. An
+                    # answer that never comes on an open association, or an abort before that timeout
+                    # (the receiver choking on the input), fails. How fast the answer comes is not asserted.
+                    def ended() -> bool:
+                        return assoc.is_aborted or not assoc.is_established
+
+                    try:
+                        wait_for(ended, timeout=SLACK)  # the paused reactor records the abort it already got
+                    except AssertionError:
+                        pass
+                    assert ended() and took >= TIMEOUT, (
+                        f"case {self.case} (seed {SEED}): no C-STORE response after {took:.1f}s (established "
+                        f"{assoc.is_established}, aborted {assoc.is_aborted}, {len(body)} bytes)")
+                    self.counts["C-STORE cut by the receiver's network timeout"] += 1
+                    break
                 status = int(response.Status)
                 assert status in EXPECTED_STORE_STATUSES, f"case {self.case} (seed {SEED}): C-STORE answered 0x{status:04X}"
                 if status:
@@ -573,6 +591,8 @@ class LogTracebacks:
         return found
 
 
+@pytest.mark.slow
+@pytest.mark.peer
 def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, tmp_path):
     require_peer("storescu")
     env = {**os.environ, "DICOMCHECK_ACSE_TIMEOUT": str(TIMEOUT), "DICOMCHECK_DIMSE_TIMEOUT": str(TIMEOUT),
@@ -583,7 +603,7 @@ def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, t
     run = Run(server.port, random.Random(SEED))
     deadline = time.monotonic() + FUZZ_SECONDS
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or run.case < MIN_CASES:  # a meaningful run however loaded the machine
             run.one()
             run.watch()
             assert server.proc.poll() is None, f"receiver died at case {run.case} (seed {SEED}):\n{server.log()[-4000:]}"
@@ -598,7 +618,6 @@ def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, t
                f"slowest C-STORE round trips {[round(t, 2) for t in sorted(run.store_seconds)[-3:]]}")
     print(summary)
     assert server.proc.poll() is None
-    assert run.case >= min(1000, FUZZ_SECONDS * 10), f"too few cases for a meaningful run: {summary}"
     hung_associated = [f"case {h.case}: {h.kind}" for h in run.hung if h.associated]
     assert not hung_associated, f"established associations kept open past the timeouts (seed {SEED}): {hung_associated}"
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from dicomcheck.enums import PacsViewerCode, Role
-from dicomcheck.registry import RegistryError, load_registry, parse_registry
+from dicomcheck.registry import RegistryError, RegistryFile, load_registry, parse_registry
 
 GOOD = """
 [policy]
@@ -71,6 +71,8 @@ def test_validity_window():
         ('[policy]\nminip_is_3d = "yes"\n', "minip_is_3d must be true or false"),
         ('[[device]\nstation_name = "A"\n', "devices.toml: "),
         ('[devices]\nx = 1\n', "unknown key(s) ['devices']"),
+        ('policy = "76377"\n', "devices.toml:1: 'policy' must be a table ([policy])"),
+        ('\ndevice = ["3DLAB-01"]\n', "devices.toml:2: device #1 must be a table ([[device]])"),
     ],
 )
 def test_bad_registry_names_line_and_reason(text, message):
@@ -89,3 +91,42 @@ def test_toml_syntax_error_carries_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(RegistryError, match="cannot read"):
         load_registry(tmp_path / "nope.toml")
+
+
+def _rewrite(path, text: str) -> None:
+    """Write ``text`` so that the change is seen even within one tick of the file system clock."""
+    import os
+
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+def test_live_file_keeps_its_last_good_version_logs_once_and_recovers(tmp_path, caplog):
+    path = tmp_path / "devices.toml"
+    path.write_text(GOOD)
+    live = RegistryFile(path)
+    good = live.current()
+    assert good.error is None and len(good.devices) == 3
+    _rewrite(path, GOOD.replace('role = "pacs_viewer"', 'role = "pacs-viewer"'))  # a typo in the third entry
+    with caplog.at_level("ERROR", logger="dicomcheck.registry"):
+        for _ in range(5):  # every settle pass and API request asks
+            degraded = live.current()
+    assert degraded.devices == good.devices and degraded.policy == good.policy  # the last good version decides
+    assert degraded.error is not None and "devices.toml:18: device #3: role must be one of" in degraded.error
+    assert [r.levelname for r in caplog.records] == ["ERROR"]  # once per change of the file, not every call
+    _rewrite(path, GOOD.replace("3DLAB-01", "3DLAB-02"))
+    fixed = live.current()
+    assert fixed.error is None and fixed.devices[0].station_name == "3DLAB-02"
+
+
+def test_live_file_removed_keeps_its_last_good_version(tmp_path):
+    path = tmp_path / "devices.toml"
+    path.write_text(GOOD)
+    live = RegistryFile(path)
+    live.current()
+    path.unlink()
+    gone = live.current()
+    assert "cannot read" in gone.error and len(gone.devices) == 3
+    path.write_text(GOOD)
+    assert live.current().error is None

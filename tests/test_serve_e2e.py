@@ -30,6 +30,8 @@ def token(data: Path, name: str = "billing", role: str = "reader", database_url:
     return proc.stdout.strip()
 
 
+@pytest.mark.peer
+@pytest.mark.slow
 def test_fixture_studies_through_storescu_and_the_api(receiver_factory, fixtures_output, tmp_path):
     require_peer("storescu")
     http_port = free_port()
@@ -73,6 +75,8 @@ def _send_half(port: int, datasets: list, errors: list) -> None:
         errors.append(repr(exc))
 
 
+@pytest.mark.peer
+@pytest.mark.slow
 def test_two_receivers_on_one_postgresql_index(receiver_factory, tmp_path):
     name = f"dc_two_{generate_uid()[-10:].replace('.', '')}"
     url = postgres_schema_url(name)
@@ -111,6 +115,8 @@ def test_two_receivers_on_one_postgresql_index(receiver_factory, tmp_path):
 @pytest.mark.parametrize("role", ["reader", "admin"])
 def test_token_cli_create_list_revoke(tmp_path, role):
     data = tmp_path / "data"
+    upgraded = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "db", "upgrade", "--data", str(data)], capture_output=True, text=True, timeout=60)
+    assert upgraded.returncode == 0, upgraded.stderr  # token commands use an index, never create one
     secret = token(data, "ris", role)
     assert secret.startswith("dck_") and len(secret) > 40
     listed = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "list", "--data", str(data)], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
