@@ -91,6 +91,8 @@ LIMITS: tuple[tuple[str, str | None, str], ...] = (
     ("One PDU complete, measured from its first byte; bytes trickling in do not extend it", "pdu_deadline",
      "connection closed; a data set cut short is discarded (never acknowledged)"),
     ("Network inactivity on an association", "network_timeout", "A-ABORT, connection closed"),
+    ("DICOM TLS handshake: done by the association's own thread, within the association-request deadline "
+     "(a peer that never sends its ClientHello blocks nobody else)", "acse_timeout", "the connection is closed"),
     ("Concurrent associations (connections still sending their A-ASSOCIATE-RQ do not count)", "max_associations",
      "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded"),
     ("Size a Deflated Explicit VR Little Endian data set may inflate to (inflated as a stream, never held in memory)",

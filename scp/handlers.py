@@ -215,5 +215,6 @@ def _status(status: StoreStatus, comment: str | None) -> Dataset | int:
         return int(status)
     ds = Dataset()
     ds.Status = int(status)
-    ds.ErrorComment = comment[:64]
+    # Error Comment is LO: one value, no backslash (the value delimiter), no control characters
+    ds.ErrorComment = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in comment)[:64]
     return ds

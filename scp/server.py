@@ -219,8 +219,14 @@ class ReceiverServer(ThreadedAssociationServer):
     request_queue_size = 128
 
     def get_request(self):
+        """Accept a connection; a TLS handshake is left to the association's own thread.
+
+        Handshaking here (the listener thread, no timeout) let one peer that never sends its
+        ClientHello block every later connection; done lazily by the first read of the
+        association's thread, it is bounded by the ARTIM / PDU deadlines like any other byte.
+        """
         client, address = self.socket.accept()
         tuning.prepare_accepted(client, tuning.applied())
         if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True)
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address

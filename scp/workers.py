@@ -304,7 +304,7 @@ def _worker_main(argv: list[str]) -> int:
             try:
                 address = client.getpeername()
                 if self.ssl_context:
-                    client = self.ssl_context.wrap_socket(client, server_side=True)
+                    client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
             except OSError:
                 client.close()
                 tell(b"D")

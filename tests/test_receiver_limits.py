@@ -321,3 +321,65 @@ def test_default_settings_a_new_peer_gets_through_24_dripping_association_reques
         dripping.close()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- TLS
+def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_peer_that_never_starts_its_tls_handshake_does_not_block_other_peers(tmp_path, processes):
+    """The TLS handshake used to run on the listener thread without a timeout: one connection that
+    never sent a ClientHello blocked every later connection for good."""
+    import ssl
+
+    cert, key = _self_signed_certificate(tmp_path)
+    env = {**os.environ, "DICOMCHECK_TLS_CERT": str(cert), "DICOMCHECK_TLS_KEY": str(key)}
+    server = start_receiver(tmp_path / "data", "--processes", processes, env=env)
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        time.sleep(0.5)  # the silent connections are accepted first
+        client = ssl.create_default_context(cafile=str(cert))
+        ae = AE(ae_title="TLSPEER")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 15
+        answer: list[int] = []
+
+        def echo_over_tls() -> None:  # in a thread: a blocked handshake must fail the test, not hang it
+            assoc = ae.associate("127.0.0.1", server.port, ae_title="DICOMCHECK", tls_args=(client, "localhost"))
+            if assoc.is_established:
+                answer.append(int(assoc.send_c_echo().Status))
+                assoc.release()
+
+        peer = threading.Thread(target=echo_over_tls, daemon=True)
+        peer.start()
+        peer.join(30)
+        assert answer == [0], "a TLS peer was blocked by connections that never started their handshake"
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()

@@ -219,3 +219,16 @@ def test_an_aborted_association_is_recorded_aborted_with_its_count(receiver_fact
         return found if len(found) == 2 else None
 
     assert wait_for(ended, timeout=30) == [("ABORTER", "aborted", 3), ("DROPPER", "aborted", 1)]
+
+
+def test_error_comments_are_one_printable_lo_value():
+    """A reason quoting a received value must not put a backslash (LO's value delimiter) or control
+    characters into the Error Comment of the C-STORE response."""
+    from dicomcheck.ingest import StoreStatus
+    from scp.handlers import _status
+
+    answer = _status(StoreStatus.INVALID_UID, "invalid SOP Instance UID '1.2\\3.4\x00\x1b[31m'")
+    comment = answer.ErrorComment
+    assert "\\" not in comment and all(" " <= c <= "~" for c in comment)
+    assert comment.startswith("invalid SOP Instance UID '1.2?3.4")
+    assert answer.Status == 0xC003
