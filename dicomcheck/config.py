@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     processes: int = Field(1, ge=1, le=64, description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).")
     max_inflated_size: int = Field(1 << 30, ge=1 << 20, description="Largest size in bytes a Deflated Explicit VR data set may inflate to; beyond it the C-STORE is refused with 0xA700.")
     pdu_deadline: float = Field(60.0, gt=0, description="Seconds one PDU may take to arrive in full; bytes trickling in do not reset it (the connection is aborted).")
+    speed_tuning: bool = Field(True, description="pynetdicom receive-path speed tuning (scp/tuning.py: event-driven reactors, larger reads, TCP_NODELAY, shared contexts), only on the pynetdicom version it is tested with; the fault fixes stay on either way.")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
     http_idle_timeout: float = Field(5.0, gt=0, description="Seconds an HTTP connection may sit idle, or take to send a request's headers or body, before it is closed.")
     http_max_body: int = Field(1 << 20, ge=1024, description="Largest HTTP request body in bytes; larger ones get 413 before they are read.")
