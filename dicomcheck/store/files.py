@@ -178,12 +178,16 @@ class FileStore:
     # ---------------------------------------------------------------- commit records
     def begin_commit(self, relative: str, record: dict) -> Path:
         """Write the commit record of ``relative`` (module doc) before it is renamed into place."""
-        marker = self.tmp / f"{uuid.uuid4().hex}{COMMIT_SUFFIX}"
+        name = uuid.uuid4().hex
+        marker, writing = self.tmp / f"{name}{COMMIT_SUFFIX}", self.tmp / f"{name}.part"
         try:
-            with marker.open("x", encoding="utf-8") as fh:
+            with writing.open("x", encoding="utf-8") as fh:
                 json.dump({"path": relative, **record}, fh)
+            # renamed complete: a kill while writing leaves a ``.part`` (swept like any partial
+            # transfer), never a cut-short record that recovery would have to wait out
+            os.replace(writing, marker)
         except BaseException:  # e.g. a full volume: no record is left behind
-            marker.unlink(missing_ok=True)
+            writing.unlink(missing_ok=True)
             raise
         return marker
 
