@@ -253,12 +253,6 @@ def count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
-def dicomcheck_cli_has_processes() -> bool:
-    proc = subprocess.run([PYTHON, "-m", "dicomcheck.cli", "serve", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
-    return "--processes" in proc.stdout
-
-
 def start_receiver(ns: Netns, kind: str, workdir: Path, port: int, *, concurrent: bool, env: dict[str, str] | None = None) -> Receiver:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -287,10 +281,7 @@ def start_receiver(ns: Netns, kind: str, workdir: Path, port: int, *, concurrent
         data = workdir / "data"
         common = ["--data", str(data), "--dicom-port", str(port), "--bind", "127.0.0.1", "--ae-title", "DICOMCHECK",
                   "--allow-caller", SENDER_AE, "--stable-after", "3600"]
-        if processes == 1 or dicomcheck_cli_has_processes():
-            args = [PYTHON, "-m", "dicomcheck.cli", "serve", "--no-api", *common, *(["--processes", str(processes)] if processes > 1 else [])]
-        else:  # the CLI flag is not wired yet: the same function the CLI would call
-            args = [PYTHON, __file__, "--serve-dicomcheck", str(processes), *common]
+        args = [PYTHON, "-m", "dicomcheck.cli", "serve", "--no-api", *common, *(["--processes", str(processes)] if processes > 1 else [])]
         receiver = Receiver(kind, port, "DICOMCHECK", workdir,
                             subprocess.Popen(ns.cmd(args), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}),
                             log_path, lambda: _count_instances(data))
@@ -411,20 +402,6 @@ def _wait_count(receiver: Receiver, expected: int, timeout: float = 10.0) -> int
 
 
 # ---------------------------------------------------------------------------------------------- in-namespace servers
-def serve_dicomcheck(processes: int, argv: list[str]) -> None:
-    """``dicomcheck serve --no-api`` with ``processes`` receiver processes (until SIGTERM)."""
-    from dicomcheck.config import load_settings
-    from scp.server import serve_processes
-
-    parser = argparse.ArgumentParser()
-    for flag in ("--data", "--dicom-port", "--bind", "--ae-title", "--allow-caller", "--stable-after"):
-        parser.add_argument(flag, action="append" if flag == "--allow-caller" else "store")
-    ns = parser.parse_args(argv)
-    settings = load_settings(None, data=Path(ns.data), dicom_port=int(ns.dicom_port), bind=ns.bind, ae_title=ns.ae_title,
-                             allow_callers=ns.allow_caller, stable_after=float(ns.stable_after), api=False)
-    serve_processes(settings, processes)
-
-
 def serve_bare(port: int, folder: Path) -> None:
     """A bare pynetdicom Storage SCP with library defaults, writing the received bytes to files."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -582,9 +559,6 @@ def median_row(runs: list[dict]) -> dict:
 
 
 def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "--serve-dicomcheck":
-        serve_dicomcheck(int(sys.argv[2]), sys.argv[3:])
-        return 0
     if len(sys.argv) > 3 and sys.argv[1] == "--serve-bare":
         serve_bare(int(sys.argv[2]), Path(sys.argv[3]))
         return 0

@@ -2,20 +2,22 @@
 
 ``make_ae(settings)`` builds a pynetdicom AE from settings; ``supported_contexts(settings)`` is the
 single list the conformance statement (docs/conformance.md, ``python -m scp.conformance``) is
-generated from. ``start`` runs the receiver in this process; ``start_processes`` runs N receiver
-processes behind one port (scp/workers.py), since one interpreter serves every association on one
-core. ``configure_process`` applies the receive-path tuning of scp/tuning.py (bench/README.md).
+generated from. ``build_server`` is the one start-up of a receiver: the pynetdicom fault fixes
+(scp/pynetdicom_fixes.py), the speed tuning if ``speed_tuning`` is on (scp/tuning.py), the AE, the
+event handlers and the association server. ``start`` serves it in this process; scp/workers.py
+builds one in each of N receiver processes behind one port; scp/listen.py chooses.
 """
 
 from __future__ import annotations
 
 import logging
+import socketserver
 import ssl
 import tempfile
 import threading
 
 from pydicom import uid
-from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification, register_uid
@@ -24,8 +26,8 @@ from pynetdicom.utils import make_target
 
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver
-from dicomcheck.store.files import SpoolFile
 
+from . import pynetdicom_fixes as fixes
 from . import trace, tuning
 from .handlers import Handlers
 
@@ -66,16 +68,13 @@ def supported_contexts(settings: Settings) -> list[PresentationContext]:
     return contexts
 
 
-def configure_process(settings: Settings) -> None:
-    """Process-wide library settings, set once by the entry point (pynetdicom / tempfile)."""
-    # Receive each dataset straight to a file on the storage volume, never into memory or /tmp,
-    # into a SpoolFile: a volume that fills up meanwhile is answered 0xA700 instead of killing the
-    # network thread (tests/test_receiver_faults.py).
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = tuning.tracked(SpoolFile)
-    tmp = settings.storage_dir / ".tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(tmp)
+def configure_process(settings: Settings) -> set[str]:
+    """Process-wide library settings, set by :func:`build_server`: the pynetdicom fault fixes
+    (always), the speed tuning steps in effect (returned), logging without PHI."""
+    fixes.install(spool_dir=settings.storage_dir / ".tmp", pdu_deadline=settings.pdu_deadline)
+    # Scratch files of the receive path (inflating a Deflated data set, dicomcheck/sources.py) stay
+    # on the storage volume, bounded by it, as the received data sets do: sources.py takes no folder.
+    tempfile.tempdir = str(settings.storage_dir / ".tmp")
     # Configured private SOP classes belong to the storage service (else pynetdicom drops them).
     for number, private in enumerate(settings.private_sop_classes, start=1):
         if private not in _STORAGE_CLASSES.values():
@@ -83,9 +82,9 @@ def configure_process(settings: Settings) -> None:
     # pynetdicom logs dataset summaries at INFO/DEBUG; keep only its warnings (no PHI in logs).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
-    tuning.apply()
-    tuning.set_limits(pdu_deadline=settings.pdu_deadline)
+    steps = tuning.apply(tuning.steps_for(settings))
     trace.install()  # only with DICOMCHECK_SCP_TRACE set (bench/bench_receiver.py --profile)
+    return steps
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -104,7 +103,7 @@ class ReceiverAE(AE):
     pynetdicom 3.0's ACSE rejects an A-ASSOCIATE-RQ (local-limit-exceeded, 0x02/0x03/0x02) when
     more acceptor threads run than ``maximum_associations``, and there is one thread per TCP
     connection from its first byte on: 24 connections that never finish their A-ASSOCIATE-RQ (each
-    bounded by the ARTIM timer, ``scp.tuning``) locked every real peer out for as long as they
+    bounded by the ARTIM timer, ``scp.pynetdicom_fixes``) locked every real peer out for as long as they
     lasted. ``maximum_associations`` as read here is the configured limit plus the connections still
     waiting for their request, so only connections that have sent an A-ASSOCIATE-RQ count against
     it (ACSE's comparison is the only reader of the value in pynetdicom 3.0).
@@ -151,64 +150,31 @@ def bindings(handlers: Handlers) -> list:
     ]
 
 
-def start(settings: Settings, receiver: Receiver, *, block: bool = True):
-    """Start listening; returns the server (``block=False``) or blocks until shut down."""
-    configure_process(settings)
-    if not settings.allow_callers:
-        log.warning("no --allow-caller configured: accepting associations from any calling AE title")
+def build_server(settings: Settings, receiver: Receiver, server_class: type[ThreadedAssociationServer] | None = None,
+                 **server_arguments) -> ThreadedAssociationServer:
+    """The receiver's association server, not yet serving: one start-up for ``serve`` in this process
+    (:func:`start`) and for each ``--processes`` receiver process (scp/workers.py, its own
+    ``server_class``). Refuses an unverified pynetdicom (``pynetdicom_fixes.UnverifiedPynetdicom``)."""
+    steps = configure_process(settings)
+    if steps:
+        log.info("pynetdicom speed tuning: %s", ", ".join(sorted(steps)))
+    else:
+        log.warning("pynetdicom speed tuning off: pynetdicom's own polling reactors and 4 KB reads (slower)")
     ae = make_ae(settings)
     handlers = Handlers(receiver, settings, storage_sop_classes(settings))
-    log.info("listening as %s on %s:%d", settings.ae_title, settings.bind, settings.dicom_port)
     server = ae.make_server((settings.bind, settings.dicom_port), evt_handlers=bindings(handlers), ssl_context=ssl_context(settings),
-                            server_class=ReceiverServer)
-    server.contexts = tuning.share_contexts(server.contexts, tuning.applied())
-    ae._servers.append(server)
-    if block:
-        try:
-            server.serve_forever()
-        finally:
-            server.shutdown()
-        return None
-    thread = threading.Thread(target=make_target(server.serve_forever), name="dicomcheck-listener", daemon=True)
-    thread.start()
+                            server_class=server_class or ReceiverServer, **server_arguments)
+    server.contexts = tuning.share_contexts(server.contexts)
     return server
 
 
-def start_processes(settings: Settings, processes: int):
-    """Listen on the DICOM port and serve associations from ``processes`` receiver processes.
-
-    Returns at once (after every receiver process is ready) with an object that has
-    ``server_address`` and ``shutdown()``, like :func:`start` with ``block=False``. The caller keeps
-    running the settle loop (and the API) in this process. ``processes=1`` still uses a separate
-    receiver process; use :func:`start` for the single-process receiver.
-    """
-    from .workers import ReceiverProcesses
-
-    if not settings.allow_callers:
-        log.warning("no --allow-caller configured: accepting associations from any calling AE title")
-    return ReceiverProcesses(settings, processes).start()
-
-
-def serve_processes(settings: Settings, processes: int) -> None:
-    """``dicomcheck serve --no-api --processes N``: receivers + settle loop until SIGTERM / SIGINT."""
-    import signal
-
-    from dicomcheck.ingest import Settler
-
-    receiver = Receiver(settings)
-    settler = Settler(receiver)
-    settler.start()
-    server = start_processes(settings, processes) if processes > 1 else start(settings, receiver, block=False)
-    print(f"dicomcheck: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]} "
-          f"({processes} receiver process{'es' if processes > 1 else ''}), data in {settings.data}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        stop.wait()
-    finally:
-        server.shutdown()
-        settler.stop()
+def start(settings: Settings, receiver: Receiver) -> ThreadedAssociationServer:
+    """Listen and serve associations on a thread of this process; returns the server (``shutdown()``)."""
+    server = build_server(settings, receiver)
+    log.info("listening as %s on %s:%d", settings.ae_title, settings.bind, settings.dicom_port)
+    thread = threading.Thread(target=make_target(server.serve_forever), name="dicomcheck-listener", daemon=True)
+    thread.start()
+    return server
 
 
 class ReceiverServer(ThreadedAssociationServer):
@@ -218,6 +184,13 @@ class ReceiverServer(ThreadedAssociationServer):
 
     request_queue_size = 128
 
+    def shutdown(self) -> None:
+        """Stop serving, close the socket and wait for the open associations (as pynetdicom's does),
+        without removing the server from ``ae._servers``: only ``AE.start_server`` puts it there,
+        and ``AE.make_server`` (which takes our server class) does not."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
     def get_request(self):
         """Accept a connection; a TLS handshake is left to the association's own thread.
 
@@ -226,7 +199,7 @@ class ReceiverServer(ThreadedAssociationServer):
         association's thread, it is bounded by the ARTIM / PDU deadlines like any other byte.
         """
         client, address = self.socket.accept()
-        tuning.prepare_accepted(client, tuning.applied())
+        tuning.prepare_accepted(client)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address

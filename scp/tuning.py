@@ -1,64 +1,34 @@
-"""Receive-path tuning of pynetdicom, measured in bench/README.md ("Receiver").
+"""Receive-path speed tuning of pynetdicom 3.0.4 (the ``speed_tuning`` setting), measured in
+bench/README.md ("Receiver").
 
 pynetdicom runs two polling loops per association: the DUL reactor (socket -> PDUs) sleeps 1 ms
 whenever its socket has nothing to read, and the association reactor (PDUs -> DIMSE -> C-STORE
 handler) sleeps 1 ms before every look at its message queue. On one association each C-STORE
-round trip crosses those loops three times (request in, handler, response out): measured, the
-sleeps cost ~1 ms an instance and the wake-ups slowed the handler by another ~0.8 ms (GIL); it
-also reads every PDU 4 KB at a time. The steps below remove that latency and overhead without
-touching what is received, stored or answered:
+round trip crosses those loops three times: measured, the sleeps cost ~1 ms an instance and the
+wake-ups slowed the handler by another ~0.8 ms (GIL); it also reads every PDU 4 KB at a time. The
+steps below remove that latency and overhead without touching what is received, stored or answered:
 
-``quiet``    no per-PDU / per-DIMSE standard log handlers (``_config.LOG_HANDLER_LEVEL = "none"``;
-             pynetdicom's logger is at WARNING here anyway, but the handlers still format).
-``recv``     read a PDU with ``recv_into`` in chunks of up to 256 KB instead of 4 KB ``recv`` calls.
+``quiet``    no per-PDU / per-DIMSE standard log handlers (``_config.LOG_HANDLER_LEVEL = "none"``).
+``recv``     read a PDU in chunks of up to 256 KB instead of 4 KB.
 ``reactor``  event-driven reactors: the DUL waits in ``select()`` on its socket and a wake-up pipe
              (written when a primitive is queued for sending or the DUL is stopped) instead of
              sleeping; the association reactor waits on an event the DUL sets when it queued
-             something for it (or a sender wants the reactor paused) instead of sleeping 1 ms.
-             Timers (ARTIM, network idle) are still checked at least every 50 ms. Acceptors
-             only; associations we request keep pynetdicom's loop.
+             something for it (or a sender wants the reactor paused). Timers (ARTIM, network idle)
+             are still checked at least every 50 ms. Acceptors only.
 ``nodelay``  ``TCP_NODELAY`` on every accepted socket (the response leaves at once).
-``context``  copy the ~170 supported presentation contexts for each new association with a
-             shallow copy (pynetdicom deep-copies them, re-validating every UID: ~26 ms per
-             association here).
+``context``  copy the ~170 supported presentation contexts for each new association shallowly
+             (pynetdicom deep-copies them, re-validating every UID: ~26 ms per association).
 
-All are on by default. ``DICOMCHECK_SCP_TUNING`` selects them for measurements: ``none``, ``all``
-or a comma list (e.g. ``quiet,recv``). They change only *when* loops wake up and how bytes are read,
-never the state machine or the data.
-
-Whatever the tuning, the same patched reactors also fix what peer input could do to pynetdicom 3.0
-(found by tests/test_receiver_fuzz.py):
-
-* an exception from the DUL state machine, or in an association thread (e.g. while negotiating),
-  killed the thread: the association was never answered or ended without EVT_ABORTED (its
-  provenance row left open, a partial file left). Now it is logged, the association aborted
-  (A-ABORT) and EVT_ABORTED triggered;
-* a data set file received for a C-STORE-RQ that no storage service handled (a SOP class that is
-  not a storage class), or dropped when a second command set arrived before the data set, was left
-  in ``storage/.tmp``: it is removed.
-
-and what a peer could do to it by sending slowly (issue 8, tests/test_receiver_limits.py):
-
-* the DUL reads a PDU with blocking ``recv`` calls, each bounded only by the socket timeout: one byte
-  a second restarts it forever. The ARTIM timer (``acse_timeout``, PS3.8 §9.1.5) started at the
-  connection was only looked at between PDUs, and ``Association.kill`` waits for the DUL thread, so a
-  peer dripping its A-ASSOCIATE-RQ kept its thread, socket and association slot without limit. Now
-  every PDU has a deadline from its first byte (``pdu_deadline``), and one read while the ARTIM timer
-  runs (waiting for the A-ASSOCIATE-RQ, or for the close after a release / rejection) ends when it
-  expires; then the connection is shut down (``_read_pdu_data`` / ``_recv``). The deadline holds
-  whatever tuning steps are selected.
-* ``ACSE`` counts every acceptor thread against ``maximum_associations`` (local-limit-exceeded
-  rejection), also connections that have not sent their A-ASSOCIATE-RQ: 24 such connections locked
-  every real peer out. ``scp.server.ReceiverAE`` counts associations only (see there).
-
-The patches replace methods of pynetdicom 3.0 classes and are applied only to that version
-(checked); with any other version the library runs unpatched and a warning is logged.
+With ``speed_tuning`` on (the default) all apply; ``DICOMCHECK_SCP_TUNING`` (``none``, ``all`` or a
+comma list such as ``quiet,recv``) selects some of them for measurements (bench/bench_receiver.py).
+They change only *when* loops wake up and how bytes are read. Like the fault fixes
+(scp/pynetdicom_fixes.py, always on) they are written against pynetdicom
+``pynetdicom_fixes.VERIFIED_VERSION`` only, which the receiver requires before it starts.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import select
 import socket
@@ -67,36 +37,26 @@ import time
 import weakref
 from typing import Any
 
-import pynetdicom
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationSocket
 
-from dicomcheck.store.files import SpoolFile
+from dicomcheck.config import Settings
 
-log = logging.getLogger(__name__)
+from . import pynetdicom_fixes as fixes
 
 STEPS = ("quiet", "recv", "reactor", "nodelay", "context")
 ENV = "DICOMCHECK_SCP_TUNING"
-PATCHED_VERSIONS = ("3.0.",)
-"""pynetdicom versions whose reactor code the patches were written against (pyproject pins <3.1)."""
 
 TIMER_CHECK = 0.05
 """Longest wait of a reactor without an event, so ARTIM / idle timers are still checked."""
 
 RECV_CHUNK = 256 * 1024
-PYNETDICOM_RECV_CHUNK = 4096
-_RECV_CHUNK = [RECV_CHUNK]
-
-PDU_DEADLINE = [60.0]
-"""Seconds one PDU may take from its first byte (``Settings.pdu_deadline``, set by :func:`set_limits`)."""
 
 _applied: set[str] = set()
 _lock = threading.Lock()
 _EVENT_DRIVEN = [False]
-"""Whether the patched reactors wait for events ("reactor" step) or sleep like pynetdicom."""
+_ORIGINAL: dict[str, Any] = {}
 
 
 def selected(value: str | None = None) -> set[str]:
@@ -114,149 +74,59 @@ def selected(value: str | None = None) -> set[str]:
     return steps
 
 
-def apply(steps: set[str] | None = None) -> set[str]:
-    """Apply the tuning steps once per process; returns the steps in effect."""
-    steps = selected() if steps is None else steps
+def steps_for(settings: Settings) -> set[str]:
+    """The steps this receiver runs with: none when ``speed_tuning`` is off."""
+    return selected() if settings.speed_tuning else set()
+
+
+def apply(steps: set[str]) -> set[str]:
+    """Put ``steps`` in effect in this process (after ``pynetdicom_fixes.install``); returns them."""
     with _lock:
-        known = pynetdicom.__version__.startswith(PATCHED_VERSIONS)
-        if not known:
-            log.warning("pynetdicom %s is not %s: receive-path patches not applied", pynetdicom.__version__, PATCHED_VERSIONS)
-            steps = steps - {"recv", "reactor", "context"}
-        if "quiet" in steps:
-            _config.LOG_HANDLER_LEVEL = "none"
-        if known:  # the PDU deadline holds whatever the steps; "recv" chooses the read size only
-            AssociationSocket.recv = _recv  # type: ignore[method-assign]
-            _RECV_CHUNK[0] = RECV_CHUNK if "recv" in steps else PYNETDICOM_RECV_CHUNK
-        if known and not _ORIGINAL:
-            _patch_reactors()
+        _config.LOG_HANDLER_LEVEL = "none" if "quiet" in steps else "standard"
+        fixes.LIMITS.recv_chunk = RECV_CHUNK if "recv" in steps else fixes.PYNETDICOM_RECV_CHUNK
         if "reactor" in steps:
-            _EVENT_DRIVEN[0] = True
+            _install_event_driven_reactors()
+        _EVENT_DRIVEN[0] = "reactor" in steps
+        fixes.IDLE.wait = _dul_wait if _EVENT_DRIVEN[0] else fixes._sleep_like_pynetdicom
+        fixes.IDLE.queued_for_association = _wake_assoc if _EVENT_DRIVEN[0] else fixes._nothing
+        fixes.IDLE.ended = _close_pipe if _EVENT_DRIVEN[0] else fixes._nothing
+        _applied.clear()
         _applied.update(steps)
-    return steps
+    return set(steps)
 
 
 def applied() -> set[str]:
     return set(_applied)
 
 
-def set_limits(*, pdu_deadline: float) -> None:
-    """Process-wide limits of the patched reading (``configure_process`` passes the settings)."""
-    PDU_DEADLINE[0] = float(pdu_deadline)
-
-
-# ---------------------------------------------------------------------------------------------- recv
-def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv``: up to ``nr_bytes``, blocking; fewer only if the peer closed.
-
-    Same contract as pynetdicom's, but reads with ``recv_into`` up to 256 KB at a time (``recv``
-    step; else pynetdicom's 4 KB) into a reused per-socket buffer. The result grows only as bytes
-    arrive, so a PDU header claiming gigabytes allocates nothing until they are actually sent.
-
-    While a PDU is read (``_read_pdu_data`` sets ``_dc_deadline``) no read waits beyond its
-    deadline, however often bytes trickle in: then the connection is shut down and the bytes read
-    so far returned, which pynetdicom's ``_read_pdu_data`` takes for a connection closed in the
-    middle of the PDU (Evt17; logged as an error without a traceback).
-    """
-    sock = self.socket
-    assert sock is not None
-    buffer = getattr(self, "_dc_buffer", None)
-    size = _RECV_CHUNK[0]
-    if buffer is None or len(buffer) != size:
-        buffer = self._dc_buffer = memoryview(bytearray(size))  # type: ignore[attr-defined]
-    deadline: float | None = getattr(self, "_dc_deadline", None)
-    timeout = sock.gettimeout() if deadline is not None else None
-    bounded = False
-    out = bytearray()
-    remaining = nr_bytes
-    try:
-        while remaining > 0:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    _deadline_passed(self)
-                    return out
-                if timeout is None or left < timeout:
-                    sock.settimeout(left)
-                    bounded = True
-            try:
-                got = sock.recv_into(buffer, min(remaining, size))
-            except TimeoutError:
-                if deadline is not None and deadline - time.monotonic() <= 0:
-                    _deadline_passed(self)
-                    return out
-                raise
-            if not got:  # connection closed: return what we have (the caller checks the length)
-                return out
-            out += buffer[:got]
-            remaining -= got
-    finally:
-        if bounded:
-            try:
-                sock.settimeout(timeout)
-            except OSError:  # shut down meanwhile
-                pass
-    return out
-
-
-def _deadline_passed(self: AssociationSocket) -> None:
-    log.warning("a PDU from %s did not arrive within its deadline: closing the connection", _peer_address(self))
-    try:
-        self.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # later reads end at once
-    except OSError:
-        pass
-
-
-def _peer_address(self: AssociationSocket) -> str:
-    try:
-        return str(self.socket.getpeername()[0])  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001
-        return "?"
-
-
-def _read_pdu_data_bounded(self: DULServiceProvider) -> None:
-    """``DULServiceProvider._read_pdu_data`` with a deadline for the whole PDU: ``pdu_deadline``
-    from now (the reactor calls it when the PDU's first bytes are readable), and no later than
-    the ARTIM timer's expiry while it runs (an acceptor waiting for the A-ASSOCIATE-RQ: PS3.8
-    §9.1.5, ``acse_timeout`` from the TCP connection; or for the close after release/rejection)."""
-    wrapped = self.socket
-    if wrapped is None:
-        return _ORIGINAL["read_pdu_data"](self)
-    deadline = time.monotonic() + PDU_DEADLINE[0]
-    artim = self.artim_timer
-    if artim._start_time is not None and artim._end_time is None and artim.timeout is not None:
-        deadline = min(deadline, time.monotonic() + max(0.0, artim.remaining))
-    wrapped._dc_deadline = deadline  # type: ignore[attr-defined]
-    try:
-        return _ORIGINAL["read_pdu_data"](self)
-    finally:
-        wrapped._dc_deadline = None  # type: ignore[attr-defined]
-
-
 # ---------------------------------------------------------------------------------------------- reactors
-def _patch_reactors() -> None:
-    original_dul_init = DULServiceProvider.__init__
-    original_assoc_init = Association.__init__
-    original_send_pdu = DULServiceProvider.send_pdu
-    original_kill_dul = DULServiceProvider.kill_dul
+def _install_event_driven_reactors() -> None:
+    """Give each DUL a wake-up pipe and each association a wake-up event, written where pynetdicom
+    queues work; replace the acceptor's association loop by :func:`_assoc_run_reactor` (once)."""
+    if _ORIGINAL:
+        return
+    _ORIGINAL.update(dul_init=DULServiceProvider.__init__, assoc_init=Association.__init__,
+                     send_pdu=DULServiceProvider.send_pdu, kill_dul=DULServiceProvider.kill_dul,
+                     assoc_run_reactor=Association._run_reactor)
 
     def dul_init(self: DULServiceProvider, assoc: Any) -> None:
-        original_dul_init(self, assoc)
+        _ORIGINAL["dul_init"](self, assoc)
         pipe = self._dc_pipe = _WakePipe()  # type: ignore[attr-defined]
         weakref.finalize(self, pipe.close)  # a DUL whose reactor never ran
 
     def assoc_init(self: Association, ae: Any, mode: str) -> None:
         wake = self._dc_wake = threading.Event()  # type: ignore[attr-defined]
-        original_assoc_init(self, ae, mode)
+        _ORIGINAL["assoc_init"](self, ae, mode)
         # A thread that wants to send on this association clears the checkpoint and waits until the
         # reactor pauses there: wake the reactor so it gets there at once.
         self._reactor_checkpoint = _Checkpoint(wake)
 
     def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
-        original_send_pdu(self, primitive)
+        _ORIGINAL["send_pdu"](self, primitive)
         _wake_dul(self)
 
     def kill_dul(self: DULServiceProvider) -> None:
-        original_kill_dul(self)
+        _ORIGINAL["kill_dul"](self)
         _wake_dul(self)
 
     def stop_dul(self: DULServiceProvider) -> bool:
@@ -273,20 +143,7 @@ def _patch_reactors() -> None:
     DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
     DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
     DULServiceProvider.stop_dul = stop_dul  # type: ignore[method-assign]
-    DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
-    _ORIGINAL["assoc_run_reactor"] = Association._run_reactor
     Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
-    _ORIGINAL["run_reactor"] = Association.run_reactor
-    Association.run_reactor = _assoc_run_guarded  # type: ignore[method-assign]
-    _ORIGINAL["serve_request"] = Association._serve_request
-    Association._serve_request = _serve_request_cleaned  # type: ignore[method-assign]
-    _ORIGINAL["decode_msg"] = DIMSEMessage.decode_msg
-    DIMSEMessage.decode_msg = _decode_msg_cleaned  # type: ignore[method-assign]
-    _ORIGINAL["read_pdu_data"] = DULServiceProvider._read_pdu_data
-    DULServiceProvider._read_pdu_data = _read_pdu_data_bounded  # type: ignore[method-assign]
-
-
-_ORIGINAL: dict[str, Any] = {}
 
 
 class _Checkpoint(threading.Event):
@@ -350,15 +207,18 @@ def _wake_assoc(dul: DULServiceProvider) -> None:
         wake.set()
 
 
+def _close_pipe(dul: DULServiceProvider) -> None:
+    pipe = getattr(dul, "_dc_pipe", None)
+    if pipe is not None:
+        pipe.close()
+
+
 def _dul_wait(self: DULServiceProvider) -> None:
     """Sleep until the socket is readable, a primitive is queued, or TIMER_CHECK passes."""
-    if not _EVENT_DRIVEN[0]:  # pynetdicom's own timing
-        time.sleep(self._run_loop_delay)
-        return
     if self.to_provider_queue.qsize() or self.event_queue.qsize() or self._kill_thread:
         return
-    pipe: _WakePipe = self._dc_pipe  # type: ignore[attr-defined]
-    if not pipe.open:
+    pipe: _WakePipe | None = getattr(self, "_dc_pipe", None)
+    if pipe is None or not pipe.open:  # a DUL made before the tuning was applied
         time.sleep(self._run_loop_delay)
         return
     wrapped = self.socket
@@ -378,187 +238,21 @@ def _dul_wait(self: DULServiceProvider) -> None:
         pipe.drain()
 
 
-def _dul_run_reactor(self: DULServiceProvider) -> None:
-    """pynetdicom 3.0 ``DULServiceProvider.run_reactor`` with the idle sleep made a ``select()``.
-
-    The same control flow, except: ``time.sleep(self._run_loop_delay)`` -> ``_dul_wait``; the
-    association reactor is woken when the state machine queued something for it and when the loop
-    ends; and an exception from the state machine aborts the association like one from the
-    transport does (pynetdicom let it kill the thread), with EVT_ABORTED in both cases.
-    """
-    self._idle_timer.start()
-    sleep = False
-    try:
-        while True:
-            if not self.assoc._dul_ready.is_set():
-                self.assoc._dul_ready.set()
-                sleep = True
-
-            if sleep:
-                _dul_wait(self)
-
-            if self._kill_thread:
-                break
-
-            if self.artim_timer.expired:
-                self.event_queue.put("Evt18")
-
-            try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
-            except Exception as exc:
-                _dul_abort(self, exc, "Exception in DUL.run(), aborting association")
-                return
-
-            try:
-                event = self.event_queue.get(block=False)
-            except Exception:  # queue.Empty
-                sleep = True
-                continue
-
-            try:
-                self.state_machine.do_action(event)
-            except Exception as exc:
-                _dul_abort(self, exc, "Exception in the DUL state machine, aborting association")
-                return
-            if self.to_user_queue.qsize() or self.assoc.dimse.msg_queue.qsize():
-                _wake_assoc(self)  # only when there is something for it (not per data PDU)
-            sleep = False
-    finally:
-        _wake_assoc(self)
-        self._dc_pipe.close()  # type: ignore[attr-defined]
-
-
-def _dul_abort(self: DULServiceProvider, exc: Exception, message: str) -> None:
-    """Abort the association from the DUL thread: A-ABORT to the peer, close, EVT_ABORTED."""
-    from pynetdicom.dul import LOGGER
-    from pynetdicom.pdu import A_ABORT_RQ
-
-    LOGGER.error(message)
-    LOGGER.exception(exc)
-    abort_pdu = A_ABORT_RQ()
-    abort_pdu.source = 0x02
-    abort_pdu.reason_diagnostic = 0x00
-    sock = self.socket
-    try:
-        if sock is not None:
-            sock.send(abort_pdu.encode())
-    except Exception:  # noqa: BLE001 - the peer may be gone already
-        pass
-    assoc = self.assoc
-    was_open = not (assoc.is_aborted or assoc.is_released or assoc.is_rejected)
-    assoc.is_aborted = True
-    assoc.is_established = False
-    assoc._kill = True
-    self._kill_thread = True
-    try:
-        if sock is not None:
-            sock.close()
-    except Exception:  # noqa: BLE001
-        pass
-    if was_open:
-        evt.trigger(assoc, evt.EVT_ABORTED, {})
-
-
-def _assoc_run_guarded(self: Association) -> None:
-    """``Association.run_reactor``: an exception in an acceptor's thread (e.g. while negotiating a
-    request pynetdicom cannot handle) aborts the association instead of killing the thread silently;
-    messages still queued when the association ends (a C-STORE-RQ followed at once by an A-ABORT)
-    have their data set files removed."""
-    from pynetdicom.association import LOGGER
-
-    try:
-        _ORIGINAL["run_reactor"](self)
-        if self.is_acceptor:
-            _discard_queued(self)
-    except Exception as exc:
-        if not self.is_acceptor:
-            raise
-        LOGGER.error("Exception in the association thread, aborting association")
-        LOGGER.exception(exc)
-        try:
-            self.abort()  # A-ABORT to the peer, EVT_ABORTED, stops the DUL
-        except Exception:  # noqa: BLE001
-            self.kill()
-            evt.trigger(self, evt.EVT_ABORTED, {})
-        sock = self.dul.socket
-        if self._server is not None and sock is not None and sock.socket is not None:
-            self._server.shutdown_request(sock.socket)
-        _discard_queued(self)
-
-
-def _discard_queued(assoc: Association) -> None:
-    while True:
-        try:
-            _, msg = assoc.dimse.msg_queue.get(block=False)
-        except Exception:  # queue.Empty
-            return
-        SpoolFile.discard(getattr(msg, "_dataset_file", None))
-
-
-def _serve_request_cleaned(self: Association, msg: Any, context_id: int) -> None:
-    """``Association._serve_request``, then remove a received data set file nobody consumed.
-
-    pynetdicom's storage service removes it after the C-STORE handler (which has already moved it
-    into storage); a C-STORE-RQ whose SOP class is not a storage class never reaches that service.
-    """
-    try:
-        _ORIGINAL["serve_request"](self, msg, context_id)
-    finally:
-        SpoolFile.discard(getattr(msg, "_dataset_file", None))
-
-
-_created = threading.local()
-
-
-def tracked(factory: Any) -> Any:
-    """The data set file factory for ``pynetdicom.dimse_messages.NamedTemporaryFile``: ``factory``,
-    with the files created while a P-DATA primitive is decoded noted (see ``_decode_msg_cleaned``)."""
-
-    def create(*args: Any, **kwargs: Any) -> Any:
-        spool = factory(*args, **kwargs)
-        files = getattr(_created, "files", None)
-        if files is not None:
-            files.append(spool)
-        return spool
-
-    return create
-
-
-def _decode_msg_cleaned(self: DIMSEMessage, primitive: Any, assoc: Any = None) -> bool:
-    """``DIMSEMessage.decode_msg``; a second command set arriving before the data set of the first
-    (even in the same P-DATA) replaces the first's data set file without closing it: remove it."""
-    before = getattr(self, "_data_set_file", None)
-    _created.files = []
-    try:
-        return _ORIGINAL["decode_msg"](self, primitive, assoc)
-    finally:
-        created, _created.files = _created.files, None
-        current = getattr(self, "_data_set_file", None)
-        for spool in ([before] if before is not None else []) + created:
-            if spool is not current:
-                SpoolFile.discard(spool)
-
-
 def _assoc_run_reactor(self: Association) -> None:
-    """pynetdicom 3.0 ``Association._run_reactor`` with the 1 ms sleep made an event wait.
+    """pynetdicom 3.0.4 ``Association._run_reactor`` with the 1 ms sleep made an event wait.
 
     Acceptors only (the receiver); an association we request (e.g. sending evidence) keeps
-    pynetdicom's own loop.
+    pynetdicom's own loop, and so does every association while the ``reactor`` step is off.
     """
     from pynetdicom.association import LOGGER
 
-    if not self.is_acceptor:
+    wake: threading.Event | None = getattr(self, "_dc_wake", None)
+    if not self.is_acceptor or not _EVENT_DRIVEN[0] or wake is None:
         return _ORIGINAL["assoc_run_reactor"](self)
 
-    wake: threading.Event = self._dc_wake  # type: ignore[attr-defined]
     self._is_paused = False
     while not self._kill:
-        if not _EVENT_DRIVEN[0]:
-            time.sleep(0.001)  # pynetdicom's own timing
-        elif not (self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize()):
+        if not (self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize()):
             wake.wait(TIMER_CHECK)
         wake.clear()
 
@@ -609,18 +303,18 @@ def _assoc_run_reactor(self: Association) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- accepted sockets
-def prepare_accepted(sock: socket.socket, steps: set[str]) -> None:
-    """Per-connection socket options for an accepted association."""
-    if "nodelay" in steps:
+def prepare_accepted(sock: socket.socket) -> None:
+    """Per-connection socket options for an accepted association (the ``nodelay`` step)."""
+    if "nodelay" in _applied:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # not TCP (tests) or already closed
             pass
 
 
-def share_contexts(contexts: list, steps: set[str]) -> list:
-    """The server's supported contexts, cheap to copy per association when tuned."""
-    return _SharedContexts(contexts) if "context" in steps else contexts
+def share_contexts(contexts: list) -> list:
+    """The server's supported contexts, cheap to copy per association (the ``context`` step)."""
+    return _SharedContexts(contexts) if "context" in _applied else contexts
 
 
 class _SharedContexts(list):

@@ -27,13 +27,19 @@ import os
 import selectors
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
+from pynetdicom.transport import ThreadedAssociationServer
+
 from dicomcheck.config import Settings
+
+from . import tuning
+from .server import build_server
 
 log = logging.getLogger(__name__)
 
@@ -245,16 +251,71 @@ class ReceiverProcesses:
 
 
 # ---------------------------------------------------------------------- the receiver process
+class WorkerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server fed by the serving process's descriptors instead of ``accept()``."""
+
+    def __init__(self, *args, channel: socket.socket, stop: threading.Event, **kwargs) -> None:
+        self.channel, self.stop = channel, stop
+        self._send_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+        self.socket.close()  # the serving process holds the listening socket
+        self.socket = channel
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
+
+    def tell(self, message: bytes) -> None:
+        """One message to the serving process (``R`` ready, ``D`` a connection finished)."""
+        with self._send_lock:
+            try:
+                self.channel.send(message)
+            except OSError:
+                pass
+
+    def get_request(self):
+        message, fds, _, _ = socket.recv_fds(self.socket, 16, 4)
+        if not message:  # the serving process is gone
+            self.stop.set()
+            raise OSError("channel closed")
+        if message != b"C" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise OSError("unexpected message on the channel")
+        client = socket.socket(fileno=fds[0])
+        tuning.prepare_accepted(client)
+        try:
+            address = client.getpeername()
+            if self.ssl_context:
+                client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            client.close()
+            self.tell(b"D")
+            raise
+        return client, address
+
+    def handle_error(self, request, client_address) -> None:
+        log.exception("association from %s failed", client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.tell(b"D")
+
+    def shutdown(self) -> None:
+        """Stop serving and wait for the open associations (pynetdicom joins their threads); the
+        server is not in ``ae._servers`` (see ``scp.server.ReceiverServer.shutdown``)."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
 def _worker_main(argv: list[str]) -> int:
     import argparse
 
-    from pynetdicom.transport import ThreadedAssociationServer
-
     from dicomcheck.ingest import Receiver
-
-    from . import server as scp_server
-    from . import tuning
-    from .handlers import Handlers
 
     parser = argparse.ArgumentParser(prog="python -m scp.workers")
     parser.add_argument("--channel", type=int, required=True)
@@ -265,74 +326,16 @@ def _worker_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s %(name)s[{args.number}]: %(message)s")
     settings = Settings.model_validate_json(sys.stdin.read())
     settings = settings.model_copy(update={"dicom_port": args.port, "max_associations": args.max_associations})
-    channel = socket.socket(fileno=args.channel)
-    send_lock = threading.Lock()
-
-    def tell(message: bytes) -> None:
-        with send_lock:
-            try:
-                channel.send(message)
-            except OSError:
-                pass
-
-    scp_server.configure_process(settings)
-    receiver = Receiver(settings)
-    ae = scp_server.make_ae(settings)
-    handlers = Handlers(receiver, settings, scp_server.storage_sop_classes(settings))
     stop = threading.Event()
-
-    class WorkerServer(ThreadedAssociationServer):
-        """pynetdicom's threaded server fed by the parent's descriptors instead of ``accept()``."""
-
-        def server_bind(self) -> None:  # the parent holds the listening socket
-            pass
-
-        def server_activate(self) -> None:
-            pass
-
-        def get_request(self):
-            message, fds, _, _ = socket.recv_fds(self.socket, 16, 4)
-            if not message:  # the serving process is gone
-                stop.set()
-                raise OSError("channel closed")
-            if message != b"C" or len(fds) != 1:
-                for fd in fds:
-                    os.close(fd)
-                raise OSError("unexpected message on the channel")
-            client = socket.socket(fileno=fds[0])
-            tuning.prepare_accepted(client, tuning.applied())
-            try:
-                address = client.getpeername()
-                if self.ssl_context:
-                    client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-            except OSError:
-                client.close()
-                tell(b"D")
-                raise
-            return client, address
-
-        def handle_error(self, request, client_address) -> None:
-            log.exception("association from %s failed", client_address)
-
-        def process_request_thread(self, request, client_address) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                tell(b"D")
-
-    server = ae.make_server((settings.bind, settings.dicom_port), evt_handlers=scp_server.bindings(handlers),
-                            ssl_context=scp_server.ssl_context(settings), server_class=WorkerServer)
-    server.socket.close()
-    server.socket = channel
-    server.contexts = tuning.share_contexts(server.contexts, tuning.applied())
-    ae._servers.append(server)
+    receiver = Receiver(settings)
+    server = build_server(settings, receiver, WorkerServer, channel=socket.socket(fileno=args.channel), stop=stop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="dicomcheck-worker", daemon=True)
     thread.start()
-    tell(b"R")
+    server.tell(b"R")
     stop.wait()
-    server.shutdown()  # waits for open associations (pynetdicom joins their threads)
+    server.shutdown()  # waits for open associations
     receiver.engine.dispose()
     return 0
 

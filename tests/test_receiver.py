@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from .dicomfiles import ct_dataset, write_study
+from .dicomfiles import ct_dataset, encode_body, write_study
 from .peers import peer_env, require_peer, send_raw_c_store, wait_for
 
 REALWORLD = Path(__file__).resolve().parents[2] / "shared" / "realworld"
@@ -41,6 +42,38 @@ def pynetdicom_store(server, datasets, calling: str = "PYNETDICOM", contexts=Non
         assoc.release()
 
 
+UNTUNED_LOG = "pynetdicom speed tuning off"
+
+ALSO_UNTUNED = pytest.mark.parametrize("speed_tuning", [True, False], ids=["tuned", "untuned"])
+"""Runs a test with speed tuning on (the default) and off (``DICOMCHECK_SPEED_TUNING=false``).
+
+The untuned subset is what proves the receiver correct on pynetdicom's own reactors with only the
+fault fixes on: allow-list and rejection provenance (echoscu), a whole storescu study stored,
+indexed and decided with no temporary file left, a re-sent instance and a new version (pynetdicom
+SCU, which pauses the reactor around each request), an unparseable data set quarantined.
+"""
+
+
+@pytest.fixture()
+def speed_tuning() -> bool:
+    return True
+
+
+@pytest.fixture()
+def receiver_factory(receiver_factory, speed_tuning):
+    """conftest's receivers, with ``DICOMCHECK_SPEED_TUNING=false`` for the untuned runs (checked in their log)."""
+    if speed_tuning:
+        return receiver_factory
+
+    def untuned(*extra: str, env: dict[str, str] | None = None, **kwargs):
+        server = receiver_factory(*extra, env={**(env or os.environ), "DICOMCHECK_SPEED_TUNING": "false"}, **kwargs)
+        assert UNTUNED_LOG in server.log()
+        return server
+
+    return untuned
+
+
+@ALSO_UNTUNED
 @pytest.mark.peer
 def test_echo_and_unknown_calling_ae_rejected(receiver_factory):
     require_peer("echoscu")
@@ -62,8 +95,10 @@ def test_echo_and_unknown_calling_ae_rejected(receiver_factory):
 def test_empty_allow_list_warns_at_start(receiver_factory):
     server = receiver_factory()
     assert "accepting associations from any calling AE title" in server.log()
+    assert UNTUNED_LOG not in server.log()  # speed tuning is on by default
 
 
+@ALSO_UNTUNED
 @pytest.mark.peer
 def test_storescu_study_is_stored_indexed_and_decided(receiver_factory, tmp_path):
     require_peer("storescu")
@@ -102,6 +137,7 @@ def test_later_arrival_re_decides_and_keeps_history(receiver_factory, tmp_path):
     assert current == [("supports_76376",)]
 
 
+@ALSO_UNTUNED
 def test_resend_identical_is_success_without_duplicate_and_changed_content_is_a_version(receiver_factory):
     server = receiver_factory()
     ds = ct_dataset(generate_uid(), generate_uid())
@@ -130,6 +166,7 @@ def test_dataset_without_uids_is_quarantined_with_reason(receiver_factory):
     assert rows(server, "SELECT count(*) FROM instance") == [(0,)]
 
 
+@ALSO_UNTUNED
 def test_unparseable_dataset_is_quarantined(receiver_factory):
     server = receiver_factory()
     ae = AE(ae_title="FUZZER")
@@ -180,18 +217,6 @@ def test_private_sop_classes_are_refused_unless_configured(receiver_factory):
     status = pynetdicom_store(configured, [ds], contexts=[build_context(private, [ExplicitVRLittleEndian])])[0]
     assert status.Status == 0
     assert rows(configured, "SELECT sop_class_uid FROM instance") == [(private,)]
-
-
-def encode_body(ds) -> bytes:
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    body = ds.copy()
-    del body.file_meta
-    raw = DicomBytesIO()
-    raw.is_little_endian, raw.is_implicit_VR = True, False
-    write_dataset(raw, body)
-    return raw.getvalue()
 
 
 @pytest.mark.realworld
