@@ -1,16 +1,21 @@
 """Settings of the ``serve`` command: flags > environment (``DICOMCHECK_*``) > config file > defaults.
 
 Built by the entry point and passed down (``make_ae(settings)``, ``Store(settings)``); nothing reads
-settings at import time. pydantic-settings gives the layering and validation.
+settings at import time. pydantic-settings gives the layering and validation. Each setting is declared
+once, on its field (name, default, help, flag); the ``serve`` options, the README settings table
+(``python -m dicomcheck.config``) and docs/conformance.md are read from there.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -19,45 +24,59 @@ _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1-
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
+@dataclass(frozen=True)
+class Flag:
+    """How a setting is spelled on ``dicomcheck serve``; declared on the field so the CLI, README and
+    conformance statement cannot drift apart. A boolean setting gets ``--x/--no-x``; a list setting
+    takes one value per repetition of the flag."""
+
+    name: str
+
+    def spellings(self, annotation: Any) -> tuple[str, ...]:
+        if annotation is bool:
+            return (self.name, "--no-" + self.name.removeprefix("--"))
+        return (self.name,)
+
+
 class Settings(BaseSettings):
-    """Everything ``dicomcheck serve`` needs; see README "Configuration"."""
+    """Everything ``dicomcheck serve`` needs; each field is the one declaration of its name, default, help and flag."""
 
     model_config = SettingsConfigDict(env_prefix="DICOMCHECK_", extra="forbid")
 
-    data: Path = Field(Path("dicomcheck-data"), description="Data folder: storage/, quarantine/ and the SQLite index.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL of the index; default sqlite:///DATA/index.sqlite3.")
-    ae_title: str = Field("DICOMCHECK", description="Our AE title.")
-    dicom_port: int = Field(11112, ge=0, le=65535)
-    bind: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
-    allow_callers: list[str] = Field(default_factory=list, description="Calling AE titles allowed; empty accepts all (with a warning).")
+    data: Annotated[Path, Flag("--data")] = Field(Path("dicomcheck-data"), description="Data folder: storage/, quarantine/ and the SQLite index.")
+    database_url: Annotated[str | None, Flag("--database-url")] = Field(None, description="SQLAlchemy URL of the index; default sqlite:///DATA/index.sqlite3.")
+    ae_title: Annotated[str, Flag("--ae-title")] = Field("DICOMCHECK", description="Our AE title.")
+    dicom_port: Annotated[int, Flag("--dicom-port")] = Field(11112, ge=0, le=65535, description="TCP port of the DICOM listener.")
+    bind: Annotated[str, Flag("--bind")] = Field("0.0.0.0", description="Address the DICOM listener and the HTTP API bind to.")
+    allow_callers: Annotated[list[str], Flag("--allow-caller")] = Field(default_factory=list, description="Calling AE titles allowed; empty accepts all (with a warning).")
     require_called_ae: bool = Field(True, description="Reject associations whose called AE title is not ours.")
-    devices: Path | None = Field(None, description="Site device registry and policies (TOML).")
-    stable_after: float = Field(60.0, gt=0, description="Seconds without a new instance before a study is decided.")
+    devices: Annotated[Path | None, Flag("--devices")] = Field(None, description="Site device registry and policies (TOML); re-read when it changes.")
+    stable_after: Annotated[float, Flag("--stable-after")] = Field(60.0, gt=0, description="Seconds without a new instance before a study is decided.")
     settle_interval: float | None = Field(None, gt=0, description="How often the settler looks for stable studies (default: stable_after / 4, at most 5 s).")
-    max_associations: int = Field(16, ge=1, le=1000)
+    max_associations: Annotated[int, Flag("--max-associations")] = Field(16, ge=1, le=1000, description="Concurrent associations accepted (in total; shared out between receiver processes).")
     max_pdu: int = Field(262144, ge=0, description="Maximum PDU size we receive (0 = unlimited).")
-    acse_timeout: float = Field(30.0, gt=0)
-    dimse_timeout: float = Field(60.0, gt=0)
-    network_timeout: float = Field(60.0, gt=0)
-    private_sop_classes: list[str] = Field(default_factory=list, description="Extra (private) storage SOP class UIDs to accept.")
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    tls_require_client_cert: bool = False
+    acse_timeout: float = Field(30.0, gt=0, description="Seconds to wait for association messages (A-ASSOCIATE, A-RELEASE).")
+    dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for DIMSE messages.")
+    network_timeout: float = Field(60.0, gt=0, description="Seconds of network inactivity before the association is aborted.")
+    private_sop_classes: Annotated[list[str], Flag("--private-sop-class")] = Field(default_factory=list, description="Extra (private) storage SOP class UIDs to accept.")
+    tls_cert: Annotated[Path | None, Flag("--tls-cert")] = Field(None, description="Certificate (PEM): enables DICOM TLS on the DICOM port.")
+    tls_key: Annotated[Path | None, Flag("--tls-key")] = Field(None, description="Private key (PEM) of the certificate.")
+    tls_ca: Annotated[Path | None, Flag("--tls-ca")] = Field(None, description="CA bundle used to verify client certificates.")
+    tls_require_client_cert: Annotated[bool, Flag("--tls-require-client-cert")] = Field(False, description="Require a client certificate signed by `tls_ca` (mutual TLS).")
     node_name: str | None = Field(None, description="Name of this receiver in a shared index (default host:pid).")
-    evidence_destination: str | None = Field(None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE).")
-    processes: int = Field(1, ge=1, le=64, description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).")
+    evidence_destination: Annotated[str | None, Flag("--evidence-destination")] = Field(None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE).")
+    processes: Annotated[int, Flag("--processes")] = Field(1, ge=1, le=64, description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).")
     max_inflated_size: int = Field(1 << 30, ge=1 << 20, description="Largest size in bytes a Deflated Explicit VR data set may inflate to; beyond it the C-STORE is refused with 0xA700.")
     pdu_deadline: float = Field(60.0, gt=0, description="Seconds one PDU may take to arrive in full; bytes trickling in do not reset it (the connection is aborted).")
     speed_tuning: bool = Field(True, description="pynetdicom receive-path speed tuning (scp/tuning.py: event-driven reactors, larger reads, TCP_NODELAY, shared contexts), only on the pynetdicom version it is tested with; the fault fixes stay on either way.")
-    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
+    http_port: Annotated[int, Flag("--http-port")] = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
     http_idle_timeout: float = Field(5.0, gt=0, description="Seconds an HTTP connection may sit idle, or take to send a request's headers or body, before it is closed.")
     http_max_body: int = Field(1 << 20, ge=1024, description="Largest HTTP request body in bytes; larger ones get 413 before they are read.")
     http_max_header_size: int = Field(16384, ge=1024, description="Largest HTTP request header block in bytes; larger ones get 431 / the connection is closed.")
     http_max_connections: int = Field(200, ge=1, description="Open HTTP connections at most; beyond it new connections wait or are refused, so the API never starves the DICOM receiver of file descriptors.")
     auditor_full_pack: bool = Field(False, description="Serve auditor tokens the full evidence pack; by default they get the PHI-minimal pack.")
-    api: bool = Field(True, description="Serve the HTTP API.")
-    scp: bool = Field(True, description="Run the DICOM receiver.")
+    api: Annotated[bool, Flag("--api")] = Field(True, description="Serve the HTTP API (`--no-api`: the DICOM receiver only).")
+    scp: Annotated[bool, Flag("--scp")] = Field(True, description="Run the DICOM receiver (`--no-scp`: the HTTP API only, on a shared index).")
 
     @field_validator("ae_title")
     @classmethod
@@ -120,6 +139,50 @@ class Settings(BaseSettings):
         return self.settle_interval or min(5.0, max(0.2, self.stable_after / 4))
 
 
+def flag_of(field: str) -> Flag | None:
+    """The ``serve`` flag declared on a Settings field, or None for a setting with no flag (KeyError: no such field)."""
+    return next((m for m in Settings.model_fields[field].metadata if isinstance(m, Flag)), None)
+
+
+def flag_spellings(field: str) -> tuple[str, ...]:
+    """Every spelling of the field's flag (``--x``, ``--no-x`` for a boolean); empty when it has none."""
+    flag = flag_of(field)
+    return flag.spellings(Settings.model_fields[field].annotation) if flag else ()
+
+
+def flag_markdown(field: str) -> str:
+    """The field's flag spellings as documentation shows them, or ``(no flag)``."""
+    return " / ".join(f"`{spelling}`" for spelling in flag_spellings(field)) or "(no flag)"
+
+
+def default_text(field: str) -> str:
+    """The field's default as documentation shows it: ``not set``, ``empty``, ``yes`` / ``no`` or the value."""
+    value = Settings.model_fields[field].get_default(call_default_factory=True)
+    if value is None:
+        return "not set"
+    if value == []:
+        return "empty"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"`{value}`"
+
+
+def settings_table_markdown(fields: Iterable[str] | None = None) -> str:
+    """The Markdown table of settings (all, or ``fields`` in that order): flag, variable, default, meaning.
+
+    README's table between the ``settings-table`` markers is this output (``python -m dicomcheck.config``).
+    """
+    names = list(Settings.model_fields) if fields is None else list(fields)
+    unknown = [name for name in names if name not in Settings.model_fields]
+    if unknown:
+        raise KeyError(f"not Settings fields: {unknown}")
+    lines = ["| Setting | Flag | Environment | Default | Meaning |", "|---|---|---|---|---|"]
+    for name in names:
+        meaning = Settings.model_fields[name].description
+        lines.append(f"| `{name}` | {flag_markdown(name)} | `DICOMCHECK_{name.upper()}` | {default_text(name)} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
 class ConfigError(ValueError):
     """Settings that cannot be used; the one-line message names the file (and line) or flag, and the field."""
 
@@ -146,7 +209,8 @@ def _read_config(config_file: Path) -> dict[str, Any]:
 def _origin(field: str, explicit: dict[str, Any], config_file: Path | None, file_data: dict[str, Any]) -> str:
     """Where a setting's value came from, as the user wrote it: the flag, the variable or the file."""
     if field in explicit:
-        return f"--{field.replace('_', '-')}"
+        flag = flag_of(field) if field in Settings.model_fields else None
+        return flag.name if flag else f"--{field.replace('_', '-')}"
     env = f"DICOMCHECK_{field.upper()}"
     if any(k.upper() == env for k in os.environ):
         return env
@@ -202,3 +266,7 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
         return _FileSettings(**explicit)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, explicit, config_file, file_data)) from None
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table_markdown())

@@ -3,9 +3,9 @@
     python -m scp.conformance > docs/conformance.md
 
 Everything in the statement comes from the running code: the presentation contexts are
-``scp.server.supported_contexts(Settings())`` with ``TRANSFER_SYNTAXES``, the AE settings and their
-defaults are ``dicomcheck.config.Settings`` (flags read from the CLI itself), the DIMSE statuses are
-``dicomcheck.ingest.StoreStatus``. ``tests/test_conformance.py`` fails when docs/conformance.md is not
+``scp.server.supported_contexts(Settings())`` with ``TRANSFER_SYNTAXES``, the AE settings with their
+flags, defaults and meanings are declared on the ``dicomcheck.config.Settings`` fields (no CLI import),
+the DIMSE statuses are ``dicomcheck.ingest.StoreStatus``. ``tests/test_conformance.py`` fails when docs/conformance.md is not
 this module's output, and checks the contexts and rejections over real associations.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pydicom.uid import UID
 
 from dicomcheck import __version__
-from dicomcheck.config import Settings
+from dicomcheck.config import Settings, default_text, flag_markdown, settings_table_markdown
 from dicomcheck.ingest import StoreStatus
 
 from .server import TRANSFER_SYNTAXES, make_ae, supported_contexts
@@ -60,27 +60,11 @@ STATUS_MEANING: dict[StoreStatus, tuple[str, str]] = {
                               "and PostgreSQL. A component with a leading zero is accepted."),
 }
 
-NETWORK_FIELDS: tuple[tuple[str, str], ...] = (
-    # (Settings field, what it means when its description is not enough)
-    ("ae_title", "Our AE title (the called AE title senders must use)."),
-    ("dicom_port", "TCP port of the DICOM listener."),
-    ("bind", "Address the DICOM listener binds to."),
-    ("processes", "Receiver processes sharing the DICOM port."),
-    ("receiver_processes", "Receiver processes sharing the DICOM port."),
-    ("allow_callers", "Calling AE titles allowed; empty accepts all (with a warning at start)."),
-    ("require_called_ae", "Reject associations whose called AE title is not ours."),
-    ("max_associations", "Concurrent associations accepted (in total; shared out between receiver processes)."),
-    ("max_pdu", "Maximum PDU length we announce and receive (0 = unlimited)."),
-    ("acse_timeout", "Seconds to wait for association messages (A-ASSOCIATE, A-RELEASE)."),
-    ("dimse_timeout", "Seconds to wait for DIMSE messages."),
-    ("network_timeout", "Seconds of network inactivity before the association is aborted."),
-    ("private_sop_classes", "Extra (private) storage SOP Class UIDs accepted, with the same transfer syntaxes."),
-    ("tls_cert", "Certificate (PEM): enables DICOM TLS on the DICOM port."),
-    ("tls_key", "Private key (PEM) of the certificate."),
-    ("tls_ca", "CA bundle used to verify client certificates."),
-    ("tls_require_client_cert", "Require a client certificate signed by `tls_ca` (mutual TLS)."),
-    ("stable_after", "Seconds without a new instance of a study before it is decided."),
-    ("evidence_destination", "PACS (AE@host:port) that receives each decision's evidence objects (C-STORE SCU)."),
+NETWORK_FIELDS: tuple[str, ...] = (
+    # Settings fields of section 2.1, in this order; flag, default and meaning are read from each field
+    "ae_title", "dicom_port", "bind", "processes", "allow_callers", "require_called_ae", "max_associations", "max_pdu",
+    "acse_timeout", "dimse_timeout", "network_timeout", "private_sop_classes", "tls_cert", "tls_key", "tls_ca",
+    "tls_require_client_cert", "stable_after", "evidence_destination",
 )
 
 
@@ -116,36 +100,12 @@ def _name(uid: str) -> str:
     return "" if name == uid else name
 
 
-def _flags() -> dict[str, str]:
-    """Settings field (or CLI parameter name) -> the ``dicomcheck serve`` flag(s), read from the CLI."""
-    try:
-        import typer
-
-        from dicomcheck.cli import app
-
-        serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - the statement does not need the CLI to exist
-        return {}
-    flags = {}
-    for param in serve.params:
-        opts = " / ".join(f"`{o}`" for o in [*param.opts, *getattr(param, "secondary_opts", [])])
-        flags[param.name] = opts
-        for field in Settings.model_fields:
-            if field in (f"{param.name}s", f"{param.name}es"):
-                flags[field] = opts
-    return flags
-
-
-def _default(field: str) -> str:
-    info = Settings.model_fields[field]
-    value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
-    if value is None:
-        return "not set"
-    if value == []:
-        return "empty"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"`{value}`"
+def _check_fields() -> None:
+    """Every setting the statement names is a Settings field: a renamed one fails here instead of vanishing."""
+    named = [*NETWORK_FIELDS, *(field for _, field, _ in LIMITS if field)]
+    missing = [field for field in named if field not in Settings.model_fields]
+    if missing:
+        raise RuntimeError(f"scp.conformance: not Settings fields: {missing}")
 
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> list[str]:
@@ -161,7 +121,7 @@ def statement(settings: Settings | None = None) -> str:
     contexts = supported_contexts(settings)
     storage = [str(cx.abstract_syntax) for cx in contexts if str(cx.abstract_syntax) != VERIFICATION]
     verification = next(cx for cx in contexts if str(cx.abstract_syntax) == VERIFICATION)
-    flags = _flags()
+    _check_fields()
     out: list[str] = []
     add = out.append
 
@@ -203,14 +163,7 @@ def statement(settings: Settings | None = None) -> str:
     add("Each setting is a flag of `dicomcheck serve` (when listed), an environment variable `DICOMCHECK_<NAME>` or "
         "a key of the `--config` TOML file; flags win over the environment, which wins over the file.")
     add("")
-    rows = []
-    for field, note in NETWORK_FIELDS:
-        if field not in Settings.model_fields:
-            continue
-        description = Settings.model_fields[field].description or note
-        rows.append([f"`{field}`", flags.get(field, "(no flag)"), f"`DICOMCHECK_{field.upper()}`", _default(field), description])
-    out += _table(["Setting", "Flag", "Environment", "Default", "Meaning"], rows)
-    add("")
+    add(settings_table_markdown(NETWORK_FIELDS))
 
     add("## 3. Association policies")
     add("")
@@ -222,11 +175,8 @@ def statement(settings: Settings | None = None) -> str:
     add("Accepted and rejected associations are recorded in the index with the calling and called AE titles, the "
         "peer address, the implementation class UID and version name, TLS, and the rejection reason.")
     add("")
-    processes_flag = next((f for name, f in flags.items() if "processes" in name), None)
-    add("Receiver processes: with N receiver processes ("
-        + (f"{processes_flag} N" if processes_flag else "`scp.server.start_processes`")
-        + ") one process listens and hands each new association to the receiver process with the fewest open "
-        "associations; each accepts `ceil(max_associations / N)`, so the total stays `max_associations`.")
+    add(f"Receiver processes: with N receiver processes ({flag_markdown('processes')} N) one process listens and hands each "
+        "new association to the receiver process with the fewest open associations; each accepts `ceil(max_associations / N)`, so the total stays `max_associations`.")
     add("")
     add("Presentation contexts are negotiated per context: a context whose abstract syntax is not listed in "
         "section 4 is rejected with result 0x03 (abstract syntax not supported); one that proposes none of the "
@@ -241,7 +191,7 @@ def statement(settings: Settings | None = None) -> str:
     add("")
     add(f"Every storage SOP class below is accepted with every transfer syntax of section 4.1, in the SCP role. "
         f"Private storage SOP classes are accepted only when configured (`private_sop_classes`, "
-        f"{flags.get('private_sop_classes', 'no flag')}), with the same transfer syntaxes; any other SOP class "
+        f"{flag_markdown('private_sop_classes')}), with the same transfer syntaxes; any other SOP class "
         "is refused at negotiation (result 0x03), so unknown objects are never received.")
     add("")
     add("### 4.1 Transfer syntaxes (in order of preference)")
@@ -289,7 +239,7 @@ def statement(settings: Settings | None = None) -> str:
     add("Every limit has a safe default and a setting; a breach is answered as below and never loses an instance "
         "already acknowledged.")
     add("")
-    out += _table(["Limit", "Setting", "Default", "When exceeded"], [[what, f"`{field}`" if field else "(fixed)", _default(field) if field else "", breach]
+    out += _table(["Limit", "Setting", "Default", "When exceeded"], [[what, f"`{field}`" if field else "(fixed)", default_text(field) if field else "", breach]
                                                                   for what, field, breach in LIMITS])
     add("")
 
