@@ -200,7 +200,7 @@ def parse_registry(text: str, name: str = "<registry>") -> Registry:
         line = lines[index] if index < len(lines) else _line_of_key(text, "device")
         if not isinstance(row, dict):
             raise RegistryError(f"{name}:{line}: device #{index + 1} must be a table ([[device]])")
-        devices.append(_parse_device(row, f"{name}:{line}: device #{index + 1}", line))
+        devices.append(parse_device(row, f"{name}:{line}: device #{index + 1}", line))
     return Registry(tuple(devices), policy, name)
 
 
@@ -219,7 +219,9 @@ def _parse_policy(raw: dict, where: str) -> Policy:
     return Policy(pacs_code, raw.get("minip_is_3d", True), raw.get("curved_mpr_is_3d", False))
 
 
-def _parse_device(row: dict, where: str, line: int) -> Device:
+def parse_device(row: dict, where: str = "device", line: int = 0) -> Device:
+    """One registry entry from a ``[[device]]`` table (or an API body), or :class:`RegistryError`
+    naming ``where`` and the rule it breaks: the file and the API apply the same rules."""
     unknown = set(row) - set(DEVICE_FIELDS)
     if unknown:
         raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; known: {list(DEVICE_FIELDS)}")

@@ -52,7 +52,7 @@ def api(index_url: str, tmp_path: Path, fixtures_output: Path):
         "payer-auditor", "auditor", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=30),
         accessions=[expected["ct_console_mip"]["accession_number"]],
     )
-    client = TestClient(create_app(receiver))
+    client = TestClient(create_app(receiver.settings, receiver))
     yield client, tokens, expected, receiver
     client.close()
     receiver.engine.dispose()

@@ -36,7 +36,7 @@ def served(tmp_path_factory, fixtures_output):
         shutil.copyfile(path, temp)
         receiver.store_file(temp, ReceiptInfo(None, "PACS", "DICOMCHECK", "127.0.0.1", None, None, "1.2.840.10008.1.2.1"))
     token = Access(receiver.engine).create_token("fuzzer", "admin")
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(receiver))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(receiver.settings, receiver))
     yield schema, token
     receiver.engine.dispose()
 

@@ -36,7 +36,7 @@ def served(index_url: str, tmp_path: Path, fixtures_output: Path):
     tokens = {"reader": access.create_token("billing", "reader"), "admin": access.create_token("admin", "admin"),
               "auditor": access.create_token("payer", "auditor", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=3),
                                              accessions=[cases["ct_console_mip"]["accession_number"]])}
-    client = TestClient(create_app(receiver), raise_server_exceptions=False)
+    client = TestClient(create_app(receiver.settings, receiver), raise_server_exceptions=False)
     yield client, tokens, cases, receiver
     client.close()
     receiver.engine.dispose()
@@ -138,7 +138,7 @@ def test_auditors_get_the_phi_minimal_pack_unless_the_site_says_otherwise(tmp_pa
     access = Access(receiver.engine)
     auditor = access.create_token("payer", "auditor", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=3), studies=[case["study_instance_uid"]])
     reader = access.create_token("billing", "reader")
-    with TestClient(create_app(receiver)) as client:
+    with TestClient(create_app(receiver.settings, receiver)) as client:
         body = client.get(f"/studies/{case['study_instance_uid']}/evidence", headers=auth(auditor)).json()
         assert body["manifest"]["minimal"] is (not full)
         assert body["links"]["zip"].endswith("?minimal=true") is (not full)

@@ -159,7 +159,7 @@ def served(tmp_path: Path, fixtures_output: Path):
         receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "10.0.0.7", "1.2.3.4", "PACSV1", "1.2.840.10008.1.2.1"))
     wait_for(lambda: receiver.settle_once() >= 0 and receiver.index.get_study(json.loads((fixtures_output / CASE / "expected.json").read_text())["study_instance_uid"]).current_decision_id)
     token = Access(receiver.engine).create_token("billing", "reader")
-    with TestClient(create_app(receiver)) as client:
+    with TestClient(create_app(receiver.settings, receiver)) as client:
         yield client, {"Authorization": f"Bearer {token}"}, receiver, json.loads((fixtures_output / CASE / "expected.json").read_text())
     receiver.engine.dispose()
 
@@ -201,7 +201,7 @@ def test_api_refuses_evidence_for_a_pending_study(tmp_path: Path, fixtures_outpu
     receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "127.0.0.1", None, None, None))
     token = Access(receiver.engine).create_token("billing", "reader")
     uid = json.loads((fixtures_output / CASE / "expected.json").read_text())["study_instance_uid"]
-    with TestClient(create_app(receiver)) as client:
+    with TestClient(create_app(receiver.settings, receiver)) as client:
         response = client.get(f"/studies/{uid}/evidence", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 409 and "pending" in response.json()["detail"]
 

@@ -43,7 +43,7 @@ def hostile(tmp_path: Path):
         assert receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "127.0.0.1", None, None, None)).status is StoreStatus.SUCCESS
     wait_for(lambda: receiver.settle_once() >= 0 and receiver.index.get_study(study).current_decision_id)
     token = Access(receiver.engine).create_token("billing", "reader")
-    with TestClient(create_app(receiver)) as client:
+    with TestClient(create_app(receiver.settings, receiver)) as client:
         yield client, {"Authorization": f"Bearer {token}"}, study
     receiver.engine.dispose()
 

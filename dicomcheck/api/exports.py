@@ -12,11 +12,7 @@ import csv
 import datetime as dt
 import io
 
-from sqlalchemy import Engine, select
-from sqlmodel import Session
-
-from ..store.access import Access
-from ..store.tables import Decision, Study
+from ..store.reads import IndexReader
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 
@@ -44,28 +40,18 @@ COLUMNS = (
 )
 
 
-def decision_rows(engine: Engine, access: Access, *, decided_from: dt.datetime | None, decided_to: dt.datetime | None,
+def decision_rows(reader: IndexReader, *, decided_from: dt.datetime | None, decided_to: dt.datetime | None,
                   station: str | None, outcome: str | None, base_url: str, limit: int) -> list[dict]:
-    query = select(Study, Decision).join(Decision, Decision.id == Study.current_decision_id)
-    if decided_from:
-        query = query.where(Decision.decided_at >= decided_from)
-    if decided_to:
-        query = query.where(Decision.decided_at <= decided_to)
-    if outcome:
-        query = query.where(Decision.outcome == outcome)
-    with Session(engine) as session:
-        pairs = session.execute(query.order_by(Decision.decided_at, Study.study_instance_uid).limit(limit)).all()
+    """One row per current decision (at most ``limit`` decisions read), those of ``station`` only when given."""
     rows = []
     wanted = station.upper() if station else None
-    for study, decision in pairs:
-        document = decision.document
-        series = document.get("series", [])
+    for record in reader.decisions_for_export(decided_from=decided_from, decided_to=decided_to, outcome=outcome, limit=limit):
+        study, decision, review = record.study, record.decision, record.latest_review
+        series = decision.document.get("series", [])
         stations = sorted({(s.get("equipment") or {}).get("station_name") or "" for s in series} - {""})
         if wanted and wanted not in {s.upper() for s in stations}:
             continue
         three_d = [s for s in series if s.get("is_3d")]
-        reviews = access.reviews(study.study_instance_uid)
-        reads = access.reads(study.study_instance_uid)
         rows.append({
             "study_instance_uid": study.study_instance_uid,
             "accession_number": study.accession_number,
@@ -81,9 +67,9 @@ def decision_rows(engine: Engine, access: Access, *, decided_from: dt.datetime |
             "three_d_origins": _join(sorted({s["origin"] for s in three_d})),
             "three_d_stations": _join(sorted({(s.get("equipment") or {}).get("station_name") or "-" for s in three_d})),
             "products": _join(sorted({s["product"] for s in series if s.get("product")})),
-            "review_outcome": reviews[-1].outcome if reviews else None,
-            "review_stale": (reviews[-1].stale_since is not None) if reviews else None,
-            "changed_after_read": any(r.decision_id != decision.id for r in reads),
+            "review_outcome": review.outcome if review else None,
+            "review_stale": (review.stale_since is not None) if review else None,
+            "changed_after_read": record.changed_after_read,
             "evidence_link": f"{base_url}/studies/{study.study_instance_uid}/evidence",
         })
     return rows

@@ -29,8 +29,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
-from ..ingest import Receiver
 from .app import create_app
+from .deps import StudyOperations
 
 log = logging.getLogger("dicomcheck.api")
 
@@ -210,11 +210,11 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def run_api(settings: Settings, receiver: Receiver) -> None:
+def run_api(settings: Settings, receiver: StudyOperations) -> None:
     """Serve until SIGTERM / SIGINT (uvicorn installs the signal handlers)."""
     soft = raise_nofile_limit()
     protocol = guarded_protocol(settings, soft)
-    app = create_app(receiver)
+    app = create_app(settings, receiver)
     config = uvicorn.Config(app, host=settings.bind, port=settings.http_port, log_level="info", proxy_headers=False,
                             http=protocol, timeout_keep_alive=settings.http_idle_timeout,
                             h11_max_incomplete_event_size=settings.http_max_header_size)

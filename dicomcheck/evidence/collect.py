@@ -6,9 +6,6 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlmodel import Session
-
 from .. import __version__
 from ..analysis import decide_studies
 from ..model import InstanceFacts, facts_from_dict
@@ -17,7 +14,8 @@ from ..report import study_dict
 from ..rules import RULES_VERSION
 from ..sources import discover, read_all
 from ..store.files import sha256_file
-from ..store.tables import Decision, Instance, Receipt as ReceiptRow, Study
+from ..store.reads import IndexReader
+from ..store.records import InstanceRecord
 from .model import CitedInstance, EvidenceSource, Receipt, is_own_object
 
 
@@ -92,19 +90,18 @@ def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int |
 
     The facts are those of the instances received up to the decision, so the pack re-derives the
     decision it documents even when more instances arrived later."""
-    with Session(engine) as session:
-        study = session.get(Study, study_uid)
+    with IndexReader.open(engine) as reader:
+        study = reader.study(study_uid)
         if study is None:
             raise EvidenceError(f"no study {study_uid} has been received")
-        decision = session.get(Decision, decision_id or study.current_decision_id) if (decision_id or study.current_decision_id) else None
+        wanted = decision_id or study.current_decision_id
+        decision = reader.decision(wanted) if wanted else None
         if decision is None or decision.study_instance_uid != study_uid:
             raise EvidenceError(f"study {study_uid} has no decision yet (it is pending)")
-        rows = session.execute(
-            select(Instance).where(Instance.study_instance_uid == study_uid).order_by(Instance.series_instance_uid, Instance.id)
-        ).scalars().all()
         cutoff = decision.decided_at
-        rows = [r for r in rows if r.received_at <= cutoff and not is_own_object(facts_from_dict(r.facts))]
-        newest: dict[str, Instance] = {}
+        rows = [r for r in reader.instances_of_study(study_uid)
+                if r.received_at <= cutoff and not is_own_object(facts_from_dict(r.facts))]
+        newest: dict[str, InstanceRecord] = {}
         for row in rows:
             if row.sop_instance_uid not in newest or row.version > newest[row.sop_instance_uid].version:
                 newest[row.sop_instance_uid] = row
@@ -114,22 +111,19 @@ def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int |
         document = dict(decision.document)
         roles = {uid: "cited" for uid in cited_uids(document)}
         roles.update(representatives(document, members))
-        instances = []
-        for uid, role in roles.items():
-            row = newest.get(uid)
-            if row is None:
-                continue
-            receipts = session.execute(select(ReceiptRow).where(ReceiptRow.instance_id == row.id).order_by(ReceiptRow.id)).scalars().all()
-            instances.append(CitedInstance(
-                uid, row.sop_class_uid or "", row.series_instance_uid, (storage_root / row.path).resolve(), row.sha256, role,
-                tuple(Receipt(r.received_at, r.calling_ae, r.called_ae, r.peer_address, r.transfer_syntax_uid,
-                              r.implementation_class_uid, r.implementation_version_name, r.duplicate) for r in receipts),
-            ))
-        decided_at = decision.decided_at
-        if decided_at is not None and decided_at.tzinfo is None:
-            decided_at = decided_at.replace(tzinfo=dt.UTC)
-        return EvidenceSource(study_uid, document, tuple(instances), decision.rules_version, decision.dicomcheck_version,
-                              decision_id=decision.id, decided_at=decided_at,
-                              facts=tuple(facts_from_dict(r.facts) for r in newest.values()),
-                              registry=registry_to_dict(registry or Registry()),
-                              storage_paths={uid: r.path for uid, r in newest.items()})
+        shown = {uid: newest[uid] for uid in roles if uid in newest}
+        receipts = reader.receipts_of_instances([row.id for row in shown.values()])
+    instances = [
+        CitedInstance(uid, row.sop_class_uid or "", row.series_instance_uid, (storage_root / row.path).resolve(), row.sha256, roles[uid],
+                      tuple(Receipt(r.received_at, r.calling_ae, r.called_ae, r.peer_address, r.transfer_syntax_uid,
+                                    r.implementation_class_uid, r.implementation_version_name, r.duplicate) for r in receipts[row.id]))
+        for uid, row in shown.items()
+    ]
+    decided_at = decision.decided_at
+    if decided_at is not None and decided_at.tzinfo is None:
+        decided_at = decided_at.replace(tzinfo=dt.UTC)
+    return EvidenceSource(study_uid, document, tuple(instances), decision.rules_version, decision.dicomcheck_version,
+                          decision_id=decision.id, decided_at=decided_at,
+                          facts=tuple(facts_from_dict(r.facts) for r in newest.values()),
+                          registry=registry_to_dict(registry or Registry()),
+                          storage_paths={uid: r.path for uid, r in newest.items()})

@@ -7,10 +7,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from .records import AuditRecord, DeviceChangeRecord, DeviceRecord, ReviewRecord, StudyReadRecord, TokenRecord, from_row
 from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
 
 ROLES = ("reader", "admin", "auditor")
@@ -49,8 +50,11 @@ class TokenInfo:
 
 
 class Access:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """Tokens, audit trail, registry devices, reviews and reads; ``bind`` is an engine (a connection
+    per call) or the one connection of an API request (``store.reads.IndexSession``)."""
+
+    def __init__(self, bind: Engine | Connection) -> None:
+        self.bind = bind
 
     # ---------------------------------------------------------------- tokens
     def create_token(self, name: str, role: str, *, expires_at: dt.datetime | None = None,
@@ -61,7 +65,7 @@ class Access:
         if role == "auditor" and (expires_at is None or not (studies or accessions)):
             raise ValueError("an auditor token needs --expires and at least one --study or --accession")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with Session(self.engine) as session:
+        with Session(self.bind) as session:
             if session.execute(select(ApiToken.id).where(ApiToken.name == name)).first():
                 raise ValueError(f"a token named {name!r} exists already")
             session.add(ApiToken(name=name, role=role, token_hash=hash_token(token), prefix=token[:10],
@@ -69,12 +73,12 @@ class Access:
             session.commit()
         return token
 
-    def list_tokens(self) -> list[ApiToken]:
-        with Session(self.engine) as session:
-            return list(session.execute(select(ApiToken).order_by(ApiToken.id)).scalars())
+    def list_tokens(self) -> list[TokenRecord]:
+        with Session(self.bind) as session:
+            return [from_row(TokenRecord, t) for t in session.execute(select(ApiToken).order_by(ApiToken.id)).scalars()]
 
     def revoke_token(self, name: str) -> bool:
-        with Session(self.engine) as session:
+        with Session(self.bind) as session:
             result = session.execute(update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
                                      .values(revoked_at=utcnow()))
             session.commit()
@@ -82,7 +86,7 @@ class Access:
 
     def verify(self, token: str) -> TokenInfo | str:
         """The token's identity, or why it is refused."""
-        with Session(self.engine) as session:
+        with Session(self.bind) as session:
             row = session.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).scalar_one_or_none()
             if row is None:
                 return "unknown token"
@@ -105,7 +109,7 @@ class Access:
     def audit(self, *, event: str, action: str, method: str, endpoint: str, token: TokenInfo | None,
               study_uid: str | None = None, client_address: str | None = None, outcome: int = 0,
               detail: dict | None = None) -> None:
-        with Session(self.engine) as session:
+        with Session(self.bind) as session:
             session.add(AuditEvent(at=utcnow(), event=event, action=action, outcome=outcome,
                                    token_name=token.name if token else None, role=token.role if token else None,
                                    method=_text(method), endpoint=_text(endpoint), study_instance_uid=_text(study_uid),
@@ -113,7 +117,7 @@ class Access:
             session.commit()
 
     def audit_events(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
-                     event: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+                     event: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[AuditRecord]:
         query = select(AuditEvent)
         if since:
             query = query.where(AuditEvent.at >= since)
@@ -123,21 +127,22 @@ class Access:
             query = query.where(AuditEvent.event == event)
         if study_uid:
             query = query.where(AuditEvent.study_instance_uid == study_uid)
-        with Session(self.engine) as session:
-            return list(session.execute(query.order_by(AuditEvent.id.desc()).limit(limit)).scalars())
+        with Session(self.bind) as session:
+            return [from_row(AuditRecord, e) for e in session.execute(query.order_by(AuditEvent.id.desc()).limit(limit)).scalars()]
 
     # ---------------------------------------------------------------- registry devices
-    def devices(self) -> list[Device]:
-        with Session(self.engine) as session:
-            return list(session.execute(select(Device).order_by(Device.id)).scalars())
+    def devices(self) -> list[DeviceRecord]:
+        with Session(self.bind) as session:
+            return [from_row(DeviceRecord, d) for d in session.execute(select(Device).order_by(Device.id)).scalars()]
 
-    def get_device(self, device_id: int) -> Device | None:
-        with Session(self.engine) as session:
-            return session.get(Device, device_id)
+    def get_device(self, device_id: int) -> DeviceRecord | None:
+        with Session(self.bind) as session:
+            device = session.get(Device, device_id)
+            return from_row(DeviceRecord, device) if device is not None else None
 
-    def save_device(self, values: dict, *, device_id: int | None, token_name: str | None) -> Device:
+    def save_device(self, values: dict, *, device_id: int | None, token_name: str | None) -> DeviceRecord:
         now = utcnow()
-        with Session(self.engine) as session:
+        with Session(self.bind) as session:
             if device_id is None:
                 device = Device(**values, created_at=now, updated_at=now)
                 before = None
@@ -155,10 +160,10 @@ class Access:
                                      token_name=token_name, before=before, after=_device_dict(device)))
             session.commit()
             session.refresh(device)
-            return device
+            return from_row(DeviceRecord, device)
 
     def delete_device(self, device_id: int, *, token_name: str | None) -> bool:
-        with Session(self.engine) as session:
+        with Session(self.bind) as session:
             device = session.get(Device, device_id)
             if device is None:
                 return False
@@ -168,28 +173,28 @@ class Access:
             session.commit()
             return True
 
-    def device_changes(self, device_id: int) -> list[DeviceChange]:
-        with Session(self.engine) as session:
-            return list(session.execute(select(DeviceChange).where(DeviceChange.device_id == device_id)
-                                        .order_by(DeviceChange.id)).scalars())
+    def device_changes(self, device_id: int) -> list[DeviceChangeRecord]:
+        with Session(self.bind) as session:
+            return [from_row(DeviceChangeRecord, c) for c in session.execute(
+                select(DeviceChange).where(DeviceChange.device_id == device_id).order_by(DeviceChange.id)).scalars()]
 
     # ---------------------------------------------------------------- reviews and reads
     def add_review(self, *, study_uid: str, decision_id: int | None, outcome: str, code: str | None,
-                   reviewer: str, token_name: str, reason: str) -> Review:
-        with Session(self.engine) as session:
+                   reviewer: str, token_name: str, reason: str) -> ReviewRecord:
+        with Session(self.bind) as session:
             review = Review(study_instance_uid=study_uid, decision_id=decision_id, outcome=outcome, code=code,
                             reviewer=reviewer, token_name=token_name, reason=reason, created_at=utcnow())
             session.add(review)
             session.commit()
             session.refresh(review)
-            return review
+            return from_row(ReviewRecord, review)
 
-    def reviews(self, study_uid: str) -> list[Review]:
-        with Session(self.engine) as session:
-            return list(session.execute(select(Review).where(Review.study_instance_uid == study_uid)
-                                        .order_by(Review.id)).scalars())
+    def reviews(self, study_uid: str) -> list[ReviewRecord]:
+        with Session(self.bind) as session:
+            return [from_row(ReviewRecord, r) for r in session.execute(
+                select(Review).where(Review.study_instance_uid == study_uid).order_by(Review.id)).scalars()]
 
-    def record_read(self, study_uid: str, token_name: str, decision_id: int | None, *, audit: dict | None = None) -> StudyRead | None:
+    def record_read(self, study_uid: str, token_name: str, decision_id: int | None, *, audit: dict | None = None) -> StudyReadRecord | None:
         """Remember the decision this client read (and write its audit event in the same
         transaction); returns the previous read (before this one).
 
@@ -197,8 +202,8 @@ class Access:
         on conflict, then a locked read and update, so every one of them succeeds (no unique-key
         violation) and exactly one of them sees no previous read."""
         now = utcnow()
-        insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(StudyRead)
-        with Session(self.engine) as session:
+        insert = (postgresql.insert if self.bind.dialect.name == "postgresql" else sqlite.insert)(StudyRead)
+        with Session(self.bind) as session:
             if audit is not None:
                 session.add(AuditEvent(at=now, **_text(audit)))
             created = session.execute(
@@ -211,15 +216,15 @@ class Access:
                 previous = session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid,
                                                                    StudyRead.token_name == token_name)
                                            .with_for_update()).scalar_one()
-                snapshot = StudyRead(study_instance_uid=previous.study_instance_uid, token_name=previous.token_name,
-                                     decision_id=previous.decision_id, read_at=previous.read_at)
+                snapshot = from_row(StudyReadRecord, previous)
                 previous.decision_id, previous.read_at = decision_id, now
             session.commit()
             return snapshot
 
-    def reads(self, study_uid: str) -> list[StudyRead]:
-        with Session(self.engine) as session:
-            return list(session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid)).scalars())
+    def reads(self, study_uid: str) -> list[StudyReadRecord]:
+        with Session(self.bind) as session:
+            return [from_row(StudyReadRecord, r) for r in session.execute(
+                select(StudyRead).where(StudyRead.study_instance_uid == study_uid)).scalars()]
 
 
 def _device_dict(device: Device) -> dict:

@@ -10,9 +10,11 @@ from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from ..evidence.model import is_own_object
 from ..model import InstanceFacts, facts_from_dict, facts_to_dict
+from ..own_objects import is_own_object
 from .files import printable
+from .reads import IndexReader
+from .records import StudyRecord
 from .tables import Association, Decision, Instance, Quarantined, Receipt, Review, Series, Study, utcnow
 
 
@@ -293,16 +295,6 @@ class Index:
             return int(decision.id)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- reads
-    def get_study(self, study_uid: str) -> Study | None:
-        with Session(self.engine) as session:
-            return session.get(Study, study_uid)
-
-    def decisions(self, study_uid: str) -> list[Decision]:
-        with Session(self.engine) as session:
-            return list(session.execute(select(Decision).where(Decision.study_instance_uid == study_uid)
-                                        .order_by(Decision.id)).scalars())
-
-    def instances(self, study_uid: str) -> list[Instance]:
-        with Session(self.engine) as session:
-            return list(session.execute(select(Instance).where(Instance.study_instance_uid == study_uid)
-                                        .order_by(Instance.id)).scalars())
+    def get_study(self, study_uid: str) -> StudyRecord | None:
+        """The study as a typed record; every other lookup is on ``store.reads.IndexReader``."""
+        return IndexReader(self.engine).study(study_uid)

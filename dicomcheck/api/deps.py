@@ -1,0 +1,128 @@
+"""What the routes depend on: the settings, the few operations beyond reads, one index session per
+request, the caller's token and the roles an endpoint needs, and the audit trail they all write to.
+
+No `from __future__ import annotations`: FastAPI resolves the dependency annotations at runtime.
+"""
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Annotated, Protocol
+
+from fastapi import Depends, HTTPException, Path, Request
+from sqlalchemy import Engine
+
+from ..config import Settings
+from ..registry import Registry
+from ..store.access import TokenInfo
+from ..store.reads import IndexSession
+from ..store.records import StudyRecord
+from .schemas import UID_PATTERN
+
+NOT_FOUND = "no study {uid} has been received"  # also an auditor's answer for a study outside its scope
+StudyUid = Annotated[str, Path(min_length=1, max_length=64, pattern=UID_PATTERN, description="Study Instance UID")]
+
+
+class StudyOperations(Protocol):
+    """The API's narrow view of the receiver: what it does beyond reading and writing the index
+    (``ingest.Receiver`` provides it)."""
+
+    settings: Settings
+    engine: Engine
+
+    def reload_registry(self) -> Registry:
+        """The ``--devices`` registry now (``error`` set while the file is unusable)."""
+
+    def effective_registry(self) -> Registry:
+        """The registry file's entries, then those kept in the index."""
+
+    def evaluate(self, study_uid: str) -> tuple[dict, Registry] | None:
+        """The study decided now from its indexed facts, nothing saved (None without instances)."""
+
+    def decide(self, study_uid: str, *, last_arrival_seen: dt.datetime) -> dict | None:
+        """Decide the study now and keep the decision."""
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_operations(request: Request) -> StudyOperations:
+    return request.app.state.operations
+
+
+def index_session(request: Request) -> Iterator[IndexSession]:
+    """One connection for the whole request: token check, reads, audit events and writes."""
+    with IndexSession.open(request.app.state.operations.engine) as store:
+        yield store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+OperationsDep = Annotated[StudyOperations, Depends(get_operations)]
+SessionDep = Annotated[IndexSession, Depends(index_session)]
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def audit(store: IndexSession, request: Request, token: TokenInfo | None, event: str, action: str, *,
+          study_uid: str | None = None, outcome: int = 0, detail: dict | None = None) -> None:
+    """Write one audit event (DICOM / IHE ATNA event names) for this request, committed at once."""
+    store.access.audit(event=event, action=action, method=request.method, endpoint=request.url.path, token=token,
+                       study_uid=study_uid, client_address=client_address(request), outcome=outcome, detail=detail)
+
+
+class RoleGuard:
+    """The bearer token of the request, if it is valid and its role is one of ``roles``; every
+    refusal is audited as a Security Alert (401 without a valid token, 403 for another role)."""
+
+    def __init__(self, *roles: str) -> None:
+        self.roles = roles
+
+    def __call__(self, request: Request, store: SessionDep) -> TokenInfo:
+        return self.check(request, store)
+
+    def check(self, request: Request, store: IndexSession) -> TokenInfo:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            audit(store, request, None, "Security Alert", "E", outcome=4, detail={"reason": "no bearer token"})
+            raise HTTPException(401, "a bearer token is required (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
+        verified = store.access.verify(credential.strip())
+        if isinstance(verified, str):
+            audit(store, request, None, "Security Alert", "E", outcome=4, detail={"reason": verified})
+            raise HTTPException(401, verified, headers={"WWW-Authenticate": "Bearer"})
+        if verified.role not in self.roles:
+            audit(store, request, verified, "Security Alert", "E", outcome=4, detail={"reason": f"role {verified.role} may not use this endpoint"})
+            raise HTTPException(403, f"role {verified.role!r} may not use this endpoint (needs {' or '.join(self.roles)})")
+        return verified
+
+
+anyone = RoleGuard("reader", "admin", "auditor")
+staff = RoleGuard("reader", "admin")
+admin = RoleGuard("admin")
+GUARDS = (anyone, staff, admin)
+
+AnyToken = Annotated[TokenInfo, Depends(anyone)]
+StaffToken = Annotated[TokenInfo, Depends(staff)]
+AdminToken = Annotated[TokenInfo, Depends(admin)]
+
+
+def existing_study(store: IndexSession, study_uid: str) -> StudyRecord:
+    """The study, or 404 when it was never received."""
+    study = store.reader.study(study_uid)
+    if study is None:
+        raise HTTPException(404, NOT_FOUND.format(uid=study_uid))
+    return study
+
+
+def readable_study(store: IndexSession, request: Request, token: TokenInfo, study_uid: str) -> StudyRecord:
+    """The study a token may read: an auditor gets the same 404 for a study outside its scope
+    as for one never received, so it cannot learn which studies exist (both are audited)."""
+    study = store.reader.study(study_uid)
+    if study is not None and token.may_read(study.study_instance_uid, study.accession_number):
+        return study
+    if token.role == "auditor":
+        audit(store, request, token, "Security Alert", "R", study_uid=study_uid, outcome=4,
+              detail={"reason": "outside the auditor token's scope" if study is not None else "no such study"})
+    raise HTTPException(404, NOT_FOUND.format(uid=study_uid))

@@ -1,0 +1,7 @@
+"""The API's routers, one module per resource, in the order the OpenAPI document lists them."""
+
+from . import audit, devices, evidence, exports, operations, studies
+
+ROUTERS = (operations.router, studies.router, evidence.router, devices.router, audit.router, exports.router)
+
+__all__ = ["ROUTERS"]
