@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
+import annotated_types
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -22,6 +26,9 @@ from .registry import Registry, RegistryError, load_registry
 from .report import analysis_document, render_table
 from .rules import RULES, RULES_VERSION
 from .sources import ReadError, discover, read_all
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 # typer vendors click; its UsageError is the base of the exported BadParameter.
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -113,28 +120,45 @@ def analyze(
         raise typer.Exit(EXIT_NOTHING_ANALYSED)
 
 
+def _setting_option(name: str, field: FieldInfo) -> inspect.Parameter:
+    """The ``serve`` option of one Settings field: its flag, its help, and None when not given (so the
+    environment and the config file still apply). Values are checked by Settings, with the flag named."""
+    from .config import default_text, flag_spellings
+
+    annotation = field.annotation
+    shown_default = default_text(name).strip("`")
+    help_text = field.description or ""
+    if get_origin(annotation) is list:
+        help_text += " Repeat the flag for several."
+    elif shown_default not in ("not set", "empty"):
+        help_text += f" (default: {shown_default})"
+    is_union = get_origin(annotation) in (Union, UnionType)
+    value_type = Union[tuple(arg for arg in get_args(annotation) if arg is not type(None))] if is_union else annotation  # noqa: UP007 - built at run time
+    declaration = "/".join(flag_spellings(name))
+    bounds = {}
+    if value_type is int:  # an integer's inclusive bounds are checked, and shown, by the option itself
+        bounds = {"min": next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None),
+                  "max": next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)}
+    option = typer.Option(declaration, help=help_text, show_default=False, **bounds)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[value_type | None, option])
+
+
+def _settings_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` (``config`` and ``**flags``) one option per flagged Settings field, read from the field."""
+    from .config import Settings, flag_of
+
+    config = inspect.signature(command, eval_str=True).parameters["config"]
+    options = [_setting_option(name, field) for name, field in Settings.model_fields.items() if flag_of(name)]
+    command.__signature__ = inspect.Signature([config, *options])  # type: ignore[attr-defined]
+    return command
+
+
 @app.command()
+@_settings_options
 def serve(
-    data: Annotated[Path | None, typer.Option("--data", help="Data folder: storage/, quarantine/ and the SQLite index. (default: dicomcheck-data)", show_default=False)] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (same names as the flags, with underscores).", show_default=False)] = None,
-    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Our AE title. (default: DICOMCHECK)", show_default=False)] = None,
-    dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM port. (default: 11112)", show_default=False)] = None,
-    bind: Annotated[str | None, typer.Option("--bind", help="Address to listen on. (default: 0.0.0.0)", show_default=False)] = None,
-    allow_caller: Annotated[list[str] | None, typer.Option("--allow-caller", help="Calling AE title allowed (repeat); none given accepts all, with a warning.", show_default=False)] = None,
-    devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry and policies (TOML); re-read when it changes.", show_default=False)] = None,
-    stable_after: Annotated[float | None, typer.Option("--stable-after", help="Seconds without a new instance before a study is decided. (default: 60)", show_default=False)] = None,
-    database_url: Annotated[str | None, typer.Option("--database-url", help="Index database URL (env DICOMCHECK_DATABASE_URL); default SQLite under --data.", show_default=False)] = None,
-    max_associations: Annotated[int | None, typer.Option("--max-associations", help="Concurrent associations accepted. (default: 16)", show_default=False)] = None,
-    private_sop_class: Annotated[list[str] | None, typer.Option("--private-sop-class", help="Extra private storage SOP class UID to accept (repeat).", show_default=False)] = None,
-    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM); enables DICOM TLS.", show_default=False)] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).", show_default=False)] = None,
-    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle to verify client certificates.", show_default=False)] = None,
-    tls_require_client_cert: Annotated[bool | None, typer.Option("--tls-require-client-cert/--no-tls-require-client-cert", help="Require a client certificate signed by --tls-ca.", show_default=False)] = None,
-    processes: Annotated[int | None, typer.Option("--processes", min=1, max=64, help="DICOM receiver processes sharing the port (default 1).", show_default=False)] = None,
-    evidence_destination: Annotated[str | None, typer.Option("--evidence-destination", help="AE@host:port of a PACS that receives each decision's evidence KOS and SR.", show_default=False)] = None,
-    http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP port of the lookup API. (default: 8080)", show_default=False)] = None,
-    no_api: Annotated[bool, typer.Option("--no-api", help="Run the DICOM receiver only.")] = False,
-    no_scp: Annotated[bool, typer.Option("--no-scp", help="Run the HTTP API only (on a shared index).")] = False,
+    **flags: Any,
 ) -> None:
     """Run the DICOM receiver and the HTTP lookup API on one index.
 
@@ -146,13 +170,7 @@ def serve(
     from .ingest import Receiver, Settler
 
     try:
-        settings = load_settings(
-            config, data=data, ae_title=ae_title, dicom_port=dicom_port, bind=bind, allow_callers=allow_caller,
-            devices=devices, stable_after=stable_after, database_url=database_url, max_associations=max_associations,
-            private_sop_classes=private_sop_class, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-            tls_require_client_cert=tls_require_client_cert, http_port=http_port, evidence_destination=evidence_destination, processes=processes,
-            api=False if no_api else None, scp=False if no_scp else None,
-        )
+        settings = load_settings(config, **flags)
     except ConfigError as exc:
         raise _fail(f"bad settings: {exc}") from None
     if settings.devices is not None:
@@ -180,10 +198,14 @@ def _run_server(settings, receiver_type, settler_type) -> None:
     settler.start()
     server = None
     if settings.scp:
-        from scp.server import start, start_processes
+        from scp.listen import start_listening
+        from scp.pynetdicom_fixes import UnverifiedPynetdicom
 
         try:
-            server = start_processes(settings, settings.processes) if settings.processes > 1 else start(settings, receiver, block=False)
+            server = start_listening(settings, receiver)
+        except UnverifiedPynetdicom as exc:  # refuse rather than run the receiver half-patched
+            settler.stop()
+            raise _fail(str(exc)) from None
         except OSError as exc:  # port taken, address not ours, no permission: one line, like a taken HTTP port
             settler.stop()
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -224,14 +246,22 @@ UrlOption = Annotated[str | None, typer.Option("--database-url", help="Index dat
 
 
 def _access(data: Path | None, database_url: str | None):
-    """The existing index; never creates one (a typo in --data must not start an empty index)."""
+    """The existing index, at the newest schema; never creates one."""
+    from .store.access import Access
+    from .store.engine import upgrade
+
+    engine = _existing_index(_index_settings(data, database_url))
+    upgrade(engine)
+    return Access(engine)
+
+
+def _existing_index(settings):
+    """The engine of an existing index; never creates one (a typo in --data must not start an empty index)."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
-    from .store.access import Access
-    from .store.engine import make_engine, upgrade
+    from .store.engine import make_engine
 
-    settings = _index_settings(data, database_url)
     url = make_url(settings.url)
     shown = url.render_as_string(hide_password=True)
     create = "create it with `dicomcheck db upgrade" + (" --data " + str(settings.data) if not settings.database_url else " --database-url URL") + "` (or start `dicomcheck serve`)"
@@ -241,10 +271,9 @@ def _access(data: Path | None, database_url: str | None):
     try:
         if not sqlalchemy.inspect(engine).has_table("alembic_version"):
             raise _fail(f"no dicomcheck index in {shown}: {create}")
-        upgrade(engine)
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise _fail(f"cannot use the index at {shown}: {type(exc).__name__}") from None
-    return Access(engine)
+    return engine
 
 
 @token_app.command("create")
@@ -384,7 +413,8 @@ def evidence(
             from .evidence.collect import from_index
             from .ingest import Receiver
 
-            receiver = Receiver(settings)
+            _existing_index(settings)
+            receiver = Receiver(settings, read_only=True)  # reads the index: no migration, recovery or sweep
             sources = [from_index(receiver.engine, settings.storage_dir, target, registry=receiver.effective_registry())]
         if not sources:
             raise EvidenceError(f"no study found in {target}")

@@ -18,12 +18,12 @@ from pathlib import Path
 from . import __version__, metrics
 from .analysis import decide_study, group_by_study
 from .config import Settings
+from .decision_document import study_dict
 from .extract import extract_facts
 from .knowledge import builtin_knowledge
 from .enums import Role
 from .registry import Device as RegistryDevice
 from .registry import Registry, RegistryFile
-from .report import study_dict
 from .rules import RULES_VERSION
 from .sources import ResourceLimitExceeded, read_file_header
 from .store.engine import make_engine, upgrade
@@ -140,16 +140,21 @@ def temp_grace(settings: Settings) -> float:
 class Receiver:
     """The ingest service of one process: file store + index (+ the settle loop)."""
 
-    def __init__(self, settings: Settings, *, node: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, node: str | None = None, read_only: bool = False) -> None:
+        """``read_only`` for commands that only read an existing index (``dicomcheck evidence`` from the
+        index): no migration, no recovery and no ``.tmp`` sweep, which belong to a receiver that serves
+        (and would otherwise run behind the back of the receivers sharing that index and volume)."""
         self.settings = settings
         self.node = node or settings.node_name or f"{os.uname().nodename}:{os.getpid()}"
         self.owner = process_identity()
         self.files = FileStore(settings.storage_dir, settings.quarantine_dir)
         self.engine = make_engine(settings.url)
-        upgrade(self.engine)
+        if not read_only:
+            upgrade(self.engine)
         self.index = Index(self.engine, self.node, self.owner)
-        self.recover()
-        self.sweep_temp()
+        if not read_only:
+            self.recover()
+            self.sweep_temp()
         self.knowledge = builtin_knowledge()
         self._registry: Registry = Registry()
         self._registry_mtime: float | None = None

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .peers import missing_prerequisite, start_receiver, stopped_at_end
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REALWORLD = SHARED / "realworld"
@@ -18,11 +20,16 @@ if str(ROOT) not in sys.path:  # the fixture generator lives beside the package,
     sys.path.insert(0, str(ROOT))
 
 
+def realworld_corpus(folder: Path = REALWORLD) -> Path:
+    """The real-world corpus; absent in a user's clone without ../shared (skipped), never under CI (failed)."""
+    if not (folder / "MANIFEST.csv").is_file():
+        missing_prerequisite(f"{folder} is absent (a user's clone without ../shared); CI always has it")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def realworld() -> Path:
-    if not (REALWORLD / "MANIFEST.csv").is_file():
-        pytest.skip(f"{REALWORLD} is absent (a user's clone without ../shared); CI always has it")
-    return REALWORLD
+    return realworld_corpus()
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +40,29 @@ def fixtures_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fixtures-output")
     build(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def fixture_source(fixtures_output: Path):
+    """``fixture_source(case, devices=False)``: the evidence source of one synthetic study, analysed
+    once per session (with the case's devices.toml when ``devices``). Shared: a test that changes
+    one works on ``dataclasses.replace`` / ``copy.deepcopy`` copies, never on the source itself."""
+    from dicomcheck.evidence.collect import from_folder
+    from dicomcheck.registry import load_registry
+
+    analysed = {}
+
+    def source(case: str, *, devices: bool = False):
+        if (case, devices) not in analysed:
+            folder = fixtures_output / case
+            registry_file = folder / "devices.toml"
+            registry = load_registry(registry_file) if devices and registry_file.is_file() else None
+            sources = from_folder([folder], registry=registry)
+            assert len(sources) == 1, f"{case}: {len(sources)} studies"
+            analysed[case, devices] = sources[0]
+        return analysed[case, devices]
+
+    return source
 
 
 def run_cli(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -59,18 +89,12 @@ def analyze_json(*args: str | Path) -> dict:
 @pytest.fixture()
 def receiver_factory(tmp_path: Path):
     """Start receivers for one test and always stop them."""
-    from .peers import start_receiver
 
-    started = []
+    def start(n: int, *extra: str, data: Path | None = None, **kwargs):
+        return start_receiver(data or tmp_path / f"data{n}", *extra, **kwargs)
 
-    def factory(*extra: str, data: Path | None = None, **kwargs):
-        server = start_receiver(data or tmp_path / f"data{len(started)}", *extra, **kwargs)
-        started.append(server)
-        return server
-
-    yield factory
-    for server in started:
-        server.stop()
+    with stopped_at_end(start) as factory:
+        yield factory
 
 
 POSTGRES_URL = os.environ.get("DICOMCHECK_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -87,10 +111,7 @@ def postgres_schema_url(name: str) -> str:
             connection.exec_driver_sql(f'CREATE SCHEMA "{name}"')
         engine.dispose()
     except Exception as exc:  # noqa: BLE001
-        reason = f"PostgreSQL at {POSTGRES_URL} unreachable: {type(exc).__name__}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
+        missing_prerequisite(f"PostgreSQL at {POSTGRES_URL} unreachable: {type(exc).__name__}")
     return f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -47,3 +49,14 @@ def write_study(folder: Path, *, acquisition: int = 3, mip: int = 2, rows: int =
     paths = [write_ct(folder / "acq" / f"{i:04d}.dcm", study, acq, SeriesDescription="Abdomen 1.0", InstanceNumber=i + 1, rows=rows) for i in range(acquisition)]
     paths += [write_ct(folder / "mip" / f"{i:04d}.dcm", study, mip_series, "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP", SeriesDescription="MIP cor", SeriesNumber=100, InstanceNumber=i + 1, rows=rows) for i in range(mip)]
     return study, paths
+
+
+def encode_body(ds: Dataset) -> bytes:
+    """The data set as a C-STORE carries it (Explicit VR Little Endian, no file meta), for tests that
+    craft the DIMSE messages themselves."""
+    body = ds.copy()
+    del body.file_meta
+    raw = DicomBytesIO()
+    raw.is_little_endian, raw.is_implicit_VR = True, False
+    write_dataset(raw, body)
+    return raw.getvalue()

@@ -9,12 +9,25 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+
+def in_ci() -> bool:
+    """Running under CI (``.ci/run`` exports ``CI=true``), where every prerequisite is installed."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def missing_prerequisite(reason: str) -> NoReturn:
+    """The one way a test gives up on something absent (a peer program, PostgreSQL, ../shared):
+    skip with the reason on a laptop, fail under CI=true, where a skip would hide a lost test."""
+    if in_ci():
+        pytest.fail(f"CI=true: {reason}")
+    pytest.skip(reason)
 
 
 def peer_program(name: str) -> str | None:
@@ -22,14 +35,13 @@ def peer_program(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
 
 
-def require_peer(*programs: str) -> None:
-    """Skip (on a laptop) or fail (under CI=true) when a real peer program is missing."""
+def require_peer(*programs: str) -> str:
+    """Skip (on a laptop) or fail (under CI=true) when a real peer program is missing; the first one's path."""
     missing = [p for p in programs if peer_program(p) is None]
     if missing:
-        reason = f"peer program(s) {missing} not installed (apt-get install dcmtk dicom3tools orthanc)"
-        if IN_CI:
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
+        missing_prerequisite(f"peer program(s) {missing} not installed "
+                             "(apt-get install dcmtk dicom3tools orthanc poppler-utils)")
+    return peer_program(programs[0]) or programs[0]
 
 
 def stop_process(proc: subprocess.Popen, *, timeout: float) -> None:
@@ -41,6 +53,24 @@ def stop_process(proc: subprocess.Popen, *, timeout: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def stopped_at_end(start):
+    """A fixture's factory: ``factory(*args, **kwargs)`` returns ``start(n, *args, **kwargs)`` (``n``
+    counts the things started, for distinct folders); every one is stopped when the block ends."""
+    started = []
+
+    def factory(*args, **kwargs):
+        thing = start(len(started), *args, **kwargs)
+        started.append(thing)
+        return thing
+
+    try:
+        yield factory
+    finally:
+        for thing in started:
+            thing.stop()
 
 
 def free_port() -> int:
@@ -106,14 +136,16 @@ def start_receiver(data: Path, *extra: str, port: int | None = None, ae_title: s
     raise AssertionError(f"receiver did not start:\n{server.log()}")
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, *, describe=None):
+    """Poll ``predicate`` until it is truthy (its value is returned) or fail after ``timeout`` seconds,
+    with ``describe()`` (what was seen instead) in the message when given."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {timeout}s" + (f": {describe()}" if describe else ""))
         time.sleep(interval)
 
 
@@ -162,9 +194,7 @@ def require_mount_namespace(scratch: Path) -> None:
         if probe.returncode != 0:
             reason = f"cannot mount a tmpfs in a new mount namespace (root / CAP_SYS_ADMIN needed): {probe.stderr.strip()}"
     if reason:
-        if IN_CI:
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
+        missing_prerequisite(reason)
 
 
 def in_namespace(pid: int, path: Path) -> Path:

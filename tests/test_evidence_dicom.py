@@ -18,20 +18,12 @@ from dicomcheck.evidence.dicom import (KOS_TITLE, MANUFACTURER, MINIMAL_PATIENT_
                                        pseudonymous_id, write)
 from dicomcheck.evidence.model import IMPLEMENTATION_CLASS_UID, EvidenceSource, is_own_object
 from dicomcheck.extract import extract_facts
-from dicomcheck.registry import load_registry
 from fixtures.build import CASES
 
 from .peers import require_peer
 
 CASE_NAMES = [case.name for case in CASES]
 IMAGE, COMPOSITE, TEXT = hd.sr.ValueTypeValues.IMAGE, hd.sr.ValueTypeValues.COMPOSITE, hd.sr.ValueTypeValues.TEXT
-
-
-def source_of(folder: Path) -> EvidenceSource:
-    devices = folder / "devices.toml"
-    sources = from_folder([folder], registry=load_registry(devices) if devices.is_file() else None)
-    assert len(sources) == 1
-    return sources[0]
 
 
 def dciodvfy(path: Path) -> list[str]:
@@ -81,9 +73,9 @@ def check_ours(ds: pydicom.Dataset, source: EvidenceSource) -> None:
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 @pytest.mark.peer
-def test_kos_and_sr_of_every_fixture_study(case: str, fixtures_output: Path, tmp_path: Path) -> None:
+def test_kos_and_sr_of_every_fixture_study(case: str, fixture_source, tmp_path: Path) -> None:
     require_peer("dciodvfy")
-    source = source_of(fixtures_output / case)
+    source = fixture_source(case, devices=True)
     document = source.document
     cited = {i.sop_instance_uid: i for i in source.instances}
     assert cited and all(i.path.is_file() for i in cited.values())
@@ -176,8 +168,8 @@ def test_kos_and_sr_of_every_fixture_study(case: str, fixtures_output: Path, tmp
     assert not warnings["kos"]
 
 
-def test_same_source_same_content_new_uids(fixtures_output: Path) -> None:
-    source = source_of(fixtures_output / "both_console_and_workstation")
+def test_same_source_same_content_new_uids(fixture_source) -> None:
+    source = fixture_source("both_console_and_workstation", devices=True)
     for builder in (build_kos, build_sr):
         for minimal in (False, True):
             first, second = builder(source, minimal=minimal), builder(source, minimal=minimal)
@@ -187,8 +179,8 @@ def test_same_source_same_content_new_uids(fixtures_output: Path) -> None:
             assert first.to_json_dict() == second.to_json_dict()
 
 
-def test_own_objects_are_recognised_and_the_consoles_are_not(fixtures_output: Path, tmp_path: Path) -> None:
-    source = source_of(fixtures_output / "console_non3d_derived")
+def test_own_objects_are_recognised_and_the_consoles_are_not(fixtures_output: Path, fixture_source, tmp_path: Path) -> None:
+    source = fixture_source("console_non3d_derived", devices=True)
     for name, ds in (("kos", build_kos(source)), ("sr", build_sr(source)), ("sr-min", build_sr(source, minimal=True))):
         path = write(ds, tmp_path / f"{name}.dcm")
         assert is_own_object(extract_facts(pydicom.dcmread(path, stop_before_pixels=True), str(path))), name
@@ -204,7 +196,7 @@ def test_a_missing_or_foreign_cited_file_is_a_clear_error(fixtures_output: Path,
 
     folder = tmp_path / "copy"
     shutil.copytree(fixtures_output / "ct_workstation_vr_sc", folder)
-    source = source_of(folder)
+    source, = from_folder([folder])  # a copy: this test deletes a cited file
     gone = source.instances[0]
     gone.path.unlink()
     with pytest.raises(FileNotFoundError, match=gone.sop_instance_uid):

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from dicomcheck.evidence.collect import from_folder
 from dicomcheck.evidence.dicom import build_kos, build_sr, write
 from dicomcheck.evidence.send import AssociationRejected, PacsDestination, send_objects
 
-from .peers import OrthancProcess, free_port, require_peer, start_orthanc, wait_for
+from .dicomfiles import write_ct
+from .peers import OrthancProcess, free_port, require_peer, start_orthanc, stopped_at_end, wait_for
 
 CASE = "both_console_and_workstation"
 STABLE_AFTER = 1.0
@@ -27,16 +27,11 @@ STABLE_AFTER = 1.0
 # ---------------------------------------------------------------------------- helpers
 @pytest.fixture()
 def orthanc_factory(tmp_path: Path):
-    started: list[OrthancProcess] = []
+    def start(n: int, modalities: dict[str, list]) -> OrthancProcess:
+        return start_orthanc(tmp_path / f"orthanc{n}", modalities)
 
-    def factory(modalities: dict[str, list]) -> OrthancProcess:
-        orthanc = start_orthanc(tmp_path / f"orthanc{len(started)}", modalities)
-        started.append(orthanc)
-        return orthanc
-
-    yield factory
-    for orthanc in started:
-        orthanc.stop()
+    with stopped_at_end(start) as factory:
+        yield factory
 
 
 def rows(server, sql: str, *params):
@@ -73,8 +68,14 @@ def decided_state(server, study_uid: str):
             rows(server, "SELECT needs_decision, instance_count FROM study WHERE study_instance_uid = ?", study_uid))
 
 
-def assert_no_new_decision(server, study_uid: str, before) -> None:
-    time.sleep(STABLE_AFTER * 3)  # longer than stable_after plus a settle pass or two
+def assert_no_new_decision(server, study_uid: str, before, folder: Path, *, calling_ae: str) -> None:
+    """Nothing to decide after our objects arrived: waited for by deciding a study sent after them.
+    The settler takes due studies oldest arrival first, so the pass that decides the later study
+    would have decided this one too had our objects made it due."""
+    later_study = generate_uid()
+    later = write_ct(folder / "later-study.dcm", later_study, generate_uid())
+    assert store_images(server.port, server.ae_title, [later], calling_ae=calling_ae) == [0]
+    wait_for(lambda: rows(server, "SELECT 1 FROM decision WHERE study_instance_uid = ?", later_study), timeout=30)
     assert decided_state(server, study_uid) == before
     assert before[1][0][0] == 0  # needs_decision stays cleared
 
@@ -129,7 +130,7 @@ def test_sending_the_kos_and_sr_to_orthanc_places_them_in_the_same_study_there(
     assert rows(receiver, "SELECT calling_ae FROM receipt r JOIN instance i ON i.id = r.instance_id "
                           "WHERE i.sop_class_uid IN ('1.2.840.10008.5.1.4.1.1.88.59', '1.2.840.10008.5.1.4.1.1.88.33')"
                 ) == [("ORTHANC",), ("ORTHANC",)]
-    assert_no_new_decision(receiver, study_uid, before)
+    assert_no_new_decision(receiver, study_uid, before, tmp_path, calling_ae="ORTHANC")
     assert before[1] == [(0, len(images))]
 
     # a PHI-minimal object is refused before any association; the PACS never sees it
@@ -153,16 +154,17 @@ def test_evidence_sent_straight_to_dicomcheck_is_stored_not_decided(fixtures_out
     assert rows(receiver, "SELECT count(*) FROM instance WHERE study_instance_uid = ?", study_uid) == [(len(images) + 2,)]
     assert rows(receiver, "SELECT instance_count FROM series WHERE series_instance_uid = ?",
                 str(pydicom.dcmread(sr_path, stop_before_pixels=True).SeriesInstanceUID)) == [(1,)]
-    assert_no_new_decision(receiver, study_uid, before)
-    document = json.loads(rows(receiver, "SELECT document FROM decision")[0][0])
+    assert_no_new_decision(receiver, study_uid, before, tmp_path, calling_ae="MODALITY")
+    document = json.loads(rows(receiver, "SELECT document FROM decision WHERE study_instance_uid = ?", study_uid)[0][0])
     assert document["instances"] == len(images)
 
     # a later image re-decides from the images only: our objects are not decision input
     later = pydicom.dcmread(images[-1])
     later.SOPInstanceUID = later.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     store_images(receiver.port, receiver.ae_title, [write(later, tmp_path / "later.dcm")])
-    wait_for(lambda: rows(receiver, "SELECT count(*) FROM decision")[0][0] == 2, timeout=30)
-    latest = json.loads(rows(receiver, "SELECT document FROM decision ORDER BY id DESC LIMIT 1")[0][0])
+    wait_for(lambda: rows(receiver, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid)[0][0] == 2, timeout=30)
+    latest = json.loads(rows(receiver, "SELECT document FROM decision WHERE study_instance_uid = ? ORDER BY id DESC LIMIT 1",
+                             study_uid)[0][0])
     assert latest["instances"] == len(images) + 1
     assert "non_image" not in {s["kind"] for s in latest["series"]}
 

@@ -6,9 +6,7 @@ import copy
 import dataclasses
 import datetime as dt
 import io
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,12 +17,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicomcheck import __version__
-from dicomcheck.evidence.collect import from_folder
 from dicomcheck.evidence.model import CitedInstance, EvidenceSource, Receipt
 from dicomcheck.evidence import report_pdf
 from dicomcheck.evidence.report_pdf import render_pdf
 from dicomcheck.evidence.thumbnails import BURNED_IN_NOTE, Thumbnail, thumbnail
 from dicomcheck.rules import RULES_VERSION
+
+from .peers import require_peer
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -286,29 +285,19 @@ def test_decoders_for_compressed_transfer_syntaxes_are_installed() -> None:
 # --------------------------------------------------------------------------------------- the PDF
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} (poppler-utils) is not installed"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    return path
-
-
 def _pdftotext(pdf: Path, page: int | None = None) -> str:
     pages = ["-f", str(page), "-l", str(page)] if page else []
-    out = subprocess.run([_tool("pdftotext"), *pages, str(pdf), "-"], capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run([require_peer("pdftotext"), *pages, str(pdf), "-"], capture_output=True, text=True, check=True, timeout=60).stdout
     return " ".join(out.split())
 
 
 def _image_count(pdf: Path) -> int:
-    out = subprocess.run([_tool("pdfimages"), "-list", str(pdf)], capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run([require_peer("pdfimages"), "-list", str(pdf)], capture_output=True, text=True, check=True, timeout=60).stdout
     return sum(1 for line in out.splitlines()[2:] if line.split()[2:3] == ["image"])
 
 
 def _pages(pdf: Path, out: Path) -> list[Path]:
-    subprocess.run([_tool("pdftoppm"), "-r", "50", "-png", str(pdf), str(out / "page")], check=True, timeout=120)
+    subprocess.run([require_peer("pdftoppm"), "-r", "50", "-png", str(pdf), str(out / "page")], check=True, timeout=120)
     return sorted(out.glob("page-*.png"))
 
 
@@ -321,12 +310,6 @@ def _render(source: EvidenceSource, tmp_path: Path, *, minimal: bool = False, th
     path = tmp_path / name
     path.write_bytes(pdf)
     return path
-
-
-def _study(fixtures_output: Path, name: str) -> EvidenceSource:
-    sources = from_folder([fixtures_output / name])
-    assert len(sources) == 1
-    return sources[0]
 
 
 PDF_STUDIES = [
@@ -342,8 +325,8 @@ PDF_STUDIES = [
 
 
 @pytest.mark.parametrize("name", PDF_STUDIES)
-def test_pdf_report_of_a_fixture_study(fixtures_output: Path, tmp_path: Path, name: str) -> None:
-    source = _study(fixtures_output, name)
+def test_pdf_report_of_a_fixture_study(fixture_source, tmp_path: Path, name: str) -> None:
+    source = fixture_source(name)
     document = source.document
     pdf = _render(source, tmp_path)
 
@@ -385,17 +368,17 @@ def test_pdf_report_of_a_fixture_study(fixtures_output: Path, tmp_path: Path, na
         assert f"rules {RULES_VERSION}" in page_text and "Generated " in page_text
 
 
-def test_pdf_policy_that_decided_is_shown(fixtures_output: Path, tmp_path: Path) -> None:
-    source = _study(fixtures_output, "pacs_viewer_3d_policy_76377")
+def test_pdf_policy_that_decided_is_shown(fixture_source, tmp_path: Path) -> None:
+    source = fixture_source("pacs_viewer_3d_policy_76377")
     assert any(r["rule"] == "policy.pacs_viewer_code" for r in source.document["reasons"])
     text = _pdftotext(_render(source, tmp_path))
     assert "Site policies" in text and "pacs_viewer_code" in text and "76377" in text
-    plain = _pdftotext(_render(_study(fixtures_output, "originals_only"), tmp_path, name="plain.pdf"))
+    plain = _pdftotext(_render(fixture_source("originals_only"), tmp_path, name="plain.pdf"))
     assert "No site policy decided anything in this study" in plain
 
 
-def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(realworld: Path, fixtures_output: Path, tmp_path: Path) -> None:
-    source = _study(fixtures_output, "ct_workstation_vr_sc")
+def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(realworld: Path, fixture_source, tmp_path: Path) -> None:
+    source = fixture_source("ct_workstation_vr_sc")
     text = _pdftotext(_render(source, tmp_path, minimal=True))
     assert source.document["patient_id"] not in text and "withheld" in text
 
@@ -416,8 +399,8 @@ def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(realworld: Pat
     assert _image_count(full) == 2
 
 
-def test_pdf_failed_thumbnail_shows_the_note(fixtures_output: Path, tmp_path: Path) -> None:
-    source = _study(fixtures_output, "both_console_and_workstation")
+def test_pdf_failed_thumbnail_shows_the_note(fixture_source, tmp_path: Path) -> None:
+    source = fixture_source("both_console_and_workstation")
     thumbs = {i.sop_instance_uid: thumbnail(i.path) for i in source.instances if i.role in ("3d", "acquisition")}
     first = source.by_role("3d")[0].sop_instance_uid
     thumbs[first] = Thumbnail(None, "no standard Pixel Data: private compression ELSCINT1", 0, None, 1)
@@ -428,8 +411,8 @@ def test_pdf_failed_thumbnail_shows_the_note(fixtures_output: Path, tmp_path: Pa
     assert _image_count(pdf) == len(source.by_role("3d")) - 1
 
 
-def test_pdf_non_ascii_receipts_decision_and_long_tables(fixtures_output: Path, tmp_path: Path) -> None:
-    source = _study(fixtures_output, "ct_workstation_vr_sc")
+def test_pdf_non_ascii_receipts_decision_and_long_tables(fixture_source, tmp_path: Path) -> None:
+    source = fixture_source("ct_workstation_vr_sc")
     document = copy.deepcopy(source.document)
     document["study_description"] = "Tête et cou, Müller Łódź Ωmega"
     document["series"][0]["series_description"] = "Tête 2.5 mm"
@@ -457,14 +440,14 @@ def test_pdf_non_ascii_receipts_decision_and_long_tables(fixtures_output: Path, 
     continued = _pdftotext(pdf, 2)
     assert "Tag Keyword Value SOP Instance UID" in continued and "#39" in text
     # the font is embedded, and the output is deterministic
-    fonts = subprocess.run([_tool("pdffonts"), str(pdf)], capture_output=True, text=True, check=True).stdout
+    fonts = subprocess.run([require_peer("pdffonts"), str(pdf)], capture_output=True, text=True, check=True).stdout
     assert all(line.split()[-5] == "yes" for line in fonts.splitlines()[2:]), fonts
     again = render_pdf(decided, {i.sop_instance_uid: thumbnail(i.path) for i in instances if i.role in ("3d", "acquisition")})
     assert again == pdf.read_bytes()
 
 
-def test_pdf_without_system_fonts_uses_the_fonts_bundled_with_reportlab(fixtures_output: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _study(fixtures_output, "us_3d")
+def test_pdf_without_system_fonts_uses_the_fonts_bundled_with_reportlab(fixture_source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = fixture_source("us_3d")
     document = copy.deepcopy(source.document)
     document["study_description"] = "Échographie tête Łódź"
     monkeypatch.setattr(report_pdf, "_find", lambda name: None)
@@ -473,7 +456,7 @@ def test_pdf_without_system_fonts_uses_the_fonts_bundled_with_reportlab(fixtures
         pdf = _render(dataclasses.replace(source, document=document), tmp_path)
     finally:
         report_pdf._fonts.cache_clear()
-    fonts = subprocess.run([_tool("pdffonts"), str(pdf)], capture_output=True, text=True, check=True).stdout
+    fonts = subprocess.run([require_peer("pdffonts"), str(pdf)], capture_output=True, text=True, check=True).stdout
     names = [line.split()[0] for line in fonts.splitlines()[2:]]
     assert names and all("Vera" in name for name in names), fonts
     assert "Échographie tête Łódz" in _pdftotext(pdf)  # Vera has no ź: it loses its accent rather than vanish

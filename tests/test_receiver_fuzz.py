@@ -2,14 +2,14 @@
 
 Truncated, oversized and random PDUs, bad association requests, corrupted data sets, P-DATA with bad
 PDV lengths and A-ABORT / A-RELEASE at odd times, thousands of cases in about
-``DICOMCHECK_FUZZ_SECONDS`` (default 90) with a fixed seed (``DICOMCHECK_FUZZ_SEED`` to replay another).
+``DICOMCHECK_FUZZ_SECONDS`` (default 60) with a fixed seed (``DICOMCHECK_FUZZ_SEED`` to replay another).
 Throughout: the process stays alive, every connection left stalled is closed by the receiver within
 its timeouts. After the run: a stalled connection is still closed in time, a valid 20-instance
 study sent with storescu is stored whole and decided, every quarantined input has its reason, no
 temporary file is left behind and the log shows no traceback.
 
 Connections that stop in the middle of a PDU before an association is accepted must be closed (the
-handlers set socket timeouts), and pynetdicom threads must not crash on peer input (scp/tuning.py
+handlers set socket timeouts), and pynetdicom threads must not crash on peer input (scp/pynetdicom_fixes.py
 aborts the association instead). One gap remains possible and is reported as an expected failure
 after every other assertion has passed: pynetdicom can lose track of a received file when a second
 command set arrives before its data set; such unreferenced files in storage/.tmp are removed by the
@@ -33,12 +33,9 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -46,10 +43,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from .dicomfiles import ct_dataset, write_study
+from .dicomfiles import ct_dataset, encode_body, write_study
 from .peers import nodelay, peer_env, require_peer, send_raw_c_store, wait_for
 
-FUZZ_SECONDS = float(os.environ.get("DICOMCHECK_FUZZ_SECONDS", "90"))
+FUZZ_SECONDS = float(os.environ.get("DICOMCHECK_FUZZ_SECONDS", "60"))
 SEED = int(os.environ.get("DICOMCHECK_FUZZ_SEED", "76376"))
 TIMEOUT = 2.0
 """The receiver's ACSE, DIMSE and network timeouts during the run (seconds)."""
@@ -119,15 +116,6 @@ def c_echo_command(message_id: int = 1) -> bytes:
     raw = encode(ds, True, True)
     ds.CommandGroupLength = len(raw) - 12
     return encode(ds, True, True)
-
-
-def encode_body(ds: Dataset) -> bytes:
-    body = ds.copy()
-    del body.file_meta
-    raw = DicomBytesIO()
-    raw.is_little_endian, raw.is_implicit_VR = True, False
-    write_dataset(raw, body)
-    return raw.getvalue()
 
 
 # ---------------------------------------------------------------- mutations
@@ -523,7 +511,7 @@ def closed_within(port: int, payload: bytes, limit: float, *, associate: bool = 
 
 _RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): (.*)$")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
-_OURS = re.compile(r'File ".*/(dicomcheck|scp)/(?!tuning\.py)[^"]*"')
+_OURS = re.compile(r'File ".*/(dicomcheck|scp)/(?!tuning\.py|pynetdicom_fixes\.py)[^"]*"')  # pynetdicom's own frames, patched
 
 
 @dataclass
@@ -675,16 +663,11 @@ def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, t
     assert not tracebacks.crashes, f"pynetdicom threads crashed {crashes} time(s) on peer input: {sorted(set(tracebacks.crashes))}"
 
     # storage/.tmp: transfers cut short by the end of their association leave nothing (the handlers
-    # remove the file; test_transfers_cut_short_leave_no_temporary_file checks it case by case)
+    # remove the file; test_transfers_cut_short_leave_no_temporary_file checks it case by case), and
+    # neither does a second command set before the data set (the receiver's pynetdicom fault fix removes the file it replaced)
     temp = server.data / "storage" / ".tmp"
-    try:
-        wait_for(lambda: not list(temp.iterdir()), timeout=TIMEOUT + SLACK)
-    except AssertionError:
-        left = [p for p in temp.iterdir()]
-        referenced = {Path(path).name for (path,) in rows(server, "SELECT path FROM instance")}
-        assert not {p.name for p in left} & referenced
-        pytest.xfail(f"{len(left)} unreferenced received file(s) left in storage/.tmp (removed by the periodic sweep): "
-                     f"pynetdicom lost track of them (a second command set before the data set)")
+    wait_for(lambda: not list(temp.iterdir()), timeout=TIMEOUT + SLACK,
+             describe=lambda: f"received file(s) left in storage/.tmp (seed {SEED}): {sorted(p.name for p in temp.iterdir())[:5]}")
 
 
 def test_a_corrupt_sop_class_element_is_quarantined_not_an_exception(receiver_factory):
@@ -711,18 +694,22 @@ def test_a_corrupt_sop_class_element_is_quarantined_not_an_exception(receiver_fa
 
 
 def test_transfers_cut_short_leave_no_temporary_file(receiver_factory):
-    """A data set cut short by an A-ABORT, an A-RELEASE-RQ or a closed connection leaves nothing in
-    storage/.tmp (pynetdicom drops the message with its file; the handlers remove the file)."""
+    """A data set cut short by an A-ABORT, an A-RELEASE-RQ, a closed connection or a second command set
+    before its end leaves nothing in storage/.tmp (pynetdicom drops the message with its file, or
+    replaces the file; the handlers and scp's decode fix remove it)."""
     env = {**os.environ, "DICOMCHECK_NETWORK_TIMEOUT": str(TIMEOUT)}
     server = receiver_factory(env=env)
     run = Run(server.port, random.Random(SEED))
     temp = server.data / "storage" / ".tmp"
-    for ending in (ABORT, RELEASE_RQ, b""):
+    endings = (lambda cid: ABORT, lambda cid: RELEASE_RQ, lambda cid: b"",
+               # a second command set: pynetdicom replaces the first's file with a new one, then the abort
+               lambda cid: p_data((cid, 3, c_store_command(generate_uid()))) + ABORT)
+    for ending in endings:
         sock, cid = run.established()
         body = encode_body(ct_dataset(generate_uid(), generate_uid(), rows=64))
         run.send(sock, p_data((cid, 3, c_store_command(generate_uid())), (cid, 0, body[: len(body) // 2])))
         wait_for(lambda: list(temp.iterdir()), timeout=10)  # the partial file is there while the transfer lasts
-        run.send(sock, ending)
+        run.send(sock, ending(cid))
         run.finish(sock, "cut short")
         wait_for(lambda: not list(temp.iterdir()), timeout=TIMEOUT + SLACK)
     assert rows(server, "SELECT count(*) FROM instance") == [(0,)]

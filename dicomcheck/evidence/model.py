@@ -11,6 +11,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..own_objects import OWN_MANUFACTURER, OWN_SOP_CLASSES, is_own_object  # re-exported: the core recognises them
+
+__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "OWN_MANUFACTURER", "OWN_SOP_CLASSES", "UID_ROOT",
+           "CitedInstance", "EvidenceSource", "Receipt", "is_own_object"]
+
 IMPLEMENTATION_CLASS_UID = "2.25.89263563406052245008553803464866822284"
 """dicomcheck's Implementation Class UID (a UUID-derived OID, PS3.5 B.2): objects we write carry it,
 and the receiver recognises our own KOS / SR when a PACS routes them back."""
@@ -81,21 +86,3 @@ class EvidenceSource:
     def by_role(self, role: str) -> list[CitedInstance]:
         return [i for i in self.instances if i.role == role]
 
-
-# ---- own objects routed back (evidence KOS / SR) ------------------------------------------------
-OWN_MANUFACTURER = "dicomcheck"
-"""Manufacturer (0008,0070) of every object dicomcheck writes (dicomcheck.evidence.dicom)."""
-OWN_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
-    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-})
-
-
-def is_own_object(facts) -> bool:
-    """An evidence KOS / SR that dicomcheck wrote (a PACS may route it back to the receiver): it is
-    stored and indexed, but never triggers, counts toward or feeds a decision. Recognised by SOP
-    class and Manufacturer, which survive any routing (the file meta does not)."""
-    equipment = getattr(facts, "equipment", None)
-    return (getattr(facts, "sop_class_uid", None) in OWN_SOP_CLASSES
-            and getattr(equipment, "manufacturer", None) == OWN_MANUFACTURER)
