@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
+from typing import Literal
+
+CptCode = Literal["76377", "76376"]
+"""The CPT codes an outcome can support."""
 
 
 class SeriesKind(str, Enum):
@@ -100,8 +104,9 @@ class Outcome(str, Enum):
     NEEDS_REVIEW = "needs_review"
 
     @property
-    def code(self) -> str | None:
-        return {Outcome.SUPPORTS_76377: "76377", Outcome.SUPPORTS_76376: "76376"}.get(self)
+    def code(self) -> CptCode | None:
+        codes: dict[Outcome, CptCode] = {Outcome.SUPPORTS_76377: "76377", Outcome.SUPPORTS_76376: "76376"}
+        return codes.get(self)
 
 
 class PacsViewerCode(str, Enum):
@@ -110,3 +115,87 @@ class PacsViewerCode(str, Enum):
     CODE_76376 = "76376"
     CODE_76377 = "76377"
     REVIEW = "review"
+
+
+class RuleId(str, Enum):
+    """Every rule that can fire (the ids of ``rules.RULES``); a hit's ``rule`` and a series' ``kind_rule`` / ``origin_rule``."""  # noqa: E501 - one line: the docstring is this enum's description in schema/analysis.schema.json
+
+    KIND_COMPRESSION_ONLY = "kind.compression_only"
+    KIND_DERIVATION_CODE = "kind.derivation_code"
+    KIND_DERIVATION_DESCRIPTION = "kind.derivation_description"
+    KIND_DERIVED_NO_TECHNIQUE = "kind.derived_no_technique"
+    KIND_DERIVED_PRIMARY_RECONSTRUCTION = "kind.derived_primary_reconstruction"
+    KIND_IMAGE_TYPE_VALUE3 = "kind.image_type_value3"
+    KIND_IMAGE_TYPE_VENDOR_TOKEN = "kind.image_type_vendor_token"
+    KIND_MIXED_SERIES = "kind.mixed_series"
+    KIND_ORIGINAL = "kind.original"
+    KIND_SERIES_DESCRIPTION = "kind.series_description"
+    KIND_SOP_CLASS = "kind.sop_class"
+    KIND_VOLUME_TECHNIQUE = "kind.volume_technique"
+    ORIGIN_ACQUISITION = "origin.acquisition"
+    ORIGIN_BOTH_ROLE_ELSEWHERE = "origin.both_role_elsewhere"
+    ORIGIN_BOTH_ROLE_MATCH = "origin.both_role_match"
+    ORIGIN_CONFLICT = "origin.conflict"
+    ORIGIN_CONSOLE_FINGERPRINT = "origin.console_fingerprint"
+    ORIGIN_CONSOLE_STATION_SERIAL = "origin.console_station_serial"
+    ORIGIN_EQUIPMENT_STRIPPED = "origin.equipment_stripped"
+    ORIGIN_PRODUCT = "origin.product"
+    ORIGIN_PRODUCT_CONFLICT = "origin.product_conflict"
+    ORIGIN_REGISTRY = "origin.registry"
+    ORIGIN_STUDY_DIFFERS = "origin.study_differs"
+    ORIGIN_STUDY_MATCH = "origin.study_match"
+    ORIGIN_UNIDENTIFIED = "origin.unidentified"
+    OUTCOME_BUNDLED_CPT = "outcome.bundled_cpt"
+    OUTCOME_BUNDLED_DESCRIPTION = "outcome.bundled_description"
+    OUTCOME_BUNDLED_IMAGE_FLAVOR = "outcome.bundled_image_flavor"
+    OUTCOME_BUNDLED_MODALITY = "outcome.bundled_modality"
+    OUTCOME_CONSOLE_OR_VIEWER = "outcome.console_or_viewer"
+    OUTCOME_INDEPENDENT_WORKSTATION = "outcome.independent_workstation"
+    OUTCOME_NO_3D = "outcome.no_3d"
+    OUTCOME_NO_BASE_ACQUISITION = "outcome.no_base_acquisition"
+    OUTCOME_NON_TOMOGRAPHIC = "outcome.non_tomographic"
+    OUTCOME_UNKNOWN_ORIGIN = "outcome.unknown_origin"
+    POLICY_CURVED_MPR_IS_3D = "policy.curved_mpr_is_3d"
+    POLICY_MINIP_IS_3D = "policy.minip_is_3d"
+    POLICY_PACS_VIEWER_CODE = "policy.pacs_viewer_code"
+
+
+class ComparisonResult(str, Enum):
+    """How a series' equipment compares with the study's acquisition series."""
+
+    MATCH = "match"
+    DIFFERS = "differs"
+
+
+class DeviceRole(str, Enum):
+    """The roles a site can give a device in its registry (``REGISTRY_ROLES``, a part of :class:`Role`)."""
+
+    SCANNER_CONSOLE = Role.SCANNER_CONSOLE.value
+    PACS_VIEWER = Role.PACS_VIEWER.value
+    INDEPENDENT_WORKSTATION = Role.INDEPENDENT_WORKSTATION.value
+
+
+class TokenRole(str, Enum):
+    """What an API token may do: read, administer, or audit a scope of studies."""
+
+    READER = "reader"
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+
+
+class StudyStatus(str, Enum):
+    """A study in the index: ``pending`` (not yet stable, or newer instances than its decision) or ``decided``."""
+
+    PENDING = "pending"
+    DECIDED = "decided"
+
+
+class CitedRole(StrEnum):
+    """Why an instance is in an evidence pack. A ``StrEnum``: it is also formatted into file names."""
+
+    THREE_D = "3d"
+    """A representative image of a 3D series."""
+    ACQUISITION = "acquisition"
+    """One representative base image."""
+    CITED = "cited"
+    """An instance whose header values the decision cites."""

@@ -9,33 +9,38 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .decision_document import hit_dict, series_dict, study_dict
+from .decision_document import study_dict
+from .decision_record import AnalysisDocument, PolicyRecord, ReadErrorRecord, StudyDecisionRecord
+from .enums import Outcome
 from .model import StudyDecision
 from .registry import Policy
 from .rules import RULES_VERSION
 from .sources import ReadError
 
-__all__ = ["analysis_document", "hit_dict", "render_table", "series_dict", "study_dict"]
-"""The per-study conversion lives in the core (:mod:`dicomcheck.decision_document`); re-exported here."""
+__all__ = ["analysis_document", "render_table", "study_dict"]
+"""The per-study conversion lives in the core (:mod:`dicomcheck.decision_record`); re-exported here."""
 
 
-def analysis_document(studies: Sequence[StudyDecision], errors: Sequence[ReadError], *, policy: Policy, registry_path: str | None) -> dict:
-    return {
-        "dicomcheck_version": __version__,
-        "rules_version": RULES_VERSION,
-        "policy": policy.as_dict(),
-        "devices": registry_path,
-        "studies": [study_dict(s) for s in studies],
-        "errors": [e.as_dict() for e in errors],
-    }
+def analysis_document(
+    studies: Sequence[StudyDecision], errors: Sequence[ReadError], *, policy: Policy, registry_path: str | None
+) -> dict:
+    """The ``analyze --format json`` document, built through its typed model."""
+    return AnalysisDocument(
+        dicomcheck_version=__version__,
+        rules_version=RULES_VERSION,
+        policy=PolicyRecord.from_policy(policy),
+        devices=registry_path,
+        studies=[StudyDecisionRecord.from_decision(s) for s in studies],
+        errors=[ReadErrorRecord.model_validate(e.as_dict()) for e in errors],
+    ).model_dump(mode="json")
 
 
 _OUTCOME_STYLE = {
-    "supports_76377": "bold green",
-    "supports_76376": "bold cyan",
-    "no_3d": "bold",
-    "bundled": "bold magenta",
-    "needs_review": "bold yellow",
+    Outcome.SUPPORTS_76377: "bold green",
+    Outcome.SUPPORTS_76376: "bold cyan",
+    Outcome.NO_3D: "bold",
+    Outcome.BUNDLED: "bold magenta",
+    Outcome.NEEDS_REVIEW: "bold yellow",
 }
 
 
@@ -43,7 +48,7 @@ def render_table(console: Console, studies: Sequence[StudyDecision], errors: Seq
     """One block per study: outcome, code, series with kind / origin / counts, the reasons."""
     for study in studies:
         title = Text.assemble(
-            (study.outcome.value, _OUTCOME_STYLE.get(study.outcome.value, "bold")),
+            (study.outcome.value, _OUTCOME_STYLE[study.outcome]),
             f"  CPT {study.code}" if study.code else "  no 3D code",
         )
         header = (
@@ -61,9 +66,11 @@ def render_table(console: Console, studies: Sequence[StudyDecision], errors: Seq
         table.add_column("origin")
         table.add_column("made by / equipment", overflow="fold")
         for s in study.series:
-            equipment = s.product or " / ".join(
-                v for v in (s.equipment.manufacturer, s.equipment.model, s.equipment.station_name) if v
-            ) or "-"
+            equipment = (
+                s.product
+                or " / ".join(v for v in (s.equipment.manufacturer, s.equipment.model, s.equipment.station_name) if v)
+                or "-"
+            )
             table.add_row(
                 s.series_description or f"(no description) …{s.series_instance_uid[-12:]}",
                 s.modality or "-",

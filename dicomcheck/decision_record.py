@@ -1,0 +1,274 @@
+"""The public, typed form of a decision: what the index stores, the API serves, a pack carries and
+``analyze --format json`` prints.
+
+The rules work on frozen dataclasses (:mod:`dicomcheck.model`); after the rules the decision travels
+as these pydantic models, built once by ``StudyDecisionRecord.from_decision``. Their
+``model_dump(mode="json")`` is the JSON document, and ``schema/analysis.schema.json`` is generated
+from them (``python -m dicomcheck.decision_record > dicomcheck/schema/analysis.schema.json``), so
+the document, its schema and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonValue
+
+from .enums import CptCode, Origin, Outcome, PacsViewerCode, RuleId, SeriesKind, Technique
+from .model import Equipment, Evidence, RuleHit, SeriesDecision, StudyDecision
+
+if TYPE_CHECKING:
+    from .registry import Policy
+
+TAG_PATTERN = r"^\([0-9A-F]{4},[0-9A-F]{4}\)$"
+Text = Annotated[str, Field(min_length=1)]
+
+
+class DecisionModel(BaseModel):
+    """Immutable like the dataclasses it is built from."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class EvidenceRecord(DecisionModel):
+    """One header value behind a statement."""
+
+    signal: Text
+    tag: Annotated[str, Field(pattern=TAG_PATTERN)] | None
+    keyword: Text
+    value: str
+    sop_instance_uid: str | None
+
+    @classmethod
+    def from_evidence(cls, evidence: Evidence) -> Self:
+        return cls(
+            signal=evidence.signal,
+            tag=evidence.tag,
+            keyword=evidence.keyword,
+            value=evidence.value,
+            sop_instance_uid=evidence.sop_instance_uid,
+        )
+
+
+def _evidence(items: Sequence[Evidence]) -> list[EvidenceRecord]:
+    return [EvidenceRecord.from_evidence(item) for item in items]
+
+
+class ReasonRecord(DecisionModel):
+    """A rule that fired, in plain words, the series it speaks of and the evidence that made it fire."""
+
+    rule: RuleId
+    text: Text
+    series: list[str] = []
+    evidence: list[EvidenceRecord] = []
+
+    @classmethod
+    def from_hit(cls, hit: RuleHit) -> Self:
+        return cls(
+            rule=RuleId(hit.rule),
+            text=hit.text,
+            series=list(hit.series_instance_uids),
+            evidence=_evidence(hit.evidence),
+        )
+
+
+class EquipmentRecord(DecisionModel):
+    """The equipment identity of a series' first instance."""
+
+    manufacturer: str | None
+    model: str | None
+    station_name: str | None
+    device_serial_number: str | None
+    software_versions: str | None
+
+    @classmethod
+    def from_equipment(cls, equipment: Equipment) -> Self:
+        return cls(
+            manufacturer=equipment.manufacturer,
+            model=equipment.model,
+            station_name=equipment.station_name,
+            device_serial_number=equipment.device_serial_number,
+            software_versions=equipment.software_versions,
+        )
+
+
+class SeriesRecord(DecisionModel):
+    """What a series is, where it was made, and why."""
+
+    series_instance_uid: Text
+    series_description: str | None
+    modality: str | None
+    sop_class_uid: str | None
+    instances: Annotated[int, Field(ge=1)]
+    kind: SeriesKind
+    technique: Technique | None
+    is_3d: bool
+    origin: Origin
+    product: str | None
+    kind_rule: RuleId
+    origin_rule: RuleId
+    equipment: EquipmentRecord
+    evidence: Annotated[list[EvidenceRecord], Field(min_length=1)]
+
+    @classmethod
+    def from_series(cls, series: SeriesDecision) -> Self:
+        return cls(
+            series_instance_uid=series.series_instance_uid,
+            series_description=series.series_description,
+            modality=series.modality,
+            sop_class_uid=series.sop_class_uid,
+            instances=series.instances,
+            kind=series.kind,
+            technique=series.technique,
+            is_3d=series.is_3d,
+            origin=series.origin,
+            product=series.product,
+            kind_rule=RuleId(series.kind_hit.rule),
+            origin_rule=RuleId(series.origin_hit.rule),
+            equipment=EquipmentRecord.from_equipment(series.equipment),
+            evidence=_evidence(series.evidence),
+        )
+
+
+_CODED_OUTCOME_RULES: list[JsonValue] = [
+    {
+        "if": {"properties": {"outcome": {"const": outcome.value}}},
+        "then": {"properties": {"code": {"const": outcome.code}}},
+    }
+    for outcome in Outcome
+    if outcome.code
+]
+_CODE_RULES: list[JsonValue] = [
+    *_CODED_OUTCOME_RULES,
+    {
+        "if": {"properties": {"outcome": {"enum": [o.value for o in Outcome if not o.code]}}},
+        "then": {"properties": {"code": {"const": None}}},
+    },
+]
+
+
+class StudyDecisionRecord(DecisionModel):
+    """One study's decision: the outcome and its CPT code, the reasons, every series."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": _CODE_RULES})
+
+    study_instance_uid: Text
+    accession_number: str | None
+    patient_id: str | None
+    study_description: str | None
+    study_date: str | None
+    outcome: Outcome
+    code: CptCode | None
+    instances: int
+    reasons: Annotated[list[ReasonRecord], Field(min_length=1)]
+    series: Annotated[list[SeriesRecord], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _code_follows_outcome(self) -> Self:
+        if self.code != self.outcome.code:
+            raise ValueError(f"code {self.code!r} does not go with outcome {self.outcome.value}")
+        return self
+
+    @classmethod
+    def from_decision(cls, study: StudyDecision) -> Self:
+        return cls(
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            patient_id=study.patient_id,
+            study_description=study.study_description,
+            study_date=study.study_date,
+            outcome=study.outcome,
+            code=study.code,
+            instances=study.instances,
+            reasons=[ReasonRecord.from_hit(hit) for hit in study.reasons],
+            series=[SeriesRecord.from_series(s) for s in study.series],
+        )
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document (plain strings, lists and dicts)."""
+        return self.model_dump(mode="json")
+
+
+class PolicyRecord(DecisionModel):
+    """The site policy a decision was made under (``registry.Policy``)."""
+
+    pacs_viewer_code: PacsViewerCode
+    minip_is_3d: bool
+    curved_mpr_is_3d: bool
+
+    @classmethod
+    def from_policy(cls, policy: Policy) -> Self:
+        return cls(
+            pacs_viewer_code=policy.pacs_viewer_code,
+            minip_is_3d=policy.minip_is_3d,
+            curved_mpr_is_3d=policy.curved_mpr_is_3d,
+        )
+
+
+class StudyDecisionUnderPolicy(StudyDecisionRecord):
+    """A study's decision with the policy it was made under: the form the index keeps and a pack carries."""
+
+    policy: PolicyRecord
+
+    @classmethod
+    def from_decision_and_policy(cls, study: StudyDecision, policy: Policy) -> Self:
+        return cls(**dict(StudyDecisionRecord.from_decision(study)), policy=PolicyRecord.from_policy(policy))
+
+
+class ReadErrorRecord(DecisionModel):
+    """An input that was not analysed, and why."""
+
+    path: str
+    reason: Text
+
+
+class AnalysisDocument(DecisionModel):
+    """The document printed by ``dicomcheck analyze --format json``. More keys are allowed than listed."""
+
+    model_config = ConfigDict(extra="allow", title="dicomcheck analyze --format json")
+
+    dicomcheck_version: Text
+    rules_version: Text
+    policy: PolicyRecord
+    devices: str | None
+    studies: list[StudyDecisionRecord]
+    errors: list[ReadErrorRecord]
+
+
+_DEF_NAMES = {
+    "EvidenceRecord": "evidence",
+    "ReasonRecord": "reason",
+    "SeriesRecord": "series",
+    "StudyDecisionRecord": "study",
+    "EquipmentRecord": "equipment",
+    "PolicyRecord": "policy",
+    "ReadErrorRecord": "read_error",
+}
+"""Schema definitions keep the short names clients already reference (``#/$defs/study``)."""
+
+
+def analysis_json_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`AnalysisDocument` (what ``schema/analysis.schema.json`` holds)."""
+    schema = AnalysisDocument.model_json_schema(ref_template="#/$defs/{model}")
+    text = json.dumps(schema)
+    for model, name in _DEF_NAMES.items():
+        text = text.replace(f'"#/$defs/{model}"', f'"#/$defs/{name}"')
+    schema = json.loads(text)
+    schema["$defs"] = {_DEF_NAMES.get(key, key): value for key, value in schema["$defs"].items()}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://dicomcheck.local/schema/analysis.schema.json",
+        **schema,
+        "description": (AnalysisDocument.__doc__ or "").replace("``", "`").strip(),
+    }
+
+
+def analysis_json_schema_text() -> str:
+    return json.dumps(analysis_json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    print(analysis_json_schema_text(), end="")
