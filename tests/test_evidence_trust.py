@@ -17,7 +17,7 @@ import pytest
 
 from dicomcheck.evidence.collect import from_folder
 from dicomcheck.evidence.keys import SiteKey, create_key
-from dicomcheck.evidence.pack import PackError, PackWriter, verify_pack, zip_pack
+from dicomcheck.evidence.pack import PACK_VERSION, PackError, PackWriter, verify_pack, zip_pack
 
 from .peers import free_port, start_receiver
 
@@ -25,7 +25,9 @@ CASE = "ct_workstation_vr_sc"
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicomcheck.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +97,56 @@ def test_a_pack_re_signed_with_another_key_fails_against_every_anchor(pack: Path
     assert verify_pack(pack, expected_fingerprint=forger.fingerprint).ok  # internally consistent ...
     site = pristine["key"].fingerprint
     (tmp_path / "trusted.txt").write_text(site + "\n")
-    for args in ([], ["--fingerprint", site], ["--data", pristine["data"]], ["--trusted-keys", tmp_path / "trusted.txt"]):
+    for args in (
+        [],
+        ["--fingerprint", site],
+        ["--data", pristine["data"]],
+        ["--trusted-keys", tmp_path / "trusted.txt"],
+    ):
         proc = cli("evidence", "verify", pack, *args)
         assert proc.returncode == 1, (args, proc.stdout)  # ... but not signed by the anchor
         assert forger.fingerprint in proc.stdout and not proc.stdout.startswith("OK"), (args, proc.stdout)
     assert not verify_pack(pack, trusted=[site]).ok
+
+
+def _with_pack_version(pack: Path, key: SiteKey, version: object) -> None:
+    """Rewrite the manifest's pack_version (None: drop it, as packs written before it existed) and re-sign."""
+    manifest = json.loads((pack / "manifest.json").read_text())
+    manifest.pop("pack_version")
+    if version is not None:
+        manifest = {"format": manifest.pop("format"), "pack_version": version, **manifest}
+    (pack / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    re_sign(pack, key, {})
+
+
+def test_packs_are_written_as_the_current_pack_version(pristine: dict):
+    manifest = json.loads((pristine["pack"] / "manifest.json").read_text())
+    assert list(manifest)[:2] == ["format", "pack_version"] and manifest["pack_version"] == PACK_VERSION == 2
+
+
+def test_a_version_1_pack_without_pack_version_still_verifies(pack: Path, pristine: dict):
+    _with_pack_version(pack, pristine["key"], None)
+    assert "pack_version" not in json.loads((pack / "manifest.json").read_text())
+    result = verify_pack(pack, trusted=[pristine["key"].fingerprint])
+    assert result.ok, result.problems + result.differences
+    proc = cli("evidence", "verify", pack, "--data", pristine["data"])
+    assert proc.returncode == 0 and proc.stdout.startswith("OK "), proc.stdout + proc.stderr
+
+
+def test_a_newer_pack_version_is_refused_clearly(pack: Path, pristine: dict):
+    _with_pack_version(pack, pristine["key"], PACK_VERSION + 1)
+    assert not verify_pack(pack, trusted=[pristine["key"].fingerprint]).ok
+    proc = cli("evidence", "verify", pack, "--data", pristine["data"])
+    assert proc.returncode == 1, proc.stdout
+    assert f"FAIL manifest.json: pack_version {PACK_VERSION + 1} is newer than this dicomcheck" in proc.stdout
+    assert f"(versions 1 to {PACK_VERSION})" in proc.stdout
+
+
+@pytest.mark.parametrize("version", [0, "2", True])
+def test_a_pack_version_that_is_no_version_is_refused(pack: Path, pristine: dict, version: object):
+    _with_pack_version(pack, pristine["key"], version)
+    result = verify_pack(pack, trusted=[pristine["key"].fingerprint])
+    assert not result.ok and any("is not a pack version" in p for p in result.problems), result.problems
 
 
 def test_bad_trust_anchors_are_usage_errors(pristine: dict, tmp_path: Path):
@@ -125,14 +172,21 @@ def _zip_with(pack: Path, target: Path, extra: list[tuple[str, bytes]], *, first
     return target
 
 
-@pytest.mark.parametrize(("entry", "reason"), [
-    ("report.pdf", "twice"),
-    ("/etc/report.pdf", "absolute"),
-    ("thumbnails/../../report.pdf", ".."),
-    ("C:\\report.pdf", "absolute"),
-])
-def test_zip_with_duplicate_absolute_or_dotdot_entries_is_rejected(pristine: dict, tmp_path: Path, entry: str, reason: str):
-    forged = _zip_with(pristine["pack"], tmp_path / "forged.zip", [(entry, b"%PDF-1.4 forged: supports_76377")], first=True)
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("report.pdf", "twice"),
+        ("/etc/report.pdf", "absolute"),
+        ("thumbnails/../../report.pdf", ".."),
+        ("C:\\report.pdf", "absolute"),
+    ],
+)
+def test_zip_with_duplicate_absolute_or_dotdot_entries_is_rejected(
+    pristine: dict, tmp_path: Path, entry: str, reason: str
+):
+    forged = _zip_with(
+        pristine["pack"], tmp_path / "forged.zip", [(entry, b"%PDF-1.4 forged: supports_76377")], first=True
+    )
     with pytest.raises(PackError, match=reason):
         verify_pack(forged, trusted=[pristine["key"].fingerprint])
     proc = cli("evidence", "verify", forged, "--fingerprint", pristine["key"].fingerprint)
@@ -146,7 +200,9 @@ def test_the_api_zip_form_verifies_with_an_anchor(pristine: dict, tmp_path: Path
     assert cli("evidence", "verify", archive, "--data", pristine["data"]).returncode == 0
 
 
-def test_pack_only_mode_checks_everything_in_the_pack_and_says_instances_were_not_checked(pristine: dict, tmp_path: Path):
+def test_pack_only_mode_checks_everything_in_the_pack_and_says_instances_were_not_checked(
+    pristine: dict, tmp_path: Path
+):
     payer = tmp_path / "payer"  # the payer has the pack, not the hospital's files
     payer.mkdir()
     archive = payer / "evidence.zip"
@@ -278,7 +334,10 @@ def test_processes_creating_the_site_key_at_once_end_with_one_key(tmp_path: Path
     workers = 4
     context = multiprocessing.get_context("fork")  # cheap: the children only generate and link a key
     barrier, results = context.Barrier(workers), context.Queue()
-    procs = [context.Process(target=_site_key_in_process, args=(str(tmp_path / "keys"), barrier, results)) for _ in range(workers)]
+    procs = [
+        context.Process(target=_site_key_in_process, args=(str(tmp_path / "keys"), barrier, results))
+        for _ in range(workers)
+    ]
     for proc in procs:
         proc.start()
     answers = {results.get(timeout=120) for _ in procs}
@@ -290,7 +349,9 @@ def test_processes_creating_the_site_key_at_once_end_with_one_key(tmp_path: Path
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["site-ed25519.pub.pem"]  # no temporary files left
 
 
-def test_a_pack_folder_with_a_symlink_or_a_manifest_naming_a_path_outside_the_storage_fails(pack: Path, pristine: dict, tmp_path: Path):
+def test_a_pack_folder_with_a_symlink_or_a_manifest_naming_a_path_outside_the_storage_fails(
+    pack: Path, pristine: dict, tmp_path: Path
+):
     fp = pristine["key"].fingerprint
     (pack / "thumbnails" / "link.png").symlink_to(pack / "report.pdf")
     with pytest.raises(PackError, match="symbolic link"):
@@ -302,8 +363,14 @@ def test_a_pack_folder_with_a_symlink_or_a_manifest_naming_a_path_outside_the_st
     storage = tmp_path / "storage"
     storage.mkdir()
     manifest = json.loads((pack / "manifest.json").read_text())
-    manifest["cited_instances"] = [{"sop_instance_uid": "1.2.3", "sha256": hashlib.sha256(b"not stored").hexdigest(),
-                                    "location": str(outside), "storage_path": "../outside.dcm"}]
+    manifest["cited_instances"] = [
+        {
+            "sop_instance_uid": "1.2.3",
+            "sha256": hashlib.sha256(b"not stored").hexdigest(),
+            "location": str(outside),
+            "storage_path": "../outside.dcm",
+        }
+    ]
     (pack / "manifest.json").write_text(json.dumps(manifest))
     re_sign(pack, pristine["key"], {})
     result = verify_pack(pack, storage_root=storage, trusted=[fp])

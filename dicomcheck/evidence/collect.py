@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from .. import __version__
 from ..analysis import decide_studies
+from ..decision_record import StudyDecisionUnderPolicy
+from ..enums import CitedRole, SeriesKind
 from ..model import InstanceFacts, facts_from_dict
 from ..registry import Registry, registry_to_dict
-from ..report import study_dict
 from ..rules import RULES_VERSION
 from ..sources import discover, read_all
 from ..store.files import sha256_file
@@ -23,38 +26,51 @@ class EvidenceError(ValueError):
     """The evidence for a study cannot be assembled (unknown study, nothing decided, files missing)."""
 
 
-def cited_uids(document: dict) -> list[str]:
-    """Every SOP Instance UID the decision cites, in order of first mention."""
-    seen: dict[str, None] = {}
-    for series in document.get("series", []):
-        for item in series.get("evidence", []):
-            if item.get("sop_instance_uid"):
-                seen.setdefault(item["sop_instance_uid"], None)
-    for reason in document.get("reasons", []):
-        for item in reason.get("evidence", []):
-            if item.get("sop_instance_uid"):
-                seen.setdefault(item["sop_instance_uid"], None)
-    return list(seen)
+def cited_uids(record: StudyDecisionUnderPolicy) -> list[str]:
+    """Every SOP Instance UID the decision cites, in order of first mention (series, then reasons)."""
+    evidence = [item for s in record.series for item in s.evidence] + [
+        item for r in record.reasons for item in r.evidence
+    ]
+    return list(dict.fromkeys(item.sop_instance_uid for item in evidence if item.sop_instance_uid))
 
 
-def representatives(document: dict, members: dict[str, Sequence[str]]) -> dict[str, str]:
+def representatives(record: StudyDecisionUnderPolicy, members: Mapping[str, Sequence[str]]) -> dict[str, CitedRole]:
     """SOP UID -> role for the images the report shows: the middle image of every 3D series and of
     the first acquisition series. ``members`` maps series UID -> its SOP UIDs in order."""
-    chosen: dict[str, str] = {}
+    chosen: dict[str, CitedRole] = {}
     acquisition_done = False
-    for series in document.get("series", []):
-        uids = members.get(series["series_instance_uid"]) or []
+    for series in record.series:
+        uids = members.get(series.series_instance_uid) or []
         if not uids:
             continue
-        if series.get("is_3d"):
-            chosen[uids[len(uids) // 2]] = "3d"
-        elif series.get("kind") == "acquisition" and not acquisition_done:
-            chosen[uids[len(uids) // 2]] = "acquisition"
+        if series.is_3d:
+            chosen[uids[len(uids) // 2]] = CitedRole.THREE_D
+        elif series.kind is SeriesKind.ACQUISITION and not acquisition_done:
+            chosen[uids[len(uids) // 2]] = CitedRole.ACQUISITION
             acquisition_done = True
     return chosen
 
 
-def from_folder(paths: Iterable[str | Path], study_uid: str | None = None, *, registry: Registry | None = None) -> list[EvidenceSource]:
+def shown_roles(record: StudyDecisionUnderPolicy, members: Mapping[str, Sequence[str]]) -> dict[str, CitedRole]:
+    """SOP UID -> role of every instance a pack holds: the cited ones, then the representatives."""
+    roles = dict.fromkeys(cited_uids(record), CitedRole.CITED)
+    roles.update(representatives(record, members))
+    return roles
+
+
+def stored_record(document: dict, study_uid: str) -> StudyDecisionUnderPolicy:
+    """The typed record of a decision document kept in the index."""
+    try:
+        return StudyDecisionUnderPolicy.model_validate(document)
+    except ValidationError as exc:
+        raise EvidenceError(
+            f"study {study_uid}: the stored decision is not a decision record ({exc.error_count()} problems)"
+        ) from None
+
+
+def from_folder(
+    paths: Iterable[str | Path], study_uid: str | None = None, *, registry: Registry | None = None
+) -> list[EvidenceSource]:
     """Analyse files offline and assemble the evidence of each study (or of ``study_uid``)."""
     sources, _ = discover(paths)
     facts = [r for r in read_all(sources) if isinstance(r, InstanceFacts)]
@@ -62,30 +78,41 @@ def from_folder(paths: Iterable[str | Path], study_uid: str | None = None, *, re
     for decision in decide_studies(facts, registry=registry):
         if study_uid and decision.study_instance_uid != study_uid:
             continue
-        document = study_dict(decision)
-        document["policy"] = (registry or Registry()).policy.as_dict()
+        record = StudyDecisionUnderPolicy.from_decision_and_policy(decision, (registry or Registry()).policy)
         by_uid = {f.sop_instance_uid: f for f in facts if f.study_instance_uid == decision.study_instance_uid}
         members: dict[str, list[str]] = {}
         for f in sorted(by_uid.values(), key=lambda f: f.source):
             members.setdefault(f.series_instance_uid or "", []).append(f.sop_instance_uid or "")
-        roles = {uid: "cited" for uid in cited_uids(document)}
-        roles.update(representatives(document, members))
         instances = []
-        for uid, role in roles.items():
-            f = by_uid.get(uid)
-            if f is None or "!" in f.source:  # ZIP members are not files the pack can hash in place
+        for uid, role in shown_roles(record, members).items():
+            shown = by_uid.get(uid)
+            if shown is None or "!" in shown.source:  # ZIP members are not files the pack can hash in place
                 continue
-            path = Path(f.source).resolve()
-            instances.append(CitedInstance(uid, f.sop_class_uid or "", f.series_instance_uid or "", path, sha256_file(path)[0], role))
-        results.append(EvidenceSource(decision.study_instance_uid, document, tuple(instances), RULES_VERSION, __version__,
-                                      facts=tuple(by_uid.values()), registry=registry_to_dict(registry or Registry())))
+            path = Path(shown.source).resolve()
+            instances.append(
+                CitedInstance(
+                    uid, shown.sop_class_uid or "", shown.series_instance_uid or "", path, sha256_file(path)[0], role
+                )
+            )
+        results.append(
+            EvidenceSource(
+                decision.study_instance_uid,
+                record.document(),
+                tuple(instances),
+                RULES_VERSION,
+                __version__,
+                facts=tuple(by_uid.values()),
+                registry=registry_to_dict(registry or Registry()),
+            )
+        )
     if study_uid and not results:
         raise EvidenceError(f"study {study_uid} is not among the files")
     return results
 
 
-def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int | None = None,
-               registry: Registry | None = None) -> EvidenceSource:
+def from_index(
+    engine, storage_root: Path, study_uid: str, *, decision_id: int | None = None, registry: Registry | None = None
+) -> EvidenceSource:
     """The evidence of a decided study in the index (its current decision unless ``decision_id``).
 
     The facts are those of the instances received up to the decision, so the pack re-derives the
@@ -99,8 +126,11 @@ def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int |
         if decision is None or decision.study_instance_uid != study_uid:
             raise EvidenceError(f"study {study_uid} has no decision yet (it is pending)")
         cutoff = decision.decided_at
-        rows = [r for r in reader.instances_of_study(study_uid)
-                if r.received_at <= cutoff and not is_own_object(facts_from_dict(r.facts))]
+        rows = [
+            r
+            for r in reader.instances_of_study(study_uid)
+            if r.received_at <= cutoff and not is_own_object(facts_from_dict(r.facts))
+        ]
         newest: dict[str, InstanceRecord] = {}
         for row in rows:
             if row.sop_instance_uid not in newest or row.version > newest[row.sop_instance_uid].version:
@@ -109,21 +139,45 @@ def from_index(engine, storage_root: Path, study_uid: str, *, decision_id: int |
         for row in newest.values():
             members.setdefault(row.series_instance_uid, []).append(row.sop_instance_uid)
         document = dict(decision.document)
-        roles = {uid: "cited" for uid in cited_uids(document)}
-        roles.update(representatives(document, members))
+        roles = shown_roles(stored_record(document, study_uid), members)
         shown = {uid: newest[uid] for uid in roles if uid in newest}
         receipts = reader.receipts_of_instances([row.id for row in shown.values()])
     instances = [
-        CitedInstance(uid, row.sop_class_uid or "", row.series_instance_uid, (storage_root / row.path).resolve(), row.sha256, roles[uid],
-                      tuple(Receipt(r.received_at, r.calling_ae, r.called_ae, r.peer_address, r.transfer_syntax_uid,
-                                    r.implementation_class_uid, r.implementation_version_name, r.duplicate) for r in receipts[row.id]))
+        CitedInstance(
+            uid,
+            row.sop_class_uid or "",
+            row.series_instance_uid,
+            (storage_root / row.path).resolve(),
+            row.sha256,
+            roles[uid],
+            tuple(
+                Receipt(
+                    r.received_at,
+                    r.calling_ae,
+                    r.called_ae,
+                    r.peer_address,
+                    r.transfer_syntax_uid,
+                    r.implementation_class_uid,
+                    r.implementation_version_name,
+                    r.duplicate,
+                )
+                for r in receipts[row.id]
+            ),
+        )
         for uid, row in shown.items()
     ]
     decided_at = decision.decided_at
     if decided_at is not None and decided_at.tzinfo is None:
         decided_at = decided_at.replace(tzinfo=dt.UTC)
-    return EvidenceSource(study_uid, document, tuple(instances), decision.rules_version, decision.dicomcheck_version,
-                          decision_id=decision.id, decided_at=decided_at,
-                          facts=tuple(facts_from_dict(r.facts) for r in newest.values()),
-                          registry=registry_to_dict(registry or Registry()),
-                          storage_paths={uid: r.path for uid, r in newest.items()})
+    return EvidenceSource(
+        study_uid,
+        document,
+        tuple(instances),
+        decision.rules_version,
+        decision.dicomcheck_version,
+        decision_id=decision.id,
+        decided_at=decided_at,
+        facts=tuple(facts_from_dict(r.facts) for r in newest.values()),
+        registry=registry_to_dict(registry or Registry()),
+        storage_paths={uid: r.path for uid, r in newest.items()},
+    )

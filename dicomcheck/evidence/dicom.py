@@ -31,19 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from .. import __version__
-from .model import (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, OWN_MANUFACTURER, UID_ROOT, CitedInstance,
-                    EvidenceSource)
-
-KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
-COMPREHENSIVE_SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
-ENHANCED_SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.22"
+from .model import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    OWN_MANUFACTURER,
+    UID_ROOT,
+    CitedInstance,
+    EvidenceSource,
+)
 
 MANUFACTURER = OWN_MANUFACTURER
 MODEL_NAME = "dicomcheck evidence"
@@ -72,8 +74,15 @@ DEIDENTIFICATION_METHOD = (
 )
 
 PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
 )
 _EMPTIED_WHEN_MINIMAL = ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName", "StudyID")
 
@@ -173,9 +182,13 @@ def _read_cited(source: EvidenceSource) -> list[_Cited]:
             raise FileNotFoundError(f"cited instance {instance.sop_instance_uid}: {instance.path} is missing")
         header = pydicom.dcmread(instance.path, stop_before_pixels=True)
         if header.get("SOPInstanceUID") != instance.sop_instance_uid:
-            raise ValueError(f"{instance.path} holds {header.get('SOPInstanceUID')}, not the cited {instance.sop_instance_uid}")
+            raise ValueError(
+                f"{instance.path} holds {header.get('SOPInstanceUID')}, not the cited {instance.sop_instance_uid}"
+            )
         if header.get("StudyInstanceUID") != source.study_instance_uid:
-            raise ValueError(f"{instance.path} belongs to study {header.get('StudyInstanceUID')}, not {source.study_instance_uid}")
+            raise ValueError(
+                f"{instance.path} belongs to study {header.get('StudyInstanceUID')}, not {source.study_instance_uid}"
+            )
         cited.append(_Cited(instance, header))
     return cited
 
@@ -252,7 +265,9 @@ def _dt_value(moment: dt.datetime) -> str:
     return _local(moment).strftime("%Y%m%d%H%M%S")
 
 
-def _finish(ds: Dataset, source: EvidenceSource, patient_study: dict[str, str], *, minimal: bool, series_description: str) -> Dataset:
+def _finish(
+    ds: Dataset, source: EvidenceSource, patient_study: dict[str, str], *, minimal: bool, series_description: str
+) -> Dataset:
     """Our equipment (the dicomcheck writing the object; the SR's provenance names the one that
     decided), times, character set, file meta and (PHI-minimal) de-identification marks."""
     if "ContributingEquipmentSequence" in ds:  # highdicom names itself with the current time: ours is the equipment
@@ -273,7 +288,7 @@ def _finish(ds: Dataset, source: EvidenceSource, patient_study: dict[str, str], 
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = list(DEIDENTIFICATION_METHOD)
     meta = ds.file_meta
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)  # what pydicom would convert the str to
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if "FileMetaInformationGroupLength" in meta:
         del meta.FileMetaInformationGroupLength  # recomputed when written
@@ -291,7 +306,10 @@ def _scrub(ds: Dataset, secrets: Iterable[str], token: str) -> None:
             if element.VR == "SQ":
                 for item in element.value:
                     walk(item)
-            elif element.VR in ("UT", "ST", "LT", "LO", "SH", "PN") and element.keyword not in ("PatientName", "PatientID"):
+            elif element.VR in ("UT", "ST", "LT", "LO", "SH", "PN") and element.keyword not in (
+                "PatientName",
+                "PatientID",
+            ):
                 values = element.value if element.VM > 1 else [element.value]
                 changed = False
                 out = []
@@ -310,14 +328,23 @@ def _scrub(ds: Dataset, secrets: Iterable[str], token: str) -> None:
 def _secrets(header: Dataset) -> list[str]:
     name = _text(header, "PatientName")
     parts = [p for p in name.replace("=", "^").split("^") if len(p) >= 3]
-    return [name, *parts, _text(header, "PatientID"), _text(header, "AccessionNumber"), _text(header, "OtherPatientIDs")]
+    return [
+        name,
+        *parts,
+        _text(header, "PatientID"),
+        _text(header, "AccessionNumber"),
+        _text(header, "OtherPatientIDs"),
+    ]
 
 
 def _observer() -> hd.sr.ObserverContext:
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=IMPLEMENTATION_CLASS_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME,
+            uid=IMPLEMENTATION_CLASS_UID,
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=MODEL_NAME,
         ),
     )
 
@@ -344,7 +371,8 @@ def build_kos(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
         f"dicomcheck {source.dicomcheck_version} (rules {source.rules_version}) evidence for study "
         f"{source.study_instance_uid}. {outcome_statement(source)} Rules: {rules}. "
         f"Flagged: the {len(cited)} instance(s) whose header values the decision cites "
-        f"({roles['3d']} representative 3D, {roles['acquisition']} representative acquisition, {roles['cited']} cited); "
+        f"({roles['3d']} representative 3D, {roles['acquisition']} representative acquisition, "
+        f"{roles['cited']} cited); "
         "the dicomcheck evidence report (Comprehensive SR) of this study gives the values."
     )
     content = hd.ko.KeyObjectSelection(
@@ -355,14 +383,24 @@ def build_kos(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
     )
     evidence = [_evidence_stub(c, patient_study if i == 0 else None) for i, c in enumerate(cited)]
     kos = hd.ko.KeyObjectSelectionDocument(
-        evidence=evidence, content=content, series_instance_uid=new_uid(), series_number=KOS_SERIES_NUMBER,
-        sop_instance_uid=new_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        evidence=evidence,
+        content=content,
+        series_instance_uid=new_uid(),
+        series_number=KOS_SERIES_NUMBER,
+        sop_instance_uid=new_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     if minimal:
         _scrub(kos, _secrets(header), "[removed]")
-    return _finish(kos, source, patient_study, minimal=minimal,
-                   series_description="dicomcheck evidence: cited images" + (" (PHI-minimal)" if minimal else ""))
+    return _finish(
+        kos,
+        source,
+        patient_study,
+        minimal=minimal,
+        series_description="dicomcheck evidence: cited images" + (" (PHI-minimal)" if minimal else ""),
+    )
 
 
 def _reference_stub(c: _Cited) -> Dataset:
@@ -375,37 +413,50 @@ def _reference_stub(c: _Cited) -> Dataset:
 
 # ---------------------------------------------------------------------------- SR
 def _container(name: hd.sr.CodedConcept, items: Sequence[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
-    container = hd.sr.ContainerContentItem(name=name, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-                                           is_content_continuous=False)
+    container = hd.sr.ContainerContentItem(
+        name=name, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS, is_content_continuous=False
+    )
     container.ContentSequence = hd.sr.ContentSequence(list(items))
     return container
 
 
-def _text_item(name: hd.sr.CodedConcept, value: str, relationship=hd.sr.RelationshipTypeValues.CONTAINS) -> hd.sr.TextContentItem:
+def _text_item(
+    name: hd.sr.CodedConcept, value: str, relationship=hd.sr.RelationshipTypeValues.CONTAINS
+) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(name=name, value=value, relationship_type=relationship)
 
 
 def _reference(c: _Cited, name: hd.sr.CodedConcept, relationship) -> hd.sr.ContentItem:
     cls = hd.sr.ImageContentItem if c.is_image else hd.sr.CompositeContentItem
-    return cls(name=name, referenced_sop_class_uid=c.header.SOPClassUID, referenced_sop_instance_uid=c.header.SOPInstanceUID,
-               relationship_type=relationship)
+    return cls(
+        name=name,
+        referenced_sop_class_uid=c.header.SOPClassUID,
+        referenced_sop_instance_uid=c.header.SOPInstanceUID,
+        relationship_type=relationship,
+    )
 
 
 def _cited_value(item: dict, by_uid: dict[str, _Cited]) -> hd.sr.TextContentItem:
     """One header value behind a statement, INFERRED FROM the instance it was read from."""
     tag = f" {item['tag']}" if item.get("tag") else ""
-    text = f"{item.get('keyword') or '?'}{tag} = \"{item.get('value') or ''}\" [{item.get('signal')}]"
+    text = f'{item.get("keyword") or "?"}{tag} = "{item.get("value") or ""}" [{item.get("signal")}]'
     node = _text_item(C.CITED_VALUE, text)
     cited = by_uid.get(item.get("sop_instance_uid") or "")
     if cited is not None:
-        node.ContentSequence = hd.sr.ContentSequence([
-            _reference(cited, C.SOURCE, hd.sr.RelationshipTypeValues.INFERRED_FROM)])
+        node.ContentSequence = hd.sr.ContentSequence(
+            [_reference(cited, C.SOURCE, hd.sr.RelationshipTypeValues.INFERRED_FROM)]
+        )
     return node
 
 
 def _series_item(series: dict, by_uid: dict[str, _Cited]) -> hd.sr.ContainerContentItem:
-    items: list[hd.sr.ContentItem] = [hd.sr.UIDRefContentItem(name=C.SERIES_UID, value=series["series_instance_uid"],
-                                                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)]
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.UIDRefContentItem(
+            name=C.SERIES_UID,
+            value=series["series_instance_uid"],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    ]
     equipment = series.get("equipment") or {}
     for concept, value in (
         (C.SERIES_DESCRIPTION, series.get("series_description")),
@@ -431,8 +482,10 @@ def _series_item(series: dict, by_uid: dict[str, _Cited]) -> hd.sr.ContainerCont
 
 def _reason_item(reason: dict, by_uid: dict[str, _Cited]) -> hd.sr.ContainerContentItem:
     items: list[hd.sr.ContentItem] = [_text_item(C.RULE, reason["rule"]), _text_item(C.STATEMENT, reason["text"])]
-    items.extend(hd.sr.UIDRefContentItem(name=C.SERIES_UID, value=uid, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-                 for uid in reason.get("series", []))
+    items.extend(
+        hd.sr.UIDRefContentItem(name=C.SERIES_UID, value=uid, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for uid in reason.get("series", [])
+    )
     items.extend(_cited_value(e, by_uid) for e in reason.get("evidence", []))
     return _container(C.REASON, items)
 
@@ -476,50 +529,90 @@ def build_sr(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
     root = hd.sr.ContainerContentItem(name=C.TITLE, is_content_continuous=False)  # SEPARATE: discrete statements
     root.ContentSequence = hd.sr.ContentSequence()
     root.ContentSequence.extend(_observer())
-    root.ContentSequence.append(hd.sr.CodeContentItem(
-        name=C.OUTCOME, value=_private(outcome, OUTCOME_MEANINGS.get(outcome, outcome)),
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    root.ContentSequence.append(
+        hd.sr.CodeContentItem(
+            name=C.OUTCOME,
+            value=_private(outcome, OUTCOME_MEANINGS.get(outcome, outcome)),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
     if document.get("code"):
         code = str(document["code"])
-        root.ContentSequence.append(hd.sr.CodeContentItem(
-            name=C.BILLING_CODE, value=hd.sr.CodedConcept(code, "C4", CPT_MEANINGS.get(code, f"CPT {code}")),
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        root.ContentSequence.append(
+            hd.sr.CodeContentItem(
+                name=C.BILLING_CODE,
+                value=hd.sr.CodedConcept(code, "C4", CPT_MEANINGS.get(code, f"CPT {code}")),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     root.ContentSequence.append(_text_item(C.SUMMARY, outcome_statement(source)))
     for reason in document.get("reasons", []):
         root.ContentSequence.append(_reason_item(reason, by_uid))
     for series in document.get("series", []):
         root.ContentSequence.append(_series_item(series, by_uid))
-    root.ContentSequence.append(_container(C.CITED_INSTANCES, [
-        _reference(c, ROLE_CONCEPTS.get(c.instance.role, ROLE_CONCEPTS["cited"]), hd.sr.RelationshipTypeValues.CONTAINS)
-        for c in cited]))
+    root.ContentSequence.append(
+        _container(
+            C.CITED_INSTANCES,
+            [
+                _reference(
+                    c, ROLE_CONCEPTS.get(c.instance.role, ROLE_CONCEPTS["cited"]), hd.sr.RelationshipTypeValues.CONTAINS
+                )
+                for c in cited
+            ],
+        )
+    )
     provenance: list[hd.sr.ContentItem] = [
         _text_item(C.ALGORITHM_NAME, MANUFACTURER),
         _text_item(C.ALGORITHM_VERSION, source.dicomcheck_version),
         _text_item(C.RULES_VERSION, source.rules_version),
-        hd.sr.DateTimeContentItem(name=C.PROCESSED_AT, value=_dt_value(source.generated_at),
-                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+        hd.sr.DateTimeContentItem(
+            name=C.PROCESSED_AT,
+            value=_dt_value(source.generated_at),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ),
     ]
     if source.decision_id is not None:
         provenance.append(_text_item(C.DECISION_ID, f"dicomcheck decision #{source.decision_id}"))
     if source.decided_at is not None:
-        provenance.append(hd.sr.DateTimeContentItem(name=C.DECIDED_AT, value=_dt_value(source.decided_at),
-                                                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        provenance.append(
+            hd.sr.DateTimeContentItem(
+                name=C.DECIDED_AT,
+                value=_dt_value(source.decided_at),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     if policy := _policy_text(document.get("policy")):
         provenance.append(_text_item(C.POLICY, policy))
     root.ContentSequence.append(_container(C.PROVENANCE, provenance))
 
     evidence = [_evidence_stub(c, patient_study if i == 0 else None) for i, c in enumerate(cited)]
     sr = hd.sr.ComprehensiveSR(
-        evidence=evidence, content=root, series_instance_uid=new_uid(), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=new_uid(), instance_number=1, manufacturer=MANUFACTURER,
-        is_complete=True, is_final=True, is_verified=False, transfer_syntax_uid=ExplicitVRLittleEndian,
-        coding_schemes=[CodingSchemeIdentificationItem(
-            designator=SCHEME, name="dicomcheck evidence concepts", responsible_organization="dicomcheck")],
+        evidence=evidence,
+        content=root,
+        series_instance_uid=new_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=new_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=True,
+        is_verified=False,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=SCHEME, name="dicomcheck evidence concepts", responsible_organization="dicomcheck"
+            )
+        ],
     )
     if minimal:
         _scrub(sr, _secrets(header), "[removed]")
-    return _finish(sr, source, patient_study, minimal=minimal,
-                   series_description="dicomcheck evidence report" + (" (PHI-minimal)" if minimal else ""))
+    return _finish(
+        sr,
+        source,
+        patient_study,
+        minimal=minimal,
+        series_description="dicomcheck evidence report" + (" (PHI-minimal)" if minimal else ""),
+    )
 
 
 def write(ds: Dataset, path: Path) -> Path:

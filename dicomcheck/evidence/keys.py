@@ -83,9 +83,13 @@ def create_key(key_dir: Path, *, force: bool = False) -> SiteKey:
     key_dir.mkdir(parents=True, exist_ok=True)
     private_path = key_dir / PRIVATE_NAME
     if private_path.exists() and not force:
-        raise KeyExists(f"{private_path} exists already; a new key would orphan the packs signed with it (use --force to replace)")
+        raise KeyExists(
+            f"{private_path} exists already; a new key would orphan the packs signed with it (use --force to replace)"
+        )
     key = SiteKey(Ed25519PrivateKey.generate())
-    pem = key.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = key.private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     temp = key_dir / f".{PRIVATE_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -99,12 +103,18 @@ def create_key(key_dir: Path, *, force: bool = False) -> SiteKey:
             try:
                 os.link(temp, private_path)
             except FileExistsError:
-                raise KeyExists(f"{private_path} exists already; a new key would orphan the packs signed with it (use --force to replace)") from None
+                raise KeyExists(
+                    f"{private_path} exists already; a new key would orphan the packs signed with it "
+                    "(use --force to replace)"
+                ) from None
             except OSError:  # a file system without hard links: exclusive create of the key itself
                 try:
                     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 except FileExistsError:
-                    raise KeyExists(f"{private_path} exists already; a new key would orphan the packs signed with it (use --force to replace)") from None
+                    raise KeyExists(
+                        f"{private_path} exists already; a new key would orphan the packs signed with it "
+                        "(use --force to replace)"
+                    ) from None
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(pem)
                     fh.flush()
@@ -137,7 +147,10 @@ def check_fingerprint(text: str) -> str:
     """A fingerprint as ``keys show`` prints it, or ValueError saying what is wrong."""
     value = text.strip()
     if not FINGERPRINT.match(value):
-        raise ValueError(f"{value[:80]!r} is not a key fingerprint (SHA256: and 43 base64 characters, as `dicomcheck keys show` prints)")
+        raise ValueError(
+            f"{value[:80]!r} is not a key fingerprint "
+            "(SHA256: and 43 base64 characters, as `dicomcheck keys show` prints)"
+        )
     return value
 
 

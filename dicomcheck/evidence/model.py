@@ -11,10 +11,20 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..enums import CitedRole
 from ..own_objects import OWN_MANUFACTURER, OWN_SOP_CLASSES, is_own_object  # re-exported: the core recognises them
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "OWN_MANUFACTURER", "OWN_SOP_CLASSES", "UID_ROOT",
-           "CitedInstance", "EvidenceSource", "Receipt", "is_own_object"]
+__all__ = [
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "OWN_MANUFACTURER",
+    "OWN_SOP_CLASSES",
+    "UID_ROOT",
+    "CitedInstance",
+    "EvidenceSource",
+    "Receipt",
+    "is_own_object",
+]
 
 IMPLEMENTATION_CLASS_UID = "2.25.89263563406052245008553803464866822284"
 """dicomcheck's Implementation Class UID (a UUID-derived OID, PS3.5 B.2): objects we write carry it,
@@ -60,8 +70,7 @@ class CitedInstance:
     path: Path
     """The stored file (absolute)."""
     sha256: str
-    role: str
-    """``3d`` (a representative image of a 3D series), ``acquisition`` (one base image) or ``cited``."""
+    role: CitedRole
     receipts: tuple[Receipt, ...] = ()
 
 
@@ -69,7 +78,8 @@ class CitedInstance:
 class EvidenceSource:
     study_instance_uid: str
     document: dict
-    """The study as ``analyze --format json`` prints it (outcome, code, reasons, series, policy)."""
+    """The JSON dump of the study's ``StudyDecisionUnderPolicy`` record (outcome, code, reasons, series,
+    policy): the bytes a pack carries, and what the KOS, SR and PDF producers walk."""
     instances: tuple[CitedInstance, ...]
     rules_version: str
     dicomcheck_version: str
@@ -85,4 +95,3 @@ class EvidenceSource:
 
     def by_role(self, role: str) -> list[CitedInstance]:
         return [i for i in self.instances if i.role == role]
-

@@ -34,21 +34,34 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..analysis import decide_study, group_by_study
+from ..decision_record import StudyDecisionRecord
+from ..enums import CitedRole
 from ..model import facts_from_dict, facts_to_dict
 from ..registry import registry_from_dict
-from ..report import study_dict
 from ..rules import RULES_VERSION
 from .keys import SiteKey, fingerprint, load_public_pem, verify_signature
 from .model import EvidenceSource
 
+if TYPE_CHECKING:  # types only: the producers are imported when a writer is made (highdicom, reportlab are heavy)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from pydicom.dataset import Dataset
+
+    from .thumbnails import Thumbnail
+
 FORMAT = "dicomcheck-evidence-pack/1"
+PACK_VERSION = 2
+"""The manifest's ``pack_version``: 2 since the decision is a typed record; packs written before
+carry none and are version 1 (the same files). ``verify_pack`` reads every version up to this one."""
 CANNOT_SHOW = (
-    "Concurrent physician supervision of the 3D post-processing (CPT descriptor; billing-rules R11): headers do not record who chose the anatomy, views and images.",
+    "Concurrent physician supervision of the 3D post-processing (CPT descriptor; billing-rules R11): "
+    "headers do not record who chose the anatomy, views and images.",
     "Medical necessity and the order for 3D rendering (R12): these live in the order and the clinical record.",
-    "The written report: a separate 3D interpretation and its statement of where the 3D was made (R10, R12). The images corroborate or contradict it; they do not replace it.",
+    "The written report: a separate 3D interpretation and its statement of where the 3D was made (R10, R12). "
+    "The images corroborate or contradict it; they do not replace it.",
     "Units: one code per study is stated here; whether non-contiguous regions justify more is a coding decision (R15).",
 )
 SIGNED = ("manifest.json", "manifest.sig")
@@ -95,76 +108,99 @@ class PackWriter:
     """Assembles a pack; the producers are injected so each part can be tested on its own."""
 
     key: SiteKey
-    kos: Callable[..., object] | None = None
-    sr: Callable[..., object] | None = None
-    thumbnail: Callable[..., object] | None = None
+    kos: Callable[..., Dataset] | None = None
+    sr: Callable[..., Dataset] | None = None
+    thumbnail: Callable[..., Thumbnail] | None = None
     pdf: Callable[..., bytes] | None = None
     files: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kos is None or self.sr is None:
+        self.kos, self.sr, self.thumbnail, self.pdf = self._producers()
+
+    def _producers(
+        self,
+    ) -> tuple[Callable[..., Dataset], Callable[..., Dataset], Callable[..., Thumbnail], Callable[..., bytes]]:
+        """The injected producers, the default one in place of any left None."""
+        kos, sr, thumbnail, pdf = self.kos, self.sr, self.thumbnail, self.pdf
+        if kos is None or sr is None:
             from .dicom import build_kos, build_sr
 
-            self.kos, self.sr = self.kos or build_kos, self.sr or build_sr
-        if self.thumbnail is None:
-            from .thumbnails import thumbnail
+            kos, sr = kos or build_kos, sr or build_sr
+        if thumbnail is None:
+            from .thumbnails import thumbnail as default_thumbnail
 
-            self.thumbnail = thumbnail
-        if self.pdf is None:
+            thumbnail = default_thumbnail
+        if pdf is None:
             from .report_pdf import render_pdf
 
-            self.pdf = render_pdf
+            pdf = render_pdf
+        return kos, sr, thumbnail, pdf
 
     def build(self, source: EvidenceSource, *, minimal: bool = False) -> dict[str, bytes]:
         """Every file of the pack, by relative path (manifest and signature included)."""
         if minimal:
             source = minimal_source(source, self.key)
+        kos, sr, make_thumbnail, pdf = self._producers()
         files: dict[str, bytes] = {}
-        thumbs = {}
-        thumb_index = {}
+        thumbs: dict[str, Thumbnail] = {}
+        thumb_index: dict[str, dict[str, object]] = {}
         for cited in source.instances:
-            if cited.role not in ("3d", "acquisition"):
+            if cited.role not in (CitedRole.THREE_D, CitedRole.ACQUISITION):
                 continue
-            thumb = self.thumbnail(cited.path, allow_burned_in=not minimal)
+            thumb = make_thumbnail(cited.path, allow_burned_in=not minimal)
             thumbs[cited.sop_instance_uid] = thumb
-            entry = {"role": cited.role, "note": getattr(thumb, "note", None), "window": getattr(thumb, "window", None), "file": None}
-            if getattr(thumb, "png", None):
+            entry = {
+                "role": cited.role,
+                "note": getattr(thumb, "note", None),
+                "window": getattr(thumb, "window", None),
+                "file": None,
+            }
+            png = getattr(thumb, "png", None)
+            if png:
                 name = f"thumbnails/{cited.role}-{cited.sop_instance_uid}.png"
-                files[name] = thumb.png
+                files[name] = png
                 entry["file"] = name
             thumb_index[cited.sop_instance_uid] = entry
-        files["report.pdf"] = self.pdf(source, thumbs, minimal=minimal)
-        for name, build in (("kos.dcm", self.kos), ("sr.dcm", self.sr)):
+        files["report.pdf"] = pdf(source, thumbs, minimal=minimal)
+        for name, build in (("kos.dcm", kos), ("sr.dcm", sr)):
             dataset = build(source, minimal=minimal)
             buffer = io.BytesIO()
             dataset.save_as(buffer, enforce_file_format=True)
             files[name] = buffer.getvalue()
-        files["evidence.json"] = _json({
-            "format": "dicomcheck-evidence/1",
-            "minimal": minimal,
-            "generated_at": source.generated_at.isoformat(),
-            "dicomcheck_version": __version__,
-            "decision": {
-                "id": source.decision_id,
-                "decided_at": source.decided_at.isoformat() if source.decided_at else None,
-                "rules_version": source.rules_version,
-                "dicomcheck_version": source.dicomcheck_version,
-            },
-            "study": source.document,
-            "cited_instances": [
-                {"sop_instance_uid": c.sop_instance_uid, "sop_class_uid": c.sop_class_uid,
-                 "series_instance_uid": c.series_instance_uid, "role": c.role, "sha256": c.sha256,
-                 "receipts": [r.as_dict() for r in c.receipts] or "analysed from files: no network receipt"}
-                for c in source.instances
-            ],
-            "thumbnails": thumb_index,
-            "cannot_show": list(CANNOT_SHOW),
-            "registry": source.registry,
-            "facts": [facts_to_dict(f) for f in source.facts],
-        })
+        files["evidence.json"] = _json(
+            {
+                "format": "dicomcheck-evidence/1",
+                "minimal": minimal,
+                "generated_at": source.generated_at.isoformat(),
+                "dicomcheck_version": __version__,
+                "decision": {
+                    "id": source.decision_id,
+                    "decided_at": source.decided_at.isoformat() if source.decided_at else None,
+                    "rules_version": source.rules_version,
+                    "dicomcheck_version": source.dicomcheck_version,
+                },
+                "study": source.document,
+                "cited_instances": [
+                    {
+                        "sop_instance_uid": c.sop_instance_uid,
+                        "sop_class_uid": c.sop_class_uid,
+                        "series_instance_uid": c.series_instance_uid,
+                        "role": c.role,
+                        "sha256": c.sha256,
+                        "receipts": [r.as_dict() for r in c.receipts] or "analysed from files: no network receipt",
+                    }
+                    for c in source.instances
+                ],
+                "thumbnails": thumb_index,
+                "cannot_show": list(CANNOT_SHOW),
+                "registry": source.registry,
+                "facts": [facts_to_dict(f) for f in source.facts],
+            }
+        )
         files["public_key.pem"] = self.key.public_pem()
         manifest = {
             "format": FORMAT,
+            "pack_version": PACK_VERSION,
             "study_instance_uid": source.study_instance_uid,
             "decision_id": source.decision_id,
             "outcome": source.document.get("outcome"),
@@ -174,10 +210,16 @@ class PackWriter:
             "generated_at": source.generated_at.isoformat(),
             "minimal": minimal,
             "public_key_fingerprint": self.key.fingerprint,
-            "files": [{"path": name, "sha256": _sha256(data), "size": len(data)} for name, data in sorted(files.items())],
+            "files": [
+                {"path": name, "sha256": _sha256(data), "size": len(data)} for name, data in sorted(files.items())
+            ],
             "cited_instances": [
-                {"sop_instance_uid": c.sop_instance_uid, "sha256": c.sha256, "location": str(c.path),
-                 "storage_path": source.storage_paths.get(c.sop_instance_uid)}
+                {
+                    "sop_instance_uid": c.sop_instance_uid,
+                    "sha256": c.sha256,
+                    "location": str(c.path),
+                    "storage_path": source.storage_paths.get(c.sop_instance_uid),
+                }
                 for c in source.instances
             ],
         }
@@ -207,7 +249,9 @@ class PackWriter:
                 out_dir.rmdir()  # empty (checked above); fails if a pack appeared meanwhile
             os.replace(staging, out_dir)
         except OSError as exc:
-            raise PackError(f"{out_dir}: the pack could not be written ({type(exc).__name__}: {exc.strerror or exc})") from None
+            raise PackError(
+                f"{out_dir}: the pack could not be written ({type(exc).__name__}: {exc.strerror or exc})"
+            ) from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -276,7 +320,9 @@ def _read_pack(path: Path) -> dict[str, bytes]:
                 raise PackError(f"{links[0]}: a symbolic link (a pack holds only its own files); not a pack")
             return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
         except OSError as exc:
-            raise PackError(f"{path}: the pack folder cannot be read ({type(exc).__name__}: {exc.strerror or exc})") from None
+            raise PackError(
+                f"{path}: the pack folder cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
+            ) from None
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
@@ -286,7 +332,10 @@ def _read_pack(path: Path) -> dict[str, bytes]:
                 if problem:
                     raise PackError(f"{path}: entry {info.filename!r} {problem}; not a pack")
                 if info.filename in seen:
-                    raise PackError(f"{path}: entry {info.filename!r} appears twice (a second file of one name could show another pack); not a pack")
+                    raise PackError(
+                        f"{path}: entry {info.filename!r} appears twice "
+                        "(a second file of one name could show another pack); not a pack"
+                    )
                 seen.add(info.filename)
             if sum(info.file_size for info in infos) > MAX_PACK_BYTES:
                 raise PackError(f"{path}: declares more than {MAX_PACK_BYTES} bytes uncompressed; not a pack")
@@ -307,8 +356,14 @@ def _stored_location(cited: dict, storage_root: Path | None) -> Path | None:
     return Path(location) if isinstance(location, str) and location else None
 
 
-def verify_pack(path: Path, *, storage_root: Path | None = None, expected_fingerprint: str | None = None,
-                trusted: Iterable[str] = (), check_instances: bool = True) -> Verification:
+def verify_pack(
+    path: Path,
+    *,
+    storage_root: Path | None = None,
+    expected_fingerprint: str | None = None,
+    trusted: Iterable[str] = (),
+    check_instances: bool = True,
+) -> Verification:
     """Check the signature and its signer against the trust anchors (``trusted`` fingerprints and
     ``expected_fingerprint``), every file, and (unless ``check_instances`` is False: pack-only
     mode) every cited stored instance; re-derive the outcome from the recorded headers.
@@ -318,48 +373,111 @@ def verify_pack(path: Path, *, storage_root: Path | None = None, expected_finger
     result = Verification(instances_checked=check_instances)
     anchors = {*trusted, *([expected_fingerprint] if expected_fingerprint else [])}
     files = _read_pack(Path(path))
+    signed = _read_signed(files, result)
+    if signed is None:
+        return result
+    key, manifest, signature = signed
+    result.manifest = manifest
+    result.signer = fingerprint(key)
+    if problem := _version_problem(manifest.get("pack_version", 1)):
+        result.problems.append(problem)
+        return result
+    _check_signature(files["manifest.json"], key, signature, anchors, result)
+    contents = _manifest_contents(manifest)
+    if contents is None:
+        result.problems.append("manifest.json: not a pack manifest (files / cited_instances malformed)")
+        return result
+    listed, cited_list = contents
+    _check_files(files, listed, result)
+    if check_instances:
+        _check_instances(cited_list, storage_root, result)
+    else:
+        result.notes.append(
+            f"pack-only: the {len(cited_list)} cited stored instances were NOT checked "
+            "(only the pack's own files, its signature and the re-derivation from its recorded headers)"
+        )
+    if "evidence.json" in files:
+        _rederive_recorded(files["evidence.json"], manifest, result)
+    return result
+
+
+_UNREADABLE = (ValueError, TypeError, UnicodeDecodeError)
+
+
+def _read_signed(
+    files: dict[str, bytes], result: Verification
+) -> tuple[Ed25519PublicKey, dict[str, Any], bytes] | None:
+    """The public key, the manifest (a JSON object) and the signature of a pack, or None with the
+    problems recorded in ``result`` (a part missing, unreadable, or a manifest that is no object)."""
     for required in ("manifest.json", "manifest.sig", "public_key.pem"):
         if required not in files:
             result.problems.append(f"{required}: missing from the pack")
     if result.problems:
-        return result
-    parsers = {"public_key.pem": load_public_pem, "manifest.json": json.loads,
-               "manifest.sig": lambda data: bytes.fromhex(data.decode().strip())}
-    parsed = {}
-    for name, parse in parsers.items():
-        try:
-            parsed[name] = parse(files[name])
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            result.problems.append(f"{name}: unreadable ({type(exc).__name__}: {str(exc)[:200]})")
-    if result.problems:
-        return result
-    key, manifest, signature = parsed["public_key.pem"], parsed["manifest.json"], parsed["manifest.sig"]
+        return None
+
+    def unreadable(name: str, exc: Exception) -> None:
+        result.problems.append(f"{name}: unreadable ({type(exc).__name__}: {str(exc)[:200]})")
+
+    key: Ed25519PublicKey | None = None
+    manifest: object = None
+    signature: bytes | None = None
+    try:
+        key = load_public_pem(files["public_key.pem"])
+    except _UNREADABLE as exc:
+        unreadable("public_key.pem", exc)
+    try:
+        manifest = json.loads(files["manifest.json"])
+    except _UNREADABLE as exc:
+        unreadable("manifest.json", exc)
+    try:
+        signature = bytes.fromhex(files["manifest.sig"].decode().strip())
+    except _UNREADABLE as exc:
+        unreadable("manifest.sig", exc)
+    if result.problems or key is None or signature is None:
+        return None
     if not isinstance(manifest, dict):
         result.problems.append("manifest.json: not a JSON object")
-        return result
-    result.manifest = manifest
-    result.signer = fingerprint(key)
-    if not verify_signature(key, signature, files["manifest.json"]):
+        return None
+    return key, manifest, signature
+
+
+def _check_signature(
+    manifest_bytes: bytes, key: Ed25519PublicKey, signature: bytes, anchors: set[str], result: Verification
+) -> None:
+    """The signature over the manifest, the key the manifest names, and the signer against the trust anchors."""
+    if not verify_signature(key, signature, manifest_bytes):
         result.problems.append("manifest.json: the signature does not match (manifest or signature changed)")
-    if manifest.get("public_key_fingerprint") != result.signer:
+    if result.manifest.get("public_key_fingerprint") != result.signer:
         result.problems.append("public_key.pem: not the key the manifest names")
     if not anchors:
-        result.problems.append(f"signer unknown: the pack is signed by {result.signer} and no trust anchor was given "
-                               "(the site's published fingerprint, its key or a file of trusted fingerprints); "
-                               "compare this fingerprint with the one the site publishes")
+        result.problems.append(
+            f"signer unknown: the pack is signed by {result.signer} and no trust anchor was given "
+            "(the site's published fingerprint, its key or a file of trusted fingerprints); "
+            "compare this fingerprint with the one the site publishes"
+        )
     elif result.signer in anchors:
         result.trusted = True
     else:
-        result.problems.append(f"public_key.pem: signed by {result.signer}, which is not a trusted key "
-                               f"(trusted: {', '.join(sorted(anchors))}); the pack may have been re-signed")
+        result.problems.append(
+            f"public_key.pem: signed by {result.signer}, which is not a trusted key "
+            f"(trusted: {', '.join(sorted(anchors))}); the pack may have been re-signed"
+        )
+
+
+def _manifest_contents(manifest: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The manifest's files (path -> entry) and cited instances, or None when they are malformed."""
     try:
         listed = {entry["path"]: entry for entry in manifest.get("files", [])}
         cited_list = list(manifest.get("cited_instances", []))
         if not all(isinstance(c, dict) and isinstance(c.get("sop_instance_uid"), str) for c in cited_list):
             raise TypeError("cited_instances")
     except (TypeError, KeyError, AttributeError):
-        result.problems.append("manifest.json: not a pack manifest (files / cited_instances malformed)")
-        return result
+        return None
+    return listed, cited_list
+
+
+def _check_files(files: dict[str, bytes], listed: dict[str, Any], result: Verification) -> None:
+    """Every file the manifest lists is in the pack with its SHA-256, and the pack holds no other."""
     for name, entry in listed.items():
         data = files.get(name)
         if data is None:
@@ -368,45 +486,71 @@ def verify_pack(path: Path, *, storage_root: Path | None = None, expected_finger
             result.problems.append(f"{name}: changed (SHA-256 differs from the manifest)")
     for name in sorted(set(files) - set(listed) - set(SIGNED)):
         result.problems.append(f"{name}: not in the manifest")
-    if check_instances:
-        for cited in cited_list:
-            location = _stored_location(cited, storage_root)
-            if location is None or not location.is_file():
-                result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} is missing "
-                                       "(with only the pack, verify with --pack-only)")
-            elif _file_sha256(location) != cited.get("sha256"):
-                result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} changed (SHA-256 differs)")
-    else:
-        result.notes.append(f"pack-only: the {len(cited_list)} cited stored instances were NOT checked "
-                            "(only the pack's own files, its signature and the re-derivation from its recorded headers)")
-    if "evidence.json" in files:
-        try:
-            _rederive(json.loads(files["evidence.json"]), manifest, result)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            result.differences.append(f"evidence.json: the recorded headers cannot be re-derived ({type(exc).__name__})")
-            if manifest.get("rules_version") != RULES_VERSION:
-                result.problems.append("evidence.json: unreadable recorded headers")
-    return result
 
 
-def _rederive(evidence: dict, manifest: dict, result: Verification) -> None:
+def _check_instances(cited_list: list[dict[str, Any]], storage_root: Path | None, result: Verification) -> None:
+    """Every cited stored instance is where the manifest says, with its SHA-256."""
+    for cited in cited_list:
+        location = _stored_location(cited, storage_root)
+        if location is None or not location.is_file():
+            result.problems.append(
+                f"{location}: cited instance {cited['sop_instance_uid']} is missing "
+                "(with only the pack, verify with --pack-only)"
+            )
+        elif _file_sha256(location) != cited.get("sha256"):
+            result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} changed (SHA-256 differs)")
+
+
+def _rederive_recorded(evidence_json: bytes, manifest: dict[str, Any], result: Verification) -> None:
+    """Re-derive the outcome from evidence.json; recorded headers that cannot be re-derived are a
+    difference, and a problem too when the pack was made under other rules."""
+    try:
+        _rederive(json.loads(evidence_json), manifest, result)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        result.differences.append(f"evidence.json: the recorded headers cannot be re-derived ({type(exc).__name__})")
+        if manifest.get("rules_version") != RULES_VERSION:
+            result.problems.append("evidence.json: unreadable recorded headers")
+
+
+def _version_problem(version: object) -> str | None:
+    """Why this dicomcheck cannot read a pack of ``version`` (the manifest's ``pack_version``), or None."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        return f"manifest.json: pack_version {version!r} is not a pack version (a whole number from 1)"
+    if version > PACK_VERSION:
+        return (
+            f"manifest.json: pack_version {version} is newer than this dicomcheck {__version__} reads "
+            f"(versions 1 to {PACK_VERSION}); verify it with the dicomcheck that wrote it or a later one"
+        )
+    return None
+
+
+def _rederive(evidence: dict[str, Any], manifest: dict[str, Any], result: Verification) -> None:
     facts = [facts_from_dict(f) for f in evidence.get("facts", [])]
     if not facts:
         result.notes.append("evidence.json records no header facts: the outcome was not re-derived")
         return
     if manifest.get("rules_version") != RULES_VERSION:
-        result.notes.append(f"pack made under rules {manifest.get('rules_version')}; re-derived under this version's rules {RULES_VERSION}")
+        result.notes.append(
+            f"pack made under rules {manifest.get('rules_version')}; "
+            f"re-derived under this version's rules {RULES_VERSION}"
+        )
     registry = registry_from_dict(evidence.get("registry") or {})
     studies = group_by_study(facts)
     recorded = evidence.get("study", {})
-    series_map = studies.get(recorded.get("study_instance_uid") or manifest.get("study_instance_uid"))
+    study_uid = recorded.get("study_instance_uid") or manifest.get("study_instance_uid")
+    series_map = studies.get(study_uid) if study_uid is not None else None  # no study: no facts of it
     if series_map is None:
         result.differences.append("evidence.json: the recorded facts belong to another study")
         return
-    again = study_dict(decide_study(manifest["study_instance_uid"], series_map, registry=registry))
-    if (again["outcome"], again["code"]) != (recorded.get("outcome"), recorded.get("code")):
-        result.differences.append(f"outcome: recorded {recorded.get('outcome')} ({recorded.get('code')}), re-derived {again['outcome']} ({again['code']})")
-    mine = {s["series_instance_uid"]: (s["kind"], s["origin"]) for s in again["series"]}
+    again = StudyDecisionRecord.from_decision(
+        decide_study(manifest["study_instance_uid"], series_map, registry=registry)
+    )
+    if (again.outcome.value, again.code) != (recorded.get("outcome"), recorded.get("code")):
+        result.differences.append(
+            f"outcome: recorded {recorded.get('outcome')} ({recorded.get('code')}), "
+            f"re-derived {again.outcome.value} ({again.code})"
+        )
+    mine = {s.series_instance_uid: (s.kind.value, s.origin.value) for s in again.series}
     theirs = {s["series_instance_uid"]: (s["kind"], s["origin"]) for s in recorded.get("series", [])}
     for uid in sorted(set(mine) | set(theirs)):
         if mine.get(uid) != theirs.get(uid):

@@ -31,24 +31,46 @@ from .thumbnails import BURNED_IN_NOTE, Thumbnail
 __all__ = ["render_pdf", "OUTCOME_WORDS", "CANNOT_SHOW"]
 
 OUTCOME_WORDS: dict[str, tuple[str, str]] = {
-    "supports_76377": ("3D on an independent workstation", "The images show 3D post-processing made on an independent workstation: they support 76377."),
-    "supports_76376": ("3D on the scanner console or PACS viewer", "The images show 3D post-processing made on the scanner console or in the PACS viewer: they support 76376."),
-    "no_3d": ("No 3D post-processing", "The images show no 3D post-processing (originals, reformats or other derived images only)."),
-    "bundled": ("3D bundled in the base study", "3D is present, but the base study already includes 3D: neither 76376 nor 76377 applies."),
-    "needs_review": ("Needs review", "3D is present, but the headers cannot settle where it was made or what it belongs to."),
+    "supports_76377": (
+        "3D on an independent workstation",
+        "The images show 3D post-processing made on an independent workstation: they support 76377.",
+    ),
+    "supports_76376": (
+        "3D on the scanner console or PACS viewer",
+        "The images show 3D post-processing made on the scanner console or in the PACS viewer: they support 76376.",
+    ),
+    "no_3d": (
+        "No 3D post-processing",
+        "The images show no 3D post-processing (originals, reformats or other derived images only).",
+    ),
+    "bundled": (
+        "3D bundled in the base study",
+        "3D is present, but the base study already includes 3D: neither 76376 nor 76377 applies.",
+    ),
+    "needs_review": (
+        "Needs review",
+        "3D is present, but the headers cannot settle where it was made or what it belongs to.",
+    ),
 }
 
 CANNOT_SHOW: tuple[tuple[str, str], ...] = (
-    ("Concurrent physician supervision (R11)",
-     "Whether a physician took part in and monitored the 3D post-processing - chose the anatomy, the structures "
-     "to show and the views to keep, and adjusted the result. DICOM headers cannot show it; Operators' Name and "
-     "Performing Physician's Name are hints at most."),
-    ("Medical necessity and the order (R12)",
-     "Whether the 3D was ordered and medically necessary. That is in the order and the clinical record, not in the images."),
-    ("The written 3D report (R10, R12)",
-     "The interpretation of the 3D images, the description of the technique, and the report's own statement of "
-     "where the 3D was made (scanner console or independent workstation). This evidence corroborates or "
-     "contradicts that statement; it does not replace it."),
+    (
+        "Concurrent physician supervision (R11)",
+        "Whether a physician took part in and monitored the 3D post-processing - chose the anatomy, the structures "
+        "to show and the views to keep, and adjusted the result. DICOM headers cannot show it; Operators' Name and "
+        "Performing Physician's Name are hints at most.",
+    ),
+    (
+        "Medical necessity and the order (R12)",
+        "Whether the 3D was ordered and medically necessary. That is in the order and the clinical record, "
+        "not in the images.",
+    ),
+    (
+        "The written 3D report (R10, R12)",
+        "The interpretation of the 3D images, the description of the technique, and the report's own statement of "
+        "where the 3D was made (scanner console or independent workstation). This evidence corroborates or "
+        "contradicts that statement; it does not replace it.",
+    ),
 )
 
 _KIND_WORDS = {
@@ -68,9 +90,14 @@ _ORIGIN_WORDS = {
     "unknown": "unknown",
 }
 _POLICY_NOTES = {
-    "pacs_viewer_code": "Sources disagree whether 3D made in a PACS viewer is 76376 or 76377 (billing-rules R9); this site's setting decided.",
+    "pacs_viewer_code": (
+        "Sources disagree whether 3D made in a PACS viewer is 76376 or 76377 (billing-rules R9); "
+        "this site's setting decided."
+    ),
     "minip_is_3d": "No billing source names MinIP; it is the MIP operation with the minimum (billing-rules R4).",
-    "curved_mpr_is_3d": "No billing source names curved reformats; by default they are reformats, not 3D (billing-rules R3).",
+    "curved_mpr_is_3d": (
+        "No billing source names curved reformats; by default they are reformats, not 3D (billing-rules R3)."
+    ),
 }
 _OUTCOME_COLOURS = {  # (background, text) in hex
     "supports_76377": ("#D8F0DC", "#14532D"),
@@ -101,12 +128,21 @@ class _Fonts:
 
 
 def _font_dirs() -> list[Path]:
-    dirs = [Path(p) for p in (
-        "/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "/usr/share/fonts/TTF",
-        "/usr/share/fonts/dejavu-sans-fonts", "/usr/share/fonts/dejavu-sans-mono-fonts",
-        "/usr/share/fonts/truetype", "/usr/local/share/fonts", "/opt/homebrew/share/fonts",
-        "/Library/Fonts", "C:/Windows/Fonts",
-    )]
+    dirs = [
+        Path(p)
+        for p in (
+            "/usr/share/fonts/truetype/dejavu",
+            "/usr/share/fonts/dejavu",
+            "/usr/share/fonts/TTF",
+            "/usr/share/fonts/dejavu-sans-fonts",
+            "/usr/share/fonts/dejavu-sans-mono-fonts",
+            "/usr/share/fonts/truetype",
+            "/usr/local/share/fonts",
+            "/opt/homebrew/share/fonts",
+            "/Library/Fonts",
+            "C:/Windows/Fonts",
+        )
+    ]
     try:
         spec = importlib.util.find_spec("matplotlib")  # ships DejaVu; located without importing it
     except (ImportError, ValueError):
@@ -183,9 +219,15 @@ class _Styles:
         self.mono = ParagraphStyle("mono", base, fontName=fonts.mono, fontSize=6.3, leading=7.6)
         self.cell_head = ParagraphStyle("cellhead", base, fontName=fonts.bold, fontSize=7, leading=8.6)
         self.title = ParagraphStyle("title", base, fontName=fonts.bold, fontSize=17, leading=21, spaceAfter=2)
-        self.subtitle = ParagraphStyle("subtitle", base, fontSize=8.5, textColor=colors.HexColor("#555555"), spaceAfter=8)
-        self.h2 = ParagraphStyle("h2", base, fontName=fonts.bold, fontSize=12, leading=15, spaceBefore=10, spaceAfter=4, keepWithNext=1)
-        self.h3 = ParagraphStyle("h3", base, fontName=fonts.bold, fontSize=9, leading=11.5, spaceBefore=6, spaceAfter=2, keepWithNext=1)
+        self.subtitle = ParagraphStyle(
+            "subtitle", base, fontSize=8.5, textColor=colors.HexColor("#555555"), spaceAfter=8
+        )
+        self.h2 = ParagraphStyle(
+            "h2", base, fontName=fonts.bold, fontSize=12, leading=15, spaceBefore=10, spaceAfter=4, keepWithNext=1
+        )
+        self.h3 = ParagraphStyle(
+            "h3", base, fontName=fonts.bold, fontSize=9, leading=11.5, spaceBefore=6, spaceAfter=2, keepWithNext=1
+        )
         self.rule_text = ParagraphStyle("ruletext", base, leftIndent=8, spaceAfter=3)
         self.caption = ParagraphStyle("caption", base, fontSize=6.8, leading=8.2)
         self.note = ParagraphStyle("note", base, fontSize=8, leading=10, textColor=colors.HexColor("#7A2E0E"))
@@ -358,27 +400,41 @@ def render_pdf(source: EvidenceSource, thumbnails: dict[str, Thumbnail], *, mini
     study_line = f"Study {source.study_instance_uid}"
     if document.get("accession_number"):
         study_line += f" · accession {document['accession_number']}"
-    study_line += f" · outcome {document.get('outcome') or '-'}" + (f" (CPT {document['code']})" if document.get("code") else "")
+    study_line += f" · outcome {document.get('outcome') or '-'}" + (
+        f" (CPT {document['code']})" if document.get("code") else ""
+    )
 
     def footer(number: int, total: int) -> tuple[str, str]:
         return study_line, (
-            f"Generated {_utc(generated)} · dicomcheck {source.dicomcheck_version} · rules {source.rules_version} · {decision}"
+            f"Generated {_utc(generated)} · dicomcheck {source.dicomcheck_version} · "
+            f"rules {source.rules_version} · {decision}"
         )
 
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(
-        buffer, pagesize=letter, leftMargin=_MARGIN, rightMargin=_MARGIN, topMargin=0.55 * 72, bottomMargin=0.8 * 72,
+        buffer,
+        pagesize=letter,
+        leftMargin=_MARGIN,
+        rightMargin=_MARGIN,
+        topMargin=0.55 * 72,
+        bottomMargin=0.8 * 72,
         title=f"dicomcheck evidence report - study {source.study_instance_uid}",
-        author="dicomcheck", subject="3D post-processing evidence (CPT 76376 / 76377)",
-        creator=f"dicomcheck {source.dicomcheck_version}", producer="dicomcheck (reportlab)",
-        invariant=1, lang="en", initialFontName=fonts.regular,
+        author="dicomcheck",
+        subject="3D post-processing evidence (CPT 76376 / 76377)",
+        creator=f"dicomcheck {source.dicomcheck_version}",
+        producer="dicomcheck (reportlab)",
+        invariant=1,
+        lang="en",
+        initialFontName=fonts.regular,
     )
     doc.build(story, canvasmaker=_canvas_class(footer, generated, fonts))
     return buffer.getvalue()
 
 
 class _Builder:
-    def __init__(self, source: EvidenceSource, thumbnails: dict[str, Thumbnail], styles: _Styles, minimal: bool) -> None:
+    def __init__(
+        self, source: EvidenceSource, thumbnails: dict[str, Thumbnail], styles: _Styles, minimal: bool
+    ) -> None:
         from reportlab.lib.pagesizes import letter
 
         self.source = source
@@ -401,7 +457,10 @@ class _Builder:
         order = {uid: i for i, uid in enumerate(self.series)}
         rank = {"3d": 0, "acquisition": 1, "cited": 2}
         chosen = [i for i in self.source.instances if i.role in roles]
-        return sorted(chosen, key=lambda i: (rank.get(i.role, 3) if len(roles) > 1 else 0, order.get(i.series_instance_uid, len(order))))
+        return sorted(
+            chosen,
+            key=lambda i: (rank.get(i.role, 3) if len(roles) > 1 else 0, order.get(i.series_instance_uid, len(order))),
+        )
 
     # -- story
 
@@ -419,10 +478,7 @@ class _Builder:
 
     def heading(self) -> list:
         s, d = self.s, self.document
-        if self.minimal:
-            patient = "withheld (PHI-minimal pack)"
-        else:
-            patient = _or_dash(d.get("patient_id"))
+        patient = "withheld (PHI-minimal pack)" if self.minimal else _or_dash(d.get("patient_id"))
         decided = (
             f"#{self.source.decision_id}, decided {_utc(self.source.decided_at) or '-'}"
             if self.source.decision_id is not None or self.source.decided_at is not None
@@ -439,12 +495,16 @@ class _Builder:
         ]
         table = _table(
             [[s.p(k, s.cell_head), s.p(v, s.mono) if mono else s.p(v, s.small)] for k, v, mono in rows],
-            [110, self.width - 110], header=False,
+            [110, self.width - 110],
+            header=False,
         )
         return [
             s.p("3D post-processing evidence", s.title),
-            s.p("dicomcheck evidence report: what the images of one study prove about 3D post-processing, "
-                "with the DICOM header values behind every statement. A coder makes the billing call.", s.subtitle),
+            s.p(
+                "dicomcheck evidence report: what the images of one study prove about 3D post-processing, "
+                "with the DICOM header values behind every statement. A coder makes the billing call.",
+                s.subtitle,
+            ),
             table,
         ]
 
@@ -457,41 +517,61 @@ class _Builder:
         outcome = d.get("outcome") or "-"
         label, meaning = OUTCOME_WORDS.get(outcome, (outcome, ""))
         background, ink = _OUTCOME_COLOURS.get(outcome, ("#E8E8E8", "#222222"))
-        big = ParagraphStyle("big", s.body, fontName=s.fonts.bold, fontSize=19, leading=23, textColor=colors.HexColor(ink))
+        big = ParagraphStyle(
+            "big", s.body, fontName=s.fonts.bold, fontSize=19, leading=23, textColor=colors.HexColor(ink)
+        )
         code = d.get("code")
         code_style = ParagraphStyle("code", big, fontSize=30 if code else 19, leading=35 if code else 23, alignment=2)
         plain = ParagraphStyle("plain", s.body, fontSize=9.5, leading=12, textColor=colors.HexColor(ink))
         banner = Table(
             [
                 [s.p(label, big), s.p(f"CPT {code}" if code else "no 3D code", code_style)],
-                [s.markup([("t", meaning), ("br", ""), ("b", "Outcome: "), ("m", outcome),
-                           ("b", "   Code: "), ("m", code or "none")], plain), ""],
+                [
+                    s.markup(
+                        [
+                            ("t", meaning),
+                            ("br", ""),
+                            ("b", "Outcome: "),
+                            ("m", outcome),
+                            ("b", "   Code: "),
+                            ("m", code or "none"),
+                        ],
+                        plain,
+                    ),
+                    "",
+                ],
             ],
             colWidths=[self.width * 0.66, self.width * 0.34],
         )
-        banner.setStyle(TableStyle([
-            ("FONTNAME", (0, 0), (-1, -1), s.fonts.regular),
-            ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(background)),
-            ("BOX", (0, 0), (-1, -1), 1.2, colors.HexColor(ink)),
-            ("SPAN", (0, 1), (1, 1)),
-            ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-            ("LEFTPADDING", (0, 0), (-1, -1), 10),
-            ("RIGHTPADDING", (0, 0), (-1, -1), 10),
-            ("TOPPADDING", (0, 0), (-1, 0), 10),
-            ("BOTTOMPADDING", (0, -1), (-1, -1), 9),
-        ]))
+        banner.setStyle(
+            TableStyle(
+                [
+                    ("FONTNAME", (0, 0), (-1, -1), s.fonts.regular),
+                    ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(background)),
+                    ("BOX", (0, 0), (-1, -1), 1.2, colors.HexColor(ink)),
+                    ("SPAN", (0, 1), (1, 1)),
+                    ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 10),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 10),
+                    ("TOPPADDING", (0, 0), (-1, 0), 10),
+                    ("BOTTOMPADDING", (0, -1), (-1, -1), 9),
+                ]
+            )
+        )
         return [Spacer(1, 10), banner]
 
     def evidence_table(self, evidence: list[dict]):
         s = self.s
         rows = [[s.p(h, s.cell_head) for h in ("Tag", "Keyword", "Value", "SOP Instance UID")]]
         for item in evidence:
-            rows.append([
-                s.p(item.get("tag") or "-", s.mono),
-                s.p(item.get("keyword") or "-", s.small),
-                s.p(_value(item.get("value")), s.small),
-                s.p(item.get("sop_instance_uid") or "-", s.mono),
-            ])
+            rows.append(
+                [
+                    s.p(item.get("tag") or "-", s.mono),
+                    s.p(item.get("keyword") or "-", s.small),
+                    s.p(_value(item.get("value")), s.small),
+                    s.p(item.get("sop_instance_uid") or "-", s.mono),
+                ]
+            )
         return _table(rows, [52, 118, self.width - 52 - 118 - 165, 165])
 
     def rules(self) -> list:
@@ -516,8 +596,13 @@ class _Builder:
             if evidence:
                 parts.append(self.evidence_table(evidence))
             else:
-                parts.append(s.p("No header values are cited by this rule itself; the series it names are listed "
-                                 "with their equipment below.", s.tiny))
+                parts.append(
+                    s.p(
+                        "No header values are cited by this rule itself; the series it names are listed "
+                        "with their equipment below.",
+                        s.tiny,
+                    )
+                )
             if len(evidence) <= 8:
                 out.append(KeepTogether(parts))
             else:  # a long table starts here when 2 inches are left, and splits with its header repeated
@@ -527,25 +612,38 @@ class _Builder:
     def policies(self) -> list:
         s = self.s
         policy = self.document.get("policy") or {}
-        decided = {r["rule"].split(".", 1)[1]: r for r in self.document.get("reasons", []) if str(r.get("rule", "")).startswith("policy.")}
+        decided = {
+            r["rule"].split(".", 1)[1]: r
+            for r in self.document.get("reasons", [])
+            if str(r.get("rule", "")).startswith("policy.")
+        }
         if not policy and not decided:
             return []
         out = [s.p("Site policies", s.h2)]
         if not decided:
             values = ", ".join(f"{k} = {_policy_value(v)}" for k, v in policy.items())
-            out.append(s.p(f"No site policy decided anything in this study. In force: {values or 'defaults'}.", s.small))
+            out.append(
+                s.p(f"No site policy decided anything in this study. In force: {values or 'defaults'}.", s.small)
+            )
             return out
-        out.append(s.p("These site settings decided part of this study. They are choices of the site, "
-                       "not of the coding sources, and are shown so that an auditor can weigh them.", s.small))
+        out.append(
+            s.p(
+                "These site settings decided part of this study. They are choices of the site, "
+                "not of the coding sources, and are shown so that an auditor can weigh them.",
+                s.small,
+            )
+        )
         rows = [[s.p(h, s.cell_head) for h in ("Policy", "Value", "Decided this study", "Why it is a setting")]]
         for key in list(policy) + [k for k in decided if k not in policy]:
             hit = decided.get(key)
-            rows.append([
-                s.p(key, s.mono),
-                s.p(_policy_value(policy.get(key, "-")), s.small),
-                s.p(hit["text"] if hit else "no", s.small),
-                s.p(_POLICY_NOTES.get(key, ""), s.tiny),
-            ])
+            rows.append(
+                [
+                    s.p(key, s.mono),
+                    s.p(_policy_value(policy.get(key, "-")), s.small),
+                    s.p(hit["text"] if hit else "no", s.small),
+                    s.p(_POLICY_NOTES.get(key, ""), s.tiny),
+                ]
+            )
         out.append(_table(rows, [88, 52, (self.width - 140) * 0.55, (self.width - 140) * 0.45]))
         return out
 
@@ -555,11 +653,22 @@ class _Builder:
 
         s = self.s
         rows = [[s.p(title, s.cell_head), s.p(text, s.small)] for title, text in CANNOT_SHOW]
-        rows.append([s.p("Therefore", s.cell_head), s.p(
-            "The coder must check these in the patient's record (order, 3D report, supervision) before reporting "
-            "76376 or 76377. dicomcheck states what the images prove; it does not bill.", s.small)])
-        table = _table(rows, [150, self.width - 150], header=False,
-                       extra=[("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#FFF6E0"))])
+        rows.append(
+            [
+                s.p("Therefore", s.cell_head),
+                s.p(
+                    "The coder must check these in the patient's record (order, 3D report, supervision) "
+                    "before reporting 76376 or 76377. dicomcheck states what the images prove; it does not bill.",
+                    s.small,
+                ),
+            ]
+        )
+        table = _table(
+            rows,
+            [150, self.width - 150],
+            header=False,
+            extra=[("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#FFF6E0"))],
+        )
         return [KeepTogether([s.p("What this evidence cannot show", s.h2), table])]
 
     def equipment(self) -> list:
@@ -589,22 +698,59 @@ class _Builder:
             capture += [("b", "Kind decided by: "), ("m", kind_rule or "-")]
             for e in _unique(derivation):
                 capture += [("br", ""), ("t", f"{e.get('keyword')} = {_value(e.get('value'))}")]
-            rows.append([
-                s.markup([("b", series.get("series_description") or "(no description)"), ("br", ""),
-                          ("t", f"{series.get('modality') or '-'} · {series.get('instances', '-')} instances"), ("br", ""),
-                          ("m", series.get("series_instance_uid") or "-")], s.small),
-                s.markup([("b", "Kind: "), ("t", kind_words), ("br", ""),
-                          ("b", "3D: "), ("t", "yes" if series.get("is_3d") else "no"), ("br", ""),
-                          ("b", "Origin: "), ("t", _ORIGIN_WORDS.get(series.get("origin"), _or_dash(series.get("origin")))), ("br", ""),
-                          ("b", "Product: "), ("t", _or_dash(series.get("product"))), ("br", ""),
-                          ("b", "Origin rule: "), ("m", _or_dash(series.get("origin_rule")))], s.small),
-                s.markup([("b", "Manufacturer: "), ("t", _or_dash(eq.get("manufacturer"))), ("br", ""),
-                          ("b", "Model: "), ("t", _or_dash(eq.get("model"))), ("br", ""),
-                          ("b", "Station: "), ("t", _or_dash(eq.get("station_name"))), ("br", ""),
-                          ("b", "Software: "), ("t", _or_dash(eq.get("software_versions"))), ("br", ""),
-                          ("b", "Serial: "), ("t", _or_dash(eq.get("device_serial_number")))], s.small),
-                s.markup(capture, s.small),
-            ])
+            rows.append(
+                [
+                    s.markup(
+                        [
+                            ("b", series.get("series_description") or "(no description)"),
+                            ("br", ""),
+                            ("t", f"{series.get('modality') or '-'} · {series.get('instances', '-')} instances"),
+                            ("br", ""),
+                            ("m", series.get("series_instance_uid") or "-"),
+                        ],
+                        s.small,
+                    ),
+                    s.markup(
+                        [
+                            ("b", "Kind: "),
+                            ("t", kind_words),
+                            ("br", ""),
+                            ("b", "3D: "),
+                            ("t", "yes" if series.get("is_3d") else "no"),
+                            ("br", ""),
+                            ("b", "Origin: "),
+                            ("t", _ORIGIN_WORDS.get(series.get("origin"), _or_dash(series.get("origin")))),
+                            ("br", ""),
+                            ("b", "Product: "),
+                            ("t", _or_dash(series.get("product"))),
+                            ("br", ""),
+                            ("b", "Origin rule: "),
+                            ("m", _or_dash(series.get("origin_rule"))),
+                        ],
+                        s.small,
+                    ),
+                    s.markup(
+                        [
+                            ("b", "Manufacturer: "),
+                            ("t", _or_dash(eq.get("manufacturer"))),
+                            ("br", ""),
+                            ("b", "Model: "),
+                            ("t", _or_dash(eq.get("model"))),
+                            ("br", ""),
+                            ("b", "Station: "),
+                            ("t", _or_dash(eq.get("station_name"))),
+                            ("br", ""),
+                            ("b", "Software: "),
+                            ("t", _or_dash(eq.get("software_versions"))),
+                            ("br", ""),
+                            ("b", "Serial: "),
+                            ("t", _or_dash(eq.get("device_serial_number"))),
+                        ],
+                        s.small,
+                    ),
+                    s.markup(capture, s.small),
+                ]
+            )
         if len(rows) == 1:
             out.append(s.p("No series in the decision.", s.small))
             return out
@@ -617,9 +763,15 @@ class _Builder:
 
         s = self.s
         instances = self.ordered_instances(("3d", "acquisition"))
-        out = [s.p("Images", s.h2), s.p(
-            "One image of every 3D series and one acquisition image, as decoded from the stored files "
-            "(the middle frame of a multi-frame instance).", s.small), Spacer(1, 4)]
+        out = [
+            s.p("Images", s.h2),
+            s.p(
+                "One image of every 3D series and one acquisition image, as decoded from the stored files "
+                "(the middle frame of a multi-frame instance).",
+                s.small,
+            ),
+            Spacer(1, 4),
+        ]
         if not instances:
             out.append(s.p("No 3D series and no acquisition image to show.", s.small))
             return out
@@ -631,8 +783,13 @@ class _Builder:
             if thumb is not None and thumb.png is not None and self.minimal and _burned_in(instance.path):
                 thumb = Thumbnail(None, BURNED_IN_NOTE, 0, None, thumb.frames)
             role = "3D series" if instance.role == "3d" else "Acquisition"
-            caption = [("b", f"{role}: "), ("t", self.series_label(instance.series_instance_uid)), ("br", ""),
-                       ("t", "SOP Instance UID "), ("m", instance.sop_instance_uid)]
+            caption = [
+                ("b", f"{role}: "),
+                ("t", self.series_label(instance.series_instance_uid)),
+                ("br", ""),
+                ("t", "SOP Instance UID "),
+                ("m", instance.sop_instance_uid),
+            ]
             if thumb is not None and thumb.png is not None:
                 picture = Image(io.BytesIO(thumb.png))
                 scale = min(box / picture.imageWidth, box / picture.imageHeight)
@@ -644,31 +801,55 @@ class _Builder:
                 cells.append([s.p(f"No picture: {note}", s.note), s.markup(caption, s.caption)])
         rows = []
         for i in range(0, len(cells), per_row):
-            row = cells[i:i + per_row]
+            row = cells[i : i + per_row]
             rows.append(row + [""] * (per_row - len(row)))
         out.append(_table(rows, [box + 6] * per_row, header=False, extra=[("ALIGN", (0, 0), (-1, -1), "CENTER")]))
         return out
 
     def provenance(self) -> list:
         s = self.s
-        out = [s.p("Receipt provenance", s.h2), s.p(
-            "Every cited instance: who sent it, when, from where and how. SHA-256 is of the stored file.", s.small)]
+        out = [
+            s.p("Receipt provenance", s.h2),
+            s.p("Every cited instance: who sent it, when, from where and how. SHA-256 is of the stored file.", s.small),
+        ]
         instances = self.ordered_instances(("3d", "acquisition", "cited"))
         if not instances:
             out.append(s.p("No instance is cited.", s.small))
             return out
-        rows = [[s.p(h, s.cell_head) for h in ("Instance", "Received (UTC)", "Sender -> receiver", "Transfer syntax", "Sender implementation")]]
+        rows = [
+            [
+                s.p(h, s.cell_head)
+                for h in (
+                    "Instance",
+                    "Received (UTC)",
+                    "Sender -> receiver",
+                    "Transfer syntax",
+                    "Sender implementation",
+                )
+            ]
+        ]
         spans = []
         role_words = {"3d": "3D image", "acquisition": "acquisition image", "cited": "cited"}
         for instance in instances:
-            who = s.markup([("b", f"{role_words.get(instance.role, instance.role)}: "), ("t", self.series_label(instance.series_instance_uid)),
-                            ("br", ""), ("m", instance.sop_instance_uid), ("br", ""), ("m", f"sha256 {instance.sha256}")], s.small)
+            who = s.markup(
+                [
+                    ("b", f"{role_words.get(instance.role, instance.role)}: "),
+                    ("t", self.series_label(instance.series_instance_uid)),
+                    ("br", ""),
+                    ("m", instance.sop_instance_uid),
+                    ("br", ""),
+                    ("m", f"sha256 {instance.sha256}"),
+                ],
+                s.small,
+            )
             if not instance.receipts:
                 spans.append(len(rows))
                 rows.append([who, s.p("analysed from files, no network receipt", s.small), "", "", ""])
                 continue
             for n, receipt in enumerate(instance.receipts):
-                rows.append([who if n == 0 else s.p("(same instance, another copy)", s.tiny), *self.receipt_cells(receipt)])
+                rows.append(
+                    [who if n == 0 else s.p("(same instance, another copy)", s.tiny), *self.receipt_cells(receipt)]
+                )
         w = self.width
         widths = [w * 0.30, w * 0.14, w * 0.19, w * 0.18, w * 0.19]
         out.append(_table(rows, widths, extra=[("SPAN", (1, r), (4, r)) for r in spans]))
@@ -682,10 +863,26 @@ class _Builder:
             when += " (duplicate copy)"
         return [
             s.p(when, s.small),
-            s.markup([("m", receipt.calling_ae or "-"), ("t", " -> "), ("m", receipt.called_ae or "-"), ("br", ""),
-                      ("t", "from "), ("m", receipt.peer_address or "-")], s.small),
+            s.markup(
+                [
+                    ("m", receipt.calling_ae or "-"),
+                    ("t", " -> "),
+                    ("m", receipt.called_ae or "-"),
+                    ("br", ""),
+                    ("t", "from "),
+                    ("m", receipt.peer_address or "-"),
+                ],
+                s.small,
+            ),
             s.markup([("t", name), ("br", "") if name and uid else ("t", ""), ("m", uid)], s.small),
-            s.markup([("m", receipt.implementation_class_uid or "-"), ("br", ""), ("t", receipt.implementation_version_name or "-")], s.small),
+            s.markup(
+                [
+                    ("m", receipt.implementation_class_uid or "-"),
+                    ("br", ""),
+                    ("t", receipt.implementation_version_name or "-"),
+                ],
+                s.small,
+            ),
         ]
 
 

@@ -30,7 +30,14 @@ class AssociationRejected(SendError):
 
 
 def _check_ae(title: str, what: str) -> str:
-    if not title or len(title) > 16 or title.strip() == "" or "\\" in title or not title.isascii() or not title.isprintable():
+    if (
+        not title
+        or len(title) > 16
+        or title.strip() == ""
+        or "\\" in title
+        or not title.isascii()
+        or not title.isprintable()
+    ):
         raise ValueError(f"{what} {title!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
     return title
 
@@ -54,8 +61,12 @@ class PacsDestination:
         port = int(match["port"])
         if not 0 < port < 65536:
             raise ValueError(f"destination {text!r}: port {port} is out of range")
-        return cls(match["v6"] or match["host"], port, _check_ae(match["ae"], "called AE title"),
-                   _check_ae(calling_ae, "calling AE title"))
+        return cls(
+            match["v6"] or match["host"],
+            port,
+            _check_ae(match["ae"], "called AE title"),
+            _check_ae(calling_ae, "calling AE title"),
+        )
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -67,21 +78,25 @@ class PacsDestination:
 
 def is_phi_minimal_own(ds: pydicom.Dataset) -> bool:
     """One of our PHI-minimal objects: written by dicomcheck, Patient Identity Removed YES."""
-    ours = (ds.get("Manufacturer") == OWN_MANUFACTURER
-            or getattr(getattr(ds, "file_meta", None), "ImplementationClassUID", None) == IMPLEMENTATION_CLASS_UID)
+    ours = (
+        ds.get("Manufacturer") == OWN_MANUFACTURER
+        or getattr(getattr(ds, "file_meta", None), "ImplementationClassUID", None) == IMPLEMENTATION_CLASS_UID
+    )
     return ours and str(ds.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
 
 
 def _load(paths: list[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     """Read and vet every file before any association: all are sent, or none."""
-    loaded = []
+    loaded: list[tuple[Path, pydicom.Dataset]] = []
     for path in map(Path, paths):
         ds = pydicom.dcmread(path)
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class not in OWN_SOP_CLASSES:
             raise ValueError(f"{path}: SOP class {sop_class or '(none)'} is not a KOS or Comprehensive / Enhanced SR")
         if is_phi_minimal_own(ds):
-            raise ValueError(f"{path}: a PHI-minimal dicomcheck object (Patient Identity Removed YES) is never sent to a PACS")
+            raise ValueError(
+                f"{path}: a PHI-minimal dicomcheck object (Patient Identity Removed YES) is never sent to a PACS"
+            )
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and syntax != ExplicitVRLittleEndian:
             raise ValueError(f"{path}: transfer syntax {syntax} (only Explicit VR Little Endian is proposed)")
@@ -89,8 +104,15 @@ def _load(paths: list[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     return loaded
 
 
-def send_objects(paths: list[Path], *, host: str, port: int, called_ae: str,
-                 calling_ae: str = DEFAULT_CALLING_AE, timeout: float = TIMEOUT) -> list[int]:
+def send_objects(
+    paths: list[Path],
+    *,
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str = DEFAULT_CALLING_AE,
+    timeout: float = TIMEOUT,
+) -> list[int]:
     """C-STORE ``paths`` (our KOS / SR files) in one association; the DIMSE status of each, in order.
 
     Raises :class:`ValueError` before connecting when a file is not a KOS / SR or is a PHI-minimal
@@ -108,8 +130,11 @@ def send_objects(paths: list[Path], *, host: str, port: int, called_ae: str,
     assoc = ae.associate(host, port, ae_title=called_ae)
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive
-        detail = (f"result {primitive.result_str}, source {primitive.source_str}, reason {primitive.reason_str}"
-                  if primitive is not None else "no details")
+        detail = (
+            f"result {primitive.result_str}, source {primitive.source_str}, reason {primitive.reason_str}"
+            if primitive is not None
+            else "no details"
+        )
         raise AssociationRejected(f"{called_ae}@{host}:{port} rejected the association from {calling_ae} ({detail})")
     if not assoc.is_established:
         raise SendError(f"no association with {called_ae}@{host}:{port} (unreachable, aborted or timed out)")
@@ -122,8 +147,10 @@ def send_objects(paths: list[Path], *, host: str, port: int, called_ae: str,
             response = assoc.send_c_store(ds)
             status = response.get("Status") if response is not None else None
             if status is None:
-                raise SendError(f"no C-STORE response for {path.name} from {called_ae}@{host}:{port} "
-                                f"({len(statuses)} of {len(loaded)} stored)")
+                raise SendError(
+                    f"no C-STORE response for {path.name} from {called_ae}@{host}:{port} "
+                    f"({len(statuses)} of {len(loaded)} stored)"
+                )
             statuses.append(int(status))
     finally:
         if assoc.is_established:

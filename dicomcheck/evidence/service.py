@@ -39,8 +39,11 @@ def site_key(key_dir: Path) -> SiteKey:
         key = create_key(key_dir)
     except KeyExists:  # another process created it a moment ago: use that one
         return load_key(key_dir)
-    log.warning("created the site key %s, fingerprint %s: publish the fingerprint outside the packs",
-                key_dir / PRIVATE_NAME, key.fingerprint)
+    log.warning(
+        "created the site key %s, fingerprint %s: publish the fingerprint outside the packs",
+        key_dir / PRIVATE_NAME,
+        key.fingerprint,
+    )
     return key
 
 
@@ -67,8 +70,13 @@ def ensure_pack(receiver, study_uid: str, *, minimal: bool = False, decision_id:
     if not _UID.match(study_uid) or len(study_uid) > 64:
         raise EvidenceError("not a Study Instance UID")  # it names a folder: never a path from outside
     settings = receiver.settings
-    source = from_index(receiver.engine, settings.storage_dir, study_uid, decision_id=decision_id,
-                        registry=receiver.effective_registry())
+    source = from_index(
+        receiver.engine,
+        settings.storage_dir,
+        study_uid,
+        decision_id=decision_id,
+        registry=receiver.effective_registry(),
+    )
     name = pack_dir_name(source, minimal=minimal)
     study_dir = evidence_root(settings.data) / study_uid
     folder = study_dir / name
@@ -82,5 +90,10 @@ def ensure_pack(receiver, study_uid: str, *, minimal: bool = False, decision_id:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
         PackWriter(site_key(settings.data / "keys")).write(source, folder, minimal=minimal)
-    log.info("evidence pack written for study %s decision %s%s", study_uid, source.decision_id, " (minimal)" if minimal else "")
+    log.info(
+        "evidence pack written for study %s decision %s%s",
+        study_uid,
+        source.decision_id,
+        " (minimal)" if minimal else "",
+    )
     return folder

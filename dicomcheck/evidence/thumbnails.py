@@ -28,6 +28,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import SupportsIndex, SupportsInt
 
 import numpy as np
 
@@ -128,8 +129,10 @@ def _thumbnail(path: Path, size: int, allow_burned_in: bool) -> Thumbnail:
 
 
 def _int(value: object, default: int) -> int:
+    if not isinstance(value, str | bytes | bytearray | SupportsInt | SupportsIndex):
+        return default  # None, a multi-value, a sequence: what int() refuses with TypeError
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except (TypeError, ValueError):
         return default
 
@@ -241,13 +244,19 @@ class _FrameDecoder:
                 if implicit is not None and little is not None:
                     ds.ensure_file_meta()
                     ds.file_meta.TransferSyntaxUID = (
-                        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+                        ImplicitVRLittleEndian
+                        if implicit
+                        else ExplicitVRLittleEndian
+                        if little
+                        else ExplicitVRBigEndian
                     )
             self._dataset = ds
         return self._dataset
 
 
-def _non_empty_segment_frame(decoder: _FrameDecoder, middle: int, frames: int, pixels: np.ndarray) -> tuple[int, np.ndarray]:
+def _non_empty_segment_frame(
+    decoder: _FrameDecoder, middle: int, frames: int, pixels: np.ndarray
+) -> tuple[int, np.ndarray]:
     """The non-empty frame nearest the middle of a segmentation (a blank mask shows nothing)."""
     tried = 0
     for step in range(1, frames):
@@ -395,12 +404,18 @@ def _voi(values: np.ndarray, header, index: int) -> tuple[np.ndarray, str]:
         centers = _floats(_frame_value(header, index, "WindowCenter", "FrameVOILUTSequence"))
         widths = _floats(_frame_value(header, index, "WindowWidth", "FrameVOILUTSequence"))
         if centers and widths and widths[0] >= 1:
-            function = str(_frame_value(header, index, "VOILUTFunction", "FrameVOILUTSequence") or "LINEAR").strip().upper()
+            function = (
+                str(_frame_value(header, index, "VOILUTFunction", "FrameVOILUTSequence") or "LINEAR").strip().upper()
+            )
             explanation = _frame_value(header, index, "WindowCenterWidthExplanation", "FrameVOILUTSequence")
             if explanation is not None and not isinstance(explanation, str) and hasattr(explanation, "__iter__"):
                 explanation = next(iter(explanation), None)  # one explanation per window: the first
             words = f"header window W{widths[0]:g}/L{centers[0]:g}"
-            extras = [s for s in (str(explanation).strip() if explanation else "", function if function != "LINEAR" else "") if s]
+            extras = [
+                s
+                for s in (str(explanation).strip() if explanation else "", function if function != "LINEAR" else "")
+                if s
+            ]
             if len(centers) > 1:
                 extras.append(f"first of {len(centers)}")
             if extras:
@@ -408,7 +423,10 @@ def _voi(values: np.ndarray, header, index: int) -> tuple[np.ndarray, str]:
             attempt = (_window(values, centers[0], widths[0], function), words)
         elif modality == "CT":
             center, width = CT_DEFAULT_WINDOW
-            attempt = (_window(values, center, width, "LINEAR"), f"soft-tissue default W{width:g}/L{center:g} (no window in the header)")
+            attempt = (
+                _window(values, center, width, "LINEAR"),
+                f"soft-tissue default W{width:g}/L{center:g} (no window in the header)",
+            )
     if attempt is not None:
         image, words = attempt
         if not _blank(image):
