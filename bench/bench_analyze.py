@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,8 +48,7 @@ def _walk(folder: str) -> list[str]:
 
 def _rss_kib() -> tuple[int, int]:
     """(peak RSS of this process, peak RSS of the largest finished child), KiB (Linux)."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def _cpu_seconds() -> float:
@@ -71,7 +71,7 @@ def _busy_seconds() -> float:
 class _Meter:
     """Wall, own CPU and the CPU other processes of the machine used meanwhile ("foreign load")."""
 
-    def __enter__(self) -> "_Meter":
+    def __enter__(self) -> _Meter:
         self.cpu, self.busy, self.wall = _cpu_seconds(), _busy_seconds(), time.perf_counter()
         return self
 
@@ -91,9 +91,15 @@ def child_baseline(folder: str) -> dict:
         for path in files:
             dcmread(path, stop_before_pixels=True)
     peak, children = _rss_kib()
-    return {"files": len(files), "seconds": meter.seconds, "cpu_seconds": meter.cpu_seconds,
-            "foreign_cores": meter.foreign_cores, "rss_start_kib": start_rss, "rss_peak_kib": peak,
-            "rss_children_peak_kib": children}
+    return {
+        "files": len(files),
+        "seconds": meter.seconds,
+        "cpu_seconds": meter.cpu_seconds,
+        "foreign_cores": meter.foreign_cores,
+        "rss_start_kib": start_rss,
+        "rss_peak_kib": peak,
+        "rss_children_peak_kib": children,
+    }
 
 
 def child_analyze(folder: str, workers: int | None) -> dict:
@@ -128,8 +134,11 @@ def child_analyze(folder: str, workers: int | None) -> dict:
         "instances": len(facts),
         "errors": len(read_errors),
         "studies": [
-            {"outcome": s.outcome.value, "instances": s.instances,
-             "series": [(d.series_description, d.kind.value, d.instances) for d in s.series]}
+            {
+                "outcome": s.outcome.value,
+                "instances": s.instances,
+                "series": [(d.series_description, d.kind.value, d.instances) for d in s.series],
+            }
             for s in studies
         ],
         "workers": workers or os.cpu_count(),
@@ -156,7 +165,7 @@ def child_summary_size(folder: str, count: int) -> dict:
     sources, _ = discover([folder])  # warm-up: imports, caches
     sources = sources[:count]
     facts = [read_facts(s) for s in sources]
-    chunks = [pickle.dumps(facts[i:i + 256]) for i in range(0, len(facts), 256)]
+    chunks = [pickle.dumps(facts[i : i + 256]) for i in range(0, len(facts), 256)]
     pickle_bytes = sum(len(pickle.dumps(f)) for f in facts) / len(facts)
     del facts
     gc.collect()
@@ -227,8 +236,13 @@ def _cli(folder: str, files: int) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}")
     # wait4's ru_maxrss of a process that reaped its own children is the largest of it and them
-    return {"files": files, "seconds": elapsed, "cpu_seconds": cpu, "foreign_cores": foreign,
-            "rss_peak_kib": usage.ru_maxrss}
+    return {
+        "files": files,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "foreign_cores": foreign,
+        "rss_peak_kib": usage.ru_maxrss,
+    }
 
 
 def _warm(folder: Path) -> tuple[int, float]:
@@ -255,18 +269,26 @@ def _machine() -> dict:
     except OSError:
         pass
     try:
-        memory = next(int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal"))
+        memory = next(
+            int(line.split()[1]) // 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
     except (OSError, StopIteration):
         memory = None
     git = {}
     try:
         repo = HERE.parent
-        git["head"] = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True, check=True).stdout.strip()
+        git["head"] = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         measured = ["dicomcheck/cli.py", "dicomcheck/sources.py", "dicomcheck/extract.py", "dicomcheck/analysis.py"]
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", *measured], capture_output=True,
-                                text=True, check=True).stdout
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", *measured],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         git["modified"] = [line[3:] for line in status.splitlines()]
     except (OSError, subprocess.CalledProcessError):
         pass
@@ -292,6 +314,30 @@ def _mib(kib: float) -> str:
     return f"{kib / 1024:.1f}"
 
 
+def _measured(
+    name: str, step: Callable[[], dict], repeat: int, args: argparse.Namespace, retries: dict, discarded: list[dict]
+) -> dict:
+    """One measurement of ``step``, taken again while other processes loaded the machine, as long as
+    ``retries`` has some left and the time budget since ``retries["since"]`` is not spent."""
+    while True:
+        result = step()
+        print(
+            f"  {name:14s} {result['files'] / result['seconds']:8.0f} files/s  "
+            f"{result['seconds']:6.2f} s  CPU {1000 * result['cpu_seconds'] / result['files']:.3f} ms/file  "
+            f"peak RSS {_mib(result['rss_peak_kib'])} MiB  other processes {result['foreign_cores']:.2f} cores",
+            flush=True,
+        )
+        if (
+            result["foreign_cores"] <= args.max_foreign
+            or retries["left"] <= 0
+            or time.perf_counter() - retries["since"] > args.budget
+        ):
+            return result
+        retries["left"] -= 1
+        discarded.append({"run": name, "repeat": repeat, **result})
+        print(f"  {'':14s} discarded (other processes used > {args.max_foreign} cores), measuring again", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -299,16 +345,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5000, help="files in the main study (default 5000)")
-    parser.add_argument("--small", type=int, default=1000, help="files in the second study of the memory check (default 1000)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of every measurement; medians are reported (default 3)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where studies are cached and results.json is written")
+    parser.add_argument(
+        "--small", type=int, default=1000, help="files in the second study of the memory check (default 1000)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repeats of every measurement; medians are reported (default 3)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="where studies are cached and results.json is written"
+    )
     parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end CLI measurement")
-    parser.add_argument("--max-foreign", type=float, default=0.25,
-                        help="measure again when other processes used more than this many cores meanwhile (default 0.25)")
-    parser.add_argument("--retries", type=int, default=10,
-                        help="measurements that may be taken again for that reason, in all (default 10)")
-    parser.add_argument("--budget", type=float, default=200,
-                        help="seconds of measuring after which nothing is measured again (default 200)")
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.25,
+        help="measure again when other processes used more than this many cores meanwhile (default 0.25)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=10,
+        help="measurements that may be taken again for that reason, in all (default 10)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=200,
+        help="seconds of measuring after which nothing is measured again (default 200)",
+    )
     args = parser.parse_args(argv)
     if args.small >= args.files:
         parser.error("--small must be below --files")
@@ -317,9 +381,12 @@ def main(argv: list[str] | None = None) -> int:
 
     wall = time.perf_counter()
     machine = _machine()
-    print(f"machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_mib']} MiB, "
-          f"Python {machine['python']}, pydicom {machine['pydicom']}, numpy {machine['numpy']}, "
-          f"dicomcheck {machine['dicomcheck']}", flush=True)
+    print(
+        f"machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_mib']} MiB, "
+        f"Python {machine['python']}, pydicom {machine['pydicom']}, numpy {machine['numpy']}, "
+        f"dicomcheck {machine['dicomcheck']}",
+        flush=True,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     big_dir, small_dir = args.out / f"study-{args.files}", args.out / f"study-{args.small}"
     studies = {}
@@ -327,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         manifest = write_study(n, folder)
         studies[n] = manifest
         state = "cached" if manifest["cached"] else f"written in {manifest['seconds_to_write']} s"
-        print(f"study of {n} files: {folder} ({state}; {manifest['series']}, "
-              f"mean {manifest['mean_file_bytes']} B/file, {manifest['mean_header_bytes']} B header)", flush=True)
+        print(
+            f"study of {n} files: {folder} ({state}; {manifest['series']}, "
+            f"mean {manifest['mean_file_bytes']} B/file, {manifest['mean_header_bytes']} B header)",
+            flush=True,
+        )
     print("OS page cache: not dropped; warming it by reading every file once ...", flush=True)
     for folder in (big_dir, small_dir):
         total, seconds = _warm(folder)
@@ -337,12 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     loads: list[tuple[float, float, float]] = []
     runs: dict[str, list[dict]] = {"baseline": [], "analyze": [], "analyze_1": [], "cli": [], "analyze_small": []}
     discarded: list[dict] = []
-    retries = args.retries
-    loop_started = time.perf_counter()
+    retries = {"left": args.retries, "since": time.perf_counter()}
     for repeat in range(1, args.repeats + 1):
         load = os.getloadavg()
         loads.append(load)
-        print(f"repeat {repeat}/{args.repeats} (load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", flush=True)
+        print(
+            f"repeat {repeat}/{args.repeats} (load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})",
+            flush=True,
+        )
         steps = [
             ("baseline", lambda: _spawn("baseline", str(big_dir))),
             ("analyze", lambda: _spawn("analyze", str(big_dir), "default")),
@@ -353,19 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, step in steps:
             if name == "cli" and args.no_cli:
                 continue
-            while True:
-                result = step()
-                print(f"  {name:14s} {result['files'] / result['seconds']:8.0f} files/s  "
-                      f"{result['seconds']:6.2f} s  CPU {1000 * result['cpu_seconds'] / result['files']:.3f} ms/file  "
-                      f"peak RSS {_mib(result['rss_peak_kib'])} MiB  other processes {result['foreign_cores']:.2f} cores",
-                      flush=True)
-                if (result["foreign_cores"] <= args.max_foreign or retries <= 0
-                        or time.perf_counter() - loop_started > args.budget):
-                    break
-                retries -= 1
-                discarded.append({"run": name, "repeat": repeat, **result})
-                print(f"  {'':14s} discarded (other processes used > {args.max_foreign} cores), measuring again", flush=True)
-            runs[name].append(result)
+            runs[name].append(_measured(name, step, repeat, args, retries, discarded))
     for name in ("analyze", "analyze_1", "analyze_small"):
         for result in runs[name]:
             if result["errors"] or len(result["studies"]) != 1 or result["instances"] != result["files"]:
@@ -376,10 +436,18 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = {name: statistics.median(r["files"] / r["seconds"] for r in rs) for name, rs in runs.items() if rs}
     best = {name: max(r["files"] / r["seconds"] for r in rs) for name, rs in runs.items() if rs}
-    cpu_ms = {name: statistics.median(1000 * r["cpu_seconds"] / r["files"] for r in rs) for name, rs in runs.items() if rs}
+    cpu_ms = {
+        name: statistics.median(1000 * r["cpu_seconds"] / r["files"] for r in rs) for name, rs in runs.items() if rs
+    }
     # the same repeat ran baseline and analyze back to back: their ratio is less exposed to load drift
-    paired = {name: [a["files"] / a["seconds"] / (b["files"] / b["seconds"]) for a, b in zip(runs[name], runs["baseline"])]
-              for name in ("analyze", "analyze_1", "cli") if runs[name]}
+    paired = {
+        name: [
+            a["files"] / a["seconds"] / (b["files"] / b["seconds"])
+            for a, b in zip(runs[name], runs["baseline"], strict=False)
+        ]
+        for name in ("analyze", "analyze_1", "cli")
+        if runs[name]
+    }
     ratio = rate["analyze"] / rate["baseline"]
     ratio_1 = rate["analyze_1"] / rate["baseline"]
     ratio_cli = rate["cli"] / rate["baseline"] if "cli" in rate else None
@@ -395,11 +463,17 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_mib']} MiB RAM, {machine['platform']}; "
-        f"Python {machine['python']}, pydicom {machine['pydicom']}, numpy {machine['numpy']}, dicomcheck {machine['dicomcheck']} "
+        f"Python {machine['python']}, pydicom {machine['pydicom']}, numpy {machine['numpy']}, dicomcheck "
+        f"{machine['dicomcheck']} "
         f"(git {machine['git'].get('head', '?')}"
-        + (f", uncommitted changes in {', '.join(machine['git']['modified'])}" if machine["git"].get("modified") else "")
+        + (
+            f", uncommitted changes in {', '.join(machine['git']['modified'])}"
+            if machine["git"].get("modified")
+            else ""
+        )
         + ").",
-        f"Study: {args.files} files ({studies[args.files]['series']}), mean {studies[args.files]['mean_file_bytes']} B/file "
+        f"Study: {args.files} files ({studies[args.files]['series']}), mean {studies[args.files]['mean_file_bytes']} "
+        "B/file "
         f"of which {studies[args.files]['mean_header_bytes']} B header; page cache warm (not dropped). "
         f"Medians of {args.repeats} repeats, each in a fresh process; load average before the repeats: "
         + ", ".join(f"{load[0]:.2f}" for load in loads)
@@ -409,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {loaded} kept measurement(s) still saw more (retries or time budget exhausted)" if loaded else "")
         + ".",
         "",
-        "| run | files/s (median) | files/s (best) | seconds | ratio to baseline (median) | CPU ms/file (all processes) "
+        "| run | files/s (median) | files/s (best) | seconds | ratio to baseline (median) | CPU ms/file (all "
+        "processes) "
         "| peak RSS main (MiB) | peak RSS largest worker (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -438,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         f"Where (c) spends its time (median): discover {_median(split, 'seconds_discover'):.2f} s, "
-        f"read + extract {_median(split, 'seconds_read'):.2f} s, decide_studies {_median(split, 'seconds_decide'):.3f} s.",
+        f"read + extract {_median(split, 'seconds_read'):.2f} s, decide_studies "
+        f"{_median(split, 'seconds_decide'):.3f} s.",
         f"Peak RSS of (b) across processes is at most main + {runs['analyze'][0]['workers']} × largest worker = "
         f"{_mib(peak_big + runs['analyze'][0]['workers'] * _median(runs['analyze'], 'rss_children_peak_kib'))} MiB "
         "(an upper bound: forked workers share the parent's pages).",
@@ -452,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"CPU per header: analyze {cpu_ms['analyze_1'] / cpu_ms['baseline']:.2f}× the plain dcmread (single core), "
         + f"so even with perfect scaling over its {runs['analyze'][0]['workers']} workers the ratio would be about "
         + f"{runs['analyze'][0]['workers'] * cpu_ms['baseline'] / cpu_ms['analyze']:.2f} here "
-        + "(workers × baseline CPU/file ÷ analyze CPU/file; CPU time is far less sensitive to other load than wall time).",
+        + "(workers × baseline CPU/file ÷ analyze CPU/file; CPU time is far less sensitive to other load than wall "
+        "time).",
         "",
         "Memory growth (analyze pipeline, default workers, main process):",
         "",
@@ -462,8 +539,10 @@ def main(argv: list[str] | None = None) -> int:
         f"| {args.files} | {_mib(peak_big)} | {_mib(start_big)} |",
         "",
         f"Growth: **{growth_per_file:.0f} B per extra file**; one instance's summaries: "
-        f"Source {summary['source_bytes']} B (getsizeof) + InstanceFacts {summary['facts_bytes']} B (tracemalloc, as unpickled) "
-        f"(pickled {summary['facts_pickle_bytes']} B) + decide_studies transient peak {summary['decide_transient_bytes']} B "
+        f"Source {summary['source_bytes']} B (getsizeof) + InstanceFacts {summary['facts_bytes']} B (tracemalloc, as "
+        "unpickled) "
+        f"(pickled {summary['facts_pickle_bytes']} B) + decide_studies transient peak "
+        f"{summary['decide_transient_bytes']} B "
         f"= {per_instance} B. Growth / summaries = {growth_per_file / per_instance:.2f} — "
         f"**{'≈ per-instance summaries (≤ 2×)' if memory_ok else 'MORE than the per-instance summaries'}**.",
     ]

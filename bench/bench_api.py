@@ -100,8 +100,9 @@ def templates(out: Path) -> list[dict]:
     fixtures = out / "api-fixtures"
     if not (fixtures / ".complete").exists():
         shutil.rmtree(fixtures, ignore_errors=True)
-        subprocess.run([sys.executable, str(ROOT / "fixtures" / "build.py"), str(fixtures)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, str(ROOT / "fixtures" / "build.py"), str(fixtures)], check=True, stdout=subprocess.DEVNULL
+        )
         (fixtures / ".complete").write_text("")
     knowledge = builtin_knowledge()
     result = []
@@ -124,21 +125,39 @@ def templates(out: Path) -> list[dict]:
         rows = []
         for j, series_uid in enumerate(series_order[:3]):  # 1-3 series and instances per study
             f = series_map[series_uid][0]
-            rows.append({"series": j + 1, "modality": f.modality, "series_number": f.series_number,
-                         "series_description": f.series_description, "sop_class_uid": f.sop_class_uid,
-                         "station_name": f.equipment.station_name, "device_serial_number": f.equipment.device_serial_number,
-                         "manufacturer": f.equipment.manufacturer, "model": f.equipment.model,
-                         "facts": json.dumps({**facts_to_dict(f), "source": "@@SOURCE@@"}, ensure_ascii=False)})
+            rows.append(
+                {
+                    "series": j + 1,
+                    "modality": f.modality,
+                    "series_number": f.series_number,
+                    "series_description": f.series_description,
+                    "sop_class_uid": f.sop_class_uid,
+                    "station_name": f.equipment.station_name,
+                    "device_serial_number": f.equipment.device_serial_number,
+                    "manufacturer": f.equipment.manufacturer,
+                    "model": f.equipment.model,
+                    "facts": json.dumps({**facts_to_dict(f), "source": "@@SOURCE@@"}, ensure_ascii=False),
+                }
+            )
         names["@@SOURCE@@"] = "F"
-        pattern = re.compile("|".join(rf"(?<![\w.]){re.escape(k)}(?![\w.])" for k in sorted(names, key=len, reverse=True) if k))
+        pattern = re.compile(
+            "|".join(rf"(?<![\w.]){re.escape(k)}(?![\w.])" for k in sorted(names, key=len, reverse=True) if k)
+        )
         for row in rows:
             row["facts"] = _compile(row["facts"], pattern, names)
-        result.append({
-            "case": case.name, "document": _compile(json.dumps(document, ensure_ascii=False), pattern, names),
-            "outcome": document["outcome"], "code": document["code"], "instances": document["instances"],
-            "study_date": document["study_date"], "study_description": document["study_description"],
-            "modalities": first.modality, "rows": rows,
-        })
+        result.append(
+            {
+                "case": case.name,
+                "document": _compile(json.dumps(document, ensure_ascii=False), pattern, names),
+                "outcome": document["outcome"],
+                "code": document["code"],
+                "instances": document["instances"],
+                "study_date": document["study_date"],
+                "study_description": document["study_description"],
+                "modalities": first.modality,
+                "rows": rows,
+            }
+        )
     return result
 
 
@@ -146,7 +165,7 @@ def _compile(text: str, pattern: re.Pattern, names: dict) -> list[str]:
     """Split a template at its UIDs / IDs: literal, code, literal, code, ..., literal."""
     parts, position = [], 0
     for match in pattern.finditer(text):
-        parts += [text[position:match.start()], names[match.group(0)]]
+        parts += [text[position : match.start()], names[match.group(0)]]
         position = match.end()
     return parts + [text[position:]]
 
@@ -156,7 +175,10 @@ def _substitute(parts: list[str], i: int, source: str = "") -> str:
     suid = study_uid(i)
     values = {"S": suid, "A": accession(i), "P": f"BP{i % 50_000:06d}", "F": source}
     # R<series> -> <study>.<series>; I<series>.<k> -> <study>.<series>.<k> (instances under the study's root)
-    return "".join(part if n % 2 == 0 else (values[part] if part in values else f"{suid}.{part[1:]}") for n, part in enumerate(parts))
+    return "".join(
+        part if n % 2 == 0 else (values[part] if part in values else f"{suid}.{part[1:]}")
+        for n, part in enumerate(parts)
+    )
 
 
 def _light_tables():
@@ -166,7 +188,9 @@ def _light_tables():
     from dicomcheck.store.tables import Decision, Instance, Series, Study
 
     def light(table):
-        return sa.table(table.name, *(sa.column(c.name, None if isinstance(c.type, sa.JSON) else c.type) for c in table.c))
+        return sa.table(
+            table.name, *(sa.column(c.name, None if isinstance(c.type, sa.JSON) else c.type) for c in table.c)
+        )
 
     return light(Study.__table__), light(Series.__table__), light(Instance.__table__), light(Decision.__table__)
 
@@ -198,30 +222,77 @@ def populate(url: str, studies: int, tmpl: list[dict], *, sqlite_fast: bool) -> 
             first = now - dt.timedelta(seconds=rng.randrange(90 * 86400))
             last = first + dt.timedelta(seconds=rng.randrange(600))
             decided = last + dt.timedelta(seconds=60 + rng.randrange(30))
-            decisions.append({"id": i + 1, "study_instance_uid": suid, "decided_at": decided, "node": "bench:0",
-                              "rules_version": RULES_VERSION, "dicomcheck_version": __version__, "outcome": t["outcome"],
-                              "code": t["code"], "instance_count": t["instances"], "registry_path": None,
-                              "document": _substitute(t["document"], i)})
-            study_rows.append({"study_instance_uid": suid, "accession_number": accession(i), "patient_id": f"BP{i % 50_000:06d}",
-                               "study_date": t["study_date"], "study_description": t["study_description"],
-                               "modalities": t["modalities"], "instance_count": len(t["rows"]), "first_arrival": first,
-                               "last_arrival": last, "needs_decision": False, "claimed_by": None, "claimed_at": None,
-                               "current_decision_id": i + 1, "decided_at": decided})
+            decisions.append(
+                {
+                    "id": i + 1,
+                    "study_instance_uid": suid,
+                    "decided_at": decided,
+                    "node": "bench:0",
+                    "rules_version": RULES_VERSION,
+                    "dicomcheck_version": __version__,
+                    "outcome": t["outcome"],
+                    "code": t["code"],
+                    "instance_count": t["instances"],
+                    "registry_path": None,
+                    "document": _substitute(t["document"], i),
+                }
+            )
+            study_rows.append(
+                {
+                    "study_instance_uid": suid,
+                    "accession_number": accession(i),
+                    "patient_id": f"BP{i % 50_000:06d}",
+                    "study_date": t["study_date"],
+                    "study_description": t["study_description"],
+                    "modalities": t["modalities"],
+                    "instance_count": len(t["rows"]),
+                    "first_arrival": first,
+                    "last_arrival": last,
+                    "needs_decision": False,
+                    "claimed_by": None,
+                    "claimed_at": None,
+                    "current_decision_id": i + 1,
+                    "decided_at": decided,
+                }
+            )
             for row in t["rows"]:
                 series_uid = f"{suid}.{row['series']}"
                 sop_uid = f"{series_uid}.1"
-                series_rows.append({"series_instance_uid": series_uid, "study_instance_uid": suid, "modality": row["modality"],
-                                    "series_number": row["series_number"], "series_description": row["series_description"],
-                                    "sop_class_uid": row["sop_class_uid"], "station_name": row["station_name"],
-                                    "device_serial_number": row["device_serial_number"], "manufacturer": row["manufacturer"],
-                                    "model": row["model"], "calling_ae": "MODALITY", "instance_count": 1})
+                series_rows.append(
+                    {
+                        "series_instance_uid": series_uid,
+                        "study_instance_uid": suid,
+                        "modality": row["modality"],
+                        "series_number": row["series_number"],
+                        "series_description": row["series_description"],
+                        "sop_class_uid": row["sop_class_uid"],
+                        "station_name": row["station_name"],
+                        "device_serial_number": row["device_serial_number"],
+                        "manufacturer": row["manufacturer"],
+                        "model": row["model"],
+                        "calling_ae": "MODALITY",
+                        "instance_count": 1,
+                    }
+                )
                 sha = hashlib.sha256(sop_uid.encode()).hexdigest()
                 path = f"{suid}/{series_uid}/{sop_uid}.{sha[:16]}.dcm"
                 facts = _substitute(row["facts"], i, json.dumps(path)[1:-1])
-                instance_rows.append({"sop_instance_uid": sop_uid, "version": 1, "study_instance_uid": suid,
-                                      "series_instance_uid": series_uid, "sop_class_uid": row["sop_class_uid"],
-                                      "transfer_syntax_uid": "1.2.840.10008.1.2.1", "sha256": sha, "size": 52_000,
-                                      "path": path, "received_at": first, "association_id": None, "facts": facts})
+                instance_rows.append(
+                    {
+                        "sop_instance_uid": sop_uid,
+                        "version": 1,
+                        "study_instance_uid": suid,
+                        "series_instance_uid": series_uid,
+                        "sop_class_uid": row["sop_class_uid"],
+                        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "sha256": sha,
+                        "size": 52_000,
+                        "path": path,
+                        "received_at": first,
+                        "association_id": None,
+                        "facts": facts,
+                    }
+                )
         with engine.begin() as connection:
             connection.execute(decision_t.insert(), decisions)
             connection.execute(study_t.insert(), study_rows)
@@ -231,7 +302,9 @@ def populate(url: str, studies: int, tmpl: list[dict], *, sqlite_fast: bool) -> 
             log(f"  {min(studies, start + batch):,} studies")
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql("SELECT setval(pg_get_serial_sequence('decision', 'id'), (SELECT max(id) FROM decision))")
+            connection.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('decision', 'id'), (SELECT max(id) FROM decision))"
+            )
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.exec_driver_sql("VACUUM ANALYZE")
@@ -255,8 +328,12 @@ def prepare_sqlite(out: Path, studies: int, tmpl_factory, rebuild: bool) -> dict
     meta_path.unlink(missing_ok=True)
     log(f"populating SQLite index {db} with {studies:,} studies")
     seconds = populate(f"sqlite:///{db}", studies, tmpl_factory(), sqlite_fast=True)
-    meta = {**want, "populate_seconds": round(seconds, 1), "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "db_bytes": db.stat().st_size}
+    meta = {
+        **want,
+        "populate_seconds": round(seconds, 1),
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "db_bytes": db.stat().st_size,
+    }
     meta_path.write_text(json.dumps(meta, indent=2))
     log(f"  done in {seconds:.0f} s, {db.stat().st_size / 1e6:.0f} MB")
     return meta
@@ -284,10 +361,15 @@ def prepare_postgres(out: Path, base: str, studies: int, tmpl_factory, rebuild: 
     with admin.connect() as connection:
         size = connection.exec_driver_sql(
             "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE n.nspname = '{PG_SCHEMA}' AND c.relkind = 'r'").scalar()
+            f"WHERE n.nspname = '{PG_SCHEMA}' AND c.relkind = 'r'"
+        ).scalar()
     admin.dispose()
-    meta = {**want, "populate_seconds": round(seconds, 1), "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "db_bytes": int(size or 0)}
+    meta = {
+        **want,
+        "populate_seconds": round(seconds, 1),
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "db_bytes": int(size or 0),
+    }
     meta_path.write_text(json.dumps(meta, indent=2))
     log(f"  done in {seconds:.0f} s, {int(size or 0) / 1e6:.0f} MB")
     return meta
@@ -417,8 +499,12 @@ class CpuMeter:
 
     def snapshot(self) -> dict:
         times = os.times()
-        snap = {"wall": time.monotonic(), "generator": times.user + times.system,
-                "server": _proc_cpu(self.server_pid) if self.server_pid else 0.0, "machine": _machine_busy()}
+        snap = {
+            "wall": time.monotonic(),
+            "generator": times.user + times.system,
+            "server": _proc_cpu(self.server_pid) if self.server_pid else 0.0,
+            "machine": _machine_busy(),
+        }
         if self.database:
             snap["database"] = {pid: _proc_cpu(pid) for pid in _postgres_pids()}
         return snap
@@ -426,7 +512,10 @@ class CpuMeter:
     @staticmethod
     def usage(a: dict, b: dict) -> dict:
         wall = b["wall"] - a["wall"]
-        pct = lambda seconds: round(100 * seconds / wall, 1)  # percent of one core
+
+        def pct(seconds: float) -> float:  # percent of one core
+            return round(100 * seconds / wall, 1)
+
         result = {"generator_pct": pct(b["generator"] - a["generator"]), "server_pct": pct(b["server"] - a["server"])}
         if "database" in b:
             result["database_pct"] = pct(sum(v - a["database"].get(pid, 0.0) for pid, v in b["database"].items()))
@@ -439,8 +528,19 @@ class CpuMeter:
         return result
 
 
-async def run_step(host: str, port: int, requests: list[tuple[bytes, bytes]], rate: float, *, warmup: float,
-                   seconds: float, clients: int, timeout: float, abort_backlog: float, meter: CpuMeter) -> dict:
+async def run_step(
+    host: str,
+    port: int,
+    requests: list[tuple[bytes, bytes]],
+    rate: float,
+    *,
+    warmup: float,
+    seconds: float,
+    clients: int,
+    timeout: float,
+    abort_backlog: float,
+    meter: CpuMeter,
+) -> dict:
     """One open-loop step: request i scheduled at t0 + i / rate; latency from the scheduled time."""
     loop = asyncio.get_running_loop()
     total = int((warmup + seconds) * rate)
@@ -509,16 +609,24 @@ async def run_step(host: str, port: int, requests: list[tuple[bytes, bytes]], ra
     p99 = _percentile(latencies, 0.99)
     error_count = sum(errors.values())
     result = {
-        "rate": rate, "scheduled": total - warm_n, "completed": measured, "unsent": unsent,
-        "errors": error_count, "error_kinds": dict(errors),
-        "p50_ms": _ms(_percentile(latencies, 0.50)), "p90_ms": _ms(_percentile(latencies, 0.90)),
-        "p99_ms": _ms(p99), "max_ms": _ms(latencies[-1] if latencies else None),
+        "rate": rate,
+        "scheduled": total - warm_n,
+        "completed": measured,
+        "unsent": unsent,
+        "errors": error_count,
+        "error_kinds": dict(errors),
+        "p50_ms": _ms(_percentile(latencies, 0.50)),
+        "p90_ms": _ms(_percentile(latencies, 0.90)),
+        "p99_ms": _ms(p99),
+        "max_ms": _ms(latencies[-1] if latencies else None),
         "send_lag_p99_ms": _ms(_percentile(lags, 0.99)),
         "achieved_rps": round(measured / seconds, 1),
         "aborted_after_s": round(aborted_at - t0 - warmup, 1) if aborted_at is not None else None,
         "cpu": cpu,
     }
-    result["pass"] = bool(p99 is not None and p99 < TARGET_P99 and error_count == 0 and aborted_at is None and measured > 0)
+    result["pass"] = bool(
+        p99 is not None and p99 < TARGET_P99 and error_count == 0 and aborted_at is None and measured > 0
+    )
     return result
 
 
@@ -536,8 +644,20 @@ def ladder(label: str, host: str, port: int, requests: list[tuple[bytes, bytes]]
         deadline = time.monotonic() + args.quiet_wait
         while background > args.quiet_threshold and time.monotonic() < deadline:
             background = background_busy(1.0)  # wait (a while) for a quieter machine
-        result = asyncio.run(run_step(host, port, requests, rate, warmup=args.warmup, seconds=args.seconds,
-                                      clients=args.clients, timeout=args.timeout, abort_backlog=args.abort_backlog, meter=meter))
+        result = asyncio.run(
+            run_step(
+                host,
+                port,
+                requests,
+                rate,
+                warmup=args.warmup,
+                seconds=args.seconds,
+                clients=args.clients,
+                timeout=args.timeout,
+                abort_backlog=args.abort_backlog,
+                meter=meter,
+            )
+        )
         result["cpu"]["background_busy_pct"] = background
         others = result["cpu"].get("others_pct", 0.0)
         if not result["pass"] and retry and others > args.noisy:
@@ -546,11 +666,14 @@ def ladder(label: str, host: str, port: int, requests: list[tuple[bytes, bytes]]
             return step(rate, retry=False)
         steps.append(result)
         cpu = result["cpu"]
-        log(f"  {label} {rate:>6.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, errors {result['errors']}"
-            f"{' (aborted: overloaded)' if result['aborted_after_s'] is not None else ''}, achieved {result['achieved_rps']}/s, "
+        log(
+            f"  {label} {rate:>6.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, errors {result['errors']}"
+            f"{' (aborted: overloaded)' if result['aborted_after_s'] is not None else ''}, achieved "
+            f"{result['achieved_rps']}/s, "
             f"cpu gen {cpu.get('generator_pct')}% server {cpu.get('server_pct')}%"
             + (f" db {cpu['database_pct']}%" if "database_pct" in cpu else "")
-            + f", others {cpu.get('others_pct')}% -> {'PASS' if result['pass'] else 'fail'}")
+            + f", others {cpu.get('others_pct')}% -> {'PASS' if result['pass'] else 'fail'}"
+        )
         return result
 
     best, first_fail = None, None
@@ -608,7 +731,18 @@ def _env() -> dict:
 
 
 def make_token(data: Path, url: str | None) -> str:
-    args = [sys.executable, "-m", "dicomcheck.cli", "token", "create", TOKEN_NAME, "--role", "reader", "--data", str(data)]
+    args = [
+        sys.executable,
+        "-m",
+        "dicomcheck.cli",
+        "token",
+        "create",
+        TOKEN_NAME,
+        "--role",
+        "reader",
+        "--data",
+        str(data),
+    ]
     if url:
         args += ["--database-url", url]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT, check=False)
@@ -644,11 +778,23 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait()
 
 
-def start_serve(out: Path, name: str, data: Path, url: str | None, wrapper: Path | None = None) -> tuple[subprocess.Popen, int]:
+def start_serve(
+    out: Path, name: str, data: Path, url: str | None, wrapper: Path | None = None
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     entry = [str(wrapper)] if wrapper else ["-m", "dicomcheck.cli"]
-    args = [sys.executable, *entry, "serve", "--no-scp", "--http-port", str(port), "--bind", "127.0.0.1",
-            "--data", str(data)]
+    args = [
+        sys.executable,
+        *entry,
+        "serve",
+        "--no-scp",
+        "--http-port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--data",
+        str(data),
+    ]
     if url:
         args += ["--database-url", url]
     logfile = open(out / f"api-serve-{name}.log", "w")  # noqa: SIM115 - closed with the process
@@ -666,8 +812,13 @@ def api_requests(kind: str, n: int, port: int, token: str, count: int, seed: int
             target, expect = f"/studies/{study_uid(i)}", f'"study_instance_uid":"{study_uid(i)}"'
         else:
             target, expect = f"/studies?accession={accession(i)}", f'"accession_number":"{accession(i)}"'
-        requests.append((f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-                         f"Accept: application/json\r\n\r\n".encode(), expect.encode()))
+        requests.append(
+            (
+                f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+                f"Accept: application/json\r\n\r\n".encode(),
+                expect.encode(),
+            )
+        )
     return requests
 
 
@@ -709,11 +860,23 @@ def start_orthanc(out: Path) -> tuple[subprocess.Popen, int, dict]:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = {
-        "Name": "dicomcheck-bench", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
-        "HttpPort": port, "DicomServerEnabled": False, "DicomPort": free_port(), "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "Plugins": [], "HttpCompressionEnabled": False, "KeepAlive": True,
-        "TcpNoDelay": True, "HttpThreadsCount": 50, "SaveJobs": False, "SyncStorageArea": False,
-        "LimitFindResults": 0, "StorageCompression": False,
+        "Name": "dicomcheck-bench",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "DicomPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [],
+        "HttpCompressionEnabled": False,
+        "KeepAlive": True,
+        "TcpNoDelay": True,
+        "HttpThreadsCount": 50,
+        "SaveJobs": False,
+        "SyncStorageArea": False,
+        "LimitFindResults": 0,
+        "StorageCompression": False,
     }
     (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
     logfile = open(out / "api-orthanc.log", "w")  # noqa: SIM115
@@ -732,8 +895,10 @@ async def upload_orthanc(port: int, count: int, first: int, parallel: int = 8) -
             i = state["next"]
             state["next"] = i + 1
             body = tiny_dicom(i)
-            head = (f"POST /instances HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/dicom\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            head = (
+                f"POST /instances HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/dicom\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
             status, answer = await connection.request(head + body)
             if status != 200:
                 raise SystemExit(f"Orthanc refused instance {i}: {status} {answer[:200]!r}")
@@ -765,8 +930,12 @@ def prepare_orthanc(out: Path, count: int, rebuild: bool) -> tuple[subprocess.Po
         started = time.perf_counter()
         asyncio.run(upload_orthanc(port, count, have))
         seconds = time.perf_counter() - started
-        meta = {"studies": count, "population_version": POPULATION_VERSION, "upload_seconds": round(seconds, 1),
-                "upload_rate": round((count - have) / seconds, 1)}
+        meta = {
+            "studies": count,
+            "population_version": POPULATION_VERSION,
+            "upload_seconds": round(seconds, 1),
+            "upload_rate": round((count - have) / seconds, 1),
+        }
         meta_path.write_text(json.dumps(meta, indent=2))
         log(f"  done in {seconds:.0f} s ({(count - have) / seconds:.0f} instances/s)")
     else:
@@ -784,8 +953,10 @@ def orthanc_requests(kind: str, n: int, port: int, count: int, seed: int) -> lis
         i = rng.randrange(n)
         query = {"StudyInstanceUID": study_uid(i)} if kind == "uid" else {"AccessionNumber": accession(i)}
         body = json.dumps({"Level": "Study", "Query": query}).encode()
-        head = (f"POST /tools/find HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /tools/find HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         requests.append((head + body, b'"'))  # one Orthanc ID in the answer: ["..."]; [] has no quote
     return requests
 
@@ -862,14 +1033,21 @@ def summarise_profile(path: Path, *, request_threads_only: bool) -> dict:
         for name, needle in FAMILIES:
             if needle in joined:
                 families[name] += count
-    pct = lambda c: round(100 * c / total, 1) if total else 0.0
-    return {"samples": total, "phases_pct": {k: pct(v) for k, v in phases.most_common()},
-            "families_pct": {name: pct(families[name]) for name, _ in FAMILIES},
-            "top_self_pct": {k: pct(v) for k, v in leaves.most_common(15)}}
+
+    def pct(c: float) -> float:
+        return round(100 * c / total, 1) if total else 0.0
+
+    return {
+        "samples": total,
+        "phases_pct": {k: pct(v) for k, v in phases.most_common()},
+        "families_pct": {name: pct(families[name]) for name, _ in FAMILIES},
+        "top_self_pct": {k: pct(v) for k, v in leaves.most_common(15)},
+    }
 
 
-def profile(out: Path, name: str, server: subprocess.Popen, host: str, port: int, requests, rate: float, args,
-            meter: CpuMeter) -> dict:
+def profile(
+    out: Path, name: str, server: subprocess.Popen, host: str, port: int, requests, rate: float, args, meter: CpuMeter
+) -> dict:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         log("  py-spy not installed (pip install py-spy): no profile")
@@ -877,13 +1055,39 @@ def profile(out: Path, name: str, server: subprocess.Popen, host: str, port: int
     result = {"rate": rate, "seconds": args.profile_seconds}
     for mode in ("cpu", "wall"):
         raw = out / f"api-profile-{name}-{mode}.txt"
-        cmd = [pyspy, "record", "--pid", str(server.pid), "--duration", str(args.profile_seconds), "--rate", "200",
-               "--format", "raw", "--nolineno", "--nonblocking", "--output", str(raw)]
+        cmd = [
+            pyspy,
+            "record",
+            "--pid",
+            str(server.pid),
+            "--duration",
+            str(args.profile_seconds),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nolineno",
+            "--nonblocking",
+            "--output",
+            str(raw),
+        ]
         if mode == "wall":
             cmd.append("--idle")
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        step = asyncio.run(run_step(host, port, requests, rate, warmup=0.5, seconds=args.profile_seconds + 1.5,
-                                    clients=args.clients, timeout=args.timeout, abort_backlog=args.abort_backlog, meter=meter))
+        step = asyncio.run(
+            run_step(
+                host,
+                port,
+                requests,
+                rate,
+                warmup=0.5,
+                seconds=args.profile_seconds + 1.5,
+                clients=args.clients,
+                timeout=args.timeout,
+                abort_backlog=args.abort_backlog,
+                meter=meter,
+            )
+        )
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0 or not raw.exists():
             log(f"  py-spy failed: {err.decode(errors='replace')[-300:]}")
@@ -907,11 +1111,21 @@ def environment() -> dict:
     import uvicorn
 
     info = {
-        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name")), None),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        ),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "sqlite": sqlite3.sqlite_version, "sqlalchemy": sqlalchemy.__version__, "uvicorn": uvicorn.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "sqlalchemy": sqlalchemy.__version__,
+        "uvicorn": uvicorn.__version__,
     }
     for module in ("fastapi", "pydantic", "psycopg", "httptools", "uvloop"):
         try:
@@ -921,8 +1135,17 @@ def environment() -> dict:
         except AttributeError:
             info[module] = "installed"
     try:
-        info["orthanc"] = subprocess.run([shutil.which("Orthanc") or "/usr/sbin/Orthanc", "--version"], capture_output=True,
-                                         text=True, timeout=10, check=False).stdout.split("\n")[0].split()[-1]
+        info["orthanc"] = (
+            subprocess.run(
+                [shutil.which("Orthanc") or "/usr/sbin/Orthanc", "--version"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            .stdout.split("\n")[0]
+            .split()[-1]
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         info["orthanc"] = None
     return info
@@ -938,9 +1161,14 @@ def _best(run: dict, kind: str) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = [("| Target | Lookup | Studies | Rate (req/s) | p50 (ms) | p99 (ms) | Errors | Achieved (req/s) | Gen. lag p99 (ms) "
-              "| CPU gen / server / db / others (% of a core) | p99 < 20 ms |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|:-:|"]
+    lines = [
+        (
+            "| Target | Lookup | Studies | Rate (req/s) | p50 (ms) | p99 (ms) | Errors | Achieved (req/s) | Gen. lag "
+            "p99 (ms) "
+            "| CPU gen / server / db / others (% of a core) | p99 < 20 ms |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|:-:|",
+    ]
     summary = ["| Target | Studies | Highest rate with p99 < 20 ms, by UID | by accession |", "|---|---:|---:|---:|"]
     for target, run in results["runs"].items():
         best = {}
@@ -950,10 +1178,15 @@ def markdown(results: dict) -> str:
             best[kind] = run[kind]["best_rate"]
             for s in run[kind]["steps"]:
                 cpu = s["cpu"]
-                cpus = f"{cpu.get('generator_pct', '–')} / {cpu.get('server_pct', '–')} / {cpu.get('database_pct', '–')} / {cpu.get('others_pct', '–')}"
+                cpus = " / ".join(
+                    str(cpu.get(part, "–")) for part in ("generator_pct", "server_pct", "database_pct", "others_pct")
+                )
                 p99 = f"≥ {s['p99_ms']}" if s["aborted_after_s"] is not None else f"{s['p99_ms']}"
-                lines.append(f"| {target} | {kind} | {run['studies']:,} | {s['rate']:.0f} | {s['p50_ms']} | {p99} | {s['errors']} "
-                             f"| {s['achieved_rps']} | {s['send_lag_p99_ms']} | {cpus} | {'yes' if s['pass'] else 'no'} |")
+                lines.append(
+                    f"| {target} | {kind} | {run['studies']:,} | {s['rate']:.0f} | {s['p50_ms']} | {p99} | "
+                    f"{s['errors']} "
+                    f"| {s['achieved_rps']} | {s['send_lag_p99_ms']} | {cpus} | {'yes' if s['pass'] else 'no'} |"
+                )
         summary.append(f"| {target} | {run['studies']:,} | {_best(run, 'uid')} | {_best(run, 'accession')} |")
     return "\n".join(summary) + "\n\n" + "\n".join(lines) + "\n"
 
@@ -964,32 +1197,68 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--studies", type=int, default=100_000, help="studies in the index (default 100000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per rate step (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each step, discarded (default 2)")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="warm-up seconds before each step, discarded (default 2)"
+    )
     parser.add_argument("--rates", default="50,100,200,400,800,1600,3200", help="rate ladder, req/s")
-    parser.add_argument("--refine", type=int, default=2, help="bisections between the last passing and first failing rate")
+    parser.add_argument(
+        "--refine", type=int, default=2, help="bisections between the last passing and first failing rate"
+    )
     parser.add_argument("--clients", type=int, default=50, help="concurrent keep-alive connections (default 50)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s (counts as an error)")
-    parser.add_argument("--abort-backlog", type=float, default=3.0,
-                        help="end a step early once the schedule is this many seconds behind (overload)")
-    parser.add_argument("--noisy", type=float, default=30.0,
-                        help="re-measure a failing step once if other processes used more than this %% of a core during it")
-    parser.add_argument("--quiet-wait", type=float, default=20.0,
-                        help="before a step, wait up to this many seconds for the machine to be quiet (default 20)")
-    parser.add_argument("--quiet-threshold", type=float, default=15.0,
-                        help="quiet = under this %% of all CPUs busy while the server idles (default 15)")
+    parser.add_argument(
+        "--abort-backlog",
+        type=float,
+        default=3.0,
+        help="end a step early once the schedule is this many seconds behind (overload)",
+    )
+    parser.add_argument(
+        "--noisy",
+        type=float,
+        default=30.0,
+        help="re-measure a failing step once if other processes used more than this %% of a core during it",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20.0,
+        help="before a step, wait up to this many seconds for the machine to be quiet (default 20)",
+    )
+    parser.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=15.0,
+        help="quiet = under this %% of all CPUs busy while the server idles (default 15)",
+    )
     parser.add_argument("--databases", default="sqlite,postgresql", help="sqlite, postgresql or both")
     parser.add_argument("--kinds", default="uid,accession", help="uid, accession or both")
-    parser.add_argument("--pg-base", default=os.environ.get("BENCH_PG_URL", PG_BASE), help="PostgreSQL URL (schema dc_bench is made in it)")
-    parser.add_argument("--pg-schema", default="dc_bench", help="schema the populated index lives in (default dc_bench; dropped and made again on --rebuild)")
-    parser.add_argument("--orthanc-studies", type=int, default=10_000, help="studies loaded into Orthanc (default 10000)")
+    parser.add_argument(
+        "--pg-base",
+        default=os.environ.get("BENCH_PG_URL", PG_BASE),
+        help="PostgreSQL URL (schema dc_bench is made in it)",
+    )
+    parser.add_argument(
+        "--pg-schema",
+        default="dc_bench",
+        help="schema the populated index lives in (default dc_bench; dropped and made again on --rebuild)",
+    )
+    parser.add_argument(
+        "--orthanc-studies", type=int, default=10_000, help="studies loaded into Orthanc (default 10000)"
+    )
     parser.add_argument("--no-orthanc", action="store_true", help="skip Orthanc")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--profile-seconds", type=int, default=8)
-    parser.add_argument("--serve-wrapper", type=Path, default=None,
-                        help="a script run instead of `-m dicomcheck.cli` (same arguments), to try a change without editing the tree")
+    parser.add_argument(
+        "--serve-wrapper",
+        type=Path,
+        default=None,
+        help="a script run instead of `-m dicomcheck.cli` (same arguments), to try a change without editing the tree",
+    )
     parser.add_argument("--label", default="", help="suffix of the result file names (api-results<label>.json)")
     parser.add_argument("--rebuild", action="store_true", help="populate the databases (and Orthanc) again")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -1015,12 +1284,24 @@ def main(argv: list[str] | None = None) -> int:
         return cache["t"]
 
     results: dict = {
-        "benchmark": "lookup API latency", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "benchmark": "lookup API latency",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "environment": environment(),
-        "parameters": {"serve_wrapper": str(args.serve_wrapper) if args.serve_wrapper else None, "studies": args.studies, "seconds": args.seconds, "warmup": args.warmup, "rates": args.rates,
-                       "refine": args.refine, "clients": args.clients, "timeout": args.timeout,
-                       "target_p99_ms": TARGET_P99 * 1000, "orthanc_studies": 0 if args.no_orthanc else min(args.orthanc_studies, args.studies)},
-        "population": {}, "runs": {}, "profiles": {},
+        "parameters": {
+            "serve_wrapper": str(args.serve_wrapper) if args.serve_wrapper else None,
+            "studies": args.studies,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "rates": args.rates,
+            "refine": args.refine,
+            "clients": args.clients,
+            "timeout": args.timeout,
+            "target_p99_ms": TARGET_P99 * 1000,
+            "orthanc_studies": 0 if args.no_orthanc else min(args.orthanc_studies, args.studies),
+        },
+        "population": {},
+        "runs": {},
+        "profiles": {},
     }
     results_path = out / f"api-results{args.label}.json"
 
@@ -1038,7 +1319,9 @@ def main(argv: list[str] | None = None) -> int:
                 engine_url = f"sqlite:///{data / 'index.sqlite3'}"
             elif database == "postgresql":
                 data = out / "api-pg-data"  # storage/ and quarantine/ only; the index is in PostgreSQL
-                results["population"]["postgresql"] = prepare_postgres(out, args.pg_base, args.studies, tmpl, args.rebuild)
+                results["population"]["postgresql"] = prepare_postgres(
+                    out, args.pg_base, args.studies, tmpl, args.rebuild
+                )
                 url = engine_url = pg_url(args.pg_base)
             else:
                 raise SystemExit(f"unknown database {database!r}")
@@ -1048,7 +1331,8 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(server)
             log(f"dicomcheck serve on {database}: pid {server.pid}, port {port}")
             meter = CpuMeter(server.pid, database == "postgresql")
-            target = f"dicomcheck ({'SQLite' if database == 'sqlite' else 'PostgreSQL'}){' + ' + args.serve_wrapper.stem if args.serve_wrapper else ''}"
+            wrapper = f" + {args.serve_wrapper.stem}" if args.serve_wrapper else ""
+            target = f"dicomcheck ({'SQLite' if database == 'sqlite' else 'PostgreSQL'}){wrapper}"
             run = results["runs"].setdefault(target, {"studies": args.studies})
             for n, kind in enumerate(kinds):
                 requests = api_requests(kind, args.studies, port, token, 50_000, args.seed + n)
@@ -1057,8 +1341,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_profile and "uid" in run:
                 best = run["uid"]["best_rate"] or min(args.rates)
                 requests = api_requests("uid", args.studies, port, token, 50_000, args.seed + 99)
-                results["profiles"][f"{database}/uid"] = profile(out, f"{database}-uid{args.label}", server, "127.0.0.1", port, requests,
-                                                                  best, args, meter)
+                results["profiles"][f"{database}/uid"] = profile(
+                    out, f"{database}-uid{args.label}", server, "127.0.0.1", port, requests, best, args, meter
+                )
                 save()
             stop(server)
         if not args.no_orthanc and args.orthanc_studies > 0:
@@ -1067,7 +1352,9 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(orthanc)
             results["population"]["orthanc"] = meta
             meter = CpuMeter(orthanc.pid, False)
-            run = results["runs"].setdefault(f"Orthanc {results['environment']['orthanc']} /tools/find", {"studies": count})
+            run = results["runs"].setdefault(
+                f"Orthanc {results['environment']['orthanc']} /tools/find", {"studies": count}
+            )
             for n, kind in enumerate(kinds):
                 requests = orthanc_requests(kind, count, port, 50_000, args.seed + n)
                 run[kind] = ladder(f"orthanc/{kind}", "127.0.0.1", port, requests, args, meter)

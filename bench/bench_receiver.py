@@ -97,13 +97,20 @@ def make_study(n: int, folder: Path) -> list[Path]:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            ds.file_meta.MediaStorageSOPClassUID,
+            ds.file_meta.MediaStorageSOPInstanceUID,
+        )
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260105"
         ds.StudyTime, ds.SeriesTime, ds.ContentTime = "100212", "101012", "101012.5"
         ds.AccessionNumber, ds.Modality, ds.Manufacturer = "BENCHRX1", "CT", "SIEMENS"
         ds.InstitutionName, ds.StationName = "Bench General Hospital", "CT54023"
         ds.StudyDescription, ds.SeriesDescription = "CT ABDOMEN PELVIS W CONTRAST", "Abdomen  1.0  Br40  3"
-        ds.ManufacturerModelName, ds.DeviceSerialNumber, ds.SoftwareVersions = "SOMATOM Definition AS+", "54023", "syngo CT VA48A"
+        ds.ManufacturerModelName, ds.DeviceSerialNumber, ds.SoftwareVersions = (
+            "SOMATOM Definition AS+",
+            "54023",
+            "syngo CT VA48A",
+        )
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Bench^Receiver", "BR000001", "19600101", "O"
         ds.BodyPartExamined, ds.SliceThickness, ds.KVP, ds.ConvolutionKernel = "ABDOMEN", "1", "120", "Br40d"
         ds.PatientPosition = "FFS"
@@ -121,8 +128,17 @@ def make_study(n: int, folder: Path) -> list[Path]:
         name = f"CT{i + 1:05d}.dcm"
         ds.save_as(folder / name, enforce_file_format=True)
         names.append(name)
-    marker.write_text(json.dumps({"generator_version": GENERATOR_VERSION, "files": n, "study_instance_uid": study,
-                                  "bytes": sum((folder / x).stat().st_size for x in names), "names": names}))
+    marker.write_text(
+        json.dumps(
+            {
+                "generator_version": GENERATOR_VERSION,
+                "files": n,
+                "study_instance_uid": study,
+                "bytes": sum((folder / x).stat().st_size for x in names),
+                "names": names,
+            }
+        )
+    )
     return [folder / name for name in names]
 
 
@@ -239,21 +255,33 @@ def wait_listening(ns: Netns, receiver: Receiver, timeout: float = 60.0) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if receiver.proc.poll() is not None:
-            raise RuntimeError(f"{receiver.kind} exited {receiver.proc.returncode}:\n{receiver.log_path.read_text(errors='replace')[-3000:]}")
-        echo = subprocess.run(ns.cmd(["echoscu", "-to", "2", "-aet", SENDER_AE, "-aec", receiver.ae_title, "127.0.0.1", str(receiver.port)]),
-                              env=peer_env(), capture_output=True)
+            raise RuntimeError(
+                f"{receiver.kind} exited "
+                f"{receiver.proc.returncode}:\n{receiver.log_path.read_text(errors='replace')[-3000:]}"
+            )
+        echo = subprocess.run(
+            ns.cmd(
+                ["echoscu", "-to", "2", "-aet", SENDER_AE, "-aec", receiver.ae_title, "127.0.0.1", str(receiver.port)]
+            ),
+            env=peer_env(),
+            capture_output=True,
+        )
         if echo.returncode == 0:
             return
         time.sleep(0.1)
     receiver.stop()
-    raise RuntimeError(f"{receiver.kind} did not answer C-ECHO:\n{receiver.log_path.read_text(errors='replace')[-3000:]}")
+    raise RuntimeError(
+        f"{receiver.kind} did not answer C-ECHO:\n{receiver.log_path.read_text(errors='replace')[-3000:]}"
+    )
 
 
 def count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
-def start_receiver(ns: Netns, kind: str, workdir: Path, port: int, *, concurrent: bool, env: dict[str, str] | None = None) -> Receiver:
+def start_receiver(
+    ns: Netns, kind: str, workdir: Path, port: int, *, concurrent: bool, env: dict[str, str] | None = None
+) -> Receiver:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     log_path = workdir / "receiver.log"
@@ -261,36 +289,105 @@ def start_receiver(ns: Netns, kind: str, workdir: Path, port: int, *, concurrent
     if kind == "storescp":
         store = workdir / "files"
         store.mkdir()
-        args = ["storescp", "--aetitle", "STORESCP", "--output-directory", str(store), *(["--fork"] if concurrent else []), str(port)]
-        receiver = Receiver(kind, port, "STORESCP", workdir, subprocess.Popen(ns.cmd(args), stdout=log, stderr=subprocess.STDOUT, env=peer_env()),
-                            log_path, lambda: count_files(store))
+        args = [
+            "storescp",
+            "--aetitle",
+            "STORESCP",
+            "--output-directory",
+            str(store),
+            *(["--fork"] if concurrent else []),
+            str(port),
+        ]
+        receiver = Receiver(
+            kind,
+            port,
+            "STORESCP",
+            workdir,
+            subprocess.Popen(ns.cmd(args), stdout=log, stderr=subprocess.STDOUT, env=peer_env()),
+            log_path,
+            lambda: count_files(store),
+        )
     elif kind == "orthanc":
         storage, index = workdir / "storage", workdir / "index"
         config = {
-            "Name": "bench", "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": port + 1,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
-            "StorageDirectory": str(storage), "IndexDirectory": str(index),
-            "DicomModalities": {}, "HttpServerEnabled": True,
+            "Name": "bench",
+            "DicomAet": "ORTHANC",
+            "DicomPort": port,
+            "HttpPort": port + 1,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(index),
+            "DicomModalities": {},
+            "HttpServerEnabled": True,
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
-        receiver = Receiver(kind, port, "ORTHANC", workdir,
-                            subprocess.Popen(ns.cmd(["Orthanc", str(workdir / "orthanc.json")]), stdout=log, stderr=subprocess.STDOUT, env=peer_env()),
-                            log_path, lambda: count_files(storage))
+        receiver = Receiver(
+            kind,
+            port,
+            "ORTHANC",
+            workdir,
+            subprocess.Popen(
+                ns.cmd(["Orthanc", str(workdir / "orthanc.json")]), stdout=log, stderr=subprocess.STDOUT, env=peer_env()
+            ),
+            log_path,
+            lambda: count_files(storage),
+        )
     elif kind.startswith("dicomcheck"):
         processes = int(kind.split("-p", 1)[1]) if "-p" in kind else 1
         data = workdir / "data"
-        common = ["--data", str(data), "--dicom-port", str(port), "--bind", "127.0.0.1", "--ae-title", "DICOMCHECK",
-                  "--allow-caller", SENDER_AE, "--stable-after", "3600"]
-        args = [PYTHON, "-m", "dicomcheck.cli", "serve", "--no-api", *common, *(["--processes", str(processes)] if processes > 1 else [])]
-        receiver = Receiver(kind, port, "DICOMCHECK", workdir,
-                            subprocess.Popen(ns.cmd(args), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}),
-                            log_path, lambda: _count_instances(data))
+        common = [
+            "--data",
+            str(data),
+            "--dicom-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--ae-title",
+            "DICOMCHECK",
+            "--allow-caller",
+            SENDER_AE,
+            "--stable-after",
+            "3600",
+        ]
+        args = [
+            PYTHON,
+            "-m",
+            "dicomcheck.cli",
+            "serve",
+            "--no-api",
+            *common,
+            *(["--processes", str(processes)] if processes > 1 else []),
+        ]
+        receiver = Receiver(
+            kind,
+            port,
+            "DICOMCHECK",
+            workdir,
+            subprocess.Popen(
+                ns.cmd(args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            ),
+            log_path,
+            lambda: _count_instances(data),
+        )
     elif kind == "pynetdicom":
         store = workdir / "files"
         store.mkdir()
-        receiver = Receiver(kind, port, "PYNETDICOM", workdir,
-                            subprocess.Popen(ns.cmd([PYTHON, __file__, "--serve-bare", str(port), str(store)]), stdout=log, stderr=subprocess.STDOUT),
-                            log_path, lambda: count_files(store))
+        receiver = Receiver(
+            kind,
+            port,
+            "PYNETDICOM",
+            workdir,
+            subprocess.Popen(
+                ns.cmd([PYTHON, __file__, "--serve-bare", str(port), str(store)]), stdout=log, stderr=subprocess.STDOUT
+            ),
+            log_path,
+            lambda: count_files(store),
+        )
     else:
         raise ValueError(kind)
     wait_listening(ns, receiver)
@@ -333,8 +430,26 @@ def send(ns: Netns, receiver: Receiver, files: list[Path], associations: int, me
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
     started = time.perf_counter()
-    procs = [subprocess.Popen(ns.cmd(["storescu", "-aet", SENDER_AE, "-aec", receiver.ae_title, "127.0.0.1", str(receiver.port), *map(str, part)]),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=peer_env()) for part in parts]
+    procs = [
+        subprocess.Popen(
+            ns.cmd(
+                [
+                    "storescu",
+                    "-aet",
+                    SENDER_AE,
+                    "-aec",
+                    receiver.ae_title,
+                    "127.0.0.1",
+                    str(receiver.port),
+                    *map(str, part),
+                ]
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=peer_env(),
+        )
+        for part in parts
+    ]
     outputs = [p.communicate()[0] for p in procs]
     elapsed = time.perf_counter() - started
     done.set()
@@ -343,17 +458,29 @@ def send(ns: Netns, receiver: Receiver, files: list[Path], associations: int, me
         receiver_cpu = receiver.sample()["cpu_s"] - receiver_before
         senders_cpu = children_cpu() - senders_before
         busy = cpu_busy() - busy_before
-        measure.update(receiver_cpu_s=round(receiver_cpu, 2), sender_cpu_s=round(senders_cpu, 2),
-                       other_cpu_s=round(max(0.0, busy - receiver_cpu - senders_cpu), 2),
-                       machine_busy=round(busy / elapsed / (os.cpu_count() or 1), 2))
+        measure.update(
+            receiver_cpu_s=round(receiver_cpu, 2),
+            sender_cpu_s=round(senders_cpu, 2),
+            other_cpu_s=round(max(0.0, busy - receiver_cpu - senders_cpu), 2),
+            machine_busy=round(busy / elapsed / (os.cpu_count() or 1), 2),
+        )
     for p, out in zip(procs, outputs, strict=True):
         if p.returncode != 0:
-            raise RuntimeError(f"storescu failed ({p.returncode}) sending to {receiver.kind}:\n{out.decode(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"storescu failed ({p.returncode}) sending to {receiver.kind}:\n{out.decode(errors='replace')[-3000:]}"
+            )
     return elapsed
 
 
-def run_once(ns: Netns, kind: str, files: list[Path], associations: int, workdir: Path, port: int,
-             env: dict[str, str] | None = None) -> dict:
+def run_once(
+    ns: Netns,
+    kind: str,
+    files: list[Path],
+    associations: int,
+    workdir: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+) -> dict:
     concurrent = associations > 1
     receiver = start_receiver(ns, kind, workdir, port, concurrent=concurrent, env=env)
     measure: dict = {}
@@ -364,11 +491,21 @@ def run_once(ns: Netns, kind: str, files: list[Path], associations: int, workdir
     finally:
         receiver.stop()
     if held != len(files):
-        raise RuntimeError(f"{kind}: {held} of {len(files)} instances held after the run:\n{receiver.log_path.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"{kind}: {held} of {len(files)} instances held after the "
+            f"run:\n{receiver.log_path.read_text(errors='replace')[-3000:]}"
+        )
     # Run folders are deleted at the end: deleting 250 MB on a discard-mounted disk right before the
     # next run slows that run's fsyncs. Flush this run's dirty pages so the next one does not pay.
     os.sync()
-    return {"port": port, "instances": len(files), "seconds": round(elapsed, 3), "instances_per_s": round(len(files) / elapsed, 1), **sample, **measure}
+    return {
+        "port": port,
+        "instances": len(files),
+        "seconds": round(elapsed, 3),
+        "instances_per_s": round(len(files) / elapsed, 1),
+        **sample,
+        **measure,
+    }
 
 
 LOAD = {"max_foreign": 0.5, "retries": 2, "retry_until": float("inf")}
@@ -448,15 +585,27 @@ def tuning_steps(ns: Netns, files: list[Path], work: Path, repeats: int, port: i
             def run(attempt: int, port: int = port, env: dict = env, paths: list[Path] = paths) -> dict:
                 port += 1000 * attempt
                 paths.append(work / f"trace-{port}.json")
-                return run_once(ns, "dicomcheck", files, 1, work / f"tuning-{port}", port, env={**env, "DICOMCHECK_SCP_TRACE": str(paths[-1])})
+                return run_once(
+                    ns,
+                    "dicomcheck",
+                    files,
+                    1,
+                    work / f"tuning-{port}",
+                    port,
+                    env={**env, "DICOMCHECK_SCP_TRACE": str(paths[-1])},
+                )
 
             row = measured(run)
             rows[label].append(row)
             kept = next((p for p in paths if p.name == f"trace-{row['port']}.json"), None)
             if kept is not None and kept.is_file():
                 traces[label].append(json.loads(kept.read_text()))
-            print(f"  repeat {repeat + 1} {label:38s} {row['instances_per_s']:7.1f}/s  receiver cpu {row['receiver_cpu_s']:.1f}s  "
-                  f"other cpu {row['other_cpu_s']:.1f}s", flush=True)
+            print(
+                f"  repeat {repeat + 1} {label:38s} {row['instances_per_s']:7.1f}/s  receiver cpu "
+                f"{row['receiver_cpu_s']:.1f}s  "
+                f"other cpu {row['other_cpu_s']:.1f}s",
+                flush=True,
+            )
     out = {}
     for label, _ in TUNING_VARIANTS:
         out[label] = median_row(rows[label]) | {"timeline_ms": _median_trace(traces[label]), "runs": rows[label]}
@@ -488,8 +637,10 @@ def _median_trace(traces: list[dict]) -> dict:
     merged: dict[str, dict[str, float]] = {}
     for group in ("phases", "handler_parts"):
         names = {name for t in traces for name in t.get(group, {})}
-        merged[group] = {name: round(statistics.median(t[group][name]["mean_ms"] for t in traces if name in t.get(group, {})), 3)
-                         for name in sorted(names)}
+        merged[group] = {
+            name: round(statistics.median(t[group][name]["mean_ms"] for t in traces if name in t.get(group, {})), 3)
+            for name in sorted(names)
+        }
     return merged
 
 
@@ -499,8 +650,25 @@ def py_spy(ns: Netns, files: list[Path], workdir: Path, port: int, raw: Path) ->
     if not Path(py_spy_bin).exists():
         return {"skipped": "py-spy not installed (pip install py-spy)"}
     receiver = start_receiver(ns, "dicomcheck", workdir, port, concurrent=False)
-    spy = subprocess.Popen([py_spy_bin, "record", "--pid", str(receiver.proc.pid), "--rate", "250", os.environ.get("PY_SPY_MODE", "--idle"), "--threads",
-                            "--format", "raw", "--output", str(raw), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    spy = subprocess.Popen(
+        [
+            py_spy_bin,
+            "record",
+            "--pid",
+            str(receiver.proc.pid),
+            "--rate",
+            "250",
+            os.environ.get("PY_SPY_MODE", "--idle"),
+            "--threads",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.5)  # py-spy attaches
     try:
         elapsed = send(ns, receiver, files, 1)
@@ -522,13 +690,25 @@ def summarise_py_spy(raw: Path, top: int = 14) -> dict:
             continue
         frames = stack.split(";")
         thread = frames[0].split(":", 1)[-1].strip()
-        thread = "association (reactor + handler)" if "AcceptorThread" in thread else "DUL (socket reader)" if "reactor" in thread else thread
+        thread = (
+            "association (reactor + handler)"
+            if "AcceptorThread" in thread
+            else "DUL (socket reader)"
+            if "reactor" in thread
+            else thread
+        )
         totals[thread] += int(count)
         for frame in set(frames[1:]):
-            if any(k in frame for k in ("dicomcheck/", "scp/", "pynetdicom/", "sqlalchemy/engine/default.py", "tempfile.py")):
+            if any(
+                k in frame
+                for k in ("dicomcheck/", "scp/", "pynetdicom/", "sqlalchemy/engine/default.py", "tempfile.py")
+            ):
                 inclusive[thread][frame] += int(count)
-    return {thread: {"samples": n, "frames_pct": {f: round(100 * c / n, 1) for f, c in inclusive[thread].most_common(top)}}
-            for thread, n in totals.most_common() if thread in ("association (reactor + handler)", "DUL (socket reader)")}
+    return {
+        thread: {"samples": n, "frames_pct": {f: round(100 * c / n, 1) for f, c in inclusive[thread].most_common(top)}}
+        for thread, n in totals.most_common()
+        if thread in ("association (reactor + handler)", "DUL (socket reader)")
+    }
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -543,19 +723,44 @@ def machine() -> dict:
             break
     dcmtk = subprocess.run(["storescp", "--version"], capture_output=True, text=True).stdout.split("\n")[0].strip()
     orthanc = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True).stdout.split("\n")[0].strip()
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "pydicom": pydicom.__version__, "pynetdicom": pynetdicom.__version__, "dcmtk": dcmtk, "orthanc": orthanc, "git": head}
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pydicom": pydicom.__version__,
+        "pynetdicom": pynetdicom.__version__,
+        "dcmtk": dcmtk,
+        "orthanc": orthanc,
+        "git": head,
+    }
 
 
 def median_row(runs: list[dict]) -> dict:
-    keys = ("seconds", "instances_per_s", "peak_rss_mib_max", "peak_rss_mib_sum", "cpu_s", "receiver_cpu_s", "sender_cpu_s",
-            "other_cpu_s", "machine_busy", "foreign_cores")
+    keys = (
+        "seconds",
+        "instances_per_s",
+        "peak_rss_mib_max",
+        "peak_rss_mib_sum",
+        "cpu_s",
+        "receiver_cpu_s",
+        "sender_cpu_s",
+        "other_cpu_s",
+        "machine_busy",
+        "foreign_cores",
+    )
     quiet = [r["instances_per_s"] for r in runs if r["foreign_cores"] <= LOAD["max_foreign"]]
     return {k: round(statistics.median(r[k] for r in runs), 2) for k in keys} | {
-        "repeats": len(runs), "instances": runs[0]["instances"], "processes": runs[0]["processes"],
+        "repeats": len(runs),
+        "instances": runs[0]["instances"],
+        "processes": runs[0]["processes"],
         "instances_per_s_all": [r["instances_per_s"] for r in runs],
-        "quiet_runs": len(quiet), "quiet_instances_per_s": round(statistics.median(quiet), 1) if quiet else None}
+        "quiet_runs": len(quiet),
+        "quiet_instances_per_s": round(statistics.median(quiet), 1) if quiet else None,
+    }
 
 
 def main() -> int:
@@ -564,18 +769,31 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=500)
-    parser.add_argument("--memory-instances", type=int, default=2000, help="the larger study of the memory comparison (0 = skip)")
+    parser.add_argument(
+        "--memory-instances", type=int, default=2000, help="the larger study of the memory comparison (0 = skip)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-repeats", type=int, default=3)
     parser.add_argument("--associations", type=int, default=4)
-    parser.add_argument("--receivers", default=",".join(DEFAULT_RECEIVERS), help=f"comma list of {', '.join(RECEIVERS)}")
+    parser.add_argument(
+        "--receivers", default=",".join(DEFAULT_RECEIVERS), help=f"comma list of {', '.join(RECEIVERS)}"
+    )
     parser.add_argument("--modes", default="single,concurrent,memory")
-    parser.add_argument("--profile", action="store_true",
-                        help="instead: dicomcheck on one association with each tuning step (timeline trace) and a py-spy profile")
-    parser.add_argument("--max-foreign", type=float, default=LOAD["max_foreign"],
-                        help="retake a run when other processes used more cores than this meanwhile")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: dicomcheck on one association with each tuning step (timeline trace) and a py-spy profile",
+    )
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=LOAD["max_foreign"],
+        help="retake a run when other processes used more cores than this meanwhile",
+    )
     parser.add_argument("--retries", type=int, default=LOAD["retries"])
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds after which loaded runs are no longer retaken")
+    parser.add_argument(
+        "--budget", type=float, default=300.0, help="seconds after which loaded runs are no longer retaken"
+    )
     parser.add_argument("--output", type=Path, default=OUT / "receiver-results.json")
     args = parser.parse_args()
     LOAD.update(max_foreign=args.max_foreign, retries=args.retries, retry_until=time.monotonic() + args.budget)
@@ -594,9 +812,15 @@ def main() -> int:
     all_files = make_study(big, OUT / f"receiver-study-{big}")
     files = all_files[: args.instances]
     work = Path(tempfile.mkdtemp(prefix="receiver-run-", dir=OUT))
-    results: dict = {"machine": machine(), "instances": args.instances, "instance_bytes": files[0].stat().st_size,
-                     "associations": args.associations, "repeats": args.repeats, "tcp_nodelay": "TCP_NODELAY=1 for every DCMTK process and Orthanc",
-                     "runs": {}}
+    results: dict = {
+        "machine": machine(),
+        "instances": args.instances,
+        "instance_bytes": files[0].stat().st_size,
+        "associations": args.associations,
+        "repeats": args.repeats,
+        "tcp_nodelay": "TCP_NODELAY=1 for every DCMTK process and Orthanc",
+        "runs": {},
+    }
     port = 11112
     try:
         with Netns() as ns:
@@ -623,20 +847,33 @@ def main() -> int:
                 plan += [("concurrent", r, files, args.associations) for r in receivers]
             memory_plan = []
             if "memory" in modes and args.memory_instances:
-                memory_plan = [("memory", r, all_files[: args.memory_instances], 1) for r in receivers if r.startswith("dicomcheck")]
+                memory_plan = [
+                    ("memory", r, all_files[: args.memory_instances], 1)
+                    for r in receivers
+                    if r.startswith("dicomcheck")
+                ]
             runs: dict[str, list[dict]] = defaultdict(list)
             for repeat in range(args.repeats):  # round robin, so drift hits every receiver alike
                 for mode, kind, chosen, assocs in plan + (memory_plan if repeat < args.memory_repeats else []):
                     port += 2
-                    def run(attempt: int, kind=kind, chosen=chosen, assocs=assocs, name=f"{mode}-{kind}-{repeat}", port=port) -> dict:
+
+                    def run(
+                        attempt: int, kind=kind, chosen=chosen, assocs=assocs, name=f"{mode}-{kind}-{repeat}", port=port
+                    ) -> dict:
                         port += 1000 * attempt
                         return run_once(ns, kind, chosen, assocs, work / f"{name}-{port}", port)
 
                     row = measured(run)
                     runs[f"{mode}/{kind}"].append(row)
-                    print(f"  repeat {repeat + 1} {mode:10s} {kind:14s} {len(chosen):5d} inst  {row['instances_per_s']:7.1f}/s  "
-                          f"peak RSS {row['peak_rss_mib_max']:.0f} MiB (sum {row['peak_rss_mib_sum']:.0f})  cpu {row['cpu_s']:.1f}s  "
-                          f"other load {row['foreign_cores']:.2f} cores" + (f" ({row['discarded_attempts']} retried)" if row["discarded_attempts"] else ""), flush=True)
+                    print(
+                        f"  repeat {repeat + 1} {mode:10s} {kind:14s} {len(chosen):5d} inst  "
+                        f"{row['instances_per_s']:7.1f}/s  "
+                        f"peak RSS {row['peak_rss_mib_max']:.0f} MiB (sum {row['peak_rss_mib_sum']:.0f})  cpu "
+                        f"{row['cpu_s']:.1f}s  "
+                        f"other load {row['foreign_cores']:.2f} cores"
+                        + (f" ({row['discarded_attempts']} retried)" if row["discarded_attempts"] else ""),
+                        flush=True,
+                    )
             results["runs"] = {key: median_row(value) | {"runs": value} for key, value in runs.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -646,33 +883,53 @@ def main() -> int:
 
 
 def profile_report(results: dict) -> str:
-    lines = [f"dicomcheck, one association, {results['instances']} instances, medians of {results['repeats']} repeats", "",
-             "| step | instances/s | receiver CPU ms/instance | receive | dispatch | handler | respond | sender | other CPU s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"dicomcheck, one association, {results['instances']} instances, medians of {results['repeats']} repeats",
+        "",
+        "| step | instances/s | receiver CPU ms/instance | receive | dispatch | handler | respond | sender | other "
+        "CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     n = results["instances"]
     for label, row in results["tuning"].items():
         phases = row["timeline_ms"]["phases"]
-        cells = " | ".join(f"{phases.get(p, float('nan')):.2f}" for p in ("receive", "dispatch", "handler", "respond", "sender"))
+        cells = " | ".join(
+            f"{phases.get(p, float('nan')):.2f}" for p in ("receive", "dispatch", "handler", "respond", "sender")
+        )
         cpu = statistics.median(r["receiver_cpu_s"] for r in row["runs"]) * 1000 / n
         other = statistics.median(r["other_cpu_s"] for r in row["runs"])
         lines.append(f"| {label} | {row['instances_per_s']:.0f} | {cpu:.1f} | {cells} | {other:.1f} |")
     if "association_ms" in results:
-        lines += ["", "one instance per association (median ms per storescu run): "
-                  + ", ".join(f"{k} {v}" for k, v in results["association_ms"].items())]
+        lines += [
+            "",
+            "one instance per association (median ms per storescu run): "
+            + ", ".join(f"{k} {v}" for k, v in results["association_ms"].items()),
+        ]
     last = list(results["tuning"].values())[5]["timeline_ms"]["handler_parts"]
-    lines += ["", "handler parts (ms per instance, all tuning): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(last.items(), key=lambda x: -x[1]))]
+    lines += [
+        "",
+        "handler parts (ms per instance, all tuning): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(last.items(), key=lambda x: -x[1])),
+    ]
     spy = results.get("py_spy", {})
     for thread, info in spy.get("threads", {}).items():
-        lines += ["", f"py-spy, {thread} ({info['samples']} samples):"] + [f"  {pct:5.1f}%  {frame}" for frame, pct in info["frames_pct"].items()]
+        lines += ["", f"py-spy, {thread} ({info['samples']} samples):"] + [
+            f"  {pct:5.1f}%  {frame}" for frame, pct in info["frames_pct"].items()
+        ]
     return "\n".join(lines)
 
 
 def report(results: dict) -> str:
     runs = results["runs"]
-    lines = [f"{results['instances']} instances of {results['instance_bytes'] // 1024} KB, medians of {results['repeats']} repeats; "
-             f"{results['tcp_nodelay']}", "",
-             "| mode | receiver | processes | instances/s (median) | vs storescp | vs Orthanc | quiet runs: instances/s (n) | quiet vs storescp | receiver CPU ms/instance | other load (cores) | peak RSS MiB (max / sum) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{results['instances']} instances of {results['instance_bytes'] // 1024} KB, medians of {results['repeats']} "
+        "repeats; "
+        f"{results['tcp_nodelay']}",
+        "",
+        "| mode | receiver | processes | instances/s (median) | vs storescp | vs Orthanc | quiet runs: instances/s "
+        "(n) | quiet vs storescp | receiver CPU ms/instance | other load (cores) | peak RSS MiB (max / sum) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def ratio(a, b) -> str:
         return f"{a / b:.2f}" if a and b else "–"
@@ -685,19 +942,30 @@ def report(results: dict) -> str:
                 continue
             rate, quiet = row["instances_per_s"], row["quiet_instances_per_s"]
             kind = key.split("/", 1)[1] + (" --fork" if mode == "concurrent" and key.endswith("storescp") else "")
-            lines.append(f"| {mode} | {kind} | {row['processes']} | {rate:.0f} | {ratio(rate, ref.get('instances_per_s'))} | "
-                         f"{ratio(rate, orth.get('instances_per_s'))} | {f'{quiet:.0f}' if quiet else '–'} ({row['quiet_runs']}) | "
-                         f"{ratio(quiet, ref.get('quiet_instances_per_s'))} | {1000 * row['receiver_cpu_s'] / row['instances']:.1f} | "
-                         f"{row['foreign_cores']:.2f} | {row['peak_rss_mib_max']:.0f} / {row['peak_rss_mib_sum']:.0f} |")
+            lines.append(
+                f"| {mode} | {kind} | {row['processes']} | {rate:.0f} | {ratio(rate, ref.get('instances_per_s'))} | "
+                f"{ratio(rate, orth.get('instances_per_s'))} | {f'{quiet:.0f}' if quiet else '–'} "
+                f"({row['quiet_runs']}) | "
+                f"{ratio(quiet, ref.get('quiet_instances_per_s'))} | "
+                f"{1000 * row['receiver_cpu_s'] / row['instances']:.1f} | "
+                f"{row['foreign_cores']:.2f} | {row['peak_rss_mib_max']:.0f} / {row['peak_rss_mib_sum']:.0f} |"
+            )
     memory = {k.split("/", 1)[1]: v for k, v in runs.items() if k.startswith("memory/")}
     if memory:
-        lines += ["", f"| receiver | peak RSS at {results['instances']} instances (MiB, max / sum) | at {next(iter(memory.values()))['instances']} | change of the sum |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"| receiver | peak RSS at {results['instances']} instances (MiB, max / sum) | at "
+            f"{next(iter(memory.values()))['instances']} | change of the sum |",
+            "|---|---|---|---|",
+        ]
         for kind, row in memory.items():
             small = runs.get(f"single/{kind}")
             if small:
                 change = row["peak_rss_mib_sum"] / small["peak_rss_mib_sum"] - 1
-                lines.append(f"| {kind} | {small['peak_rss_mib_max']:.0f} / {small['peak_rss_mib_sum']:.0f} | "
-                             f"{row['peak_rss_mib_max']:.0f} / {row['peak_rss_mib_sum']:.0f} | {change:+.1%} |")
+                lines.append(
+                    f"| {kind} | {small['peak_rss_mib_max']:.0f} / {small['peak_rss_mib_sum']:.0f} | "
+                    f"{row['peak_rss_mib_max']:.0f} / {row['peak_rss_mib_sum']:.0f} | {change:+.1%} |"
+                )
     return "\n".join(lines)
 
 

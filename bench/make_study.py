@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -65,8 +64,16 @@ def _csa_blob(size: int, seed: int) -> bytes:
     """A CSA-like blob: the "SV10" signature, then named entries, padded to ``size`` bytes."""
     rng = np.random.default_rng(seed)
     out = bytearray(b"SV10\x04\x03\x02\x01")
-    names = [b"EchoLinePosition", b"SliceMeasurementDuration", b"GantryTilt", b"TablePosition",
-             b"ImaCoilString", b"SequenceMask", b"DetectorTemperature", b"SliceResolution"]
+    names = [
+        b"EchoLinePosition",
+        b"SliceMeasurementDuration",
+        b"GantryTilt",
+        b"TablePosition",
+        b"ImaCoilString",
+        b"SequenceMask",
+        b"DetectorTemperature",
+        b"SliceResolution",
+    ]
     i = 0
     while len(out) < size:
         name = names[i % len(names)] + b"%d" % i
@@ -82,14 +89,43 @@ def plan(n: int) -> list[dict]:
     mpr = n * 25 // 100
     acq = n - sc - mip - mpr
     return [
-        dict(key="acq", number=2, count=acq, sop_class=CT_IMAGE, image_type=["ORIGINAL", "PRIMARY", "AXIAL"],
-             description="Abdomen  1.0  Br40  3", kernel="Br40d"),
-        dict(key="mpr", number=3, count=mpr, sop_class=CT_IMAGE, image_type=["DERIVED", "SECONDARY", "MPR", "CT_SOM5 MPR"],
-             description="Cor  3.0  Br40", kernel="Br40d", derivation=("113072", "Multiplanar reformatting")),
-        dict(key="mip", number=4, count=mip, sop_class=CT_IMAGE, image_type=["DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MIP"],
-             description="MIP ax 10.0", kernel="Br40d"),
-        dict(key="sc", number=501, count=sc, sop_class=SECONDARY_CAPTURE, image_type=["DERIVED", "SECONDARY", "OTHER", "CT_SOM5 PROT"],
-             description="Patient Protocol", kernel=None),
+        dict(
+            key="acq",
+            number=2,
+            count=acq,
+            sop_class=CT_IMAGE,
+            image_type=["ORIGINAL", "PRIMARY", "AXIAL"],
+            description="Abdomen  1.0  Br40  3",
+            kernel="Br40d",
+        ),
+        dict(
+            key="mpr",
+            number=3,
+            count=mpr,
+            sop_class=CT_IMAGE,
+            image_type=["DERIVED", "SECONDARY", "MPR", "CT_SOM5 MPR"],
+            description="Cor  3.0  Br40",
+            kernel="Br40d",
+            derivation=("113072", "Multiplanar reformatting"),
+        ),
+        dict(
+            key="mip",
+            number=4,
+            count=mip,
+            sop_class=CT_IMAGE,
+            image_type=["DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MIP"],
+            description="MIP ax 10.0",
+            kernel="Br40d",
+        ),
+        dict(
+            key="sc",
+            number=501,
+            count=sc,
+            sop_class=SECONDARY_CAPTURE,
+            image_type=["DERIVED", "SECONDARY", "OTHER", "CT_SOM5 PROT"],
+            description="Patient Protocol",
+            kernel=None,
+        ),
     ]
 
 
@@ -108,7 +144,7 @@ def _template(n: int, series: dict, study_uid: str, frame_uid: str) -> Dataset:
     ds.SeriesTime = "101012.000000"
     ds.AcquisitionTime = "101012.500000"
     ds.ContentTime = "101012.500000"
-    ds.AccessionNumber = "BENCH%07d" % n
+    ds.AccessionNumber = f"BENCH{n:07d}"
     ds.Modality = "CT"
     ds.Manufacturer = "SIEMENS"
     ds.InstitutionName = "Bench General Hospital"
@@ -131,8 +167,8 @@ def _template(n: int, series: dict, study_uid: str, frame_uid: str) -> Dataset:
         ds.SecondaryCaptureDeviceManufacturer = "SIEMENS"
         ds.SecondaryCaptureDeviceManufacturerModelName = "SOMATOM Definition AS+"
         ds.SecondaryCaptureDeviceSoftwareVersions = "syngo CT VA48A"
-    ds.PatientName = "Bench^Patient^%d" % n
-    ds.PatientID = "BP%06d" % n
+    ds.PatientName = f"Bench^Patient^{n}"
+    ds.PatientID = f"BP{n:06d}"
     ds.PatientBirthDate = "19600101"
     ds.PatientSex = "O"
     ds.PatientAge = "066Y"
@@ -184,7 +220,15 @@ def _template(n: int, series: dict, study_uid: str, frame_uid: str) -> Dataset:
         ds.PatientPosition = "FFS"
     # Siemens private groups: 0019 (CT acquisition), 0021 (MED), 0029 (CSA + MEDCOM)
     block = ds.private_block(0x0019, "SIEMENS CT VA0  COAD", create=True)
-    for offset, value in ((0x92, "1"), (0x93, "595"), (0x94, "1085.6"), (0x96, "0.5"), (0x97, "0"), (0x98, "21"), (0xB0, "38.4")):
+    for offset, value in (
+        (0x92, "1"),
+        (0x93, "595"),
+        (0x94, "1085.6"),
+        (0x96, "0.5"),
+        (0x97, "0"),
+        (0x98, "21"),
+        (0xB0, "38.4"),
+    ):
         block.add_new(offset, "DS", value)
     block.add_new(0xA2, "UL", 1540)
     block = ds.private_block(0x0021, "SIEMENS MED", create=True)
@@ -218,11 +262,11 @@ def _template(n: int, series: dict, study_uid: str, frame_uid: str) -> Dataset:
         ds.SliceLocation = "-510"
     ds.PerformedProcedureStepStartDate = "20260105"
     ds.PerformedProcedureStepStartTime = "100212.000000"
-    ds.PerformedProcedureStepID = "PPS%06d" % n
+    ds.PerformedProcedureStepID = f"PPS{n:06d}"
     ds.PerformedProcedureStepDescription = "CT Abdomen Pelvis"
     request = Dataset()
-    request.RequestedProcedureID = "RP%06d" % n
-    request.ScheduledProcedureStepID = "SPS%06d" % n
+    request.RequestedProcedureID = f"RP{n:06d}"
+    request.ScheduledProcedureStepID = f"SPS{n:06d}"
     request.ScheduledProcedureStepDescription = "CT ABDOMEN PELVIS W CONTRAST"
     ds.RequestAttributesSequence = Sequence([request])
     # Image Pixel
@@ -294,18 +338,18 @@ def write_study(n: int, out: str | Path, *, force: bool = False) -> dict:
     for series in plan(n):
         if not series["count"]:
             continue
-        folder = partial / ("S%03d" % series["number"])
+        folder = partial / f"S{series['number']:03d}"
         folder.mkdir(parents=True)
         ds = _template(n, series, study_uid, frame_uid)
         for i in range(series["count"]):
             sop_uid = _uid(n, series["key"], i)
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
             ds.InstanceNumber = str(i + 1)
-            ds.ContentTime = "1010%02d.%06d" % (12 + i // 100000, i % 1000000)
+            ds.ContentTime = f"1010{12 + i // 100000:02d}.{i % 1000000:06d}"
             if series["sop_class"] == CT_IMAGE:
                 z = -510 + i * (1.0 if series["key"] == "acq" else 3.0)
-                ds.ImagePositionPatient = ["-190", "-350", "%g" % z]
-                ds.SliceLocation = "%g" % z
+                ds.ImagePositionPatient = ["-190", "-350", f"{z:g}"]
+                ds.SliceLocation = f"{z:g}"
             if series["key"] == "acq":
                 acquisition_uids.append(sop_uid)
                 ds.ReferencedImageSequence = Sequence([_ref_item(CT_IMAGE, localizer_uid)])
@@ -313,9 +357,9 @@ def write_study(n: int, out: str | Path, *, force: bool = False) -> dict:
                 width = 4 if series["key"] == "mpr" else 16
                 start = (i * width) % max(1, len(acquisition_uids) - width)
                 ds.SourceImageSequence = Sequence(
-                    [_ref_item(CT_IMAGE, uid) for uid in acquisition_uids[start:start + width]]
+                    [_ref_item(CT_IMAGE, uid) for uid in acquisition_uids[start : start + width]]
                 )
-            path = folder / ("IM%06d.dcm" % (i + 1))
+            path = folder / f"IM{i + 1:06d}.dcm"
             dcmwrite(path, ds, enforce_file_format=True)
             total_bytes += path.stat().st_size
         series_counts[series["key"]] = series["count"]

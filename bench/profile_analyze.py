@@ -20,7 +20,9 @@ def main(folder: str) -> None:
     sources, errors = discover([folder])
     facts = [r for r in read_all(sources, workers=1) if isinstance(r, InstanceFacts)]
     studies = decide_studies(facts)
-    print(f"{len(sources)} files, {len(facts)} instances, {len(studies)} studies, {len(errors)} errors", file=sys.stderr)
+    print(
+        f"{len(sources)} files, {len(facts)} instances, {len(studies)} studies, {len(errors)} errors", file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

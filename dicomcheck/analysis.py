@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from .enums import Origin, SeriesKind
 from .knowledge import Knowledge, builtin_knowledge
-from .model import Evidence, InstanceFacts, RuleHit, SeriesDecision, StudyDecision
+from .model import Equipment, Evidence, InstanceFacts, PrivateCreator, RuleHit, SeriesDecision, StudyDecision
 from .registry import Registry
 from .rules.kind import classify_series, is_secondary_capture
 from .rules.origin import decide_origin, weak_marks
@@ -34,7 +34,10 @@ def group_by_study(instances: Iterable[InstanceFacts]) -> dict[str, dict[str, li
     return studies
 
 
-def _equipment_key(facts: InstanceFacts) -> tuple:
+_EquipmentKey = tuple[Equipment, str | None, str | None, tuple[PrivateCreator, ...], str | None]
+
+
+def _equipment_key(facts: InstanceFacts) -> _EquipmentKey:
     return (facts.equipment, facts.sc_manufacturer, facts.sc_model, facts.private_creators, facts.source_ae_title)
 
 
@@ -48,15 +51,27 @@ def _is_base_acquisition(kind: SeriesKind, first: InstanceFacts) -> bool:
     return kind is SeriesKind.OTHER_DERIVED and first.image_type[1:2] == ("PRIMARY",)
 
 
-def _series_evidence(instances: Sequence[InstanceFacts], kind_hit: RuleHit, origin_hit: RuleHit, knowledge: Knowledge) -> tuple[Evidence, ...]:
+def _series_evidence(
+    instances: Sequence[InstanceFacts], kind_hit: RuleHit, origin_hit: RuleHit, knowledge: Knowledge
+) -> tuple[Evidence, ...]:
     first = instances[0]
     evidence: list[Evidence] = [*kind_hit.evidence, *origin_hit.evidence]
     if first.sop_class_uid:
-        evidence.append(Evidence("sop_class", "SOPClassUID", first.sop_class_uid, tag_of("SOPClassUID"), first.sop_instance_uid))
+        evidence.append(
+            Evidence("sop_class", "SOPClassUID", first.sop_class_uid, tag_of("SOPClassUID"), first.sop_instance_uid)
+        )
     if first.conversion_type:
-        evidence.append(Evidence("conversion_type", "ConversionType", first.conversion_type, tag_of("ConversionType"), first.sop_instance_uid))
+        evidence.append(
+            Evidence(
+                "conversion_type",
+                "ConversionType",
+                first.conversion_type,
+                tag_of("ConversionType"),
+                first.sop_instance_uid,
+            )
+        )
     evidence.extend(weak_marks(first, knowledge))
-    unique: dict[tuple, Evidence] = {}
+    unique: dict[tuple[str, str, str, str | None], Evidence] = {}
     for item in evidence:
         unique.setdefault((item.signal, item.keyword, item.value, item.sop_instance_uid), item)
     return tuple(unique.values())
@@ -79,12 +94,14 @@ def decide_study(
         for uid, instances in series_map.items()
         if kinds[uid][0].kind is SeriesKind.ACQUISITION and not is_secondary_capture(instances[0])
     ]
-    base_series = frozenset(uid for uid, instances in series_map.items() if _is_base_acquisition(kinds[uid][0].kind, instances[0]))
+    base_series = frozenset(
+        uid for uid, instances in series_map.items() if _is_base_acquisition(kinds[uid][0].kind, instances[0])
+    )
 
     decisions = []
     for uid, instances in series_map.items():
         kind_decision, _ = kinds[uid]
-        representatives = {}
+        representatives: dict[_EquipmentKey, InstanceFacts] = {}
         for facts in instances:
             representatives.setdefault(_equipment_key(facts), facts)
         origins = [
@@ -95,7 +112,14 @@ def decide_study(
         if len({o.origin for o in origins}) > 1:
             summary = ", ".join(sorted({o.origin.value for o in origins}))
             evidence = tuple(e for o in origins for e in o.hit.evidence[:2])
-            origin = type(origin)(Origin.UNKNOWN, RuleHit("origin.conflict", f"Instances of the series point to different origins ({summary}).", evidence=evidence))
+            origin = type(origin)(
+                Origin.UNKNOWN,
+                RuleHit(
+                    "origin.conflict",
+                    f"Instances of the series point to different origins ({summary}).",
+                    evidence=evidence,
+                ),
+            )
         is_3d, _ = three_d_status(kind_decision.kind, kind_decision.technique, policy)
         first = instances[0]
         decisions.append(
@@ -118,7 +142,9 @@ def decide_study(
         )
     decisions.sort(key=lambda s: (_series_number(series_map[s.series_instance_uid][0]), s.series_instance_uid))
     all_instances = [f for instances in series_map.values() for f in instances]
-    outcome, reasons = decide_outcome(decisions, all_instances, acquisition_series=base_series, knowledge=knowledge, policy=policy)
+    outcome, reasons = decide_outcome(
+        decisions, all_instances, acquisition_series=base_series, knowledge=knowledge, policy=policy
+    )
     first = all_instances[0]
     return StudyDecision(
         study_instance_uid=study_uid,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from types import UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Union, cast, get_args, get_origin
 
 import annotated_types
 import typer
@@ -56,7 +56,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the dicomcheck version and exit.")] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the dicomcheck version and exit."
+        ),
+    ] = False,
 ) -> None:
     pass
 
@@ -84,10 +89,21 @@ def _registry(devices: Path | None) -> Registry:
 
 @app.command()
 def analyze(
-    paths: Annotated[list[Path], typer.Argument(help="DICOM files, folders (recursive), ZIP archives or DICOMDIR files.", show_default=False)],
-    devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry and policies (TOML).", show_default=False)] = None,
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="table: readable terminal view; json: the machine-readable document.")] = OutputFormat.table,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes reading headers (default: one per core).", show_default=False)] = None,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="DICOM files, folders (recursive), ZIP archives or DICOMDIR files.", show_default=False),
+    ],
+    devices: Annotated[
+        Path | None, typer.Option("--devices", help="Site device registry and policies (TOML).", show_default=False)
+    ] = None,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="table: readable terminal view; json: the machine-readable document."),
+    ] = OutputFormat.table,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Processes reading headers (default: one per core).", show_default=False),
+    ] = None,
 ) -> None:
     """Classify every series and decide every study found in PATHS.
 
@@ -105,10 +121,16 @@ def analyze(
         with Progress(*columns, console=stderr, transient=True) as progress:
             task = progress.add_task("read", total=len(sources))
             for result in read_all(sources, workers=workers, progress=lambda n: progress.advance(task, n)):
-                (facts if isinstance(result, InstanceFacts) else read_errors).append(result)
+                if isinstance(result, InstanceFacts):
+                    facts.append(result)
+                else:
+                    read_errors.append(result)
     else:
         for result in read_all(sources, workers=workers):
-            (facts if isinstance(result, InstanceFacts) else read_errors).append(result)
+            if isinstance(result, InstanceFacts):
+                facts.append(result)
+            else:
+                read_errors.append(result)
     studies = decide_studies(facts, registry=registry)
     if output_format is OutputFormat.json:
         document = analysis_document(studies, read_errors, policy=registry.policy, registry_path=registry.path)
@@ -133,15 +155,23 @@ def _setting_option(name: str, field: FieldInfo) -> inspect.Parameter:
     elif shown_default not in ("not set", "empty"):
         help_text += f" (default: {shown_default})"
     is_union = get_origin(annotation) in (Union, UnionType)
-    value_type = Union[tuple(arg for arg in get_args(annotation) if arg is not type(None))] if is_union else annotation  # noqa: UP007 - built at run time
+    # A type built at run time from the field's annotation: Any, since no static type describes it.
+    value_type: Any = (
+        Union[tuple(arg for arg in get_args(annotation) if arg is not type(None))]  # noqa: UP007 - built at run time
+        if is_union
+        else annotation
+    )
     declaration = "/".join(flag_spellings(name))
-    bounds = {}
+    minimum: int | float | None = None
+    maximum: int | float | None = None
     if value_type is int:  # an integer's inclusive bounds are checked, and shown, by the option itself
-        bounds = {"min": next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None),
-                  "max": next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)}
-    option = typer.Option(declaration, help=help_text, show_default=False, **bounds)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[value_type | None, option])
+        # annotated_types types ge/le as protocols; on an int field pydantic holds ints there.
+        minimum = next((cast(int, m.ge) for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+        maximum = next((cast(int, m.le) for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    option = typer.Option(declaration, help=help_text, show_default=False, min=minimum, max=maximum)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[value_type | None, option]
+    )
 
 
 def _settings_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -157,7 +187,12 @@ def _settings_options(command: Callable[..., None]) -> Callable[..., None]:
 @app.command()
 @_settings_options
 def serve(
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (same names as the flags, with underscores).", show_default=False)] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML file of settings (same names as the flags, with underscores).", show_default=False
+        ),
+    ] = None,
     **flags: Any,
 ) -> None:
     """Run the DICOM receiver and the HTTP lookup API on one index.
@@ -209,10 +244,16 @@ def _run_server(settings, receiver_type, settler_type) -> None:
         except OSError as exc:  # port taken, address not ours, no permission: one line, like a taken HTTP port
             settler.stop()
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise _fail(f"cannot listen for DICOM on {settings.bind}:{settings.dicom_port}: {reason}"
-                        + (f" ({exc.filename})" if exc.filename else ""), EXIT_CANNOT_LISTEN) from None
-        print(f"dicomcheck {__version__}: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]}, "
-              f"data in {settings.data}", flush=True)
+            raise _fail(
+                f"cannot listen for DICOM on {settings.bind}:{settings.dicom_port}: {reason}"
+                + (f" ({exc.filename})" if exc.filename else ""),
+                EXIT_CANNOT_LISTEN,
+            ) from None
+        print(
+            f"dicomcheck {__version__}: {settings.ae_title} listening on {settings.bind}:{server.server_address[1]}, "
+            f"data in {settings.data}",
+            flush=True,
+        )
     try:
         if settings.api:
             from .api.server import run_api
@@ -241,8 +282,16 @@ def _index_settings(data: Path | None, database_url: str | None):
 
 token_app = typer.Typer(help="API tokens: create (shown once, stored hashed), list, revoke.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-DataOption = Annotated[Path | None, typer.Option("--data", help="Data folder of the index (as for serve). (default: dicomcheck-data)", show_default=False)]
-UrlOption = Annotated[str | None, typer.Option("--database-url", help="Index database URL (env DICOMCHECK_DATABASE_URL).", show_default=False)]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="Data folder of the index (as for serve). (default: dicomcheck-data)", show_default=False
+    ),
+]
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Index database URL (env DICOMCHECK_DATABASE_URL).", show_default=False),
+]
 
 
 def _access(data: Path | None, database_url: str | None):
@@ -264,8 +313,16 @@ def _existing_index(settings):
 
     url = make_url(settings.url)
     shown = url.render_as_string(hide_password=True)
-    create = "create it with `dicomcheck db upgrade" + (" --data " + str(settings.data) if not settings.database_url else " --database-url URL") + "` (or start `dicomcheck serve`)"
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not Path(url.database).is_file():
+    create = (
+        "create it with `dicomcheck db upgrade"
+        + (" --data " + str(settings.data) if not settings.database_url else " --database-url URL")
+        + "` (or start `dicomcheck serve`)"
+    )
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not Path(url.database).is_file()
+    ):
         raise _fail(f"no index at {url.database}: {create}")
     engine = make_engine(settings.url)
     try:
@@ -280,9 +337,20 @@ def _existing_index(settings):
 def token_create(
     name: Annotated[str, typer.Argument(help="Who or what the token is for (unique).")],
     role: Annotated[str, typer.Option("--role", help="reader | admin | auditor")],
-    expires: Annotated[str | None, typer.Option("--expires", help="Expiry date (YYYY-MM-DD, end of day UTC); required for auditors.", show_default=False)] = None,
-    study: Annotated[list[str] | None, typer.Option("--study", help="Study Instance UID an auditor may read (repeat).", show_default=False)] = None,
-    accession: Annotated[list[str] | None, typer.Option("--accession", help="Accession Number an auditor may read (repeat).", show_default=False)] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            "--expires", help="Expiry date (YYYY-MM-DD, end of day UTC); required for auditors.", show_default=False
+        ),
+    ] = None,
+    study: Annotated[
+        list[str] | None,
+        typer.Option("--study", help="Study Instance UID an auditor may read (repeat).", show_default=False),
+    ] = None,
+    accession: Annotated[
+        list[str] | None,
+        typer.Option("--accession", help="Accession Number an auditor may read (repeat).", show_default=False),
+    ] = None,
     data: DataOption = None,
     database_url: UrlOption = None,
 ) -> None:
@@ -296,9 +364,13 @@ def token_create(
         except ValueError:
             raise typer.BadParameter(f"{expires!r} is not a date (YYYY-MM-DD)", param_hint="--expires") from None
         if expires_at <= dt.datetime.now(dt.UTC):
-            raise typer.BadParameter(f"{expires} is in the past; a token expires at the end of a day to come (UTC)", param_hint="--expires")
+            raise typer.BadParameter(
+                f"{expires} is in the past; a token expires at the end of a day to come (UTC)", param_hint="--expires"
+            )
     try:
-        token = _access(data, database_url).create_token(name, role, expires_at=expires_at, studies=study or [], accessions=accession or [])
+        token = _access(data, database_url).create_token(
+            name, role, expires_at=expires_at, studies=study or [], accessions=accession or []
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     print(token)
@@ -312,13 +384,24 @@ def token_list(data: DataOption = None, database_url: UrlOption = None) -> None:
     table = Table("name", "role", "prefix", "created", "expires", "revoked", "scope")
     for t in _access(data, database_url).list_tokens():
         scope = ", ".join([*t.studies, *t.accessions]) or "all studies"
-        table.add_row(t.name, t.role, t.prefix + "…", f"{t.created_at:%Y-%m-%d}", f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "-",
-                      f"{t.revoked_at:%Y-%m-%d}" if t.revoked_at else "-", scope)
+        table.add_row(
+            t.name,
+            t.role,
+            t.prefix + "…",
+            f"{t.created_at:%Y-%m-%d}",
+            f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "-",
+            f"{t.revoked_at:%Y-%m-%d}" if t.revoked_at else "-",
+            scope,
+        )
     Console().print(table)
 
 
 @token_app.command("revoke")
-def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")], data: DataOption = None, database_url: UrlOption = None) -> None:
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name.")],
+    data: DataOption = None,
+    database_url: UrlOption = None,
+) -> None:
     """Revoke a token at once."""
     if not _access(data, database_url).revoke_token(name):
         raise typer.BadParameter(f"no active token named {name!r}")
@@ -327,7 +410,9 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")],
 
 keys_app = typer.Typer(help="The site key that signs evidence manifests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-KeyDirOption = Annotated[Path | None, typer.Option("--key-dir", help="Folder of the site key (default: DATA/keys).", show_default=False)]
+KeyDirOption = Annotated[
+    Path | None, typer.Option("--key-dir", help="Folder of the site key (default: DATA/keys).", show_default=False)
+]
 
 
 def _key_dir(data: Path | None, key_dir: Path | None) -> Path:
@@ -335,8 +420,16 @@ def _key_dir(data: Path | None, key_dir: Path | None) -> Path:
 
 
 @keys_app.command("create")
-def keys_create(data: DataOption = None, key_dir: KeyDirOption = None,
-                force: Annotated[bool, typer.Option("--force", help="Replace an existing key (packs signed with it stay verifiable by their fingerprint).")] = False) -> None:
+def keys_create(
+    data: DataOption = None,
+    key_dir: KeyDirOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace an existing key (packs signed with it stay verifiable by their fingerprint)."
+        ),
+    ] = False,
+) -> None:
     """Create the site's Ed25519 signing key and print its public fingerprint."""
     from .evidence.keys import KeyError_, create_key
 
@@ -362,16 +455,63 @@ def keys_show(data: DataOption = None, key_dir: KeyDirOption = None) -> None:
 
 @app.command()
 def evidence(
-    target: Annotated[str, typer.Argument(help="A folder / file of DICOM instances, a Study Instance UID in the index, or the word `verify`.", show_default=False)],
-    pack: Annotated[Path | None, typer.Argument(help="With `verify`: the pack folder or ZIP.", show_default=False)] = None,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A folder / file of DICOM instances, a Study Instance UID in the index, or the word `verify`.",
+            show_default=False,
+        ),
+    ],
+    pack: Annotated[
+        Path | None, typer.Argument(help="With `verify`: the pack folder or ZIP.", show_default=False)
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Where to write the pack(s).", show_default=False)] = None,
-    minimal: Annotated[bool, typer.Option("--minimal", help="PHI-minimal variant: patient IDs hashed, names removed, burned-in SCs without thumbnails.")] = False,
-    study: Annotated[str | None, typer.Option("--study", help="With a folder: only this Study Instance UID.", show_default=False)] = None,
-    devices: Annotated[Path | None, typer.Option("--devices", help="Site device registry (folder mode).", show_default=False)] = None,
-    storage: Annotated[Path | None, typer.Option("--storage", help="With verify: the storage folder holding the cited instances (default: DATA/storage with --data, else where they were).", show_default=False)] = None,
-    fingerprint: Annotated[list[str] | None, typer.Option("--fingerprint", help="With verify: a published fingerprint the signing key must have (trust anchor; repeat for several).", show_default=False)] = None,
-    trusted_keys: Annotated[Path | None, typer.Option("--trusted-keys", help="With verify: a file of trusted fingerprints, one per line, # comments (trust anchor).", show_default=False)] = None,
-    pack_only: Annotated[bool, typer.Option("--pack-only", help="With verify: check only the pack (every file, the signature, the re-derivation), not the stored instances it cites.")] = False,
+    minimal: Annotated[
+        bool,
+        typer.Option(
+            "--minimal",
+            help="PHI-minimal variant: patient IDs hashed, names removed, burned-in SCs without thumbnails.",
+        ),
+    ] = False,
+    study: Annotated[
+        str | None, typer.Option("--study", help="With a folder: only this Study Instance UID.", show_default=False)
+    ] = None,
+    devices: Annotated[
+        Path | None, typer.Option("--devices", help="Site device registry (folder mode).", show_default=False)
+    ] = None,
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            "--storage",
+            help="With verify: the storage folder holding the cited instances "
+            "(default: DATA/storage with --data, else where they were).",
+            show_default=False,
+        ),
+    ] = None,
+    fingerprint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fingerprint",
+            help="With verify: a published fingerprint the signing key must have (trust anchor; repeat for several).",
+            show_default=False,
+        ),
+    ] = None,
+    trusted_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--trusted-keys",
+            help="With verify: a file of trusted fingerprints, one per line, # comments (trust anchor).",
+            show_default=False,
+        ),
+    ] = None,
+    pack_only: Annotated[
+        bool,
+        typer.Option(
+            "--pack-only",
+            help="With verify: check only the pack (every file, the signature, the re-derivation), "
+            "not the stored instances it cites.",
+        ),
+    ] = False,
     data: DataOption = None,
     database_url: UrlOption = None,
     key_dir: KeyDirOption = None,
@@ -380,7 +520,7 @@ def evidence(
 
     dicomcheck evidence PATH-or-STUDY_UID --out DIR [--minimal]   write pack(s) (needs the site key: `dicomcheck keys create`)
     dicomcheck evidence verify PACK (--fingerprint FP | --data DIR | --trusted-keys FILE) [--storage DIR] [--pack-only]   exit 0 when intact
-    """
+    """  # noqa: E501 - the two usage lines are shown verbatim by --help (rich markup keeps line breaks)
     if target == "verify":
         if pack is None:
             raise typer.BadParameter("name the pack folder or ZIP to verify")
@@ -399,9 +539,15 @@ def evidence(
     settings = _index_settings(data, database_url)
     folder_of_keys = _key_dir(data, key_dir)
     if not (folder_of_keys / PRIVATE_NAME).exists():
-        create = f"dicomcheck keys create --key-dir {key_dir}" if key_dir else f"dicomcheck keys create --data {settings.data}"
-        raise typer.BadParameter(f"no site key in {folder_of_keys}: packs are signed by the site key; create it once with "
-                                 f"`{create}` and publish the fingerprint it prints")
+        create = (
+            f"dicomcheck keys create --key-dir {key_dir}"
+            if key_dir
+            else f"dicomcheck keys create --data {settings.data}"
+        )
+        raise typer.BadParameter(
+            f"no site key in {folder_of_keys}: packs are signed by the site key; create it once with "
+            f"`{create}` and publish the fingerprint it prints"
+        )
     try:
         key = load_key(folder_of_keys)
     except KeyError_ as exc:
@@ -415,21 +561,33 @@ def evidence(
 
             _existing_index(settings)
             receiver = Receiver(settings, read_only=True)  # reads the index: no migration, recovery or sweep
-            sources = [from_index(receiver.engine, settings.storage_dir, target, registry=receiver.effective_registry())]
+            sources = [
+                from_index(receiver.engine, settings.storage_dir, target, registry=receiver.effective_registry())
+            ]
         if not sources:
             raise EvidenceError(f"no study found in {target}")
         writer = PackWriter(key)
         for source in sources:
-            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", source.study_instance_uid or "") or len(source.study_instance_uid) > 64:
-                print(f"skipped a study whose Study Instance UID is not a UID: {source.study_instance_uid[:64]!r}", file=sys.stderr)
+            if (
+                not re.fullmatch(r"[0-9]+(\.[0-9]+)*", source.study_instance_uid or "")
+                or len(source.study_instance_uid) > 64
+            ):
+                print(
+                    f"skipped a study whose Study Instance UID is not a UID: {source.study_instance_uid[:64]!r}",
+                    file=sys.stderr,
+                )
                 continue  # the UID names the pack's folder: never a path from a file
-            folder = writer.write(source, out / source.study_instance_uid / pack_dir_name(source, minimal=minimal), minimal=minimal)
+            folder = writer.write(
+                source, out / source.study_instance_uid / pack_dir_name(source, minimal=minimal), minimal=minimal
+            )
             print(f"{source.study_instance_uid}: {source.document['outcome']} -> {folder}")
     except (EvidenceError, PackError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _trust_anchors(fingerprints: list[str], trusted_keys: Path | None, data: Path | None, key_dir: Path | None) -> list[str]:
+def _trust_anchors(
+    fingerprints: list[str], trusted_keys: Path | None, data: Path | None, key_dir: Path | None
+) -> list[str]:
     """The fingerprints a pack's signer may have: --fingerprint, --trusted-keys, the site key of --data / --key-dir."""
     from .evidence.keys import KeyError_, check_fingerprint, read_trusted_fingerprints, site_fingerprint
 
@@ -468,10 +626,16 @@ def _verify(pack: Path, storage: Path | None, anchors: list[str], *, pack_only: 
         print(f"note {note}")
     manifest = result.manifest
     if result.ok:
-        instances = (f"{len(manifest.get('cited_instances', []))} cited instances intact" if result.instances_checked
-                     else "the stored instances were NOT checked (pack-only)")
-        print(f"OK {manifest.get('study_instance_uid')} decision {manifest.get('decision_id')}: {manifest.get('outcome')}, "
-              f"{len(manifest.get('files', []))} files intact, {instances}, signed by the trusted key {result.signer}")
+        instances = (
+            f"{len(manifest.get('cited_instances', []))} cited instances intact"
+            if result.instances_checked
+            else "the stored instances were NOT checked (pack-only)"
+        )
+        print(
+            f"OK {manifest.get('study_instance_uid')} decision {manifest.get('decision_id')}: "
+            f"{manifest.get('outcome')}, "
+            f"{len(manifest.get('files', []))} files intact, {instances}, signed by the trusted key {result.signer}"
+        )
         return
     raise typer.Exit(1)
 

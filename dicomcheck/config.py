@@ -43,40 +43,123 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DICOMCHECK_", extra="forbid")
 
-    data: Annotated[Path, Flag("--data")] = Field(Path("dicomcheck-data"), description="Data folder: storage/, quarantine/ and the SQLite index.")
-    database_url: Annotated[str | None, Flag("--database-url")] = Field(None, description="SQLAlchemy URL of the index; default sqlite:///DATA/index.sqlite3.")
+    data: Annotated[Path, Flag("--data")] = Field(
+        Path("dicomcheck-data"), description="Data folder: storage/, quarantine/ and the SQLite index."
+    )
+    database_url: Annotated[str | None, Flag("--database-url")] = Field(
+        None, description="SQLAlchemy URL of the index; default sqlite:///DATA/index.sqlite3."
+    )
     ae_title: Annotated[str, Flag("--ae-title")] = Field("DICOMCHECK", description="Our AE title.")
-    dicom_port: Annotated[int, Flag("--dicom-port")] = Field(11112, ge=0, le=65535, description="TCP port of the DICOM listener.")
-    bind: Annotated[str, Flag("--bind")] = Field("0.0.0.0", description="Address the DICOM listener and the HTTP API bind to.")
-    allow_callers: Annotated[list[str], Flag("--allow-caller")] = Field(default_factory=list, description="Calling AE titles allowed; empty accepts all (with a warning).")
+    dicom_port: Annotated[int, Flag("--dicom-port")] = Field(
+        11112, ge=0, le=65535, description="TCP port of the DICOM listener."
+    )
+    bind: Annotated[str, Flag("--bind")] = Field(
+        "0.0.0.0", description="Address the DICOM listener and the HTTP API bind to."
+    )
+    allow_callers: Annotated[list[str], Flag("--allow-caller")] = Field(
+        default_factory=list, description="Calling AE titles allowed; empty accepts all (with a warning)."
+    )
     require_called_ae: bool = Field(True, description="Reject associations whose called AE title is not ours.")
-    devices: Annotated[Path | None, Flag("--devices")] = Field(None, description="Site device registry and policies (TOML); re-read when it changes.")
-    stable_after: Annotated[float, Flag("--stable-after")] = Field(60.0, gt=0, description="Seconds without a new instance before a study is decided.")
-    settle_interval: float | None = Field(None, gt=0, description="How often the settler looks for stable studies (default: stable_after / 4, at most 5 s).")
-    max_associations: Annotated[int, Flag("--max-associations")] = Field(16, ge=1, le=1000, description="Concurrent associations accepted (in total; shared out between receiver processes).")
+    devices: Annotated[Path | None, Flag("--devices")] = Field(
+        None, description="Site device registry and policies (TOML); re-read when it changes."
+    )
+    stable_after: Annotated[float, Flag("--stable-after")] = Field(
+        60.0, gt=0, description="Seconds without a new instance before a study is decided."
+    )
+    settle_interval: float | None = Field(
+        None,
+        gt=0,
+        description="How often the settler looks for stable studies (default: stable_after / 4, at most 5 s).",
+    )
+    max_associations: Annotated[int, Flag("--max-associations")] = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Concurrent associations accepted (in total; shared out between receiver processes).",
+    )
     max_pdu: int = Field(262144, ge=0, description="Maximum PDU size we receive (0 = unlimited).")
-    acse_timeout: float = Field(30.0, gt=0, description="Seconds to wait for association messages (A-ASSOCIATE, A-RELEASE).")
+    acse_timeout: float = Field(
+        30.0, gt=0, description="Seconds to wait for association messages (A-ASSOCIATE, A-RELEASE)."
+    )
     dimse_timeout: float = Field(60.0, gt=0, description="Seconds to wait for DIMSE messages.")
-    network_timeout: float = Field(60.0, gt=0, description="Seconds of network inactivity before the association is aborted.")
-    private_sop_classes: Annotated[list[str], Flag("--private-sop-class")] = Field(default_factory=list, description="Extra (private) storage SOP class UIDs to accept.")
-    tls_cert: Annotated[Path | None, Flag("--tls-cert")] = Field(None, description="Certificate (PEM): enables DICOM TLS on the DICOM port.")
-    tls_key: Annotated[Path | None, Flag("--tls-key")] = Field(None, description="Private key (PEM) of the certificate.")
-    tls_ca: Annotated[Path | None, Flag("--tls-ca")] = Field(None, description="CA bundle used to verify client certificates.")
-    tls_require_client_cert: Annotated[bool, Flag("--tls-require-client-cert")] = Field(False, description="Require a client certificate signed by `tls_ca` (mutual TLS).")
+    network_timeout: float = Field(
+        60.0, gt=0, description="Seconds of network inactivity before the association is aborted."
+    )
+    private_sop_classes: Annotated[list[str], Flag("--private-sop-class")] = Field(
+        default_factory=list, description="Extra (private) storage SOP class UIDs to accept."
+    )
+    tls_cert: Annotated[Path | None, Flag("--tls-cert")] = Field(
+        None, description="Certificate (PEM): enables DICOM TLS on the DICOM port."
+    )
+    tls_key: Annotated[Path | None, Flag("--tls-key")] = Field(
+        None, description="Private key (PEM) of the certificate."
+    )
+    tls_ca: Annotated[Path | None, Flag("--tls-ca")] = Field(
+        None, description="CA bundle used to verify client certificates."
+    )
+    tls_require_client_cert: Annotated[bool, Flag("--tls-require-client-cert")] = Field(
+        False, description="Require a client certificate signed by `tls_ca` (mutual TLS)."
+    )
     node_name: str | None = Field(None, description="Name of this receiver in a shared index (default host:pid).")
-    evidence_destination: Annotated[str | None, Flag("--evidence-destination")] = Field(None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE).")
-    processes: Annotated[int, Flag("--processes")] = Field(1, ge=1, le=64, description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).")
-    max_inflated_size: int = Field(1 << 30, ge=1 << 20, description="Largest size in bytes a Deflated Explicit VR data set may inflate to; beyond it the C-STORE is refused with 0xA700.")
-    pdu_deadline: float = Field(60.0, gt=0, description="Seconds one PDU may take to arrive in full; bytes trickling in do not reset it (the connection is aborted).")
-    speed_tuning: bool = Field(True, description="pynetdicom receive-path speed tuning (scp/tuning.py: event-driven reactors, larger reads, TCP_NODELAY, shared contexts), only on the pynetdicom version it is tested with; the fault fixes stay on either way.")
-    http_port: Annotated[int, Flag("--http-port")] = Field(8080, ge=0, le=65535, description="HTTP port of the lookup API.")
-    http_idle_timeout: float = Field(5.0, gt=0, description="Seconds an HTTP connection may sit idle, or take to send a request's headers or body, before it is closed.")
-    http_max_body: int = Field(1 << 20, ge=1024, description="Largest HTTP request body in bytes; larger ones get 413 before they are read.")
-    http_max_header_size: int = Field(16384, ge=1024, description="Largest HTTP request header block in bytes; larger ones get 431 / the connection is closed.")
-    http_max_connections: int = Field(200, ge=1, description="Open HTTP connections at most; beyond it new connections wait or are refused, so the API never starves the DICOM receiver of file descriptors.")
-    auditor_full_pack: bool = Field(False, description="Serve auditor tokens the full evidence pack; by default they get the PHI-minimal pack.")
-    api: Annotated[bool, Flag("--api")] = Field(True, description="Serve the HTTP API (`--no-api`: the DICOM receiver only).")
-    scp: Annotated[bool, Flag("--scp")] = Field(True, description="Run the DICOM receiver (`--no-scp`: the HTTP API only, on a shared index).")
+    evidence_destination: Annotated[str | None, Flag("--evidence-destination")] = Field(
+        None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE)."
+    )
+    processes: Annotated[int, Flag("--processes")] = Field(
+        1,
+        ge=1,
+        le=64,
+        description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).",
+    )
+    max_inflated_size: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Largest size in bytes a Deflated Explicit VR data set may inflate to; beyond it the C-STORE is "
+        "refused with 0xA700.",
+    )
+    pdu_deadline: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds one PDU may take to arrive in full; bytes trickling in do not reset it (the connection "
+        "is aborted).",
+    )
+    speed_tuning: bool = Field(
+        True,
+        description="pynetdicom receive-path speed tuning (scp/tuning.py: event-driven reactors, larger reads, "
+        "TCP_NODELAY, shared contexts), only on the pynetdicom version it is tested with; the fault fixes stay on "
+        "either way.",
+    )
+    http_port: Annotated[int, Flag("--http-port")] = Field(
+        8080, ge=0, le=65535, description="HTTP port of the lookup API."
+    )
+    http_idle_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds an HTTP connection may sit idle, or take to send a request's headers or body, before it "
+        "is closed.",
+    )
+    http_max_body: int = Field(
+        1 << 20, ge=1024, description="Largest HTTP request body in bytes; larger ones get 413 before they are read."
+    )
+    http_max_header_size: int = Field(
+        16384,
+        ge=1024,
+        description="Largest HTTP request header block in bytes; larger ones get 431 / the connection is closed.",
+    )
+    http_max_connections: int = Field(
+        200,
+        ge=1,
+        description="Open HTTP connections at most; beyond it new connections wait or are refused, so the API never "
+        "starves the DICOM receiver of file descriptors.",
+    )
+    auditor_full_pack: bool = Field(
+        False, description="Serve auditor tokens the full evidence pack; by default they get the PHI-minimal pack."
+    )
+    api: Annotated[bool, Flag("--api")] = Field(
+        True, description="Serve the HTTP API (`--no-api`: the DICOM receiver only)."
+    )
+    scp: Annotated[bool, Flag("--scp")] = Field(
+        True, description="Run the DICOM receiver (`--no-scp`: the HTTP API only, on a shared index)."
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -179,7 +262,9 @@ def settings_table_markdown(fields: Iterable[str] | None = None) -> str:
     lines = ["| Setting | Flag | Environment | Default | Meaning |", "|---|---|---|---|---|"]
     for name in names:
         meaning = Settings.model_fields[name].description
-        lines.append(f"| `{name}` | {flag_markdown(name)} | `DICOMCHECK_{name.upper()}` | {default_text(name)} | {meaning} |")
+        lines.append(
+            f"| `{name}` | {flag_markdown(name)} | `DICOMCHECK_{name.upper()}` | {default_text(name)} | {meaning} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -221,7 +306,9 @@ def _origin(field: str, explicit: dict[str, Any], config_file: Path | None, file
     return field
 
 
-def _one_line(exc: ValidationError, explicit: dict[str, Any], config_file: Path | None, file_data: dict[str, Any]) -> str:
+def _one_line(
+    exc: ValidationError, explicit: dict[str, Any], config_file: Path | None, file_data: dict[str, Any]
+) -> str:
     problems = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error.get("loc", ())]
@@ -231,7 +318,11 @@ def _one_line(exc: ValidationError, explicit: dict[str, Any], config_file: Path 
         if loc:
             where = _origin(loc[0], explicit, config_file, file_data) + "".join(f"[{part}]" for part in loc[1:])
             given = error.get("input")
-            shown = f" (got {given!r})" if isinstance(given, str | int | float | bool) and error.get("type") != "extra_forbidden" else ""
+            shown = (
+                f" (got {given!r})"
+                if isinstance(given, str | int | float | bool) and error.get("type") != "extra_forbidden"
+                else ""
+            )
             problems.append(f"{where}: {message}{shown}")
         else:
             problems.append(f"{config_file}: {message}" if config_file is not None else message)

@@ -18,17 +18,17 @@ from pathlib import Path
 from . import __version__, metrics
 from .analysis import decide_study, group_by_study
 from .config import Settings
-from .decision_document import study_dict
+from .decision_record import StudyDecisionUnderPolicy
+from .enums import Role
 from .extract import extract_facts
 from .knowledge import builtin_knowledge
-from .enums import Role
 from .registry import Device as RegistryDevice
 from .registry import Registry, RegistryFile
 from .rules import RULES_VERSION
 from .sources import ResourceLimitExceeded, read_file_header
+from .store.access import Access
 from .store.engine import make_engine, upgrade
 from .store.files import DISK_FULL, FileStore, SpoolFile, printable, process_alive, process_identity, sha256_file
-from .store.access import Access
 from .store.index import Index, ReceiptInfo
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class Receiver:
             self.sweep_temp()
         self.knowledge = builtin_knowledge()
         self._registry: Registry = Registry()
-        self._registry_mtime: float | None = None
+        self._registry_file: RegistryFile | None = None  # the watched --devices file, set by reload_registry
         self.reload_registry()
 
     def sweep_temp(self) -> int:
@@ -197,8 +197,11 @@ class Receiver:
             log.exception("associations left open by a stopped process not closed")
         else:
             for association_id, received in closed:
-                log.warning("association %s was left open by a stopped receiver: closed as aborted (%d instance(s) received)",
-                            association_id, received)
+                log.warning(
+                    "association %s was left open by a stopped receiver: closed as aborted (%d instance(s) received)",
+                    association_id,
+                    received,
+                )
         try:
             self.recover_commits()
         except Exception:  # noqa: BLE001
@@ -239,7 +242,13 @@ class Receiver:
         relative = record.get("path")
         sop, sha256 = record.get("sop_instance_uid"), record.get("sha256")
         final = self.files.absolute(relative) if isinstance(relative, str) and _STORED.fullmatch(relative) else None
-        if final is None or not final.is_file() or not isinstance(sop, str) or not isinstance(sha256, str):
+        if (
+            final is None
+            or not isinstance(relative, str)  # implied by final (spelt out for the type checker)
+            or not final.is_file()
+            or not isinstance(sop, str)
+            or not isinstance(sha256, str)
+        ):
             self.files.end_commit(marker)  # killed before the rename (or a record cut short): nothing was stored
             return 0
         if self.index.find_content(sop, sha256) is not None:
@@ -248,19 +257,31 @@ class Receiver:
         actual, size = sha256_file(final)
         receipt = self.index.association_receipt(record.get("association_id"), record.get("transfer_syntax_uid"))
         if actual != sha256:  # not the bytes that were received: never indexed as such
-            self._quarantine(final, StoreStatus.CANNOT_UNDERSTAND, "stored file differs from its commit record", receipt, None, sop)
+            self._quarantine(
+                final, StoreStatus.CANNOT_UNDERSTAND, "stored file differs from its commit record", receipt, None, sop
+            )
             self.files.end_commit(marker)
             return 0
         ds = read_file_header(str(final), max_inflated_size=self.settings.max_inflated_size)
         facts = extract_facts(ds, str(final), ae_title=receipt.calling_ae)
-        self.index.add_instance(replace(facts, source=relative), sha256=sha256, size=size, path=relative, receipt=receipt)
+        self.index.add_instance(
+            replace(facts, source=relative), sha256=sha256, size=size, path=relative, receipt=receipt
+        )
         self.files.end_commit(marker)
-        log.info("indexed %s (association %s), stored before a receiver stopped", printable(sop), receipt.association_id)
+        log.info(
+            "indexed %s (association %s), stored before a receiver stopped", printable(sop), receipt.association_id
+        )
         return 1
 
     # ---------------------------------------------------------------- storing
-    def store_file(self, temp: Path, receipt: ReceiptInfo, *, expected_sop_instance_uid: str | None = None,
-                   expected_sop_class_uid: str | None = None) -> StoreResult:
+    def store_file(
+        self,
+        temp: Path,
+        receipt: ReceiptInfo,
+        *,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> StoreResult:
         """Store a received file (``temp`` lives on the storage volume); never loses it."""
         if SpoolFile.failure(temp) is not None:  # the volume filled up while the data set arrived
             temp.unlink(missing_ok=True)
@@ -277,26 +298,74 @@ class Receiver:
                 log.warning("refusing a data set (0xA700): %s", exc)
                 return StoreResult(StoreStatus.OUT_OF_RESOURCES, str(exc)[:64])
             except Exception as exc:  # noqa: BLE001 - every unparseable input is quarantined
-                return self._quarantine(temp, StoreStatus.CANNOT_UNDERSTAND, f"cannot parse the dataset: {type(exc).__name__}: {exc}", receipt, None, expected_sop_instance_uid)
-            missing = [n for n, v in (("StudyInstanceUID", facts.study_instance_uid), ("SeriesInstanceUID", facts.series_instance_uid), ("SOPInstanceUID", facts.sop_instance_uid)) if not v]
-            if missing:
-                return self._quarantine(temp, StoreStatus.MISSING_UIDS, f"missing {', '.join(missing)}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
+                return self._quarantine(
+                    temp,
+                    StoreStatus.CANNOT_UNDERSTAND,
+                    f"cannot parse the dataset: {type(exc).__name__}: {exc}",
+                    receipt,
+                    None,
+                    expected_sop_instance_uid,
+                )
+            study_uid, series_uid, sop_uid = facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid
+            if not (study_uid and series_uid and sop_uid):
+                missing = [
+                    n
+                    for n, v in (
+                        ("StudyInstanceUID", study_uid),
+                        ("SeriesInstanceUID", series_uid),
+                        ("SOPInstanceUID", sop_uid),
+                    )
+                    if not v
+                ]
+                return self._quarantine(
+                    temp,
+                    StoreStatus.MISSING_UIDS,
+                    f"missing {', '.join(missing)}",
+                    receipt,
+                    facts.sop_class_uid,
+                    facts.sop_instance_uid,
+                )
             if (refusal := uid_refusal(ds)) is not None:  # before anything compares or stores the UIDs
-                return self._quarantine(temp, StoreStatus.INVALID_UID, refusal, receipt, facts.sop_class_uid, facts.sop_instance_uid)
+                return self._quarantine(
+                    temp, StoreStatus.INVALID_UID, refusal, receipt, facts.sop_class_uid, facts.sop_instance_uid
+                )
             if expected_sop_instance_uid and facts.sop_instance_uid != expected_sop_instance_uid:
-                return self._quarantine(temp, StoreStatus.UID_MISMATCH, f"dataset SOP Instance UID {facts.sop_instance_uid} differs from the request's {expected_sop_instance_uid}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
+                return self._quarantine(
+                    temp,
+                    StoreStatus.UID_MISMATCH,
+                    f"dataset SOP Instance UID {facts.sop_instance_uid} "
+                    f"differs from the request's {expected_sop_instance_uid}",
+                    receipt,
+                    facts.sop_class_uid,
+                    facts.sop_instance_uid,
+                )
             if expected_sop_class_uid and dataset_has_class and facts.sop_class_uid != expected_sop_class_uid:
-                return self._quarantine(temp, StoreStatus.UID_MISMATCH, f"dataset SOP Class UID {facts.sop_class_uid} differs from the request's {expected_sop_class_uid}", receipt, facts.sop_class_uid, facts.sop_instance_uid)
+                return self._quarantine(
+                    temp,
+                    StoreStatus.UID_MISMATCH,
+                    f"dataset SOP Class UID {facts.sop_class_uid} differs from the request's {expected_sop_class_uid}",
+                    receipt,
+                    facts.sop_class_uid,
+                    facts.sop_instance_uid,
+                )
             sha256, size = sha256_file(temp)
-            existing = self.index.find_content(facts.sop_instance_uid, sha256)  # type: ignore[arg-type]
+            existing = self.index.find_content(sop_uid, sha256)
             if existing is not None:
                 self.index.add_duplicate_receipt(existing, receipt)
                 temp.unlink(missing_ok=True)
                 return StoreResult(StoreStatus.SUCCESS, "identical instance already stored", duplicate=True)
-            relative = self.files.relative_path(facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid, sha256)  # type: ignore[arg-type]
-            marker = self.files.begin_commit(relative, {
-                "owner": self.owner, "sop_instance_uid": facts.sop_instance_uid, "sha256": sha256, "size": size,
-                "association_id": receipt.association_id, "transfer_syntax_uid": receipt.transfer_syntax_uid})
+            relative = self.files.relative_path(study_uid, series_uid, sop_uid, sha256)
+            marker = self.files.begin_commit(
+                relative,
+                {
+                    "owner": self.owner,
+                    "sop_instance_uid": facts.sop_instance_uid,
+                    "sha256": sha256,
+                    "size": size,
+                    "association_id": receipt.association_id,
+                    "transfer_syntax_uid": receipt.transfer_syntax_uid,
+                },
+            )
             try:
                 self.files.commit(temp, relative)
             except BaseException:
@@ -319,24 +388,47 @@ class Receiver:
         self.files.end_commit(marker)
         return StoreResult(StoreStatus.SUCCESS, duplicate=added.duplicate, version=added.version)
 
-    def _quarantine(self, temp: Path, status: StoreStatus, reason: str, receipt: ReceiptInfo,
-                    sop_class_uid: str | None, sop_instance_uid: str | None) -> StoreResult:
+    def _quarantine(
+        self,
+        temp: Path,
+        status: StoreStatus,
+        reason: str,
+        receipt: ReceiptInfo,
+        sop_class_uid: str | None,
+        sop_instance_uid: str | None,
+    ) -> StoreResult:
         sha256 = sha256_file(temp)[0] if temp.exists() else None
         reason = printable(reason, 4096)  # the same words in the index, beside the file and in the answer
-        details = {"status": f"0x{status:04X}", "calling_ae": receipt.calling_ae, "peer_address": receipt.peer_address,
-                   "association_id": receipt.association_id, "sop_class_uid": sop_class_uid,
-                   "sop_instance_uid": sop_instance_uid, "transfer_syntax_uid": receipt.transfer_syntax_uid}
+        details = {
+            "status": f"0x{status:04X}",
+            "calling_ae": receipt.calling_ae,
+            "peer_address": receipt.peer_address,
+            "association_id": receipt.association_id,
+            "sop_class_uid": sop_class_uid,
+            "sop_instance_uid": sop_instance_uid,
+            "transfer_syntax_uid": receipt.transfer_syntax_uid,
+        }
         target = self.files.quarantine(temp, None, reason, details)
         try:
-            self.index.add_quarantined(path=str(target.relative_to(self.files.quarantine_root)), reason=reason,
-                                       status=int(status), association_id=receipt.association_id,
-                                       sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid, sha256=sha256)
+            self.index.add_quarantined(
+                path=str(target.relative_to(self.files.quarantine_root)),
+                reason=reason,
+                status=int(status),
+                association_id=receipt.association_id,
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
+                sha256=sha256,
+            )
         except Exception:  # noqa: BLE001 - the sidecar JSON beside the file keeps the reason
             log.exception("quarantine not indexed; reason kept beside %s", target.name)
         # the reason only when it holds nothing but UIDs: a parser's message may quote any header value
-        log.warning("quarantined %s: status 0x%04X (%s)%s", target.name, status,
-                    printable(sop_instance_uid) if sop_instance_uid else "no SOP UID",
-                    f": {reason}" if status == StoreStatus.INVALID_UID else "")
+        log.warning(
+            "quarantined %s: status 0x%04X (%s)%s",
+            target.name,
+            status,
+            printable(sop_instance_uid) if sop_instance_uid else "no SOP UID",
+            f": {reason}" if status == StoreStatus.INVALID_UID else "",
+        )
         return StoreResult(status, reason[:64])
 
     # ---------------------------------------------------------------- deciding
@@ -350,7 +442,7 @@ class Receiver:
         path = self.settings.devices
         if path is None:
             return self._registry
-        watched = self.__dict__.get("_registry_file")
+        watched = self._registry_file
         if watched is None or watched.path != Path(path):  # first called from __init__, before any thread
             watched = self._registry_file = RegistryFile(path)
         self._registry = watched.current()
@@ -364,37 +456,52 @@ class Receiver:
         if not rows:
             return base
         extra = tuple(
-            RegistryDevice(role=Role(r.role), line=0, station_name=r.station_name, ae_title=r.ae_title,
-                           device_serial_number=r.device_serial_number, manufacturer=r.manufacturer, model=r.model,
-                           note=r.note, valid_from=r.valid_from, valid_to=r.valid_to, id=f"device #{r.id}",
-                           source=f"index device #{r.id}")
+            RegistryDevice(
+                role=Role(r.role),
+                line=0,
+                station_name=r.station_name,
+                ae_title=r.ae_title,
+                device_serial_number=r.device_serial_number,
+                manufacturer=r.manufacturer,
+                model=r.model,
+                note=r.note,
+                valid_from=r.valid_from,
+                valid_to=r.valid_to,
+                id=f"device #{r.id}",
+                source=f"index device #{r.id}",
+            )
             for r in rows
         )
         return Registry(base.devices + extra, base.policy, base.path, base.error)
 
-    def evaluate(self, study_uid: str) -> tuple[dict, Registry] | None:
+    def evaluate(self, study_uid: str) -> tuple[StudyDecisionUnderPolicy, Registry] | None:
         """The study decided now from the indexed facts (nothing saved)."""
         facts = self.index.study_facts(study_uid)
         if not facts:
             return None
         registry = self.effective_registry()
-        (uid, series), = group_by_study(facts).items()
-        document = study_dict(decide_study(uid, series, registry=registry, knowledge=self.knowledge))
-        document["policy"] = registry.policy.as_dict()
-        return document, registry
+        ((uid, series),) = group_by_study(facts).items()
+        decision = decide_study(uid, series, registry=registry, knowledge=self.knowledge)
+        return StudyDecisionUnderPolicy.from_decision_and_policy(decision, registry.policy), registry
 
-    def decide(self, study_uid: str, *, last_arrival_seen) -> dict | None:
+    def decide(self, study_uid: str, *, last_arrival_seen) -> StudyDecisionUnderPolicy | None:
         evaluated = self.evaluate(study_uid)
         if evaluated is None:
             return None
-        document, registry = evaluated
-        self.index.save_decision(study_uid, document, last_arrival_seen=last_arrival_seen, rules_version=RULES_VERSION,
-                                 dicomcheck_version=__version__, registry_path=registry.path)
-        metrics.DECISIONS.labels(document["outcome"]).inc()
-        log.info("decided study %s: %s (%d instances)", study_uid, document["outcome"], document["instances"])
+        record, registry = evaluated
+        self.index.save_decision(
+            study_uid,
+            record,
+            last_arrival_seen=last_arrival_seen,
+            rules_version=RULES_VERSION,
+            dicomcheck_version=__version__,
+            registry_path=registry.path,
+        )
+        metrics.DECISIONS.labels(record.outcome.value).inc()
+        log.info("decided study %s: %s (%d instances)", study_uid, record.outcome.value, record.instances)
         if self.settings.evidence_destination:
             self.return_evidence(study_uid)
-        return document
+        return record
 
     def return_evidence(self, study_uid: str) -> list[int] | None:
         """Send the decision's KOS and SR to the configured PACS, beside the study (never the
@@ -409,7 +516,12 @@ class Receiver:
         except Exception as exc:  # noqa: BLE001 - the PACS may be down; the pack stays for a later send
             log.error("evidence for study %s not sent to %s: %s", study_uid, destination, type(exc).__name__)
             return None
-        log.info("evidence for study %s sent to %s: statuses %s", study_uid, destination, ", ".join(f"0x{s:04X}" for s in statuses))
+        log.info(
+            "evidence for study %s sent to %s: statuses %s",
+            study_uid,
+            destination,
+            ", ".join(f"0x{s:04X}" for s in statuses),
+        )
         return statuses
 
     def settle_once(self) -> int:
@@ -446,12 +558,15 @@ class Settler(threading.Thread):
         failing: str | None = None  # the last pass's failure: a lasting fault is logged once, not every pass
         while not self._stop_event.is_set():
             try:
-                self.receiver.reload_registry()  # a changed --devices file is noticed (and reported) even when nothing is due
+                # a changed --devices file is noticed (and reported) even when nothing is due
+                self.receiver.reload_registry()
                 self.receiver.settle_once()
             except Exception as exc:  # noqa: BLE001 - e.g. database briefly unreachable; try again
                 reason = f"{type(exc).__name__}: {exc}"
                 if reason != failing:
-                    log.exception("settle pass failed (retried every %.1f s; logged again only if the error changes)", interval)
+                    log.exception(
+                        "settle pass failed (retried every %.1f s; logged again only if the error changes)", interval
+                    )
                 failing = reason
             else:
                 if failing is not None:
@@ -464,4 +579,3 @@ class Settler(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
-

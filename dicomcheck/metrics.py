@@ -6,14 +6,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-INSTANCES = Counter("dicomcheck_instances_received_total", "C-STORE requests answered, by DIMSE status",
-                    ["status"], registry=REGISTRY)
+INSTANCES = Counter(
+    "dicomcheck_instances_received_total", "C-STORE requests answered, by DIMSE status", ["status"], registry=REGISTRY
+)
 ASSOCIATIONS = Counter("dicomcheck_associations_total", "Associations, by result", ["result"], registry=REGISTRY)
 DECISIONS = Counter("dicomcheck_decisions_total", "Study decisions made, by outcome", ["outcome"], registry=REGISTRY)
-REGISTRY_FILE_ERROR = Gauge("dicomcheck_registry_file_error", "1 while the --devices file cannot be used (decisions use its "
-                            "last good version; /healthz says why), 0 when it is in use or none is configured", registry=REGISTRY)
-REQUEST_LATENCY = Histogram("dicomcheck_http_request_seconds", "HTTP request latency", ["route", "method", "status"],
-                            registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+REGISTRY_FILE_ERROR = Gauge(
+    "dicomcheck_registry_file_error",
+    "1 while the --devices file cannot be used (decisions use its "
+    "last good version; /healthz says why), 0 when it is in use or none is configured",
+    registry=REGISTRY,
+)
+REQUEST_LATENCY = Histogram(
+    "dicomcheck_http_request_seconds",
+    "HTTP request latency",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from .enums import Origin, Outcome, SeriesKind, Technique
+from .enums import CptCode, Origin, Outcome, SeriesKind, Technique
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +59,7 @@ class Equipment:
     @property
     def is_empty(self) -> bool:
         return not any(
-            (self.manufacturer, self.model, self.station_name, self.device_serial_number,
-             self.software_versions)
+            (self.manufacturer, self.model, self.station_name, self.device_serial_number, self.software_versions)
         )
 
 
@@ -191,18 +191,18 @@ class StudyDecision:
     instances: int
 
     @property
-    def code(self) -> str | None:
+    def code(self) -> CptCode | None:
         return self.outcome.code
 
 
-def facts_to_dict(facts: InstanceFacts) -> dict:
+def facts_to_dict(facts: InstanceFacts) -> dict[str, Any]:
     """A JSON-ready dict of an :class:`InstanceFacts` (stored in the index beside each instance)."""
     from dataclasses import asdict
 
     return asdict(facts)
 
 
-def facts_from_dict(data: dict) -> InstanceFacts:
+def facts_from_dict(data: dict[str, Any]) -> InstanceFacts:
     """Inverse of :func:`facts_to_dict`; unknown keys (from a later version) are ignored."""
     from dataclasses import fields
 

@@ -104,7 +104,8 @@ class Registry:
     policy: Policy = field(default_factory=Policy)
     path: str | None = None
     error: str | None = None
-    """Set when the live file at ``path`` is unusable: this is then its last good version (see :class:`RegistryFile`)."""
+    """Set when the live file at ``path`` is unusable: this is then its last good version
+    (see :class:`RegistryFile`)."""
 
     def match(
         self,
@@ -313,8 +314,12 @@ class RegistryFile:
                 reason = " ".join(str(exc).split())
                 fallback = self._good or Registry(path=str(self.path))
                 self._current = replace(fallback, error=reason)
-                _log.error("device registry %s is unusable, %s: %s", self.path,
-                           "deciding with its last good version" if self._good else "deciding without it", reason)
+                _log.error(
+                    "device registry %s is unusable, %s: %s",
+                    self.path,
+                    "deciding with its last good version" if self._good else "deciding without it",
+                    reason,
+                )
                 return self._current
             if self._current.error:
                 _log.warning("device registry %s is valid again: deciding with it", self.path)
@@ -329,10 +334,17 @@ def registry_to_dict(registry: Registry) -> dict:
         "policy": registry.policy.as_dict(),
         "devices": [
             {
-                "role": d.role.value, "station_name": d.station_name, "ae_title": d.ae_title,
-                "device_serial_number": d.device_serial_number, "manufacturer": d.manufacturer, "model": d.model,
-                "note": d.note, "valid_from": d.valid_from.isoformat() if d.valid_from else None,
-                "valid_to": d.valid_to.isoformat() if d.valid_to else None, "id": d.id, "source": d.source,
+                "role": d.role.value,
+                "station_name": d.station_name,
+                "ae_title": d.ae_title,
+                "device_serial_number": d.device_serial_number,
+                "manufacturer": d.manufacturer,
+                "model": d.model,
+                "note": d.note,
+                "valid_from": d.valid_from.isoformat() if d.valid_from else None,
+                "valid_to": d.valid_to.isoformat() if d.valid_to else None,
+                "id": d.id,
+                "source": d.source,
             }
             for d in registry.devices
         ],
@@ -343,15 +355,27 @@ def registry_from_dict(data: dict) -> Registry:
     policy = data.get("policy") or {}
     devices = tuple(
         Device(
-            role=Role(d["role"]), line=0, station_name=d.get("station_name"), ae_title=d.get("ae_title"),
-            device_serial_number=d.get("device_serial_number"), manufacturer=d.get("manufacturer"), model=d.get("model"),
-            note=d.get("note"), valid_from=dt.date.fromisoformat(d["valid_from"]) if d.get("valid_from") else None,
-            valid_to=dt.date.fromisoformat(d["valid_to"]) if d.get("valid_to") else None, id=d.get("id"), source=d.get("source"),
+            role=Role(d["role"]),
+            line=0,
+            station_name=d.get("station_name"),
+            ae_title=d.get("ae_title"),
+            device_serial_number=d.get("device_serial_number"),
+            manufacturer=d.get("manufacturer"),
+            model=d.get("model"),
+            note=d.get("note"),
+            valid_from=dt.date.fromisoformat(d["valid_from"]) if d.get("valid_from") else None,
+            valid_to=dt.date.fromisoformat(d["valid_to"]) if d.get("valid_to") else None,
+            id=d.get("id"),
+            source=d.get("source"),
         )
         for d in data.get("devices", [])
     )
     return Registry(
         devices,
-        Policy(PacsViewerCode(policy.get("pacs_viewer_code", "76376")), policy.get("minip_is_3d", True), policy.get("curved_mpr_is_3d", False)),
+        Policy(
+            PacsViewerCode(policy.get("pacs_viewer_code", "76376")),
+            policy.get("minip_is_3d", True),
+            policy.get("curved_mpr_is_3d", False),
+        ),
         data.get("path"),
     )

@@ -38,8 +38,30 @@ from .model import Code, Equipment, InstanceFacts, PrivateCreator, ProcedureCode
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 NON_DICOM_SUFFIXES = frozenset(
-    {".json", ".toml", ".md", ".txt", ".csv", ".xml", ".html", ".pdf", ".png", ".jpg", ".jpeg",
-     ".gif", ".py", ".pyc", ".log", ".ini", ".yaml", ".yml", ".sh", ".exe", ".dll", ".inf"}
+    {
+        ".json",
+        ".toml",
+        ".md",
+        ".txt",
+        ".csv",
+        ".xml",
+        ".html",
+        ".pdf",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".py",
+        ".pyc",
+        ".log",
+        ".ini",
+        ".yaml",
+        ".yml",
+        ".sh",
+        ".exe",
+        ".dll",
+        ".inf",
+    }
 )
 PARALLEL_THRESHOLD = 400
 """From this many inputs on, headers are read in a pool of processes (one per core)."""
@@ -113,42 +135,56 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[Source], list[ReadError]
     """
     sources: dict[str, Source] = {}
     errors: list[ReadError] = []
-
-    def add(source: Source) -> None:
-        sources.setdefault(source.name, source)
-
-    def add_file(path: Path, explicit: bool) -> None:
-        if _is_zip(path):
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    for info in archive.infolist():
-                        if not info.is_dir() and Path(info.filename).suffix.lower() not in NON_DICOM_SUFFIXES:
-                            add(Source(str(path), info.filename))
-            except (zipfile.BadZipFile, OSError) as exc:
-                errors.append(ReadError(str(path), f"unreadable ZIP archive: {exc}"))
-        elif _is_dicomdir(path):
-            if explicit:
-                try:
-                    for source in _dicomdir_members(path):
-                        add(source)
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(ReadError(str(path), f"unreadable DICOMDIR: {exc}"))
-        elif explicit or path.suffix.lower() not in NON_DICOM_SUFFIXES:
-            add(Source(str(path)))
-
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        add_file(Path(root) / name, explicit=False)
+            found = [_file_sources(file, explicit=False) for file in _walk(path)]
         elif path.is_file():
-            add_file(path, explicit=True)
+            found = [_file_sources(path, explicit=True)]
         else:
-            errors.append(ReadError(str(path), "no such file or folder"))
+            found = [([], ReadError(str(path), "no such file or folder"))]
+        for members, error in found:
+            for source in members:
+                sources.setdefault(source.name, source)
+            if error is not None:
+                errors.append(error)
     return list(sources.values()), errors
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """The files under ``folder`` in a stable order, hidden files and folders left out."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def _file_sources(path: Path, explicit: bool) -> tuple[list[Source], ReadError | None]:
+    """The instances one file holds (itself, its ZIP members, or the files a named DICOMDIR lists)."""
+    if _is_zip(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [
+                    Source(str(path), info.filename)
+                    for info in archive.infolist()
+                    if not info.is_dir() and Path(info.filename).suffix.lower() not in NON_DICOM_SUFFIXES
+                ]
+        except (zipfile.BadZipFile, OSError) as exc:
+            return [], ReadError(str(path), f"unreadable ZIP archive: {exc}")
+        return members, None
+    if _is_dicomdir(path):
+        if not explicit:
+            return [], None  # an index found by walking: the walk finds the files it lists
+        members = []
+        try:
+            members.extend(_dicomdir_members(path))
+        except Exception as exc:  # noqa: BLE001
+            return members, ReadError(str(path), f"unreadable DICOMDIR: {exc}")
+        return members, None
+    if explicit or path.suffix.lower() not in NON_DICOM_SUFFIXES:
+        return [Source(str(path))], None
+    return [], None
 
 
 class ResourceLimitExceeded(Exception):
@@ -182,8 +218,31 @@ _DEFLATED_BYTES = _DEFLATED.encode("ascii")
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _META_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_META_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-                             b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+_META_SHORT_VRS = frozenset(
+    {
+        b"AE",
+        b"AS",
+        b"AT",
+        b"CS",
+        b"DA",
+        b"DS",
+        b"DT",
+        b"FD",
+        b"FL",
+        b"IS",
+        b"LO",
+        b"LT",
+        b"PN",
+        b"SH",
+        b"SL",
+        b"SS",
+        b"ST",
+        b"TM",
+        b"UI",
+        b"UL",
+        b"US",
+    }
+)
 
 
 def _maybe_deflated(head: bytes) -> bool:
@@ -213,7 +272,7 @@ def _maybe_deflated(head: bytes) -> bool:
             return True  # implicit VR or odd meta: let pydicom decide
         if length == _UNDEFINED_LENGTH or pos + length > end:
             return True
-        if element == 0x0010 and _DEFLATED_BYTES in head[pos:pos + length]:
+        if element == 0x0010 and _DEFLATED_BYTES in head[pos : pos + length]:
             return True
         pos += length
 
@@ -386,13 +445,25 @@ def _read_facts(source: Source, max_inflated_size: int) -> InstanceFacts | ReadE
         return ReadError(source.name, f"cannot read: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - a broken file is a finding, never a crash
         return ReadError(source.name, f"unparseable DICOM: {type(exc).__name__}: {exc}")
-    if getattr(ds, "file_meta", None) is not None and header_value(ds.file_meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
-        return ReadError(source.name, "a DICOMDIR index, not an instance (name it explicitly to read the files it lists)")
+    if (
+        getattr(ds, "file_meta", None) is not None
+        and header_value(ds.file_meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY
+    ):
+        return ReadError(
+            source.name, "a DICOMDIR index, not an instance (name it explicitly to read the files it lists)"
+        )
     try:
         facts = extract_facts(ds, source.name)
     except Exception as exc:  # noqa: BLE001
         return ReadError(source.name, f"unparseable DICOM header: {type(exc).__name__}: {exc}")
-    missing = [name for name, value in (("Study Instance UID", facts.study_instance_uid), ("SOP Instance UID", facts.sop_instance_uid)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("Study Instance UID", facts.study_instance_uid),
+            ("SOP Instance UID", facts.sop_instance_uid),
+        )
+        if not value
+    ]
     if missing:
         return ReadError(source.name, f"DICOM header without {' and '.join(missing)}: cannot be placed in a study")
     return facts
@@ -415,6 +486,7 @@ def _by_fields(cls: type) -> Callable[[object], tuple] | None:
 
     def reduce(obj: object) -> tuple:
         return cls, tuple([getattr(obj, name) for name in names])
+
     return reduce
 
 
@@ -426,7 +498,9 @@ def _worker_setup() -> None:
             ForkingPickler.register(cls, reducer)  # only the pool's pickling of results
 
 
-def read_all(sources: list[Source], *, workers: int | None = None, progress=None) -> Iterator[InstanceFacts | ReadError]:
+def read_all(
+    sources: list[Source], *, workers: int | None = None, progress=None
+) -> Iterator[InstanceFacts | ReadError]:
     """Read every source, in a process pool for large inputs; results in input order.
 
     ``progress(n)`` is called after every ``n`` results. The pool gets small tasks, a few per
@@ -446,7 +520,7 @@ def read_all(sources: list[Source], *, workers: int | None = None, progress=None
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_setup) as pool:
         try:
             for start in range(0, len(sources), chunk):
-                pending.append(pool.submit(_read_batch, sources[start:start + chunk]))
+                pending.append(pool.submit(_read_batch, sources[start : start + chunk]))
                 if len(pending) >= workers * TASKS_PER_WORKER:
                     yield from _delivered(pending.popleft(), progress)
             while pending:

@@ -5,8 +5,8 @@
 Everything in the statement comes from the running code: the presentation contexts are
 ``scp.server.supported_contexts(Settings())`` with ``TRANSFER_SYNTAXES``, the AE settings with their
 flags, defaults and meanings are declared on the ``dicomcheck.config.Settings`` fields (no CLI import),
-the DIMSE statuses are ``dicomcheck.ingest.StoreStatus``. ``tests/test_conformance.py`` fails when docs/conformance.md is not
-this module's output, and checks the contexts and rejections over real associations.
+the DIMSE statuses are ``dicomcheck.ingest.StoreStatus``. ``tests/test_conformance.py`` fails when
+docs/conformance.md is not this module's output, and checks the contexts and rejections over real associations.
 """
 
 from __future__ import annotations
@@ -26,72 +26,144 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 REJECTIONS: tuple[tuple[str, int, int, int, str], ...] = (
     # (when, result, source, reason/diagnostic, meaning) -- A-ASSOCIATE-RJ as pynetdicom sends it
-    ("the calling AE title is not in the allow-list (`allow_callers`, when set)", 0x01, 0x01, 0x03,
-     "rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized"),
-    ("the called AE title is not ours (when `require_called_ae`, the default)", 0x01, 0x01, 0x07,
-     "rejected-permanent, DICOM UL service-user, called-AE-title-not-recognized"),
-    ("`max_associations` associations are already open (per receiver process; see below)", 0x02, 0x03, 0x02,
-     "rejected-transient, DICOM UL service-provider (presentation related), local-limit-exceeded"),
+    (
+        "the calling AE title is not in the allow-list (`allow_callers`, when set)",
+        0x01,
+        0x01,
+        0x03,
+        "rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized",
+    ),
+    (
+        "the called AE title is not ours (when `require_called_ae`, the default)",
+        0x01,
+        0x01,
+        0x07,
+        "rejected-permanent, DICOM UL service-user, called-AE-title-not-recognized",
+    ),
+    (
+        "`max_associations` associations are already open (per receiver process; see below)",
+        0x02,
+        0x03,
+        0x02,
+        "rejected-transient, DICOM UL service-provider (presentation related), local-limit-exceeded",
+    ),
 )
 
 STATUS_MEANING: dict[StoreStatus, tuple[str, str]] = {
-    StoreStatus.SUCCESS: ("Success",
-                          "The file is on disk (fsynced, renamed into place, directory fsynced) and indexed. Also "
-                          "answered for an identical re-send (recorded as a duplicate receipt, stored once) and for "
-                          "changed content under a known SOP Instance UID (kept as a new version)."),
-    StoreStatus.SOP_CLASS_NOT_SUPPORTED: ("Refused: SOP Class not supported",
-                                          "The request's Affected SOP Class UID is not a storage class we accept, or "
-                                          "differs from the abstract syntax of the presentation context it was sent on. "
-                                          "Nothing is stored."),
-    StoreStatus.OUT_OF_RESOURCES: ("Refused: Out of Resources",
-                                   "Storage full or failing, or the index unavailable. Nothing was answered success; "
-                                   "the sender may retry later."),
-    StoreStatus.CANNOT_UNDERSTAND: ("Error: Cannot understand",
-                                    "The data set cannot be parsed. Kept in quarantine with the reason."),
-    StoreStatus.MISSING_UIDS: ("Error: Cannot understand (0xC001)",
-                               "Study, Series or SOP Instance UID missing. Kept in quarantine with the reason."),
-    StoreStatus.UID_MISMATCH: ("Error: Cannot understand (0xC002)",
-                               "The data set's SOP Instance or SOP Class UID differs from the C-STORE request's. "
-                               "Kept in quarantine with the reason."),
-    StoreStatus.INVALID_UID: ("Error: Cannot understand (0xC003)",
-                              "The data set's Study, Series or SOP Instance UID breaks PS3.5 §9.1 (after removing the "
-                              "trailing NUL / space padding): more than 64 characters, a character other than digits "
-                              "and '.', or an empty component. Kept in quarantine with the reason, the same on SQLite "
-                              "and PostgreSQL. A component with a leading zero is accepted."),
+    StoreStatus.SUCCESS: (
+        "Success",
+        "The file is on disk (fsynced, renamed into place, directory fsynced) and indexed. Also "
+        "answered for an identical re-send (recorded as a duplicate receipt, stored once) and for "
+        "changed content under a known SOP Instance UID (kept as a new version).",
+    ),
+    StoreStatus.SOP_CLASS_NOT_SUPPORTED: (
+        "Refused: SOP Class not supported",
+        "The request's Affected SOP Class UID is not a storage class we accept, or "
+        "differs from the abstract syntax of the presentation context it was sent on. "
+        "Nothing is stored.",
+    ),
+    StoreStatus.OUT_OF_RESOURCES: (
+        "Refused: Out of Resources",
+        "Storage full or failing, or the index unavailable. Nothing was answered success; the sender may retry later.",
+    ),
+    StoreStatus.CANNOT_UNDERSTAND: (
+        "Error: Cannot understand",
+        "The data set cannot be parsed. Kept in quarantine with the reason.",
+    ),
+    StoreStatus.MISSING_UIDS: (
+        "Error: Cannot understand (0xC001)",
+        "Study, Series or SOP Instance UID missing. Kept in quarantine with the reason.",
+    ),
+    StoreStatus.UID_MISMATCH: (
+        "Error: Cannot understand (0xC002)",
+        "The data set's SOP Instance or SOP Class UID differs from the C-STORE request's. "
+        "Kept in quarantine with the reason.",
+    ),
+    StoreStatus.INVALID_UID: (
+        "Error: Cannot understand (0xC003)",
+        "The data set's Study, Series or SOP Instance UID breaks PS3.5 §9.1 (after removing the "
+        "trailing NUL / space padding): more than 64 characters, a character other than digits "
+        "and '.', or an empty component. Kept in quarantine with the reason, the same on SQLite "
+        "and PostgreSQL. A component with a leading zero is accepted.",
+    ),
 }
 
 NETWORK_FIELDS: tuple[str, ...] = (
     # Settings fields of section 2.1, in this order; flag, default and meaning are read from each field
-    "ae_title", "dicom_port", "bind", "processes", "allow_callers", "require_called_ae", "max_associations", "max_pdu",
-    "acse_timeout", "dimse_timeout", "network_timeout", "private_sop_classes", "tls_cert", "tls_key", "tls_ca",
-    "tls_require_client_cert", "stable_after", "evidence_destination",
+    "ae_title",
+    "dicom_port",
+    "bind",
+    "processes",
+    "allow_callers",
+    "require_called_ae",
+    "max_associations",
+    "max_pdu",
+    "acse_timeout",
+    "dimse_timeout",
+    "network_timeout",
+    "private_sop_classes",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_require_client_cert",
+    "stable_after",
+    "evidence_destination",
 )
 
 
 LIMITS: tuple[tuple[str, str | None, str], ...] = (
     # (what is bounded, Settings field, what a breach gets) -- DICOM first, then HTTP
-    ("Association request (A-ASSOCIATE-RQ) complete, measured from the TCP connection (ARTIM, PS3.8 §9.1.5)",
-     "acse_timeout", "the connection is closed; its slot is free again"),
-    ("One PDU complete, measured from its first byte; bytes trickling in do not extend it", "pdu_deadline",
-     "connection closed; a data set cut short is discarded (never acknowledged)"),
+    (
+        "Association request (A-ASSOCIATE-RQ) complete, measured from the TCP connection (ARTIM, PS3.8 §9.1.5)",
+        "acse_timeout",
+        "the connection is closed; its slot is free again",
+    ),
+    (
+        "One PDU complete, measured from its first byte; bytes trickling in do not extend it",
+        "pdu_deadline",
+        "connection closed; a data set cut short is discarded (never acknowledged)",
+    ),
     ("Network inactivity on an association", "network_timeout", "A-ABORT, connection closed"),
-    ("DICOM TLS handshake: done by the association's own thread, within the association-request deadline "
-     "(a peer that never sends its ClientHello blocks nobody else)", "acse_timeout", "the connection is closed"),
-    ("Concurrent associations (connections still sending their A-ASSOCIATE-RQ do not count)", "max_associations",
-     "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded"),
-    ("Size a Deflated Explicit VR Little Endian data set may inflate to (inflated as a stream, never held in memory)",
-     "max_inflated_size", "`0xA700` Out of Resources (retryable); nothing stored. A deflate stream that cannot be "
-     "decoded: `0xC000`, quarantined"),
-    ("Header values read per instance: top-level values over 1 MB (private blobs, overlays, icons) are skipped by "
-     "their length, never read; at most 256 MB of header values in all", None,
-     "over 256 MB of header values: `0xA700`"),
-    ("HTTP: a connection idle, or sending a request's headers or body, for longer than", "http_idle_timeout",
-     "the connection is closed"),
-    ("HTTP: request body size (checked against Content-Length before reading; chunked bodies while streaming)",
-     "http_max_body", "`413 Content Too Large`, body not read"),
+    (
+        "DICOM TLS handshake: done by the association's own thread, within the association-request deadline "
+        "(a peer that never sends its ClientHello blocks nobody else)",
+        "acse_timeout",
+        "the connection is closed",
+    ),
+    (
+        "Concurrent associations (connections still sending their A-ASSOCIATE-RQ do not count)",
+        "max_associations",
+        "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded",
+    ),
+    (
+        "Size a Deflated Explicit VR Little Endian data set may inflate to (inflated as a stream, never held in "
+        "memory)",
+        "max_inflated_size",
+        "`0xA700` Out of Resources (retryable); nothing stored. A deflate stream that cannot be "
+        "decoded: `0xC000`, quarantined",
+    ),
+    (
+        "Header values read per instance: top-level values over 1 MB (private blobs, overlays, icons) are skipped by "
+        "their length, never read; at most 256 MB of header values in all",
+        None,
+        "over 256 MB of header values: `0xA700`",
+    ),
+    (
+        "HTTP: a connection idle, or sending a request's headers or body, for longer than",
+        "http_idle_timeout",
+        "the connection is closed",
+    ),
+    (
+        "HTTP: request body size (checked against Content-Length before reading; chunked bodies while streaming)",
+        "http_max_body",
+        "`413 Content Too Large`, body not read",
+    ),
     ("HTTP: request header block size", "http_max_header_size", "`431` / connection closed"),
-    ("HTTP: open connections", "http_max_connections",
-     "further connections wait; the DICOM receiver keeps its file descriptors"),
+    (
+        "HTTP: open connections",
+        "http_max_connections",
+        "further connections wait; the DICOM receiver keeps its file descriptors",
+    ),
 )
 
 
@@ -127,41 +199,57 @@ def statement(settings: Settings | None = None) -> str:
 
     add("# dicomcheck DICOM Conformance Statement")
     add("")
-    add(f"dicomcheck {__version__}. Generated from the code by `python -m scp.conformance > docs/conformance.md`; "
+    add(
+        f"dicomcheck {__version__}. Generated from the code by `python -m scp.conformance > docs/conformance.md`; "
         "`tests/test_conformance.py` fails when this file differs from the generator's output and checks the contexts "
-        "and rejections below over real associations. Do not edit by hand.")
+        "and rejections below over real associations. Do not edit by hand."
+    )
     add("")
     add("## 1. Overview")
     add("")
-    add("dicomcheck receives studies from a PACS or modality (`dicomcheck serve`), keeps every instance as received, "
+    add(
+        "dicomcheck receives studies from a PACS or modality (`dicomcheck serve`), keeps every instance as received, "
         "indexes its header facts and decides, per study, whether the images support CPT 76376 / 76377. This statement "
-        "covers its network roles:")
+        "covers its network roles:"
+    )
     add("")
-    out += _table(["SOP Classes", "User of service (SCU)", "Provider of service (SCP)"], [
-        ["Verification", "no", "yes"],
-        [f"Storage ({len(storage)} SOP classes, section 4)", "evidence objects only, when `evidence_destination` is set (section 7)", "yes"],
-    ])
+    out += _table(
+        ["SOP Classes", "User of service (SCU)", "Provider of service (SCP)"],
+        [
+            ["Verification", "no", "yes"],
+            [
+                f"Storage ({len(storage)} SOP classes, section 4)",
+                "evidence objects only, when `evidence_destination` is set (section 7)",
+                "yes",
+            ],
+        ],
+    )
     add("")
     add("No Query/Retrieve, Worklist, MPPS, Storage Commitment or Print services.")
     add("")
 
     add("## 2. Application Entity")
     add("")
-    out += _table(["Item", "Value"], [
-        ["AE title", f"`{settings.ae_title}` by default (`ae_title`)"],
-        ["Implementation Class UID", f"`{ae.implementation_class_uid}` (pynetdicom's)"],
-        ["Implementation Version Name", f"`{ae.implementation_version_name}`"],
-        ["Network", "TCP/IP, DICOM Upper Layer (PS3.8); IPv4 and IPv6"],
-        ["Maximum PDU length received", f"{settings.max_pdu} bytes by default (`max_pdu`)"],
-        ["Asynchronous operations window", "not negotiated: one operation at a time on an association"],
-        ["SCP/SCU role selection", "default roles only (the requestor is SCU, dicomcheck is SCP)"],
-        ["Extended negotiation, user identity", "none; a User Identity item is not required and not answered"],
-    ])
+    out += _table(
+        ["Item", "Value"],
+        [
+            ["AE title", f"`{settings.ae_title}` by default (`ae_title`)"],
+            ["Implementation Class UID", f"`{ae.implementation_class_uid}` (pynetdicom's)"],
+            ["Implementation Version Name", f"`{ae.implementation_version_name}`"],
+            ["Network", "TCP/IP, DICOM Upper Layer (PS3.8); IPv4 and IPv6"],
+            ["Maximum PDU length received", f"{settings.max_pdu} bytes by default (`max_pdu`)"],
+            ["Asynchronous operations window", "not negotiated: one operation at a time on an association"],
+            ["SCP/SCU role selection", "default roles only (the requestor is SCU, dicomcheck is SCP)"],
+            ["Extended negotiation, user identity", "none; a User Identity item is not required and not answered"],
+        ],
+    )
     add("")
     add("### 2.1 Settings")
     add("")
-    add("Each setting is a flag of `dicomcheck serve` (when listed), an environment variable `DICOMCHECK_<NAME>` or "
-        "a key of the `--config` TOML file; flags win over the environment, which wins over the file.")
+    add(
+        "Each setting is a flag of `dicomcheck serve` (when listed), an environment variable `DICOMCHECK_<NAME>` or "
+        "a key of the `--config` TOML file; flags win over the environment, which wins over the file."
+    )
     add("")
     add(settings_table_markdown(NETWORK_FIELDS))
 
@@ -169,30 +257,45 @@ def statement(settings: Settings | None = None) -> str:
     add("")
     add("An association request is accepted unless one of these holds; the A-ASSOCIATE-RJ then carries:")
     add("")
-    out += _table(["When", "Result", "Source", "Reason", "Meaning"],
-                  [[when, f"0x{r:02X}", f"0x{s:02X}", f"0x{d:02X}", meaning] for when, r, s, d, meaning in REJECTIONS])
+    out += _table(
+        ["When", "Result", "Source", "Reason", "Meaning"],
+        [[when, f"0x{r:02X}", f"0x{s:02X}", f"0x{d:02X}", meaning] for when, r, s, d, meaning in REJECTIONS],
+    )
     add("")
-    add("Accepted and rejected associations are recorded in the index with the calling and called AE titles, the "
-        "peer address, the implementation class UID and version name, TLS, and the rejection reason.")
+    add(
+        "Accepted and rejected associations are recorded in the index with the calling and called AE titles, the "
+        "peer address, the implementation class UID and version name, TLS, and the rejection reason."
+    )
     add("")
-    add(f"Receiver processes: with N receiver processes ({flag_markdown('processes')} N) one process listens and hands each "
-        "new association to the receiver process with the fewest open associations; each accepts `ceil(max_associations / N)`, so the total stays `max_associations`.")
+    add(
+        f"Receiver processes: with N receiver processes ({flag_markdown('processes')} N) one process listens and "
+        "hands each "
+        "new association to the receiver process with the fewest open associations; each accepts "
+        "`ceil(max_associations / N)`, so the total stays `max_associations`."
+    )
     add("")
-    add("Presentation contexts are negotiated per context: a context whose abstract syntax is not listed in "
+    add(
+        "Presentation contexts are negotiated per context: a context whose abstract syntax is not listed in "
         "section 4 is rejected with result 0x03 (abstract syntax not supported); one that proposes none of the "
         "transfer syntaxes of section 4.1 is rejected with result 0x04 (transfer syntaxes not supported). When a "
-        "context proposes several transfer syntaxes we support, the first in the order of section 4.1 is accepted.")
+        "context proposes several transfer syntaxes we support, the first in the order of section 4.1 is accepted."
+    )
     add("")
 
     add("## 4. Presentation contexts (SCP)")
     add("")
-    add(f"Verification SOP Class `{VERIFICATION}`: transfer syntaxes "
-        + ", ".join(f"{_name(str(t))} `{t}`" for t in verification.transfer_syntax) + ".")
+    add(
+        f"Verification SOP Class `{VERIFICATION}`: transfer syntaxes "
+        + ", ".join(f"{_name(str(t))} `{t}`" for t in verification.transfer_syntax)
+        + "."
+    )
     add("")
-    add(f"Every storage SOP class below is accepted with every transfer syntax of section 4.1, in the SCP role. "
+    add(
+        f"Every storage SOP class below is accepted with every transfer syntax of section 4.1, in the SCP role. "
         f"Private storage SOP classes are accepted only when configured (`private_sop_classes`, "
         f"{flag_markdown('private_sop_classes')}), with the same transfer syntaxes; any other SOP class "
-        "is refused at negotiation (result 0x03), so unknown objects are never received.")
+        "is refused at negotiation (result 0x03), so unknown objects are never received."
+    )
     add("")
     add("### 4.1 Transfer syntaxes (in order of preference)")
     add("")
@@ -200,55 +303,81 @@ def statement(settings: Settings | None = None) -> str:
     add("")
     add(f"### 4.2 Storage SOP classes ({len(storage)})")
     add("")
-    out += _table(["SOP Class", "UID", "Role"], [[_name(u) or "(private, configured)", f"`{u}`", "SCP"] for u in storage])
+    out += _table(
+        ["SOP Class", "UID", "Role"], [[_name(u) or "(private, configured)", f"`{u}`", "SCP"] for u in storage]
+    )
     add("")
 
     add("## 5. C-STORE SCP behaviour")
     add("")
-    add("- **Stored as received.** The data set bytes are written as they arrive (straight to a temporary file on "
+    add(
+        "- **Stored as received.** The data set bytes are written as they arrive (straight to a temporary file on "
         "the storage volume, not held in memory), after a File Meta Information header naming the SOP Class and "
         "Instance UIDs of the request and the accepted transfer syntax. Nothing is decompressed, transcoded or "
-        "coerced; the SHA-256 of the stored file is kept in the index.")
-    add("- **Durable before success.** Success is answered only after the file is fsynced, renamed into "
+        "coerced; the SHA-256 of the stored file is kept in the index."
+    )
+    add(
+        "- **Durable before success.** Success is answered only after the file is fsynced, renamed into "
         "`storage/<h(study)>/<h(series)>/<h(instance)>.<sha256>.dcm` (each `h` the first 32 hex digits of the SHA-256 "
         "of the UID: no received value ever names a file or folder; the UIDs are kept in the index), its directory "
         "fsynced, and the instance indexed. A failure of any of these is answered with a failure status, never "
         "success. A commit record written before the rename lets the next start index a file whose receiver was "
-        "killed between the rename and the index.")
-    add("- **Duplicates and versions.** An identical re-send is answered Success and recorded as a duplicate receipt "
+        "killed between the rename and the index."
+    )
+    add(
+        "- **Duplicates and versions.** An identical re-send is answered Success and recorded as a duplicate receipt "
         "(stored once). Different content under a known SOP Instance UID is stored as a new version; nothing is "
-        "overwritten.")
-    add("- **SOP class checks.** A C-STORE whose Affected SOP Class UID differs from its presentation context's "
-        "abstract syntax is refused with 0x0122 (the context decides what may be sent on it).")
-    add("- **Provenance.** Each receipt records calling and called AE titles, peer address, implementation class UID "
-        "and version name, the transfer syntax and the Move Originator AE title (when present).")
+        "overwritten."
+    )
+    add(
+        "- **SOP class checks.** A C-STORE whose Affected SOP Class UID differs from its presentation context's "
+        "abstract syntax is refused with 0x0122 (the context decides what may be sent on it)."
+    )
+    add(
+        "- **Provenance.** Each receipt records calling and called AE titles, peer address, implementation class UID "
+        "and version name, the transfer syntax and the Move Originator AE title (when present)."
+    )
     add("")
     add("DIMSE statuses of C-STORE responses:")
     add("")
     missing = [s for s in StoreStatus if s not in STATUS_MEANING]
     if missing:
         raise RuntimeError(f"scp.conformance: no meaning written for {missing}")
-    out += _table(["Status", "Name", "Meaning"], [[f"`0x{int(s):04X}`", STATUS_MEANING[s][0], STATUS_MEANING[s][1]] for s in StoreStatus])
+    out += _table(
+        ["Status", "Name", "Meaning"],
+        [[f"`0x{int(s):04X}`", STATUS_MEANING[s][0], STATUS_MEANING[s][1]] for s in StoreStatus],
+    )
     add("")
-    add("An unexpected exception in the receiver is answered by pynetdicom with `0xC211` (Cannot understand); "
-        "error responses carry an Error Comment (0000,0902) of at most 64 characters.")
+    add(
+        "An unexpected exception in the receiver is answered by pynetdicom with `0xC211` (Cannot understand); "
+        "error responses carry an Error Comment (0000,0902) of at most 64 characters."
+    )
     add("")
 
     add("### 5.1 Resource limits")
     add("")
-    add("Every limit has a safe default and a setting; a breach is answered as below and never loses an instance "
-        "already acknowledged.")
+    add(
+        "Every limit has a safe default and a setting; a breach is answered as below and never loses an instance "
+        "already acknowledged."
+    )
     add("")
-    out += _table(["Limit", "Setting", "Default", "When exceeded"], [[what, f"`{field}`" if field else "(fixed)", default_text(field) if field else "", breach]
-                                                                  for what, field, breach in LIMITS])
+    out += _table(
+        ["Limit", "Setting", "Default", "When exceeded"],
+        [
+            [what, f"`{field}`" if field else "(fixed)", default_text(field) if field else "", breach]
+            for what, field, breach in LIMITS
+        ],
+    )
     add("")
 
     add("## 6. Security")
     add("")
     add("- Calling AE allow-list (`allow_callers`) and called AE check (`require_called_ae`), section 3.")
-    add("- DICOM TLS (PS3.15 Annex B) on the DICOM port when `tls_cert` and `tls_key` are set: TLS 1.2 or newer, "
+    add(
+        "- DICOM TLS (PS3.15 Annex B) on the DICOM port when `tls_cert` and `tls_key` are set: TLS 1.2 or newer, "
         "server certificate from `tls_cert`; with `tls_require_client_cert` a client certificate signed by `tls_ca` "
-        "is required (mutual TLS). Without TLS settings the port is plain TCP.")
+        "is required (mutual TLS). Without TLS settings the port is plain TCP."
+    )
     add("- Logs carry UIDs, AE titles and addresses, never patient names or IDs.")
     add("")
 
@@ -260,18 +389,22 @@ def statement(settings: Settings | None = None) -> str:
     except ImportError:
         add("Not available in this build.")
     else:
-        add("When `evidence_destination` (`AE@host:port`) is set, dicomcheck sends each decision's evidence objects "
+        add(
+            "When `evidence_destination` (`AE@host:port`) is set, dicomcheck sends each decision's evidence objects "
             f"to that PACS with C-STORE, calling AE title `{DEFAULT_CALLING_AE}` by default, proposing each SOP class "
             "below with Explicit VR Little Endian (the syntax dicomcheck writes them in). PHI-minimal objects are "
-            "never sent.")
+            "never sent."
+        )
         add("")
         out += _table(["SOP Class", "UID", "Role"], [[_name(u), f"`{u}`", "SCU"] for u in sorted(OWN_SOP_CLASSES)])
     add("")
 
     add("## 8. Character sets")
     add("")
-    add("Data sets are stored byte for byte, whatever their Specific Character Set (0008,0005). For the index, "
-        "header values are decoded by pydicom according to (0008,0005).")
+    add(
+        "Data sets are stored byte for byte, whatever their Specific Character Set (0008,0005). For the index, "
+        "header values are decoded by pydicom according to (0008,0005)."
+    )
     return "\n".join(out) + "\n"
 
 

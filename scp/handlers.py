@@ -84,7 +84,9 @@ class Handlers:
             association_id = None
         self._tally(event.assoc).association_id = association_id
         metrics.ASSOCIATIONS.labels("accepted").inc()
-        log.info("association %s from %s (%s) accepted", association_id, printable(peer["calling_ae"]), peer["peer_address"])
+        log.info(
+            "association %s from %s (%s) accepted", association_id, printable(peer["calling_ae"]), peer["peer_address"]
+        )
 
     def on_rejected(self, event) -> None:
         peer = self._peer(event.assoc)
@@ -94,10 +96,14 @@ class Handlers:
             reason = "called AE title not recognised (0x01, 0x01, 0x07)"
         else:
             reason = "local limit exceeded or other (see log)"
-        log.warning("association from %s (%s) rejected: %s", printable(peer["calling_ae"]), peer["peer_address"], reason)
+        log.warning(
+            "association from %s (%s) rejected: %s", printable(peer["calling_ae"]), peer["peer_address"], reason
+        )
         metrics.ASSOCIATIONS.labels("rejected").inc()
         try:
-            self.receiver.index.open_association(**peer, tls=self.settings.tls_cert is not None, status="rejected", reject_reason=reason)
+            self.receiver.index.open_association(
+                **peer, tls=self.settings.tls_cert is not None, status="rejected", reject_reason=reason
+            )
         except Exception:  # noqa: BLE001
             log.exception("rejection not recorded")
 
@@ -128,7 +134,11 @@ class Handlers:
             return _status(StoreStatus.CANNOT_UNDERSTAND, "no dataset received")
         if sop_class not in self.supported or sop_class != str(event.context.abstract_syntax):
             tally.failures += 1
-            log.warning("SOP class %s not supported on this presentation context (%s)", printable(sop_class), printable(sop_instance))
+            log.warning(
+                "SOP class %s not supported on this presentation context (%s)",
+                printable(sop_class),
+                printable(sop_instance),
+            )
             return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP class not supported on this context")
         peer = self._peer(event.assoc)
         receipt = ReceiptInfo(
@@ -141,8 +151,9 @@ class Handlers:
             transfer_syntax_uid=str(event.context.transfer_syntax),
             move_originator_ae=str(request.MoveOriginatorApplicationEntityTitle or "").strip() or None,
         )
-        result = self.receiver.store_file(path, receipt, expected_sop_instance_uid=sop_instance or None,
-                                          expected_sop_class_uid=sop_class or None)
+        result = self.receiver.store_file(
+            path, receipt, expected_sop_instance_uid=sop_instance or None, expected_sop_class_uid=sop_class or None
+        )
         with tally.lock:
             if result.status is StoreStatus.SUCCESS:
                 tally.received += 1
@@ -150,8 +161,13 @@ class Handlers:
             else:
                 tally.failures += 1
         if result.status is not StoreStatus.SUCCESS:
-            log.warning("C-STORE %s from %s: 0x%04X %s", printable(sop_instance), printable(peer["calling_ae"]), result.status,
-                        result.comment or "")
+            log.warning(
+                "C-STORE %s from %s: 0x%04X %s",
+                printable(sop_instance),
+                printable(peer["calling_ae"]),
+                result.status,
+                result.comment or "",
+            )
         return _status(result.status, result.comment)
 
 
@@ -201,7 +217,7 @@ def _discard_partial_dataset(assoc) -> None:
     """
     message = getattr(getattr(assoc, "dimse", None), "message", None)
     spool = getattr(message, "_data_set_file", None)
-    if spool is None:
+    if message is None or spool is None:
         return
     SpoolFile.discard(spool)
     message._data_set_file = None

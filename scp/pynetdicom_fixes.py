@@ -67,7 +67,8 @@ def require_verified_version(version: str | None = None) -> None:
     if version != VERIFIED_VERSION:
         raise UnverifiedPynetdicom(
             f"pynetdicom {version} is installed, but the receiver's fixes are verified with pynetdicom "
-            f"{VERIFIED_VERSION} only: install pynetdicom=={VERIFIED_VERSION} (as pyproject.toml pins it)")
+            f"{VERIFIED_VERSION} only: install pynetdicom=={VERIFIED_VERSION} (as pyproject.toml pins it)"
+        )
 
 
 @dataclass
@@ -108,12 +109,16 @@ def install(*, spool_dir: Path, pdu_deadline: float) -> None:
     LIMITS.pdu_deadline = float(pdu_deadline)
     spool_dir.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True  # data sets stream to a file, never into memory
-    dimse_messages.NamedTemporaryFile = spool_factory(spool_dir)  # type: ignore[attr-defined]
+    dimse_messages.NamedTemporaryFile = spool_factory(spool_dir)  # type: ignore[assignment]
     with _lock:
         if _ORIGINAL:
             return
-        _ORIGINAL.update(read_pdu_data=DULServiceProvider._read_pdu_data, run_reactor=Association.run_reactor,
-                         serve_request=Association._serve_request, decode_msg=DIMSEMessage.decode_msg)
+        _ORIGINAL.update(
+            read_pdu_data=DULServiceProvider._read_pdu_data,
+            run_reactor=Association.run_reactor,
+            serve_request=Association._serve_request,
+            decode_msg=DIMSEMessage.decode_msg,
+        )
         AssociationSocket.recv = _recv  # type: ignore[method-assign]
         DULServiceProvider._read_pdu_data = _read_pdu_data_bounded  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]

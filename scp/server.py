@@ -20,7 +20,7 @@ from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.sop_class import _STORAGE_CLASSES, Verification, register_uid
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification, register_uid  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -90,7 +90,9 @@ def configure_process(settings: Settings) -> set[str]:
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_cert:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(settings.tls_ca) if settings.tls_ca else None)
+    context = ssl.create_default_context(
+        ssl.Purpose.CLIENT_AUTH, cafile=str(settings.tls_ca) if settings.tls_ca else None
+    )
     context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED if settings.tls_require_client_cert else ssl.CERT_NONE
@@ -150,8 +152,12 @@ def bindings(handlers: Handlers) -> list:
     ]
 
 
-def build_server(settings: Settings, receiver: Receiver, server_class: type[ThreadedAssociationServer] | None = None,
-                 **server_arguments) -> ThreadedAssociationServer:
+def build_server(
+    settings: Settings,
+    receiver: Receiver,
+    server_class: type[ThreadedAssociationServer] | None = None,
+    **server_arguments,
+) -> ThreadedAssociationServer:
     """The receiver's association server, not yet serving: one start-up for ``serve`` in this process
     (:func:`start`) and for each ``--processes`` receiver process (scp/workers.py, its own
     ``server_class``). Refuses an unverified pynetdicom (``pynetdicom_fixes.UnverifiedPynetdicom``)."""
@@ -162,8 +168,13 @@ def build_server(settings: Settings, receiver: Receiver, server_class: type[Thre
         log.warning("pynetdicom speed tuning off: pynetdicom's own polling reactors and 4 KB reads (slower)")
     ae = make_ae(settings)
     handlers = Handlers(receiver, settings, storage_sop_classes(settings))
-    server = ae.make_server((settings.bind, settings.dicom_port), evt_handlers=bindings(handlers), ssl_context=ssl_context(settings),
-                            server_class=server_class or ReceiverServer, **server_arguments)
+    server = ae.make_server(
+        (settings.bind, settings.dicom_port),
+        evt_handlers=bindings(handlers),
+        ssl_context=ssl_context(settings),
+        server_class=server_class or ReceiverServer,
+        **server_arguments,
+    )
     server.contexts = tuning.share_contexts(server.contexts)
     return server
 

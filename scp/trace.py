@@ -58,7 +58,7 @@ def install() -> bool:
         read_pdu(self)
         now = time.perf_counter()
         if self._recv_pdu.qsize() > before and _state["first_pdu"] is None and _state["sent"] is not None:
-            _record("sender", now - _state["sent"])  # type: ignore[operator]
+            _record("sender", now - _state["sent"])
         if _state["first_pdu"] is None:
             _state["first_pdu"] = now
 
@@ -69,7 +69,7 @@ def install() -> bool:
         receive(self, primitive)
         if self.msg_queue.qsize() > before and _state["first_pdu"] is not None:
             now = time.perf_counter()
-            _record("receive", now - _state["first_pdu"])  # type: ignore[operator]
+            _record("receive", now - _state["first_pdu"])
             _state["complete"] = now
 
     send = AssociationSocket.send
@@ -78,7 +78,7 @@ def install() -> bool:
         send(self, data)
         if _state["handler_end"] is not None:
             now = time.perf_counter()
-            _record("respond", now - _state["handler_end"])  # type: ignore[operator]
+            _record("respond", now - _state["handler_end"])
             _state["handler_end"] = None
             _state["sent"] = now
             _state["first_pdu"] = None
@@ -88,7 +88,7 @@ def install() -> bool:
     def traced_on_store(self, event):
         start = time.perf_counter()
         if _state["complete"] is not None:
-            _record("dispatch", start - _state["complete"])  # type: ignore[operator]
+            _record("dispatch", start - _state["complete"])
             _state["complete"] = None
         try:
             return on_store(self, event)
@@ -101,9 +101,13 @@ def install() -> bool:
     DIMSEServiceProvider.receive_primitive = traced_receive  # type: ignore[method-assign]
     AssociationSocket.send = traced_send  # type: ignore[method-assign]
     handlers.Handlers.on_store = traced_on_store  # type: ignore[method-assign]
-    for module, name, label in ((ingest, "read_file_header", "parse"), (ingest, "extract_facts", "facts"),
-                                (ingest, "sha256_file", "sha256"), (files, "fsync_file", "fsync_file"),
-                                (files, "fsync_dir", "fsync_dir")):
+    for module, name, label in (
+        (ingest, "read_file_header", "parse"),
+        (ingest, "extract_facts", "facts"),
+        (ingest, "sha256_file", "sha256"),
+        (files, "fsync_file", "fsync_file"),
+        (files, "fsync_dir", "fsync_dir"),
+    ):
         setattr(module, name, _timed(getattr(module, name), label))
     for name in ("find_content", "add_instance"):
         setattr(Index, name, _timed(getattr(Index, name), name))
@@ -131,12 +135,18 @@ def _record(phase: str, seconds: float) -> None:
 
 def summary() -> dict:
     def stats(values: list[float]) -> dict:
-        return {"n": len(values), "median_ms": round(1000 * statistics.median(values), 3),
-                "mean_ms": round(1000 * statistics.fmean(values), 3), "total_s": round(sum(values), 3)}
+        return {
+            "n": len(values),
+            "median_ms": round(1000 * statistics.median(values), 3),
+            "mean_ms": round(1000 * statistics.fmean(values), 3),
+            "total_s": round(sum(values), 3),
+        }
 
     with _lock:
-        return {"phases": {k: stats(v) for k, v in _phases.items() if v},
-                "handler_parts": {k: stats(v) for k, v in _parts.items() if v}}
+        return {
+            "phases": {k: stats(v) for k, v in _phases.items() if v},
+            "handler_parts": {k: stats(v) for k, v in _parts.items() if v},
+        }
 
 
 def write(path: Path) -> None:

@@ -95,19 +95,19 @@ def apply(steps: set[str]) -> set[str]:
     return set(steps)
 
 
-def applied() -> set[str]:
-    return set(_applied)
-
-
 # ---------------------------------------------------------------------------------------------- reactors
 def _install_event_driven_reactors() -> None:
     """Give each DUL a wake-up pipe and each association a wake-up event, written where pynetdicom
     queues work; replace the acceptor's association loop by :func:`_assoc_run_reactor` (once)."""
     if _ORIGINAL:
         return
-    _ORIGINAL.update(dul_init=DULServiceProvider.__init__, assoc_init=Association.__init__,
-                     send_pdu=DULServiceProvider.send_pdu, kill_dul=DULServiceProvider.kill_dul,
-                     assoc_run_reactor=Association._run_reactor)
+    _ORIGINAL.update(
+        dul_init=DULServiceProvider.__init__,
+        assoc_init=Association.__init__,
+        send_pdu=DULServiceProvider.send_pdu,
+        kill_dul=DULServiceProvider.kill_dul,
+        assoc_run_reactor=Association._run_reactor,
+    )
 
     def dul_init(self: DULServiceProvider, assoc: Any) -> None:
         _ORIGINAL["dul_init"](self, assoc)

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -54,7 +55,6 @@ class _Worker:
     channel: socket.socket
     ready: bool = False
     active: int = 0
-    assigned: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -126,8 +126,19 @@ class ReceiverProcesses:
     def _spawn(self, number: int) -> _Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         per_process = max(1, math.ceil(self.settings.max_associations / self.processes))
-        args = [sys.executable, "-m", "scp.workers", "--channel", str(child.fileno()), "--number", str(number),
-                "--max-associations", str(per_process), "--port", str(self.server_address[1])]
+        args = [
+            sys.executable,
+            "-m",
+            "scp.workers",
+            "--channel",
+            str(child.fileno()),
+            "--number",
+            str(number),
+            "--max-associations",
+            str(per_process),
+            "--port",
+            str(self.server_address[1]),
+        ]
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=[child.fileno()], close_fds=True)
         child.close()
         assert proc.stdin is not None
@@ -140,7 +151,9 @@ class ReceiverProcesses:
         try:
             while time.monotonic() < deadline:
                 if worker.proc.poll() is not None:
-                    raise RuntimeError(f"receiver process {worker.number} exited with {worker.proc.returncode} while starting")
+                    raise RuntimeError(
+                        f"receiver process {worker.number} exited with {worker.proc.returncode} while starting"
+                    )
                 try:
                     message = worker.channel.recv(16)
                 except TimeoutError:
@@ -173,7 +186,12 @@ class ReceiverProcesses:
         if self._stopping:
             return
         code = worker.proc.wait()
-        log.error("receiver process %d exited with %s (%d associations lost); starting a new one", worker.number, code, worker.active)
+        log.error(
+            "receiver process %d exited with %s (%d associations lost); starting a new one",
+            worker.number,
+            code,
+            worker.active,
+        )
         self._selector.unregister(worker.channel)
         worker.channel.close()
         fresh = self._spawn(worker.number)
@@ -228,7 +246,6 @@ class ReceiverProcesses:
                         worker.ready = False
                         continue
                     worker.active += 1
-                    worker.assigned += 1
                     break
                 else:
                     log.error("no receiver process ready: connection closed")
@@ -258,7 +275,8 @@ class WorkerServer(ThreadedAssociationServer):
         self.channel, self.stop = channel, stop
         self._send_lock = threading.Lock()
         super().__init__(*args, **kwargs)
-        self.socket.close()  # the serving process holds the listening socket
+        if self.socket is not None:
+            self.socket.close()  # the serving process holds the listening socket
         self.socket = channel
 
     def server_bind(self) -> None:
@@ -328,10 +346,15 @@ def _worker_main(argv: list[str]) -> int:
     settings = settings.model_copy(update={"dicom_port": args.port, "max_associations": args.max_associations})
     stop = threading.Event()
     receiver = Receiver(settings)
-    server = build_server(settings, receiver, WorkerServer, channel=socket.socket(fileno=args.channel), stop=stop)
+    server = cast(  # build_server makes an instance of the class it is given
+        WorkerServer,
+        build_server(settings, receiver, WorkerServer, channel=socket.socket(fileno=args.channel), stop=stop),
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="dicomcheck-worker", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="dicomcheck-worker", daemon=True
+    )
     thread.start()
     server.tell(b"R")
     stop.wait()

@@ -12,8 +12,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def ct_dataset(study: str, series: str, image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", station: str = "CT54023",
-               rows: int = 2, **extra) -> Dataset:
+def ct_dataset(
+    study: str,
+    series: str,
+    image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
+    station: str = "CT54023",
+    rows: int = 2,
+    **extra,
+) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -36,7 +42,9 @@ def ct_dataset(study: str, series: str, image_type: str = "ORIGINAL\\PRIMARY\\AX
     return ds
 
 
-def write_ct(path: Path, study: str, series: str, image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", station: str = "CT54023", **extra) -> Path:
+def write_ct(
+    path: Path, study: str, series: str, image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", station: str = "CT54023", **extra
+) -> Path:
     ds = ct_dataset(study, series, image_type, station, **extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
@@ -46,8 +54,30 @@ def write_ct(path: Path, study: str, series: str, image_type: str = "ORIGINAL\\P
 def write_study(folder: Path, *, acquisition: int = 3, mip: int = 2, rows: int = 2) -> tuple[str, list[Path]]:
     """A CT study: an acquisition series and a console MIP series (supports 76376)."""
     study, acq, mip_series = generate_uid(), generate_uid(), generate_uid()
-    paths = [write_ct(folder / "acq" / f"{i:04d}.dcm", study, acq, SeriesDescription="Abdomen 1.0", InstanceNumber=i + 1, rows=rows) for i in range(acquisition)]
-    paths += [write_ct(folder / "mip" / f"{i:04d}.dcm", study, mip_series, "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP", SeriesDescription="MIP cor", SeriesNumber=100, InstanceNumber=i + 1, rows=rows) for i in range(mip)]
+    paths = [
+        write_ct(
+            folder / "acq" / f"{i:04d}.dcm",
+            study,
+            acq,
+            SeriesDescription="Abdomen 1.0",
+            InstanceNumber=i + 1,
+            rows=rows,
+        )
+        for i in range(acquisition)
+    ]
+    paths += [
+        write_ct(
+            folder / "mip" / f"{i:04d}.dcm",
+            study,
+            mip_series,
+            "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP",
+            SeriesDescription="MIP cor",
+            SeriesNumber=100,
+            InstanceNumber=i + 1,
+            rows=rows,
+        )
+        for i in range(mip)
+    ]
     return study, paths
 
 

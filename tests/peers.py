@@ -39,8 +39,9 @@ def require_peer(*programs: str) -> str:
     """Skip (on a laptop) or fail (under CI=true) when a real peer program is missing; the first one's path."""
     missing = [p for p in programs if peer_program(p) is None]
     if missing:
-        missing_prerequisite(f"peer program(s) {missing} not installed "
-                             "(apt-get install dcmtk dicom3tools orthanc poppler-utils)")
+        missing_prerequisite(
+            f"peer program(s) {missing} not installed (apt-get install dcmtk dicom3tools orthanc poppler-utils)"
+        )
     return peer_program(programs[0]) or programs[0]
 
 
@@ -109,17 +110,40 @@ class ReceiverProcess:
             self.proc.wait()
 
 
-def start_receiver(data: Path, *extra: str, port: int | None = None, ae_title: str = "DICOMCHECK",
-                   stable_after: float = 1.0, env: dict[str, str] | None = None, prefix: list[str] | None = None,
-                   timeout: float = 60.0) -> ReceiverProcess:
+def start_receiver(
+    data: Path,
+    *extra: str,
+    port: int | None = None,
+    ae_title: str = "DICOMCHECK",
+    stable_after: float = 1.0,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    timeout: float = 60.0,
+) -> ReceiverProcess:
     """Run `dicomcheck serve` as a user would, on loopback and a free port; wait until it listens."""
     port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
     log_path = data.parent / f"{data.name}-serve-{port}.log"
     if "--http-port" not in extra and "--no-scp" not in extra:
         extra = ("--no-api", *extra)  # the DICOM receiver alone unless a test asks for the API
-    args = [*(prefix or []), sys.executable, "-m", "dicomcheck.cli", "serve", "--data", str(data), "--dicom-port", str(port),
-            "--bind", "127.0.0.1", "--ae-title", ae_title, "--stable-after", str(stable_after), *extra]
+    args = [
+        *(prefix or []),
+        sys.executable,
+        "-m",
+        "dicomcheck.cli",
+        "serve",
+        "--data",
+        str(data),
+        "--dicom-port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--ae-title",
+        ae_title,
+        "--stable-after",
+        str(stable_after),
+        *extra,
+    ]
     log = log_path.open("ab")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy())
     server = ReceiverProcess(data, port, ae_title, proc, log_path, args)
@@ -180,8 +204,16 @@ def tmpfs_prefix(mount_point: Path, size: str) -> list[str]:
     """A ``start_receiver(prefix=...)`` running the receiver in its own mount namespace with a
     ``size`` tmpfs (e.g. ``"256k"``) on ``mount_point``; the host never sees that tmpfs, and it goes
     away with the process. ``unshare`` and ``sh`` exec in place: the process id stays the receiver's."""
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            f'mount -t tmpfs -o size={size},mode=0755 dicomcheck-test "$0" && exec "$@"', str(mount_point)]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size={size},mode=0755 dicomcheck-test "$0" && exec "$@"',
+        str(mount_point),
+    ]
 
 
 def require_mount_namespace(scratch: Path) -> None:
@@ -190,9 +222,13 @@ def require_mount_namespace(scratch: Path) -> None:
     reason = f"programs {missing} missing" if missing else None
     if reason is None:
         scratch.mkdir(parents=True, exist_ok=True)
-        probe = subprocess.run([*tmpfs_prefix(scratch, "64k"), "true"], check=False, capture_output=True, text=True, timeout=30)
+        probe = subprocess.run(
+            [*tmpfs_prefix(scratch, "64k"), "true"], check=False, capture_output=True, text=True, timeout=30
+        )
         if probe.returncode != 0:
-            reason = f"cannot mount a tmpfs in a new mount namespace (root / CAP_SYS_ADMIN needed): {probe.stderr.strip()}"
+            reason = (
+                f"cannot mount a tmpfs in a new mount namespace (root / CAP_SYS_ADMIN needed): {probe.stderr.strip()}"
+            )
     if reason:
         missing_prerequisite(reason)
 
@@ -265,18 +301,34 @@ def start_orthanc(folder: Path, modalities: dict[str, list], *, dicom_server: bo
     folder.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config = {
-        "Name": "dicomcheck-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "DicomServerEnabled": dicom_server,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [], "SaveJobs": False,
-        "StableAge": 3600, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
-        "DicomCheckModalityHost": True, "DicomModalities": modalities, "DicomScuTimeout": 30,
+        "Name": "dicomcheck-test",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "DicomServerEnabled": dicom_server,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [],
+        "SaveJobs": False,
+        "StableAge": 3600,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowEcho": False,
+        "DicomCheckModalityHost": True,
+        "DicomModalities": modalities,
+        "DicomScuTimeout": 30,
     }
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config))
     log_path = folder / "orthanc.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([peer_program("Orthanc") or "Orthanc", str(config_path)], stdout=log,
-                                stderr=subprocess.STDOUT, env=peer_env())
+        proc = subprocess.Popen(
+            [peer_program("Orthanc") or "Orthanc", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=peer_env(),
+        )
     orthanc = OrthancProcess(proc, http_port, dicom_port, "ORTHANC", log_path)
 
     def up() -> bool:

@@ -31,7 +31,9 @@ def ingest_case(receiver: Receiver, folder: Path, calling_ae: str = "PACS1") -> 
     for path in sorted(folder.rglob("*.dcm")):
         temp = receiver.files.new_temp()
         shutil.copyfile(path, temp)
-        receipt = ReceiptInfo(None, calling_ae, "DICOMCHECK", "127.0.0.1", "1.2.3.4", "TESTSENDER", "1.2.840.10008.1.2.1")
+        receipt = ReceiptInfo(
+            None, calling_ae, "DICOMCHECK", "127.0.0.1", "1.2.3.4", "TESTSENDER", "1.2.840.10008.1.2.1"
+        )
         assert receiver.store_file(temp, receipt).status is StoreStatus.SUCCESS
 
 
@@ -49,7 +51,9 @@ def api(index_url: str, tmp_path: Path, fixtures_output: Path):
     }
     expected = {case: json.loads((fixtures_output / case / "expected.json").read_text()) for case in CASES}
     tokens["auditor"] = access.create_token(
-        "payer-auditor", "auditor", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=30),
+        "payer-auditor",
+        "auditor",
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=30),
         accessions=[expected["ct_console_mip"]["accession_number"]],
     )
     client = TestClient(create_app(receiver.settings, receiver))
@@ -109,7 +113,9 @@ def test_study_by_uid_has_the_analyze_shape_and_status(api):
     assert (body["outcome"], body["code"], body["status"]) == (case["outcome"], case["code"], "decided")
     assert body["instance_count"] == body["instances"] > 0
     assert body["first_arrival"] <= body["last_arrival"] and body["decision_id"] and body["rules_version"]
-    assert {s["series_description"]: s["kind"] for s in body["series"]} == {k: v["kind"] for k, v in case["series"].items()}
+    assert {s["series_description"]: s["kind"] for s in body["series"]} == {
+        k: v["kind"] for k, v in case["series"].items()
+    }
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -132,7 +138,12 @@ def test_tokens_roles_and_scopes(api):
     assert client.get(f"/studies/{uid}", headers=auth("dck_not-a-token")).status_code == 401
     assert client.get(f"/studies/{uid}", headers={"Authorization": "Basic abc"}).status_code == 401
     assert client.get("/audit", headers=auth(tokens["reader"])).status_code == 403
-    assert client.post("/devices", json={"station_name": "X", "role": "pacs_viewer"}, headers=auth(tokens["reader"])).status_code == 403
+    assert (
+        client.post(
+            "/devices", json={"station_name": "X", "role": "pacs_viewer"}, headers=auth(tokens["reader"])
+        ).status_code
+        == 403
+    )
     assert client.get(f"/studies/{uid}", headers=auth(tokens["auditor"])).status_code == 200
     assert client.get(f"/studies/{other}", headers=auth(tokens["auditor"])).status_code == 404  # as if it did not exist
     listed = client.get("/studies", headers=auth(tokens["auditor"])).json()["items"]
@@ -143,7 +154,9 @@ def test_tokens_roles_and_scopes(api):
 def test_expired_and_revoked_tokens(api):
     client, tokens, expected, receiver = api
     access = Access(receiver.engine)
-    expired = access.create_token("old-auditor", "auditor", expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), studies=["1.2.3"])
+    expired = access.create_token(
+        "old-auditor", "auditor", expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), studies=["1.2.3"]
+    )
     assert client.get("/studies", headers=auth(expired)).json()["detail"] == "token expired"
     assert access.revoke_token("billing-system")
     response = client.get("/studies", headers=auth(tokens["reader"]))
@@ -203,7 +216,11 @@ def test_registry_change_offers_reanalysis_and_reanalysis_changes_the_outcome(ap
     reader, admin = auth(tokens["reader"]), auth(tokens["admin"])
     before = client.get(f"/studies/{uid}", headers=reader).json()
     assert before["outcome"] == "needs_review"
-    review = client.post(f"/studies/{uid}/review", json={"outcome": "supports_76377", "reviewer": "J. Coder", "reason": "3D lab PC per the report"}, headers=reader)
+    review = client.post(
+        f"/studies/{uid}/review",
+        json={"outcome": "supports_76377", "reviewer": "J. Coder", "reason": "3D lab PC per the report"},
+        headers=reader,
+    )
     assert review.status_code == 201 and not review.json()["stale"]
     device = {"station_name": "3DLAB-01", "role": "independent_workstation", "note": "3D lab PC"}
     created = client.post("/devices", json=device, headers=admin)
@@ -218,7 +235,12 @@ def test_registry_change_offers_reanalysis_and_reanalysis_changes_the_outcome(ap
     history = client.get(f"/studies/{uid}/decisions", headers=reader).json()
     assert [d["outcome"] for d in history] == ["needs_review", "supports_76377"] and history[-1]["current"]
     device_id = created.json()["device"]["id"]
-    assert client.put(f"/devices/{device_id}", json={**device, "role": "pacs_viewer"}, headers=admin).json()["device"]["role"] == "pacs_viewer"
+    assert (
+        client.put(f"/devices/{device_id}", json={**device, "role": "pacs_viewer"}, headers=admin).json()["device"][
+            "role"
+        ]
+        == "pacs_viewer"
+    )
     assert client.put(f"/devices/{device_id}", json={**device, "role": "3d-lab"}, headers=admin).status_code == 422
     assert client.post("/devices", json={"role": "pacs_viewer"}, headers=admin).status_code == 422
     assert client.post("/devices", json={"manufacturer": "GE", "role": "pacs_viewer"}, headers=admin).status_code == 422
@@ -233,7 +255,12 @@ def test_every_read_is_audited_and_exportable_as_csv(api):
     client.get(f"/studies/{uid}", headers=auth("dck_wrong"))
     events = client.get("/audit", params={"study_uid": uid}, headers=auth(tokens["admin"])).json()
     read = [e for e in events if e["event"] == "DICOM Instances Accessed"]
-    assert read and read[0]["token_name"] == "billing-system" and read[0]["client_address"] and read[0]["endpoint"] == f"/studies/{uid}"
+    assert (
+        read
+        and read[0]["token_name"] == "billing-system"
+        and read[0]["client_address"]
+        and read[0]["endpoint"] == f"/studies/{uid}"
+    )
     alerts = client.get("/audit", params={"event": "Security Alert"}, headers=auth(tokens["admin"])).json()
     assert any(e["detail"].get("reason") == "unknown token" for e in alerts)
     response = client.get("/audit", params={"format": "csv"}, headers=auth(tokens["admin"]))
@@ -253,10 +280,16 @@ def test_exports_csv_and_xlsx(api):
     assert all(r["evidence_link"].endswith(f"/studies/{r['study_instance_uid']}/evidence") for r in rows)
     only = client.get("/exports/decisions", params={"outcome": "supports_76377"}, headers=headers)
     assert {r["outcome"] for r in csv.DictReader(io.StringIO(only.text))} == {"supports_76377"}
-    station_rows = list(csv.DictReader(io.StringIO(client.get("/exports/decisions", params={"station": "ct54023"}, headers=headers).text)))
+    station_rows = list(
+        csv.DictReader(
+            io.StringIO(client.get("/exports/decisions", params={"station": "ct54023"}, headers=headers).text)
+        )
+    )
     assert station_rows and all("CT54023" in r["stations"].split(";") for r in station_rows)
     assert len(station_rows) < len(rows)
-    book = load_workbook(io.BytesIO(client.get("/exports/decisions", params={"format": "xlsx"}, headers=headers).content))
+    book = load_workbook(
+        io.BytesIO(client.get("/exports/decisions", params={"format": "xlsx"}, headers=headers).content)
+    )
     sheet = book["decisions"]
     assert sheet.max_row == len(rows) + 1 and sheet.cell(row=2, column=sheet.max_column).hyperlink is not None
 
@@ -273,13 +306,32 @@ def test_patient_ids_are_redacted_from_the_access_log():
 
     from dicomcheck.api.server import RedactPatientIds
 
-    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                               ("127.0.0.1:5", "GET", "/studies?patient_id=FX0001&limit=5", "1.1", 200), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/studies?patient_id=FX0001&limit=5", "1.1", 200),
+        None,
+    )
     RedactPatientIds().filter(record)
     assert "FX0001" not in record.getMessage() and "patient_id=[redacted]&limit=5" in record.getMessage()
-    for query in ("patient%5Fid=FX0001", "limit=5&Patient%5fID=FX0001", "%70atient_id=FX0001&x=1", "a=1;patient_id=FX0001"):
-        record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                                   ("127.0.0.1:5", "GET", f"/studies?{query}", "1.1", 200), None)
+    for query in (
+        "patient%5Fid=FX0001",
+        "limit=5&Patient%5fID=FX0001",
+        "%70atient_id=FX0001&x=1",
+        "a=1;patient_id=FX0001",
+    ):
+        record = logging.LogRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("127.0.0.1:5", "GET", f"/studies?{query}", "1.1", 200),
+            None,
+        )
         RedactPatientIds().filter(record)
         assert "FX0001" not in record.getMessage() and "=[redacted]" in record.getMessage(), query
 
@@ -288,5 +340,7 @@ def test_extreme_time_bounds_are_not_server_errors(api):
     """Found by schemathesis: a bound like year 1 at +01:00 overflowed when converted to UTC."""
     client, tokens, *_ = api
     for bound in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"):
-        response = client.get("/studies", params={"received_from": bound, "received_to": bound}, headers=auth(tokens["reader"]))
+        response = client.get(
+            "/studies", params={"received_from": bound, "received_to": bound}, headers=auth(tokens["reader"])
+        )
         assert response.status_code == 200, response.text

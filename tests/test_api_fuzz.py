@@ -10,14 +10,13 @@ import shutil
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 from dicomcheck.api import create_app
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver
 from dicomcheck.store.access import Access
 from dicomcheck.store.index import ReceiptInfo
-
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 EXAMPLES = 40
 # Excluded check: "positive data acceptance" expects every schema-valid request to succeed, but some
@@ -34,7 +33,9 @@ def served(tmp_path_factory, fixtures_output):
     for path in sorted((fixtures_output / "ct_console_mip").rglob("*.dcm")):
         temp = receiver.files.new_temp()
         shutil.copyfile(path, temp)
-        receiver.store_file(temp, ReceiptInfo(None, "PACS", "DICOMCHECK", "127.0.0.1", None, None, "1.2.840.10008.1.2.1"))
+        receiver.store_file(
+            temp, ReceiptInfo(None, "PACS", "DICOMCHECK", "127.0.0.1", None, None, "1.2.840.10008.1.2.1")
+        )
     token = Access(receiver.engine).create_token("fuzzer", "admin")
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(receiver.settings, receiver))
     yield schema, token
@@ -47,7 +48,14 @@ def test_every_operation_survives_generated_requests(served):
     assert len(operations) >= 14
     headers = {"Authorization": f"Bearer {token}"}
     for operation in operations:
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,
+        )
         @given(case=operation.as_strategy())
         def run(case):
             case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import logging
 import re
-import shutil
 import threading
 from pathlib import Path
 
@@ -28,14 +27,24 @@ SECRET = "PATSECRET4711"  # a patient ID that must never reach a log
 def served(index_url: str, tmp_path: Path, fixtures_output: Path):
     """Two studies on a real index (SQLite, then PostgreSQL); an auditor scoped to the first."""
     receiver = Receiver(Settings(data=tmp_path / "data", database_url=index_url, stable_after=0.01))
-    cases = {name: json.loads((fixtures_output / name / "expected.json").read_text()) for name in ("ct_console_mip", "cta_by_code")}
+    cases = {
+        name: json.loads((fixtures_output / name / "expected.json").read_text())
+        for name in ("ct_console_mip", "cta_by_code")
+    }
     for name in cases:
         ingest_case(receiver, fixtures_output / name)
     settle_all(receiver)
     access = Access(receiver.engine)
-    tokens = {"reader": access.create_token("billing", "reader"), "admin": access.create_token("admin", "admin"),
-              "auditor": access.create_token("payer", "auditor", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=3),
-                                             accessions=[cases["ct_console_mip"]["accession_number"]])}
+    tokens = {
+        "reader": access.create_token("billing", "reader"),
+        "admin": access.create_token("admin", "admin"),
+        "auditor": access.create_token(
+            "payer",
+            "auditor",
+            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=3),
+            accessions=[cases["ct_console_mip"]["accession_number"]],
+        ),
+    }
     client = TestClient(create_app(receiver.settings, receiver), raise_server_exceptions=False)
     yield client, tokens, cases, receiver
     client.close()
@@ -53,7 +62,7 @@ def test_simultaneous_first_reads_of_one_study_never_fail(served):
         token = access.create_token(f"ris-{round_}", "reader")
         barrier = threading.Barrier(6)
 
-        def read() -> None:
+        def read(barrier: threading.Barrier = barrier, token: str = token) -> None:
             barrier.wait()
             statuses.append(client.get(f"/studies/{uid}", headers=auth(token)).status_code)
 
@@ -88,9 +97,21 @@ def test_nul_bytes_are_422_and_never_logged(served, caplog):
     uid = cases["ct_console_mip"]["study_instance_uid"]
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.WARNING, logger="httpx")  # the test's own client logs the URLs it sends
-    requests = [*NUL_REQUESTS,
-                ("POST", f"/studies/{uid}/review", {"json": {"outcome": "no_3d", "reviewer": f"{SECRET}\x00", "reason": "why not"}}, "reader"),
-                ("POST", f"/studies/{uid}/review", {"json": {"outcome": "no_3d", "reviewer": "J. Coder", "reason": f"because\x00{SECRET}"}}, "reader")]
+    requests = [
+        *NUL_REQUESTS,
+        (
+            "POST",
+            f"/studies/{uid}/review",
+            {"json": {"outcome": "no_3d", "reviewer": f"{SECRET}\x00", "reason": "why not"}},
+            "reader",
+        ),
+        (
+            "POST",
+            f"/studies/{uid}/review",
+            {"json": {"outcome": "no_3d", "reviewer": "J. Coder", "reason": f"because\x00{SECRET}"}},
+            "reader",
+        ),
+    ]
     for method, path, kwargs, role in requests:
         response = client.request(method, path, headers=auth(tokens[role]), **kwargs)
         assert response.status_code == 422, (path, kwargs, response.text)
@@ -116,7 +137,11 @@ def test_the_engine_never_shows_bound_parameters(index_url: str):
 
 def test_an_auditor_gets_the_same_answer_for_foreign_and_missing_studies(served):
     client, tokens, cases, receiver = served
-    mine, foreign, missing = cases["ct_console_mip"]["study_instance_uid"], cases["cta_by_code"]["study_instance_uid"], "1.2.3.999"
+    mine, foreign, missing = (
+        cases["ct_console_mip"]["study_instance_uid"],
+        cases["cta_by_code"]["study_instance_uid"],
+        "1.2.3.999",
+    )
     headers = auth(tokens["auditor"])
     assert client.get(f"/studies/{mine}", headers=headers).status_code == 200
     for suffix in ("", "/decisions", "/evidence", "/evidence.pdf", "/evidence.zip"):
@@ -130,30 +155,54 @@ def test_an_auditor_gets_the_same_answer_for_foreign_and_missing_studies(served)
 
 
 @pytest.mark.parametrize("full", [False, True])
-def test_auditors_get_the_phi_minimal_pack_unless_the_site_says_otherwise(tmp_path: Path, fixtures_output: Path, full: bool):
+def test_auditors_get_the_phi_minimal_pack_unless_the_site_says_otherwise(
+    tmp_path: Path, fixtures_output: Path, full: bool
+):
     receiver = Receiver(Settings(data=tmp_path / "data", stable_after=0.01, auditor_full_pack=full))
     ingest_case(receiver, fixtures_output / "ct_console_mip")
     settle_all(receiver)
     case = json.loads((fixtures_output / "ct_console_mip" / "expected.json").read_text())
     access = Access(receiver.engine)
-    auditor = access.create_token("payer", "auditor", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=3), studies=[case["study_instance_uid"]])
+    auditor = access.create_token(
+        "payer",
+        "auditor",
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=3),
+        studies=[case["study_instance_uid"]],
+    )
     reader = access.create_token("billing", "reader")
     with TestClient(create_app(receiver.settings, receiver)) as client:
         body = client.get(f"/studies/{case['study_instance_uid']}/evidence", headers=auth(auditor)).json()
         assert body["manifest"]["minimal"] is (not full)
         assert body["links"]["zip"].endswith("?minimal=true") is (not full)
-        assert client.get(f"/studies/{case['study_instance_uid']}/evidence", headers=auth(reader)).json()["manifest"]["minimal"] is False
+        assert (
+            client.get(f"/studies/{case['study_instance_uid']}/evidence", headers=auth(reader)).json()["manifest"][
+                "minimal"
+            ]
+            is False
+        )
     receiver.engine.dispose()
 
 
 def test_malformed_json_without_a_token_is_401_and_audited(served):
     client, tokens, *_ = served
     for headers in ({}, auth("dck_unknown")):
-        response = client.post("/studies/search", content=b'{"patient_id": ', headers={**headers, "content-type": "application/json"})
+        response = client.post(
+            "/studies/search", content=b'{"patient_id": ', headers={**headers, "content-type": "application/json"}
+        )
         assert response.status_code == 401, response.text
         assert response.headers["www-authenticate"] == "Bearer"
-    assert client.post("/devices", content=b"{", headers={**auth(tokens["reader"]), "content-type": "application/json"}).status_code == 403
-    assert client.post("/studies/search", content=b"{", headers={**auth(tokens["reader"]), "content-type": "application/json"}).status_code == 422
+    assert (
+        client.post(
+            "/devices", content=b"{", headers={**auth(tokens["reader"]), "content-type": "application/json"}
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            "/studies/search", content=b"{", headers={**auth(tokens["reader"]), "content-type": "application/json"}
+        ).status_code
+        == 422
+    )
     assert client.get("/studies?limit=0").status_code == 401  # a bad parameter without a token: 401 too
     alerts = client.get("/audit", params={"event": "Security Alert"}, headers=auth(tokens["admin"])).json()
     reasons = [(e["endpoint"], e["detail"].get("reason")) for e in alerts]
@@ -168,7 +217,9 @@ def test_docs_load_with_no_internet(served):
         assert response.status_code == 200
         html = response.text
         assert not re.search(r"https?://", html), re.findall(r"https?://[^\s'\"]+", html)
-        assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html) + re.findall(r"""url:\s*["']([^"']+)["']""", html)
+        assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html) + re.findall(
+            r"""url:\s*["']([^"']+)["']""", html
+        )
         assert any(a.endswith(".js") for a in assets), assets
         for asset in assets:
             assert asset.startswith("/"), asset

@@ -64,7 +64,9 @@ def test_idle_and_stalled_connections_are_closed(receiver_factory):
     headers = connect(port)
     headers.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     body = connect(port)
-    body.sendall(b"POST /studies/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a")
+    body.sendall(
+        b'POST /studies/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"a'
+    )
     keep_alive = connect(port)  # one request answered, then silence
     keep_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_until_closed(idle) == b""
@@ -91,13 +93,19 @@ def test_a_large_body_gets_413_before_it_is_read(receiver_factory):
     _, port = serve(receiver_factory)
     # 200 MB announced, no token, no byte of the body sent: answered at once from Content-Length
     sock = connect(port)
-    sock.sendall(b"POST /studies/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200000000\r\n\r\n")
+    sock.sendall(
+        b"POST /studies/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 200000000\r\n\r\n"
+    )
     answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     sock.close()
     # a chunked body is counted while it streams: refused once it passes http_max_body (1 MiB)
     sock = connect(port)
-    sock.sendall(b"POST /studies/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sock.sendall(
+        b"POST /studies/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
     answer = b""
     for _ in range(64):  # 4 MiB at most
@@ -133,13 +141,16 @@ def test_a_c_store_succeeds_with_260_idle_http_connections_open(receiver_factory
     try:
         refused = []
 
-        def settled() -> bool:
-            """Every connection was either refused (503, closed) or taken by the server, or the
-            server ran out of descriptors trying (as it did before the cap)."""
+        def refusals_seen() -> bool:
             for sock in sockets:
                 if sock not in refused and select.select([sock], [], [], 0)[0]:
                     refused.append(sock)
-            return len(refused) >= 260 - 128 or len(os.listdir(f"/proc/{server.proc.pid}/fd")) >= 250
+            return len(refused) >= 260 - 128
+
+        def settled() -> bool:
+            """Every connection was either refused (503, closed) or taken by the server, or the
+            server ran out of descriptors trying (as it did before the cap)."""
+            return refusals_seen() or len(os.listdir(f"/proc/{server.proc.pid}/fd")) >= 250
 
         wait_for(settled, timeout=60)
         ae = AE(ae_title="MODALITY")
@@ -150,7 +161,8 @@ def test_a_c_store_succeeds_with_260_idle_http_connections_open(receiver_factory
         status = assoc.send_c_store(ct_dataset(generate_uid(), generate_uid()))
         assoc.release()
         assert status and status.Status == 0x0000
-        assert len(refused) >= 260 - 128 and refused[0].recv(1024).startswith(b"HTTP/1.1 503 ")
+        wait_for(refusals_seen, timeout=60)  # a loaded machine may still be closing the refused ones
+        assert refused[0].recv(1024).startswith(b"HTTP/1.1 503 ")
     finally:
         for sock in sockets:
             sock.close()
@@ -160,10 +172,12 @@ def test_a_c_store_succeeds_with_260_idle_http_connections_open(receiver_factory
 
 def test_patient_ids_are_redacted_from_the_access_log_however_encoded(receiver_factory):
     server, port = serve(receiver_factory)
-    for n, name in enumerate(["patient_id", "patient%5Fid", "patient%5fid", "PATIENT_ID", "%70atient_id", "patient_%69d"]):
+    for n, name in enumerate(
+        ["patient_id", "patient%5Fid", "patient%5fid", "PATIENT_ID", "%70atient_id", "patient_%69d"]
+    ):
         response = httpx.get(f"http://127.0.0.1:{port}/studies?limit={n + 1}&{name}=PATSECRET4711", timeout=30)
         assert response.status_code == 401
-        wait_for(lambda: f"/studies?limit={n + 1}&" in server.log(), timeout=30)
+        wait_for(lambda n=n: f"/studies?limit={n + 1}&" in server.log(), timeout=30)
     assert "PATSECRET4711" not in server.log()
 
 

@@ -22,8 +22,22 @@ from .dicomfiles import write_ct
 from .peers import wait_for
 
 PACKAGE = ROOT / "dicomcheck"
-QUERY_CONSTRUCTS = {"select", "update", "insert", "delete", "text", "Session", "and_", "or_", "func", "exists", "case",
-                    "sessionmaker", "dialects", "orm"}
+QUERY_CONSTRUCTS = {
+    "select",
+    "update",
+    "insert",
+    "delete",
+    "text",
+    "Session",
+    "and_",
+    "or_",
+    "func",
+    "exists",
+    "case",
+    "sessionmaker",
+    "dialects",
+    "orm",
+}
 SQL_MODULES = ("sqlalchemy", "sqlmodel")
 
 
@@ -37,12 +51,22 @@ def _sql_constructs(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in SQL_MODULES:
             parts = set((node.module or "").split(".")[1:]) | {alias.name for alias in node.names}
-            found += [f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{name}" for name in sorted(parts & QUERY_CONSTRUCTS)]
+            found += [
+                f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{name}"
+                for name in sorted(parts & QUERY_CONSTRUCTS)
+            ]
         elif isinstance(node, ast.Import):
-            found += [f"{path.relative_to(ROOT)}:{node.lineno} {alias.name}" for alias in node.names
-                      if alias.name.split(".")[0] in SQL_MODULES and set(alias.name.split(".")[1:]) & QUERY_CONSTRUCTS]
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in SQL_MODULES \
-                and node.attr in QUERY_CONSTRUCTS:
+            found += [
+                f"{path.relative_to(ROOT)}:{node.lineno} {alias.name}"
+                for alias in node.names
+                if alias.name.split(".")[0] in SQL_MODULES and set(alias.name.split(".")[1:]) & QUERY_CONSTRUCTS
+            ]
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in SQL_MODULES
+            and node.attr in QUERY_CONSTRUCTS
+        ):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}")
     return found
 
@@ -61,14 +85,19 @@ def test_the_structure_check_sees_sql():
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
     """(module as written, with dots, names) of every ``from ... import`` in ``path``."""
-    return [("." * node.level + (node.module or ""), [a.name for a in node.names])
-            for node in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(node, ast.ImportFrom)]
+    return [
+        ("." * node.level + (node.module or ""), [a.name for a in node.names])
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom)
+    ]
 
 
 def test_api_depends_on_the_read_facade_not_the_receiver_nor_private_helpers():
     for path in _modules(PACKAGE / "api"):
         for module, names in _imports(path):
-            assert not module.lstrip(".").startswith("ingest"), f"{path.name} imports {module}: use deps.StudyOperations"
+            assert not module.lstrip(".").startswith("ingest"), (
+                f"{path.name} imports {module}: use deps.StudyOperations"
+            )
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             assert private == [], f"{path.name} imports private {private} from {module}"
 
@@ -88,7 +117,10 @@ def decided(tmp_path: Path):
     for number in range(2):
         temp = receiver.files.new_temp()
         shutil.copyfile(write_ct(tmp_path / "in" / f"{number}.dcm", study, series, InstanceNumber=number + 1), temp)
-        assert receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "127.0.0.1", None, None, None)).status is StoreStatus.SUCCESS
+        assert (
+            receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "127.0.0.1", None, None, None)).status
+            is StoreStatus.SUCCESS
+        )
     wait_for(lambda: receiver.settle_once() >= 0 and receiver.index.get_study(study).current_decision_id)
     access = Access(receiver.engine)
     device = access.save_device({"station_name": "CT1", "role": "scanner_console"}, device_id=None, token_name=None)
@@ -105,10 +137,17 @@ def test_each_request_uses_one_index_connection(decided):
     checkouts = []
     event.listen(engine, "checkout", lambda *args: checkouts.append(1))
     requests = [
-        ("GET", f"/studies/{study}", "reader"), ("GET", f"/studies/{study}/decisions", "reader"),
-        ("GET", "/studies", "reader"), ("GET", "/devices", "admin"), ("GET", f"/devices/{device_id}", "admin"),
-        ("GET", "/audit", "admin"), ("GET", "/exports/decisions", "reader"), ("GET", "/metrics", "reader"),
-        ("GET", "/healthz", None), ("GET", f"/studies/{study}", None), ("POST", "/studies/search", "reader"),
+        ("GET", f"/studies/{study}", "reader"),
+        ("GET", f"/studies/{study}/decisions", "reader"),
+        ("GET", "/studies", "reader"),
+        ("GET", "/devices", "admin"),
+        ("GET", f"/devices/{device_id}", "admin"),
+        ("GET", "/audit", "admin"),
+        ("GET", "/exports/decisions", "reader"),
+        ("GET", "/metrics", "reader"),
+        ("GET", "/healthz", None),
+        ("GET", f"/studies/{study}", None),
+        ("POST", "/studies/search", "reader"),
     ]
     for method, url, role in requests:
         checkouts.clear()

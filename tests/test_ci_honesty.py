@@ -40,4 +40,6 @@ def test_tests_give_up_only_through_missing_prerequisite():
         text = path.read_text()
         assert "pytest.xfail(" not in text, f"{path.name}: a runtime xfail"
         if path.name != "peers.py":
-            assert not re.search(r"pytest\.skip\(|importorskip\(|mark\.skip(if)?\b", text), f"{path.name}: a skip outside peers.missing_prerequisite"
+            assert not re.search(r"pytest\.skip\(|importorskip\(|mark\.skip(if)?\b", text), (
+                f"{path.name}: a skip outside peers.missing_prerequisite"
+            )

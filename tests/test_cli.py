@@ -15,6 +15,8 @@ from .conftest import ROOT, run_cli
 from .dicomfiles import write_ct
 
 SCHEMA = json.loads((ROOT / "dicomcheck/schema/analysis.schema.json").read_text())
+
+
 @pytest.fixture()
 def study_dir(tmp_path: Path) -> Path:
     study = generate_uid()
@@ -22,7 +24,13 @@ def study_dir(tmp_path: Path) -> Path:
     for i in range(3):
         write_ct(tmp_path / "study" / "acq" / f"{i}.dcm", study, acq, SeriesDescription="Abdomen 1.0")
     for i in range(2):
-        write_ct(tmp_path / "study" / "mip" / f"{i}.dcm", study, mip, "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP", SeriesDescription="MIP cor")
+        write_ct(
+            tmp_path / "study" / "mip" / f"{i}.dcm",
+            study,
+            mip,
+            "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP",
+            SeriesDescription="MIP cor",
+        )
     (tmp_path / "study" / "notes.txt").write_text("not DICOM, skipped in folder walks")
     return tmp_path / "study"
 
@@ -35,10 +43,15 @@ def test_json_document_is_schema_valid_and_decides(study_dir: Path):
     assert study["outcome"] == "supports_76376" and study["code"] == "76376"
     assert study["accession_number"] == "ACC-CLI"
     kinds = {s["series_description"]: (s["kind"], s["origin"], s["instances"]) for s in study["series"]}
-    assert kinds == {"Abdomen 1.0": ("acquisition", "scanner_console", 3), "MIP cor": ("projection", "scanner_console", 2)}
+    assert kinds == {
+        "Abdomen 1.0": ("acquisition", "scanner_console", 3),
+        "MIP cor": ("projection", "scanner_console", 2),
+    }
     assert document["errors"] == []
     evidence = next(s for s in study["series"] if s["kind"] == "projection")["evidence"]
-    assert {"signal": "kind.image_type_vendor_token", "tag": "(0008,0008)", "keyword": "ImageType"}.items() <= evidence[0].items()
+    assert {"signal": "kind.image_type_vendor_token", "tag": "(0008,0008)", "keyword": "ImageType"}.items() <= evidence[
+        0
+    ].items()
 
 
 def test_table_is_readable(study_dir: Path):
@@ -54,7 +67,9 @@ def test_errors_never_stop_the_run(study_dir: Path, tmp_path: Path):
     junk.write_bytes(b"this is not dicom at all" * 20)
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(next(study_dir.rglob("*.dcm")).read_bytes()[:200])
-    document = json.loads(run_cli("analyze", "--format", "json", study_dir, junk, truncated, tmp_path / "missing.dcm").stdout)
+    document = json.loads(
+        run_cli("analyze", "--format", "json", study_dir, junk, truncated, tmp_path / "missing.dcm").stdout
+    )
     assert len(document["studies"]) == 1
     reasons = {Path(e["path"]).name: e["reason"] for e in document["errors"]}
     assert set(reasons) == {"junk.dcm", "truncated.dcm", "missing.dcm"}
@@ -84,7 +99,9 @@ def test_bad_registry_is_rejected_with_line_and_reason(study_dir: Path, tmp_path
 
 def test_registry_changes_the_decision(study_dir: Path, tmp_path: Path):
     devices = tmp_path / "devices.toml"
-    devices.write_text('[[device]]\nstation_name = "CT54023"\nrole = "independent_workstation"\nnote = "console re-used as 3D lab"\n')
+    devices.write_text(
+        '[[device]]\nstation_name = "CT54023"\nrole = "independent_workstation"\nnote = "console re-used as 3D lab"\n'
+    )
     document = json.loads(run_cli("analyze", "--format", "json", "--devices", devices, study_dir, check=True).stdout)
     study = document["studies"][0]
     assert study["outcome"] == "supports_76377"

@@ -24,11 +24,26 @@ from pynetdicom.sop_class import (
 ROOT = Path(__file__).resolve().parents[1]
 STATEMENT = ROOT / "docs" / "conformance.md"
 
-SOP_CLASSES = [CTImageStorage, EnhancedCTImageStorage, SecondaryCaptureImageStorage, SegmentationStorage,
-               KeyObjectSelectionDocumentStorage, GrayscaleSoftcopyPresentationStateStorage,
-               VolumeRenderingVolumetricPresentationStateStorage, RawDataStorage]
-TRANSFER_SYNTAXES = [uid.ExplicitVRLittleEndian, uid.JPEG2000Lossless, uid.JPEG2000, uid.JPEGLSLossless, uid.RLELossless,
-                     uid.DeflatedExplicitVRLittleEndian, uid.HTJ2KLossless, uid.JPEGLosslessSV1]
+SOP_CLASSES = [
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    KeyObjectSelectionDocumentStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    VolumeRenderingVolumetricPresentationStateStorage,
+    RawDataStorage,
+]
+TRANSFER_SYNTAXES = [
+    uid.ExplicitVRLittleEndian,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.JPEGLSLossless,
+    uid.RLELossless,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.HTJ2KLossless,
+    uid.JPEGLosslessSV1,
+]
 PRIVATE = "1.3.46.670589.5.0.1.1"  # Philips private 3D object storage: not listed unless configured
 JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"  # a real transfer syntax we do not accept
 
@@ -44,16 +59,24 @@ def listed() -> tuple[set[str], set[str], str]:
 
 
 def test_committed_statement_is_the_generators_output():
-    proc = subprocess.run([sys.executable, "-m", "scp.conformance"], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})  # no DICOMCHECK_* settings
+    proc = subprocess.run(
+        [sys.executable, "-m", "scp.conformance"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )  # no DICOMCHECK_* settings
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == STATEMENT.read_text(encoding="utf-8"), (
-        "docs/conformance.md is stale: run `python -m scp.conformance > docs/conformance.md` and commit it")
+        "docs/conformance.md is stale: run `python -m scp.conformance > docs/conformance.md` and commit it"
+    )
 
 
 def test_statement_lists_exactly_the_contexts_the_ae_supports():
     from dicomcheck.config import Settings
-    from scp.server import TRANSFER_SYNTAXES as ACCEPTED, supported_contexts
+    from scp.server import TRANSFER_SYNTAXES as ACCEPTED
+    from scp.server import supported_contexts
 
     storage, syntaxes, _ = listed()
     contexts = supported_contexts(Settings.model_validate({}))
@@ -120,4 +143,8 @@ def test_association_rejections_carry_the_listed_reasons(receiver_factory):
     assert observed == {"calling": (0x01, 0x01, 0x03), "called": (0x01, 0x01, 0x07), "limit": (0x02, 0x03, 0x02)}
     rows = [line for line in text.splitlines() if line.startswith("| ") and "rejected-" in line]
     for result, source, reason in observed.values():
-        assert any(f"| 0x{result:02X} | 0x{source:02X} | 0x{reason:02X} |" in row for row in rows), (result, source, reason)
+        assert any(f"| 0x{result:02X} | 0x{source:02X} | 0x{reason:02X} |" in row for row in rows), (
+            result,
+            source,
+            reason,
+        )

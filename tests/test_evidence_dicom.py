@@ -14,8 +14,17 @@ import pytest
 
 from dicomcheck import __version__
 from dicomcheck.evidence.collect import from_folder
-from dicomcheck.evidence.dicom import (KOS_TITLE, MANUFACTURER, MINIMAL_PATIENT_NAME, MODEL_NAME, C, build_kos, build_sr,
-                                       pseudonymous_id, write)
+from dicomcheck.evidence.dicom import (
+    KOS_TITLE,
+    MANUFACTURER,
+    MINIMAL_PATIENT_NAME,
+    MODEL_NAME,
+    C,
+    build_kos,
+    build_sr,
+    pseudonymous_id,
+    write,
+)
 from dicomcheck.evidence.model import IMPLEMENTATION_CLASS_UID, EvidenceSource, is_own_object
 from dicomcheck.extract import extract_facts
 from fixtures.build import CASES
@@ -79,7 +88,9 @@ def test_kos_and_sr_of_every_fixture_study(case: str, fixture_source, tmp_path: 
     document = source.document
     cited = {i.sop_instance_uid: i for i in source.instances}
     assert cited and all(i.path.is_file() for i in cited.values())
-    header = pydicom.dcmread(next(i for i in source.instances if i.role in ("acquisition", "3d")).path, stop_before_pixels=True)
+    header = pydicom.dcmread(
+        next(i for i in source.instances if i.role in ("acquisition", "3d")).path, stop_before_pixels=True
+    )
     warnings = {}
 
     # ---- KOS: every cited instance flagged, in the study, under our title
@@ -94,7 +105,9 @@ def test_kos_and_sr_of_every_fixture_study(case: str, fixture_source, tmp_path: 
     for uid in cited:
         study, series, sop = kos.resolve_reference(uid)
         assert (study, series, sop) == (source.study_instance_uid, cited[uid].series_instance_uid, uid)
-    description = hd.sr.utils.find_content_items(kos, name=hd.sr.CodedConcept("113012", "DCM", "Key Object Description"))
+    description = hd.sr.utils.find_content_items(
+        kos, name=hd.sr.CodedConcept("113012", "DCM", "Key Object Description")
+    )
     assert document["outcome"] in description[0].TextValue
 
     # ---- SR: outcome, code, reasons, series equipment, references
@@ -112,7 +125,9 @@ def test_kos_and_sr_of_every_fixture_study(case: str, fixture_source, tmp_path: 
     assert referenced_uids(references) == set(cited)
     assert all(cited[uid].path.is_file() for uid in referenced_uids(references))
     assert [i.ConceptCodeSequence[0].CodeValue for i in items(sr, C.OUTCOME)] == [document["outcome"]]
-    assert [i.ConceptCodeSequence[0].CodeValue for i in items(sr, C.BILLING_CODE)] == ([document["code"]] if document["code"] else [])
+    assert [i.ConceptCodeSequence[0].CodeValue for i in items(sr, C.BILLING_CODE)] == (
+        [document["code"]] if document["code"] else []
+    )
     assert sorted(text_values(sr, C.RULE)) == sorted(r["rule"] for r in document["reasons"])
     assert set(text_values(sr, C.STATEMENT)) == {r["text"] for r in document["reasons"]}
     cited_values = {}
@@ -135,13 +150,22 @@ def test_kos_and_sr_of_every_fixture_study(case: str, fixture_source, tmp_path: 
         if not series["is_3d"]:
             continue
         container = series_containers[series["series_instance_uid"]]
-        texts = {(i.ConceptNameCodeSequence[0].CodeValue, i.TextValue) for i in container.ContentSequence if i.ValueType == "TEXT"}
+        texts = {
+            (i.ConceptNameCodeSequence[0].CodeValue, i.TextValue)
+            for i in container.ContentSequence
+            if i.ValueType == "TEXT"
+        }
         expected = {(C.KIND.value, series["kind"]), (C.ORIGIN.value, series["origin"]), (C.IS_3D.value, "yes")}
         if series["product"]:
             expected.add((C.PRODUCT.value, series["product"]))
         equipment = series["equipment"]
-        for concept, key in ((C.MANUFACTURER, "manufacturer"), (C.MODEL, "model"), (C.STATION, "station_name"),
-                             (C.SERIAL, "device_serial_number"), (C.SOFTWARE, "software_versions")):
+        for concept, key in (
+            (C.MANUFACTURER, "manufacturer"),
+            (C.MODEL, "model"),
+            (C.STATION, "station_name"),
+            (C.SERIAL, "device_serial_number"),
+            (C.SOFTWARE, "software_versions"),
+        ):
             if equipment[key]:
                 expected.add((concept.value, equipment[key]))
         assert expected <= texts, f"series {series['series_description']}: missing {expected - texts}"
@@ -156,14 +180,22 @@ def test_kos_and_sr_of_every_fixture_study(case: str, fixture_source, tmp_path: 
         assert not leaked, f"{name}: source identifiers left in {leaked}"
         assert minimal.PatientIdentityRemoved == "YES" and minimal.DeidentificationMethod
         assert minimal.PatientName == MINIMAL_PATIENT_NAME
-        assert minimal.PatientID == hashlib.sha256(str(header.PatientID).encode()).hexdigest()[:16] == pseudonymous_id(header.PatientID)
+        assert (
+            minimal.PatientID
+            == hashlib.sha256(str(header.PatientID).encode()).hexdigest()[:16]
+            == pseudonymous_id(header.PatientID)
+        )
         assert minimal.PatientBirthDate == "" and minimal.AccessionNumber == "" and minimal.ReferringPhysicianName == ""
         assert minimal.StudyInstanceUID == source.study_instance_uid and minimal.StudyDate == header.StudyDate
         assert minimal.Manufacturer == MANUFACTURER
     # only the known, explained warnings remain: our private coding scheme in the SR, and the Study ID
     # the PHI-minimal variant empties
-    unexpected = [line for lines in warnings.values() for line in lines
-                  if "<99DCMCHK>" not in line and "needed to build DICOMDIR - Study ID" not in line]
+    unexpected = [
+        line
+        for lines in warnings.values()
+        for line in lines
+        if "<99DCMCHK>" not in line and "needed to build DICOMDIR - Study ID" not in line
+    ]
     assert not unexpected, "\n".join(unexpected)
     assert not warnings["kos"]
 
@@ -179,7 +211,9 @@ def test_same_source_same_content_new_uids(fixture_source) -> None:
             assert first.to_json_dict() == second.to_json_dict()
 
 
-def test_own_objects_are_recognised_and_the_consoles_are_not(fixtures_output: Path, fixture_source, tmp_path: Path) -> None:
+def test_own_objects_are_recognised_and_the_consoles_are_not(
+    fixtures_output: Path, fixture_source, tmp_path: Path
+) -> None:
     source = fixture_source("console_non3d_derived", devices=True)
     for name, ds in (("kos", build_kos(source)), ("sr", build_sr(source)), ("sr-min", build_sr(source, minimal=True))):
         path = write(ds, tmp_path / f"{name}.dcm")
@@ -196,7 +230,7 @@ def test_a_missing_or_foreign_cited_file_is_a_clear_error(fixtures_output: Path,
 
     folder = tmp_path / "copy"
     shutil.copytree(fixtures_output / "ct_workstation_vr_sc", folder)
-    source, = from_folder([folder])  # a copy: this test deletes a cited file
+    (source,) = from_folder([folder])  # a copy: this test deletes a cited file
     gone = source.instances[0]
     gone.path.unlink()
     with pytest.raises(FileNotFoundError, match=gone.sop_instance_uid):

@@ -29,7 +29,9 @@ CASE = "ct_workstation_vr_sc"
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicomcheck.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture()
@@ -56,8 +58,18 @@ def pack(case_copy: Path, tmp_path: Path, site) -> Path:
 
 def test_cli_pack_holds_every_part_and_verifies(pack: Path, tmp_path: Path):
     names = {p.relative_to(pack).as_posix() for p in pack.rglob("*") if p.is_file()}
-    assert {"manifest.json", "manifest.sig", "public_key.pem", "evidence.json", "report.pdf", "kos.dcm", "sr.dcm"} <= names
-    assert any(n.startswith("thumbnails/3d-") for n in names) and any(n.startswith("thumbnails/acquisition-") for n in names)
+    assert {
+        "manifest.json",
+        "manifest.sig",
+        "public_key.pem",
+        "evidence.json",
+        "report.pdf",
+        "kos.dcm",
+        "sr.dcm",
+    } <= names
+    assert any(n.startswith("thumbnails/3d-") for n in names) and any(
+        n.startswith("thumbnails/acquisition-") for n in names
+    )
     evidence = json.loads((pack / "evidence.json").read_text())
     assert evidence["study"]["outcome"] == "supports_76377"
     assert evidence["cannot_show"] and evidence["facts"] and evidence["cited_instances"]
@@ -68,7 +80,9 @@ def test_cli_pack_holds_every_part_and_verifies(pack: Path, tmp_path: Path):
     assert proc.returncode == 0 and proc.stdout.startswith("OK "), proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("name", ["evidence.json", "report.pdf", "kos.dcm", "sr.dcm", "public_key.pem", "manifest.json"])
+@pytest.mark.parametrize(
+    "name", ["evidence.json", "report.pdf", "kos.dcm", "sr.dcm", "public_key.pem", "manifest.json"]
+)
 def test_any_changed_byte_of_the_pack_fails_naming_the_file(pack: Path, name: str, site):
     path = pack / name
     path.chmod(0o644)
@@ -156,11 +170,25 @@ def served(tmp_path: Path, fixtures_output: Path):
     for path in sorted((fixtures_output / CASE).rglob("*.dcm")):
         temp = receiver.files.new_temp()
         shutil.copyfile(path, temp)
-        receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "10.0.0.7", "1.2.3.4", "PACSV1", "1.2.840.10008.1.2.1"))
-    wait_for(lambda: receiver.settle_once() >= 0 and receiver.index.get_study(json.loads((fixtures_output / CASE / "expected.json").read_text())["study_instance_uid"]).current_decision_id)
+        receiver.store_file(
+            temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "10.0.0.7", "1.2.3.4", "PACSV1", "1.2.840.10008.1.2.1")
+        )
+    wait_for(
+        lambda: (
+            receiver.settle_once() >= 0
+            and receiver.index.get_study(
+                json.loads((fixtures_output / CASE / "expected.json").read_text())["study_instance_uid"]
+            ).current_decision_id
+        )
+    )
     token = Access(receiver.engine).create_token("billing", "reader")
     with TestClient(create_app(receiver.settings, receiver)) as client:
-        yield client, {"Authorization": f"Bearer {token}"}, receiver, json.loads((fixtures_output / CASE / "expected.json").read_text())
+        yield (
+            client,
+            {"Authorization": f"Bearer {token}"},
+            receiver,
+            json.loads((fixtures_output / CASE / "expected.json").read_text()),
+        )
     receiver.engine.dispose()
 
 

@@ -57,15 +57,17 @@ def store_images(port: int, called_ae: str, paths: list[Path], calling_ae: str =
 
 
 def evidence_files(fixtures_output: Path, folder: Path, case: str = CASE) -> tuple[Path, Path, str]:
-    source, = from_folder([fixtures_output / case])
+    (source,) = from_folder([fixtures_output / case])
     kos = write(build_kos(source), folder / "kos.dcm")
     sr = write(build_sr(source), folder / "sr.dcm")
     return kos, sr, source.study_instance_uid
 
 
 def decided_state(server, study_uid: str):
-    return (rows(server, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid),
-            rows(server, "SELECT needs_decision, instance_count FROM study WHERE study_instance_uid = ?", study_uid))
+    return (
+        rows(server, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid),
+        rows(server, "SELECT needs_decision, instance_count FROM study WHERE study_instance_uid = ?", study_uid),
+    )
 
 
 def assert_no_new_decision(server, study_uid: str, before, folder: Path, *, calling_ae: str) -> None:
@@ -84,7 +86,8 @@ def assert_no_new_decision(server, study_uid: str, before, folder: Path, *, call
 @pytest.mark.peer
 @pytest.mark.slow
 def test_sending_the_kos_and_sr_to_orthanc_places_them_in_the_same_study_there(
-        fixtures_output: Path, tmp_path: Path, receiver_factory, orthanc_factory) -> None:
+    fixtures_output: Path, tmp_path: Path, receiver_factory, orthanc_factory
+) -> None:
     receiver = receiver_factory("--allow-caller", "ORTHANC", stable_after=STABLE_AFTER)
     orthanc = orthanc_factory({"dicomcheck": ["DICOMCHECK", "127.0.0.1", receiver.port]})
 
@@ -127,21 +130,25 @@ def test_sending_the_kos_and_sr_to_orthanc_places_them_in_the_same_study_there(
         uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
         stored = rows(receiver, "SELECT path FROM instance WHERE sop_instance_uid = ?", uid)
         assert len(stored) == 1 and (receiver.data / "storage" / stored[0][0]).is_file()
-    assert rows(receiver, "SELECT calling_ae FROM receipt r JOIN instance i ON i.id = r.instance_id "
-                          "WHERE i.sop_class_uid IN ('1.2.840.10008.5.1.4.1.1.88.59', '1.2.840.10008.5.1.4.1.1.88.33')"
-                ) == [("ORTHANC",), ("ORTHANC",)]
+    assert rows(
+        receiver,
+        "SELECT calling_ae FROM receipt r JOIN instance i ON i.id = r.instance_id "
+        "WHERE i.sop_class_uid IN ('1.2.840.10008.5.1.4.1.1.88.59', '1.2.840.10008.5.1.4.1.1.88.33')",
+    ) == [("ORTHANC",), ("ORTHANC",)]
     assert_no_new_decision(receiver, study_uid, before, tmp_path, calling_ae="ORTHANC")
     assert before[1] == [(0, len(images))]
 
     # a PHI-minimal object is refused before any association; the PACS never sees it
-    source, = from_folder([fixtures_output / CASE])
+    (source,) = from_folder([fixtures_output / CASE])
     minimal = write(build_sr(source, minimal=True), tmp_path / "evidence" / "sr-minimal.dcm")
     with pytest.raises(ValueError, match="sr-minimal.dcm"):
         send_objects([kos_path, minimal], host="127.0.0.1", port=orthanc.dicom_port, called_ae=orthanc.ae_title)
     assert orthanc.lookup(pydicom.dcmread(minimal, stop_before_pixels=True).SOPInstanceUID) == []
 
 
-def test_evidence_sent_straight_to_dicomcheck_is_stored_not_decided(fixtures_output: Path, tmp_path: Path, receiver_factory) -> None:
+def test_evidence_sent_straight_to_dicomcheck_is_stored_not_decided(
+    fixtures_output: Path, tmp_path: Path, receiver_factory
+) -> None:
     receiver = receiver_factory("--allow-caller", "MODALITY", "--allow-caller", "DICOMCHECK", stable_after=STABLE_AFTER)
     images = study_files(fixtures_output, "ct_console_mip")
     assert set(store_images(receiver.port, receiver.ae_title, images)) == {0}
@@ -151,9 +158,14 @@ def test_evidence_sent_straight_to_dicomcheck_is_stored_not_decided(fixtures_out
 
     destination = PacsDestination.parse(f"{receiver.ae_title}@127.0.0.1:{receiver.port}")
     assert destination.send([kos_path, sr_path]) == [0, 0]
-    assert rows(receiver, "SELECT count(*) FROM instance WHERE study_instance_uid = ?", study_uid) == [(len(images) + 2,)]
-    assert rows(receiver, "SELECT instance_count FROM series WHERE series_instance_uid = ?",
-                str(pydicom.dcmread(sr_path, stop_before_pixels=True).SeriesInstanceUID)) == [(1,)]
+    assert rows(receiver, "SELECT count(*) FROM instance WHERE study_instance_uid = ?", study_uid) == [
+        (len(images) + 2,)
+    ]
+    assert rows(
+        receiver,
+        "SELECT instance_count FROM series WHERE series_instance_uid = ?",
+        str(pydicom.dcmread(sr_path, stop_before_pixels=True).SeriesInstanceUID),
+    ) == [(1,)]
     assert_no_new_decision(receiver, study_uid, before, tmp_path, calling_ae="MODALITY")
     document = json.loads(rows(receiver, "SELECT document FROM decision WHERE study_instance_uid = ?", study_uid)[0][0])
     assert document["instances"] == len(images)
@@ -162,9 +174,15 @@ def test_evidence_sent_straight_to_dicomcheck_is_stored_not_decided(fixtures_out
     later = pydicom.dcmread(images[-1])
     later.SOPInstanceUID = later.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     store_images(receiver.port, receiver.ae_title, [write(later, tmp_path / "later.dcm")])
-    wait_for(lambda: rows(receiver, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid)[0][0] == 2, timeout=30)
-    latest = json.loads(rows(receiver, "SELECT document FROM decision WHERE study_instance_uid = ? ORDER BY id DESC LIMIT 1",
-                             study_uid)[0][0])
+    wait_for(
+        lambda: rows(receiver, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid)[0][0] == 2,
+        timeout=30,
+    )
+    latest = json.loads(
+        rows(
+            receiver, "SELECT document FROM decision WHERE study_instance_uid = ? ORDER BY id DESC LIMIT 1", study_uid
+        )[0][0]
+    )
     assert latest["instances"] == len(images) + 1
     assert "non_image" not in {s["kind"] for s in latest["series"]}
 
@@ -178,28 +196,46 @@ def test_rejected_association_and_destination_strings(fixtures_output: Path, tmp
     with pytest.raises(ValueError, match="not a KOS or Comprehensive"):
         send_objects([image], host="127.0.0.1", port=receiver.port, called_ae=receiver.ae_title)
 
-    assert PacsDestination.parse("PACS@pacs.example.org:11112") == PacsDestination("pacs.example.org", 11112, "PACS", "DICOMCHECK")
+    assert PacsDestination.parse("PACS@pacs.example.org:11112") == PacsDestination(
+        "pacs.example.org", 11112, "PACS", "DICOMCHECK"
+    )
     assert PacsDestination.parse("PACS@[::1]:104", calling_ae="DC2").host == "::1"
     assert str(PacsDestination.parse("PACS@[::1]:104")) == "PACS@[::1]:104"
-    for bad in ("PACS@host", "@host:104", "PACS@host:0", "PACS@host:70000", "A_TITLE_LONGER_THAN_16@h:104", "PACS host:104"):
+    for bad in (
+        "PACS@host",
+        "@host:104",
+        "PACS@host:0",
+        "PACS@host:70000",
+        "A_TITLE_LONGER_THAN_16@h:104",
+        "PACS host:104",
+    ):
         with pytest.raises(ValueError):
             PacsDestination.parse(bad)
 
 
 @pytest.mark.peer
 @pytest.mark.slow
-def test_configured_destination_receives_each_decisions_kos_and_sr(fixtures_output: Path, tmp_path: Path, receiver_factory, orthanc_factory) -> None:
+def test_configured_destination_receives_each_decisions_kos_and_sr(
+    fixtures_output: Path, tmp_path: Path, receiver_factory, orthanc_factory
+) -> None:
     """`serve --evidence-destination AE@host:port`: after deciding a study, its KOS and SR are
     C-STOREd to the PACS and sit there beside the study's images."""
     require_peer("Orthanc")
     port = free_port()
     orthanc = orthanc_factory({"dicomcheck": ["DICOMCHECK", "127.0.0.1", port]})
-    server = receiver_factory("--evidence-destination", f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}",
-                              port=port, stable_after=STABLE_AFTER)
+    server = receiver_factory(
+        "--evidence-destination",
+        f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}",
+        port=port,
+        stable_after=STABLE_AFTER,
+    )
     images = study_files(fixtures_output)
     assert store_images(server.port, server.ae_title, images) == [0] * len(images)
     study_uid = str(pydicom.dcmread(images[0], stop_before_pixels=True).StudyInstanceUID)
-    wait_for(lambda: rows(server, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid) == [(1,)], timeout=60)
+    wait_for(
+        lambda: rows(server, "SELECT count(*) FROM decision WHERE study_instance_uid = ?", study_uid) == [(1,)],
+        timeout=60,
+    )
 
     def modalities_in_orthanc():
         found = orthanc.lookup(study_uid)

@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicomcheck import __version__
-from dicomcheck.evidence.model import CitedInstance, EvidenceSource, Receipt
 from dicomcheck.evidence import report_pdf
+from dicomcheck.evidence.model import CitedInstance, EvidenceSource, Receipt
 from dicomcheck.evidence.report_pdf import render_pdf
 from dicomcheck.evidence.thumbnails import BURNED_IN_NOTE, Thumbnail, thumbnail
 from dicomcheck.rules import RULES_VERSION
@@ -81,7 +81,9 @@ def test_thumbnail_size_is_the_longest_side(realworld: Path) -> None:
 
 
 @pytest.mark.realworld
-def test_multiframe_shows_the_middle_frame_and_decodes_only_it(realworld: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multiframe_shows_the_middle_frame_and_decodes_only_it(
+    realworld: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pydicom.pixels
 
     calls: list[object] = []
@@ -122,14 +124,17 @@ def test_ct_windows(realworld: Path) -> None:
 
 
 @pytest.mark.realworld
-@pytest.mark.parametrize(("name", "words"), [
-    ("malformed_ct_philips_gemini_elscint_private_compression.dcm", "private compression"),
-    ("sc_ge_lightspeed_vct_dose_screensave.dcm", "no Pixel Data"),
-    ("malformed_philips_viewforum_3d_object_stub.dcm", "no Pixel Data"),
-    ("sr_osirix_annotations.dcm", "not an image"),
-    ("pr_softneta_meddream_gsps.dcm", "not an image"),
-    ("malformed_mr_philips_t5_no_meta.dcm", "Bits Allocated"),
-])
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("malformed_ct_philips_gemini_elscint_private_compression.dcm", "private compression"),
+        ("sc_ge_lightspeed_vct_dose_screensave.dcm", "no Pixel Data"),
+        ("malformed_philips_viewforum_3d_object_stub.dcm", "no Pixel Data"),
+        ("sr_osirix_annotations.dcm", "not an image"),
+        ("pr_softneta_meddream_gsps.dcm", "not an image"),
+        ("malformed_mr_philips_t5_no_meta.dcm", "Bits Allocated"),
+    ],
+)
 def test_undecodable_real_files_give_a_note(realworld: Path, name: str, words: str) -> None:
     thumb = thumbnail(realworld / name)
     assert thumb.png is None and thumb.frame == 0 and thumb.window is None
@@ -139,7 +144,11 @@ def test_undecodable_real_files_give_a_note(realworld: Path, name: str, words: s
 @pytest.mark.realworld
 @pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
 def test_truncated_pixel_data_gives_a_note(realworld: Path, tmp_path: Path) -> None:
-    for name in ("ct_ge_brightspeed_original_axial.dcm", "us_ge_logiqe_original.dcm", "us_multiframe_hp_via_kinetdx_pacs.dcm"):
+    for name in (
+        "ct_ge_brightspeed_original_axial.dcm",
+        "us_ge_logiqe_original.dcm",
+        "us_multiframe_hp_via_kinetdx_pacs.dcm",
+    ):
         data = (realworld / name).read_bytes()
         cut = tmp_path / name
         cut.write_bytes(data[: len(data) // 2])
@@ -193,8 +202,18 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
 def test_ct_default_window_after_rescale(tmp_path: Path) -> None:
     hu = np.tile(np.linspace(-1000, 1000, 200), (50, 1))
     stored = (hu + 1024).astype("uint16")
-    thumb = thumbnail(_write(tmp_path / "ct.dcm", stored, "MONOCHROME2", Modality="CT", SOPClassUID=CT_IMAGE_STORAGE,
-                             RescaleSlope=1, RescaleIntercept=-1024, BitsStored=12))
+    thumb = thumbnail(
+        _write(
+            tmp_path / "ct.dcm",
+            stored,
+            "MONOCHROME2",
+            Modality="CT",
+            SOPClassUID=CT_IMAGE_STORAGE,
+            RescaleSlope=1,
+            RescaleIntercept=-1024,
+            BitsStored=12,
+        )
+    )
     assert thumb.window == "soft-tissue default W400/L40 (no window in the header)"
     row = np.asarray(_png(thumb), dtype=np.int16)[25]
     columns = np.linspace(-1000, 1000, row.size)
@@ -203,7 +222,9 @@ def test_ct_default_window_after_rescale(tmp_path: Path) -> None:
 
 
 def test_header_window_that_blanks_the_picture_falls_back(tmp_path: Path) -> None:
-    thumb = thumbnail(_write(tmp_path / "mr.dcm", _ramp(), "MONOCHROME2", Modality="MR", WindowCenter=90000, WindowWidth=10))
+    thumb = thumbnail(
+        _write(tmp_path / "mr.dcm", _ramp(), "MONOCHROME2", Modality="MR", WindowCenter=90000, WindowWidth=10)
+    )
     assert "left the picture blank" in thumb.window and "percentile" in thumb.window
     assert _std(_png(thumb)) > 20
 
@@ -212,10 +233,15 @@ def test_palette_colour(tmp_path: Path) -> None:
     index = _ramp(32, 256, "uint8", 255)
     ramp = np.arange(256, dtype="<u2") * 257
     path = _write(
-        tmp_path / "palette.dcm", index, "PALETTE COLOR", Modality="US",
-        RedPaletteColorLookupTableDescriptor=[256, 0, 16], GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+        tmp_path / "palette.dcm",
+        index,
+        "PALETTE COLOR",
+        Modality="US",
+        RedPaletteColorLookupTableDescriptor=[256, 0, 16],
+        GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
         BluePaletteColorLookupTableDescriptor=[256, 0, 16],
-        RedPaletteColorLookupTableData=ramp.tobytes(), GreenPaletteColorLookupTableData=np.zeros(256, "<u2").tobytes(),
+        RedPaletteColorLookupTableData=ramp.tobytes(),
+        GreenPaletteColorLookupTableData=np.zeros(256, "<u2").tobytes(),
         BluePaletteColorLookupTableData=ramp[::-1].copy().tobytes(),
     )
     thumb = thumbnail(path)
@@ -242,8 +268,14 @@ def test_native_ybr_full_becomes_rgb(tmp_path: Path) -> None:
 def test_segmentation_shows_a_non_empty_frame(tmp_path: Path) -> None:
     frames = np.zeros((9, 32, 32), dtype=np.uint8)
     frames[1, 10:20, 10:20] = 1
-    path = _write(tmp_path / "seg.dcm", frames, "MONOCHROME2", Modality="SEG", BitsStored=8,
-                  SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4")
+    path = _write(
+        tmp_path / "seg.dcm",
+        frames,
+        "MONOCHROME2",
+        Modality="SEG",
+        BitsStored=8,
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4",
+    )
     thumb = thumbnail(path)
     assert (thumb.frame, thumb.frames) == (2, 9)  # frame 5 (the middle) is empty
     assert _std(_png(thumb)) > 50
@@ -274,9 +306,18 @@ def test_decoders_for_compressed_transfer_syntaxes_are_installed() -> None:
     from pydicom.pixels import get_decoder
 
     wanted = [
-        "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-        "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-        "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.5",
     ]
     missing = [UID(uid).name for uid in wanted if not get_decoder(UID(uid)).is_available]
     assert not missing, f"no decoder for: {missing}"
@@ -287,12 +328,16 @@ def test_decoders_for_compressed_transfer_syntaxes_are_installed() -> None:
 
 def _pdftotext(pdf: Path, page: int | None = None) -> str:
     pages = ["-f", str(page), "-l", str(page)] if page else []
-    out = subprocess.run([require_peer("pdftotext"), *pages, str(pdf), "-"], capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [require_peer("pdftotext"), *pages, str(pdf), "-"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     return " ".join(out.split())
 
 
 def _image_count(pdf: Path) -> int:
-    out = subprocess.run([require_peer("pdfimages"), "-list", str(pdf)], capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [require_peer("pdfimages"), "-list", str(pdf)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     return sum(1 for line in out.splitlines()[2:] if line.split()[2:3] == ["image"])
 
 
@@ -301,10 +346,20 @@ def _pages(pdf: Path, out: Path) -> list[Path]:
     return sorted(out.glob("page-*.png"))
 
 
-def _render(source: EvidenceSource, tmp_path: Path, *, minimal: bool = False, thumbs: dict | None = None, name: str = "report.pdf") -> Path:
+def _render(
+    source: EvidenceSource,
+    tmp_path: Path,
+    *,
+    minimal: bool = False,
+    thumbs: dict | None = None,
+    name: str = "report.pdf",
+) -> Path:
     if thumbs is None:
-        thumbs = {i.sop_instance_uid: thumbnail(i.path, allow_burned_in=not minimal)
-                  for i in source.instances if i.role in ("3d", "acquisition")}
+        thumbs = {
+            i.sop_instance_uid: thumbnail(i.path, allow_burned_in=not minimal)
+            for i in source.instances
+            if i.role in ("3d", "acquisition")
+        }
     pdf = render_pdf(source, thumbs, minimal=minimal)
     assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
     path = tmp_path / name
@@ -377,7 +432,9 @@ def test_pdf_policy_that_decided_is_shown(fixture_source, tmp_path: Path) -> Non
     assert "No site policy decided anything in this study" in plain
 
 
-def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(realworld: Path, fixture_source, tmp_path: Path) -> None:
+def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(
+    realworld: Path, fixture_source, tmp_path: Path
+) -> None:
     source = fixture_source("ct_workstation_vr_sc")
     text = _pdftotext(_render(source, tmp_path, minimal=True))
     assert source.document["patient_id"] not in text and "withheld" in text
@@ -390,7 +447,9 @@ def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(realworld: Pat
     burned = CitedInstance("1.2.3.4.5", SecondaryCaptureImageStorage, series_uid, path, "0" * 64, "3d")
     others = tuple(i for i in source.instances if i.role != "3d")
     minimal_source = dataclasses.replace(source, document=document, instances=(burned, *others))
-    thumbs = {i.sop_instance_uid: thumbnail(i.path) for i in minimal_source.instances if i.role in ("3d", "acquisition")}
+    thumbs = {
+        i.sop_instance_uid: thumbnail(i.path) for i in minimal_source.instances if i.role in ("3d", "acquisition")
+    }
     assert thumbs["1.2.3.4.5"].png is not None
     minimal = _render(minimal_source, tmp_path, minimal=True, thumbs=thumbs, name="minimal.pdf")
     assert _image_count(minimal) == 1  # the acquisition only
@@ -418,12 +477,23 @@ def test_pdf_non_ascii_receipts_decision_and_long_tables(fixture_source, tmp_pat
     document["series"][0]["series_description"] = "Tête 2.5 mm"
     reason = document["reasons"][0]
     reason["evidence"] = [dict(item, value=f"{item['value']} #{n}") for n in range(40) for item in reason["evidence"]]
-    receipt = Receipt(dt.datetime(2026, 1, 5, 10, 22, 31, tzinfo=dt.UTC), "CT_CONSOLE_7", "DICOMCHECK", "10.20.30.40:40412",
-                      "1.2.840.10008.1.2.4.70", "1.3.12.2.1107.5.2", "SIEMENS_SWF")
+    receipt = Receipt(
+        dt.datetime(2026, 1, 5, 10, 22, 31, tzinfo=dt.UTC),
+        "CT_CONSOLE_7",
+        "DICOMCHECK",
+        "10.20.30.40:40412",
+        "1.2.840.10008.1.2.4.70",
+        "1.3.12.2.1107.5.2",
+        "SIEMENS_SWF",
+    )
     instances = tuple(dataclasses.replace(i, receipts=(receipt,)) if i.role == "3d" else i for i in source.instances)
     decided = dataclasses.replace(
-        source, document=document, instances=instances, decision_id=42,
-        decided_at=dt.datetime(2026, 1, 5, 10, 23, tzinfo=dt.UTC), generated_at=dt.datetime(2026, 1, 6, 8, 0, tzinfo=dt.UTC),
+        source,
+        document=document,
+        instances=instances,
+        decision_id=42,
+        decided_at=dt.datetime(2026, 1, 5, 10, 23, tzinfo=dt.UTC),
+        generated_at=dt.datetime(2026, 1, 6, 8, 0, tzinfo=dt.UTC),
     )
     pdf = _render(decided, tmp_path)
     text = _pdftotext(pdf)
@@ -442,11 +512,15 @@ def test_pdf_non_ascii_receipts_decision_and_long_tables(fixture_source, tmp_pat
     # the font is embedded, and the output is deterministic
     fonts = subprocess.run([require_peer("pdffonts"), str(pdf)], capture_output=True, text=True, check=True).stdout
     assert all(line.split()[-5] == "yes" for line in fonts.splitlines()[2:]), fonts
-    again = render_pdf(decided, {i.sop_instance_uid: thumbnail(i.path) for i in instances if i.role in ("3d", "acquisition")})
+    again = render_pdf(
+        decided, {i.sop_instance_uid: thumbnail(i.path) for i in instances if i.role in ("3d", "acquisition")}
+    )
     assert again == pdf.read_bytes()
 
 
-def test_pdf_without_system_fonts_uses_the_fonts_bundled_with_reportlab(fixture_source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pdf_without_system_fonts_uses_the_fonts_bundled_with_reportlab(
+    fixture_source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = fixture_source("us_3d")
     document = copy.deepcopy(source.document)
     document["study_description"] = "Échographie tête Łódź"

@@ -33,14 +33,32 @@ def hostile(tmp_path: Path):
 
     study, acq, mip = generate_uid(), generate_uid(), generate_uid()
     common = {"AccessionNumber": ACCESSION, "StudyDescription": DESCRIPTION}
-    paths = [write_ct(tmp_path / "in" / f"a{i}.dcm", study, acq, SeriesDescription="Abdomen", InstanceNumber=i + 1, **common) for i in range(2)]
-    paths += [write_ct(tmp_path / "in" / f"m{i}.dcm", study, mip, "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP", station=STATION,
-                       SeriesDescription="-MIP cor", SeriesNumber=100, InstanceNumber=i + 1, **common) for i in range(2)]
+    paths = [
+        write_ct(tmp_path / "in" / f"a{i}.dcm", study, acq, SeriesDescription="Abdomen", InstanceNumber=i + 1, **common)
+        for i in range(2)
+    ]
+    paths += [
+        write_ct(
+            tmp_path / "in" / f"m{i}.dcm",
+            study,
+            mip,
+            "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP",
+            station=STATION,
+            SeriesDescription="-MIP cor",
+            SeriesNumber=100,
+            InstanceNumber=i + 1,
+            **common,
+        )
+        for i in range(2)
+    ]
     receiver = Receiver(Settings(data=tmp_path / "data", stable_after=0.01))
     for path in paths:
         temp = receiver.files.new_temp()
         shutil.copyfile(path, temp)
-        assert receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "127.0.0.1", None, None, None)).status is StoreStatus.SUCCESS
+        assert (
+            receiver.store_file(temp, ReceiptInfo(None, "PACS1", "DICOMCHECK", "127.0.0.1", None, None, None)).status
+            is StoreStatus.SUCCESS
+        )
     wait_for(lambda: receiver.settle_once() >= 0 and receiver.index.get_study(study).current_decision_id)
     token = Access(receiver.engine).create_token("billing", "reader")
     with TestClient(create_app(receiver.settings, receiver)) as client:
@@ -87,7 +105,11 @@ def test_every_dangerous_leading_character_is_escaped(value: str):
     assert parsed["accession_number"] == "'" + value and parsed["instances"] == "3"
     sheet = load_workbook(io.BytesIO(to_xlsx([{**row, "evidence_link": "http://127.0.0.1/x"}]))).active
     cell = sheet.cell(row=2, column=COLUMNS.index("accession_number") + 1)
-    assert cell.data_type == "s" and cell.value.startswith("'") and cell.value.replace("\n", "\r") == ("'" + value).replace("\n", "\r")  # XML turns CR into LF
+    assert (
+        cell.data_type == "s"
+        and cell.value.startswith("'")
+        and cell.value.replace("\n", "\r") == ("'" + value).replace("\n", "\r")
+    )  # XML turns CR into LF
 
 
 @pytest.mark.parametrize("value", ["ACC123", "CT 3D", "1.2.840.113619", "20260105", "", "a=b", "x-1"])
@@ -96,8 +118,12 @@ def test_harmless_values_are_unchanged(value: str):
 
 
 def test_control_characters_from_a_sender_do_not_break_the_xlsx_export():
-    row = {c: None for c in COLUMNS} | {"study_description": "Abdomen\x01\x1b[31m", "station": None, "instances": 1,
-                                        "evidence_link": "http://127.0.0.1/x"}
+    row = {c: None for c in COLUMNS} | {
+        "study_description": "Abdomen\x01\x1b[31m",
+        "station": None,
+        "instances": 1,
+        "evidence_link": "http://127.0.0.1/x",
+    }
     sheet = load_workbook(io.BytesIO(to_xlsx([row]))).active
     cell = sheet.cell(row=2, column=COLUMNS.index("study_description") + 1)
     assert cell.value.startswith("Abdomen") and "\x01" not in cell.value and "\x1b" not in cell.value

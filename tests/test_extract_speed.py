@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tomllib
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from dicomcheck import sources
+from dicomcheck import extract, raw_elements, sources
 from dicomcheck.extract import MAX_REFERENCES, extract_facts
 from dicomcheck.model import InstanceFacts
 
@@ -57,7 +58,8 @@ def _both(read: Callable[[], Dataset], source: str = "case") -> InstanceFacts:
 def _difference(fast: InstanceFacts, reference: InstanceFacts) -> str:
     return "; ".join(
         f"{name}: raw {getattr(fast, name)!r} != pydicom {getattr(reference, name)!r}"
-        for name in InstanceFacts.__slots__ if getattr(fast, name) != getattr(reference, name)
+        for name in InstanceFacts.__slots__
+        if getattr(fast, name) != getattr(reference, name)
     )
 
 
@@ -91,26 +93,69 @@ def test_realworld_corpus(realworld: Path) -> None:
     assert _mismatches(_loaders(files)) == []
 
 
-def test_fixture_studies(fixtures_output: Path) -> None:
+def _fixture_loaders(fixtures_output: Path) -> dict[str, Callable[[], Dataset]]:
     found, _ = sources.discover([fixtures_output])
     loaders = {}
     for source in found:
         if source.member is None:
             loaders[source.name] = lambda source=source: sources.read_dataset(source.path)
         else:
+
             def read(source: sources.Source = source) -> Dataset:
                 with zipfile.ZipFile(source.path) as archive:
                     return sources.read_dataset(io.BytesIO(archive.read(source.member)))
+
             loaders[source.name] = read
+    return loaders
+
+
+def test_fixture_studies(fixtures_output: Path) -> None:
+    loaders = _fixture_loaders(fixtures_output)
     assert len(loaders) >= 100
     assert _mismatches(loaders) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the pydicom version guard
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_verified_pydicom_is_the_pinned_and_installed_one() -> None:
+    """The raw decoders copy one pydicom release's converters: the one pyproject pins and CI runs."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pins = [d.split("#")[0].replace(" ", "") for d in pyproject["project"]["dependencies"] if d.startswith("pydicom")]
+    assert pins == [f"pydicom=={raw_elements.VERIFIED_PYDICOM}"]
+    assert pydicom.__version__ == raw_elements.VERIFIED_PYDICOM
+    assert raw_elements.raw_reading_is_exact()
+
+
+def test_another_pydicom_release_reads_every_value_through_pydicom(
+    fixtures_output: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an unverified pydicom the raw reader is never used, and the facts are the same."""
+    loaders = _fixture_loaders(fixtures_output)
+    verified = {name: _quietly(extract_facts, read(), name) for name, read in loaders.items()}
+    raw_readers = []
+    monkeypatch.setattr(extract, "RawReader", lambda: raw_readers.append(1) or raw_elements.RawReader())
+    monkeypatch.setattr(pydicom, "__version__", "3.0.99")
+    assert not raw_elements.raw_reading_is_exact()
+    unverified = {name: _quietly(extract_facts, read(), name) for name, read in loaders.items()}
+    assert raw_readers == []
+    assert unverified == verified
+    ds = _case(EDGE_CASES["sequences, defined and undefined lengths"])()
+    extract.header_value(ds, "StationName")
+    assert raw_readers == [] and _converted(ds), "an unverified pydicom release decoded raw elements"
 
 
 def test_pydicom_test_files() -> None:
     """pydicom's own files: big endian, implicit VR, deflate, 20 character sets, DICOMDIRs,
     private and UN sequences, truncated and badly encoded files."""
-    files = sorted(p for folder in ("test_files", "charset_files") for p in (PYDICOM_DATA / folder).rglob("*")
-                   if p.is_file() and p.suffix not in {".txt", ".json", ".dump", ".icc", ".gz", ".py"})
+    files = sorted(
+        p
+        for folder in ("test_files", "charset_files")
+        for p in (PYDICOM_DATA / folder).rglob("*")
+        if p.is_file() and p.suffix not in {".txt", ".json", ".dump", ".icc", ".gz", ".py"}
+    )
     assert len(files) >= 80
     assert _mismatches(_loaders(files)) == []
 
@@ -159,8 +204,11 @@ def _reference(uid: str, vr: str | None = "UI") -> bytes:
 
 
 def _code(value: str, scheme: str, meaning: str, vr: Callable[[str], str | None] = lambda v: v) -> bytes:
-    return (_element(0x00080100, vr("SH"), _padded(value)) + _element(0x00080102, vr("SH"), _padded(scheme))
-            + _element(0x00080104, vr("LO"), _padded(meaning)))
+    return (
+        _element(0x00080100, vr("SH"), _padded(value))
+        + _element(0x00080102, vr("SH"), _padded(scheme))
+        + _element(0x00080104, vr("LO"), _padded(meaning))
+    )
 
 
 def _header(*, implicit: bool = False, charset: str | None = None, **overrides: bytes) -> dict[int, bytes]:
@@ -213,30 +261,52 @@ def _implicit(vr: str) -> None:
 
 
 EXPLICIT_SEQUENCES = {
-    "SourceImageSequence": _sequence(0x00082112, _item(_reference("1.9.1")), _item(_reference("1.9.2"), undefined=True)),
+    "SourceImageSequence": _sequence(
+        0x00082112, _item(_reference("1.9.1")), _item(_reference("1.9.2"), undefined=True)
+    ),
     "ReferencedImageSequence": _sequence(0x00081140, _item(_reference("1.9.3")), undefined=True),
     "DerivationCodeSequence": _sequence(0x00089215, _item(_code("113072", "DCM", "Multiplanar reformatting"))),
     "ProcedureCodeSequence": _sequence(0x00081032, _item(_code("74177", "C4", "CT abd & pelvis"))),
-    "RequestAttributesSequence": _sequence(0x00400275, _item(
-        _element(0x00321060, "LO", _padded("Requested description"))
-        + _sequence(0x00321064, _item(_code("RPC1", "99LOCAL", "Requested")), undefined=True))),
-    "ReferencedSeriesSequence": _sequence(0x00081115, _item(
-        _sequence(0x0008114A, _item(_reference("1.9.4")), _item(_reference("1.9.5")))
-        + _element(0x0020000E, "UI", _padded("1.9", b"\0")))),
-    "CurrentRequestedProcedureEvidenceSequence": _sequence(0x0040A375, _item(
-        _sequence(0x00081115, _item(_sequence(0x00081199, _item(_reference("1.9.6"))))), undefined=True)),
+    "RequestAttributesSequence": _sequence(
+        0x00400275,
+        _item(
+            _element(0x00321060, "LO", _padded("Requested description"))
+            + _sequence(0x00321064, _item(_code("RPC1", "99LOCAL", "Requested")), undefined=True)
+        ),
+    ),
+    "ReferencedSeriesSequence": _sequence(
+        0x00081115,
+        _item(
+            _sequence(0x0008114A, _item(_reference("1.9.4")), _item(_reference("1.9.5")))
+            + _element(0x0020000E, "UI", _padded("1.9", b"\0"))
+        ),
+    ),
+    "CurrentRequestedProcedureEvidenceSequence": _sequence(
+        0x0040A375,
+        _item(_sequence(0x00081115, _item(_sequence(0x00081199, _item(_reference("1.9.6"))))), undefined=True),
+    ),
 }
 
 
 def _enhanced_groups(implicit: bool = False) -> dict[str, bytes]:
     vr = (lambda v: None) if implicit else (lambda v: v)
-    frame_type = _sequence(0x00189329, _item(
-        _element(0x00089007, vr("CS"), _padded("DERIVED\\PRIMARY\\VOLUME\\MIP"))
-        + _element(0x00089207, vr("CS"), _padded("MAX_IP"))), vr=vr("SQ"))
-    derivation = _sequence(0x00089124, _item(
-        _sequence(0x00082112, _item(_reference("1.8.1", vr("UI"))), vr=vr("SQ"))
-        + _sequence(0x00089215, _item(_code("113073", "DCM", "Maximum intensity projection", vr)), vr=vr("SQ"))
-        + _element(0x00082111, vr("ST"), _padded("MIP of the axial series "))), vr=vr("SQ"))
+    frame_type = _sequence(
+        0x00189329,
+        _item(
+            _element(0x00089007, vr("CS"), _padded("DERIVED\\PRIMARY\\VOLUME\\MIP"))
+            + _element(0x00089207, vr("CS"), _padded("MAX_IP"))
+        ),
+        vr=vr("SQ"),
+    )
+    derivation = _sequence(
+        0x00089124,
+        _item(
+            _sequence(0x00082112, _item(_reference("1.8.1", vr("UI"))), vr=vr("SQ"))
+            + _sequence(0x00089215, _item(_code("113073", "DCM", "Maximum intensity projection", vr)), vr=vr("SQ"))
+            + _element(0x00082111, vr("ST"), _padded("MIP of the axial series "))
+        ),
+        vr=vr("SQ"),
+    )
     frames = [_item(frame_type + derivation, undefined=index % 2 == 1) for index in range(3)]
     return {
         "SharedFunctionalGroupsSequence": _sequence(0x52009229, _item(frame_type), vr=vr("SQ")),
@@ -251,90 +321,186 @@ def _edge_cases() -> dict[str, bytes]:
     cases["sequences, defined and undefined lengths"] = _file(_header(**EXPLICIT_SEQUENCES))
     cases["enhanced functional groups"] = _file(_header(**_enhanced_groups()))
     cases["enhanced functional groups, implicit VR"] = _file(
-        _header(implicit=True, **_enhanced_groups(implicit=True)), transfer_syntax=ImplicitVRLittleEndian)
-    cases["references beyond the cap"] = _file(_header(SourceImageSequence=_sequence(
-        0x00082112, *(_item(_reference(f"1.7.{n}")) for n in range(MAX_REFERENCES + 10)))))
+        _header(implicit=True, **_enhanced_groups(implicit=True)), transfer_syntax=ImplicitVRLittleEndian
+    )
+    cases["references beyond the cap"] = _file(
+        _header(
+            SourceImageSequence=_sequence(
+                0x00082112, *(_item(_reference(f"1.7.{n}")) for n in range(MAX_REFERENCES + 10))
+            )
+        )
+    )
     # character sets
-    cases["ISO_IR 100 accents"] = _file(_header(
-        charset="ISO_IR 100",
-        StationName=_element(0x00081010, "SH", _padded("Salle é".encode("latin-1"))),
-        Manufacturer=_element(0x00080070, "LO", _padded("Müller Médical".encode("latin-1"))),
-        DerivationDescription=_element(0x00082111, "ST", _padded("Réformation \\ coronale".encode("latin-1"))),
-        tag00190010=_element(0x00190010, "LO", _padded("CRÉATEUR".encode("latin-1")))))
-    cases["ISO_IR 192 UTF-8"] = _file(_header(
-        charset="ISO_IR 192",
-        StationName=_element(0x00081010, "SH", _padded("Ünïcødé 東京".encode())),
-        StudyDescription=_element(0x00081030, "LO", _padded("Schädel\\Kopf ".encode())),
-        SeriesDescription=_element(0x0008103E, "LO", _padded(b"broken \xff\xfe utf-8"))))
-    cases["ISO 2022 IR 87 Japanese"] = _file(_header(
-        charset="\\ISO 2022 IR 87",
-        StationName=_element(0x00081010, "SH", _padded("東京ステーション".encode("iso2022_jp"))),
-        StudyDescription=_element(0x00081030, "LO", _padded("頭部 CT".encode("iso2022_jp"))),
-        ProcedureCodeSequence=_sequence(0x00081032, _item(
-            _element(0x00080100, "SH", "P1") + _element(0x00080102, "SH", "L1")
-            + _element(0x00080104, "LO", _padded("頭部".encode("iso2022_jp")))))))
-    cases["ISO 2022 IR 87 Japanese, top level only"] = _file(_header(
-        charset="\\ISO 2022 IR 87", StationName=_element(0x00081010, "SH", _padded("東京".encode("iso2022_jp")))))
-    cases["ISO_IR 144 Cyrillic"] = _file(_header(
-        charset="ISO_IR 144", StationName=_element(0x00081010, "SH", _padded("Томограф".encode("iso8859_5")))))
-    cases["item with its own character set"] = _file(_header(ProcedureCodeSequence=_sequence(0x00081032, _item(
-        _element(0x00080005, "CS", _padded("ISO_IR 192")) + _code("P1", "L1", "x")))))
+    cases["ISO_IR 100 accents"] = _file(
+        _header(
+            charset="ISO_IR 100",
+            StationName=_element(0x00081010, "SH", _padded("Salle é".encode("latin-1"))),
+            Manufacturer=_element(0x00080070, "LO", _padded("Müller Médical".encode("latin-1"))),
+            DerivationDescription=_element(0x00082111, "ST", _padded("Réformation \\ coronale".encode("latin-1"))),
+            tag00190010=_element(0x00190010, "LO", _padded("CRÉATEUR".encode("latin-1"))),
+        )
+    )
+    cases["ISO_IR 192 UTF-8"] = _file(
+        _header(
+            charset="ISO_IR 192",
+            StationName=_element(0x00081010, "SH", _padded("Ünïcødé 東京".encode())),
+            StudyDescription=_element(0x00081030, "LO", _padded("Schädel\\Kopf ".encode())),
+            SeriesDescription=_element(0x0008103E, "LO", _padded(b"broken \xff\xfe utf-8")),
+        )
+    )
+    cases["ISO 2022 IR 87 Japanese"] = _file(
+        _header(
+            charset="\\ISO 2022 IR 87",
+            StationName=_element(0x00081010, "SH", _padded("東京ステーション".encode("iso2022_jp"))),
+            StudyDescription=_element(0x00081030, "LO", _padded("頭部 CT".encode("iso2022_jp"))),
+            ProcedureCodeSequence=_sequence(
+                0x00081032,
+                _item(
+                    _element(0x00080100, "SH", "P1")
+                    + _element(0x00080102, "SH", "L1")
+                    + _element(0x00080104, "LO", _padded("頭部".encode("iso2022_jp")))
+                ),
+            ),
+        )
+    )
+    cases["ISO 2022 IR 87 Japanese, top level only"] = _file(
+        _header(
+            charset="\\ISO 2022 IR 87", StationName=_element(0x00081010, "SH", _padded("東京".encode("iso2022_jp")))
+        )
+    )
+    cases["ISO_IR 144 Cyrillic"] = _file(
+        _header(charset="ISO_IR 144", StationName=_element(0x00081010, "SH", _padded("Томограф".encode("iso8859_5"))))
+    )
+    cases["item with its own character set"] = _file(
+        _header(
+            ProcedureCodeSequence=_sequence(
+                0x00081032, _item(_element(0x00080005, "CS", _padded("ISO_IR 192")) + _code("P1", "L1", "x"))
+            )
+        )
+    )
     # encodings
-    cases["implicit VR little endian"] = _file(_header(
-        implicit=True,
-        SourceImageSequence=_sequence(0x00082112, _item(_reference("1.9.1", None)), _item(_reference("1.9.2", None),
-                                      undefined=True), vr=None),
-        ProcedureCodeSequence=_sequence(0x00081032, _item(_code("74177", "C4", "CT", _implicit)), vr=None,
-                                        undefined=True),
-        RequestAttributesSequence=_sequence(0x00400275, _item(
-            _element(0x00321060, None, _padded("Requested"))
-            + _sequence(0x00321064, _item(_code("R1", "L", "Requested", _implicit)), vr=None, undefined=True)), vr=None),
-        tag00290010=_element(0x00290010, None, _padded("IMPLICIT CREATOR"))), transfer_syntax=ImplicitVRLittleEndian)
-    cases["VR UN everywhere"] = _file(_header(
-        StationName=_element(0x00081010, "UN", _padded("UNSTATION")),
-        ImageType=_element(0x00080008, "UN", _padded("ORIGINAL\\PRIMARY")),
-        SeriesNumber=_element(0x00200011, "UN", _padded(" 12")),
-        tag00190010=_element(0x00190010, "UN", _padded("UN CREATOR")),
-        SourceImageSequence=_sequence(0x00082112, _item(_reference("1.9.1", None)), vr="UN"),
-        ReferencedImageSequence=_sequence(0x00081140, _item(_reference("1.9.2", None)), vr="UN", undefined=True)))
-    cases["VR differs from the dictionary"] = _file(_header(
-        StationName=_element(0x00081010, "LO", _padded("LONGER STATION NAME")),
-        Modality=_element(0x00080060, "SH", "MR"),
-        SeriesNumber=_element(0x00200011, "DS", _padded("3.0"))))
-    cases["implicit VR items in an explicit VR file"] = _file(_header(
-        SourceImageSequence=_sequence(0x00082112, _item(_reference("1.9.1", None)), _item(_reference("1.9.2", None)))))
+    cases["implicit VR little endian"] = _file(
+        _header(
+            implicit=True,
+            SourceImageSequence=_sequence(
+                0x00082112, _item(_reference("1.9.1", None)), _item(_reference("1.9.2", None), undefined=True), vr=None
+            ),
+            ProcedureCodeSequence=_sequence(
+                0x00081032, _item(_code("74177", "C4", "CT", _implicit)), vr=None, undefined=True
+            ),
+            RequestAttributesSequence=_sequence(
+                0x00400275,
+                _item(
+                    _element(0x00321060, None, _padded("Requested"))
+                    + _sequence(0x00321064, _item(_code("R1", "L", "Requested", _implicit)), vr=None, undefined=True)
+                ),
+                vr=None,
+            ),
+            tag00290010=_element(0x00290010, None, _padded("IMPLICIT CREATOR")),
+        ),
+        transfer_syntax=ImplicitVRLittleEndian,
+    )
+    cases["VR UN everywhere"] = _file(
+        _header(
+            StationName=_element(0x00081010, "UN", _padded("UNSTATION")),
+            ImageType=_element(0x00080008, "UN", _padded("ORIGINAL\\PRIMARY")),
+            SeriesNumber=_element(0x00200011, "UN", _padded(" 12")),
+            tag00190010=_element(0x00190010, "UN", _padded("UN CREATOR")),
+            SourceImageSequence=_sequence(0x00082112, _item(_reference("1.9.1", None)), vr="UN"),
+            ReferencedImageSequence=_sequence(0x00081140, _item(_reference("1.9.2", None)), vr="UN", undefined=True),
+        )
+    )
+    cases["VR differs from the dictionary"] = _file(
+        _header(
+            StationName=_element(0x00081010, "LO", _padded("LONGER STATION NAME")),
+            Modality=_element(0x00080060, "SH", "MR"),
+            SeriesNumber=_element(0x00200011, "DS", _padded("3.0")),
+        )
+    )
+    cases["implicit VR items in an explicit VR file"] = _file(
+        _header(
+            SourceImageSequence=_sequence(
+                0x00082112, _item(_reference("1.9.1", None)), _item(_reference("1.9.2", None))
+            )
+        )
+    )
     # values
-    for label, raw in {"leading zeros": " 0007 ", "plus": "+3", "float": "1.0", "junk": "abc", "huge": "99999999999999999999",
-                       "empty": "", "blank": "  ", "multi": "1\\2", "NUL": "5\0", "negative": "-2"}.items():
-        cases[f"IS {label}"] = _file(_header(
-            SeriesNumber=_element(0x00200011, "IS", _padded(raw)), NumberOfFrames=_element(0x00280008, "IS", _padded(raw))))
-    cases["padding, NULs and empty values"] = _file(_header(
-        Manufacturer=_element(0x00080070, "LO", b"ACME\0\0"),
-        StationName=_element(0x00081010, "SH", b""),
-        ImageType=_element(0x00080008, "CS", b""),
-        Modality=_element(0x00080060, "CS", b"ct"),
-        SoftwareVersions=_element(0x00181020, "LO", b" V1 \\\0V2\n\\ "),
-        DeviceSerialNumber=_element(0x00181000, "LO", b"\t12\xa034 "),
-        AccessionNumber=_element(0x00080050, "SH", b"A\0B "),
-        DerivationDescription=_element(0x00082111, "ST", b"  keeps \\ backslashes\0"),
-        tag00190010=_element(0x00190010, "LO", b"A\\B "),
-        tag00210010=_element(0x00210010, "LO", b""),
-        tag00230010=_element(0x00230010, "SH", _padded("SH CREATOR")),
-        tag00250010=_element(0x00250010, "LO", b"\0\0")))
-    cases["empty and zero-length sequences"] = _file(_header(
-        SourceImageSequence=_sequence(0x00082112),
-        ReferencedImageSequence=_sequence(0x00081140, _item(b""), _item(b"", undefined=True)),
-        ProcedureCodeSequence=_sequence(0x00081032, undefined=True)))
+    for label, raw in {
+        "leading zeros": " 0007 ",
+        "plus": "+3",
+        "float": "1.0",
+        "junk": "abc",
+        "huge": "99999999999999999999",
+        "empty": "",
+        "blank": "  ",
+        "multi": "1\\2",
+        "NUL": "5\0",
+        "negative": "-2",
+    }.items():
+        cases[f"IS {label}"] = _file(
+            _header(
+                SeriesNumber=_element(0x00200011, "IS", _padded(raw)),
+                NumberOfFrames=_element(0x00280008, "IS", _padded(raw)),
+            )
+        )
+    cases["padding, NULs and empty values"] = _file(
+        _header(
+            Manufacturer=_element(0x00080070, "LO", b"ACME\0\0"),
+            StationName=_element(0x00081010, "SH", b""),
+            ImageType=_element(0x00080008, "CS", b""),
+            Modality=_element(0x00080060, "CS", b"ct"),
+            SoftwareVersions=_element(0x00181020, "LO", b" V1 \\\0V2\n\\ "),
+            DeviceSerialNumber=_element(0x00181000, "LO", b"\t12\xa034 "),
+            AccessionNumber=_element(0x00080050, "SH", b"A\0B "),
+            DerivationDescription=_element(0x00082111, "ST", b"  keeps \\ backslashes\0"),
+            tag00190010=_element(0x00190010, "LO", b"A\\B "),
+            tag00210010=_element(0x00210010, "LO", b""),
+            tag00230010=_element(0x00230010, "SH", _padded("SH CREATOR")),
+            tag00250010=_element(0x00250010, "LO", b"\0\0"),
+        )
+    )
+    cases["empty and zero-length sequences"] = _file(
+        _header(
+            SourceImageSequence=_sequence(0x00082112),
+            ReferencedImageSequence=_sequence(0x00081140, _item(b""), _item(b"", undefined=True)),
+            ProcedureCodeSequence=_sequence(0x00081032, undefined=True),
+        )
+    )
     garbled = _item(_reference("1.9.1"))
-    cases["sequence overrunning its item"] = _file(_header(
-        SourceImageSequence=_element(0x00082112, "SQ", garbled[:-6] + b"\0" * 6 + struct.pack("<HHL", 0xFFFE, 0xE000, 40))))
-    cases["stray delimiter in an item"] = _file(_header(ReferencedImageSequence=_sequence(0x00081140, _item(
-        _reference("1.9.1") + struct.pack("<HHL", *_ITEM_END, 0) + _reference("1.9.2")))))
-    cases["unknown VR in an item"] = _file(_header(ReferencedImageSequence=_sequence(0x00081140, _item(
-        _reference("1.9.1") + struct.pack("<HH2sH", 0x0009, 0x1001, b"ZZ", 2) + b"ab"))))
-    cases["undefined-length non-sequence in an item"] = _file(_header(ReferencedImageSequence=_sequence(0x00081140, _item(
-        _reference("1.9.1") + _element(0x00091001, "OB", b"\x01\x02" + struct.pack("<HHL", *_SEQUENCE_END, 0),
-                                       undefined=True)), undefined=True)))
+    cases["sequence overrunning its item"] = _file(
+        _header(
+            SourceImageSequence=_element(
+                0x00082112, "SQ", garbled[:-6] + b"\0" * 6 + struct.pack("<HHL", 0xFFFE, 0xE000, 40)
+            )
+        )
+    )
+    cases["stray delimiter in an item"] = _file(
+        _header(
+            ReferencedImageSequence=_sequence(
+                0x00081140, _item(_reference("1.9.1") + struct.pack("<HHL", *_ITEM_END, 0) + _reference("1.9.2"))
+            )
+        )
+    )
+    cases["unknown VR in an item"] = _file(
+        _header(
+            ReferencedImageSequence=_sequence(
+                0x00081140, _item(_reference("1.9.1") + struct.pack("<HH2sH", 0x0009, 0x1001, b"ZZ", 2) + b"ab")
+            )
+        )
+    )
+    cases["undefined-length non-sequence in an item"] = _file(
+        _header(
+            ReferencedImageSequence=_sequence(
+                0x00081140,
+                _item(
+                    _reference("1.9.1")
+                    + _element(0x00091001, "OB", b"\x01\x02" + struct.pack("<HHL", *_SEQUENCE_END, 0), undefined=True)
+                ),
+                undefined=True,
+            )
+        )
+    )
+
     # inside a defined-length sequence, which the raw item reader parses itself
     def in_items(*items: bytes) -> bytes:
         return _file(_header(SourceImageSequence=_sequence(0x00082112, *items)))
@@ -342,25 +508,43 @@ def _edge_cases() -> dict[str, bytes]:
     cases["item: UID with a VR other than UI"] = in_items(_item(_element(0x00081155, "LO", _padded("1.9.1"))))
     cases["item: empty UID"] = in_items(_item(_element(0x00081155, "UI", b"")), _item(_reference("1.9.2")))
     cases["item: UID encoded as a sequence"] = in_items(_item(_sequence(0x00081155, _item(b""), undefined=True)))
-    cases["item: nested sequence in UN"] = _file(_header(RequestAttributesSequence=_sequence(0x00400275, _item(
-        _sequence(0x00321064, _item(_code("R1", "L", "Requested", _implicit)), vr="UN")))))
-    cases["item: garbled nested sequence"] = _file(_header(RequestAttributesSequence=_sequence(0x00400275, _item(
-        _element(0x00321064, "SQ", b"\x01\x02\x03\x04")))))
+    cases["item: nested sequence in UN"] = _file(
+        _header(
+            RequestAttributesSequence=_sequence(
+                0x00400275, _item(_sequence(0x00321064, _item(_code("R1", "L", "Requested", _implicit)), vr="UN"))
+            )
+        )
+    )
+    cases["item: garbled nested sequence"] = _file(
+        _header(RequestAttributesSequence=_sequence(0x00400275, _item(_element(0x00321064, "SQ", b"\x01\x02\x03\x04"))))
+    )
     cases["item: stray bytes after the items"] = in_items(_item(_reference("1.9.1")), b"\x00\x00\x00\x00")
     cases["item: element where an item belongs"] = in_items(_reference("1.9.1"))
     cases["item: truncated element header"] = in_items(_item(b"\x08\x00\x55\x11"))
     cases["item: truncated long element header"] = in_items(_item(struct.pack("<HH2sH", 0x0009, 0x1001, b"OB", 0)))
-    cases["item: undefined-length OB"] = in_items(_item(
-        _reference("1.9.1") + _element(0x00091001, "OB", b"\x01\x02" + struct.pack("<HHL", *_SEQUENCE_END, 0),
-                                       undefined=True)))
+    cases["item: undefined-length OB"] = in_items(
+        _item(
+            _reference("1.9.1")
+            + _element(0x00091001, "OB", b"\x01\x02" + struct.pack("<HHL", *_SEQUENCE_END, 0), undefined=True)
+        )
+    )
     cases["item: element overrunning the item"] = in_items(
-        _item(_element(0x00081155, "UI", _padded("1.9.1", b"\0"))[:-2]), _item(_reference("1.9.2")))
-    cases["item: undefined-length private sequence, implicit VR"] = _file(_header(
-        implicit=True, SourceImageSequence=_sequence(0x00082112, _item(
-            _reference("1.9.1", None) + _sequence(0x00091001, _item(b""), vr=None, undefined=True)), vr=None)),
-        transfer_syntax=ImplicitVRLittleEndian)
+        _item(_element(0x00081155, "UI", _padded("1.9.1", b"\0"))[:-2]), _item(_reference("1.9.2"))
+    )
+    cases["item: undefined-length private sequence, implicit VR"] = _file(
+        _header(
+            implicit=True,
+            SourceImageSequence=_sequence(
+                0x00082112,
+                _item(_reference("1.9.1", None) + _sequence(0x00091001, _item(b""), vr=None, undefined=True)),
+                vr=None,
+            ),
+        ),
+        transfer_syntax=ImplicitVRLittleEndian,
+    )
     cases["item: sequence delimiter inside a defined-length sequence"] = in_items(
-        _item(_reference("1.9.1")), struct.pack("<HHL", *_SEQUENCE_END, 0), _item(_reference("1.9.2")))
+        _item(_reference("1.9.1")), struct.pack("<HHL", *_SEQUENCE_END, 0), _item(_reference("1.9.2"))
+    )
     return cases
 
 
@@ -387,7 +571,9 @@ def test_edge_cases_decode_what_they_hold() -> None:
     sequences = facts["sequences, defined and undefined lengths"]
     assert sequences.referenced_sop_instance_uids == ("1.9.1", "1.9.2", "1.9.3", "1.9.4", "1.9.5", "1.9.6")
     assert [(c.code.value, c.keyword) for c in sequences.procedure_codes] == [
-        ("74177", "ProcedureCodeSequence"), ("RPC1", "RequestedProcedureCodeSequence")]
+        ("74177", "ProcedureCodeSequence"),
+        ("RPC1", "RequestedProcedureCodeSequence"),
+    ]
     assert sequences.requested_procedure_descriptions == ("Requested description",)
     assert [c.value for c in sequences.derivation_codes] == ["113072"]
     for name in ("enhanced functional groups", "enhanced functional groups, implicit VR"):
@@ -473,15 +659,15 @@ def test_elements_already_converted_are_taken_as_they_are() -> None:
         ds = _case(EDGE_CASES["sequences, defined and undefined lengths"])()
         _ = ds.StationName, ds.SourceImageSequence, ds.file_meta.ImplementationVersionName  # converts them
         return ds
+
     _both(read, "converted")
 
 
 def test_an_unexpected_error_in_the_raw_path_gives_the_reference_facts(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dicomcheck import extract
-
     def broken(data: bytes, codec: str | None) -> None:
         raise RuntimeError("a bug in a raw decoder")
-    monkeypatch.setitem(extract._DECODERS, "UI", broken)
+
+    monkeypatch.setitem(raw_elements._DECODERS, "UI", broken)
     read = _case(EDGE_CASES["sequences, defined and undefined lengths"])
     assert extract_facts(read(), "bug") == extract_facts(read(), "bug", fast=False)
 

@@ -51,9 +51,8 @@ def test_every_case_is_decided_as_expected_without_registry(fixtures_output: Pat
         study = _study(all_without_registry, case["study_instance_uid"])
         if case.get("devices"):
             expected = case.get("without_devices") or {}
-            if expected:
-                if (study["outcome"], study["code"]) != (expected["outcome"], expected.get("code")):
-                    failures.append(f"{case['case']} (no registry): {study['outcome']} != {expected['outcome']}")
+            if expected and (study["outcome"], study["code"]) != (expected["outcome"], expected.get("code")):
+                failures.append(f"{case['case']} (no registry): {study['outcome']} != {expected['outcome']}")
             continue
         try:
             _check(study, case, case["outcome"], case["code"])
@@ -90,12 +89,28 @@ def test_rules_fire_across_fixtures_and_evidence_names_header_values(all_without
     assert fired <= set(RULES)
     # the rules every fixture set must exercise (the rest are covered by unit tests)
     must = {
-        "kind.sop_class", "kind.volume_technique", "kind.derivation_code", "kind.image_type_vendor_token",
-        "kind.image_type_value3", "kind.series_description", "kind.original", "kind.compression_only",
-        "origin.acquisition", "origin.product", "origin.study_match",
-        "origin.study_differs", "origin.both_role_match", "origin.both_role_elsewhere", "origin.equipment_stripped",
-        "outcome.no_3d", "outcome.bundled_cpt", "outcome.bundled_description", "outcome.bundled_modality",
-        "outcome.no_base_acquisition", "outcome.independent_workstation", "outcome.unknown_origin",
+        "kind.sop_class",
+        "kind.volume_technique",
+        "kind.derivation_code",
+        "kind.image_type_vendor_token",
+        "kind.image_type_value3",
+        "kind.series_description",
+        "kind.original",
+        "kind.compression_only",
+        "origin.acquisition",
+        "origin.product",
+        "origin.study_match",
+        "origin.study_differs",
+        "origin.both_role_match",
+        "origin.both_role_elsewhere",
+        "origin.equipment_stripped",
+        "outcome.no_3d",
+        "outcome.bundled_cpt",
+        "outcome.bundled_description",
+        "outcome.bundled_modality",
+        "outcome.no_base_acquisition",
+        "outcome.independent_workstation",
+        "outcome.unknown_origin",
         "outcome.console_or_viewer",
     }
     assert must <= fired, sorted(must - fired)

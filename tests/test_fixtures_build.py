@@ -18,13 +18,22 @@ if str(REPO) not in sys.path:  # `fixtures` is a folder of the repository, not a
 from fixtures import build as fixture_build  # noqa: E402
 
 KINDS = {
-    "acquisition", "mpr", "projection", "volume_render", "surface_render", "segmentation",
-    "other_derived", "non_image",
+    "acquisition",
+    "mpr",
+    "projection",
+    "volume_render",
+    "surface_render",
+    "segmentation",
+    "other_derived",
+    "non_image",
 }
 ORIGINS = {"scanner_console", "pacs_viewer", "independent_workstation", "unknown"}
 OUTCOME_CODES = {
-    "supports_76377": "76377", "supports_76376": "76376",
-    "no_3d": None, "bundled": None, "needs_review": None,
+    "supports_76377": "76377",
+    "supports_76376": "76376",
+    "no_3d": None,
+    "bundled": None,
+    "needs_review": None,
 }
 MAX_TOTAL_BYTES = 3_000_000
 
@@ -73,7 +82,8 @@ def test_every_file_is_part10_and_reads_fully(built: tuple[Path, list[dict]]) ->
 
 
 def test_build_is_deterministic(
-    built: tuple[Path, list[dict]], tmp_path_factory: pytest.TempPathFactory,
+    built: tuple[Path, list[dict]],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     first, first_records = built
     second = tmp_path_factory.mktemp("fixtures-b")
@@ -117,9 +127,7 @@ def test_series_folders_match_expected_json(built: tuple[Path, list[dict]]) -> N
 
 def test_sop_instance_uids_are_unique(built: tuple[Path, list[dict]]) -> None:
     out, _ = built
-    uids = Counter(
-        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in _dicom_files(out)
-    )
+    uids = Counter(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in _dicom_files(out))
     assert [uid for uid, n in uids.items() if n > 1] == []
 
 

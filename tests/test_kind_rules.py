@@ -43,16 +43,23 @@ def test_enhanced_volume_flavor_alone_is_not_rendering():
 
 
 def test_derivation_code_beats_vendor_token():
-    assert kind_of(image_type=("DERIVED", "SECONDARY", "AXIAL", "CT_SOM5 MPR"), derivation_codes=(code("113078"),))[2] == "kind.derivation_code"
+    assert (
+        kind_of(image_type=("DERIVED", "SECONDARY", "AXIAL", "CT_SOM5 MPR"), derivation_codes=(code("113078"),))[2]
+        == "kind.derivation_code"
+    )
 
 
 def test_vendor_value4_token_beats_value3():
-    kind, technique, rule = kind_of(image_type=("DERIVED", "SECONDARY", "PROJECTION IMAGE", "CSA MPR", "", "CSAPARALLEL"))
+    kind, technique, rule = kind_of(
+        image_type=("DERIVED", "SECONDARY", "PROJECTION IMAGE", "CSA MPR", "", "CSAPARALLEL")
+    )
     assert (kind, technique, rule) == (SeriesKind.MPR, Technique.MPR, "kind.image_type_vendor_token")
 
 
 def test_generic_reformatted_defers_to_description():
-    kind, technique, rule = kind_of(image_type=("DERIVED", "SECONDARY", "REFORMATTED"), series_description="MIP 10mm COR")
+    kind, technique, rule = kind_of(
+        image_type=("DERIVED", "SECONDARY", "REFORMATTED"), series_description="MIP 10mm COR"
+    )
     assert (kind, technique, rule) == (SeriesKind.PROJECTION, Technique.MIP, "kind.series_description")
 
 
@@ -83,15 +90,26 @@ def test_vendor_tokens(token, technique):
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [("113074", SeriesKind.VOLUME_RENDER), ("113075", SeriesKind.SURFACE_RENDER), ("113076", SeriesKind.SEGMENTATION),
-     ("113078", SeriesKind.PROJECTION), ("113079", SeriesKind.PROJECTION), ("113072", SeriesKind.MPR), ("113073", SeriesKind.MPR)],
+    [
+        ("113074", SeriesKind.VOLUME_RENDER),
+        ("113075", SeriesKind.SURFACE_RENDER),
+        ("113076", SeriesKind.SEGMENTATION),
+        ("113078", SeriesKind.PROJECTION),
+        ("113079", SeriesKind.PROJECTION),
+        ("113072", SeriesKind.MPR),
+        ("113073", SeriesKind.MPR),
+    ],
 )
 def test_derivation_codes(value, kind):
     assert kind_of(image_type=("DERIVED", "SECONDARY"), derivation_codes=(code(value),))[0] is kind
 
 
 def test_lossy_compression_only_is_still_acquisition():
-    kind, _, rule = kind_of(image_type=("DERIVED", "PRIMARY", "AXIAL"), derivation_codes=(code("113040"),), derivation_description="JPEG 2000 irreversible (lossy) 10:1")
+    kind, _, rule = kind_of(
+        image_type=("DERIVED", "PRIMARY", "AXIAL"),
+        derivation_codes=(code("113040"),),
+        derivation_description="JPEG 2000 irreversible (lossy) 10:1",
+    )
     assert (kind, rule) == (SeriesKind.ACQUISITION, "kind.compression_only")
 
 
@@ -100,7 +118,12 @@ def test_derived_map_without_technique_is_other_derived():
 
 
 def test_secondary_capture_is_classified_by_content_not_class():
-    assert kind_of(sop_class_uid=SC, image_type=("DERIVED", "SECONDARY", "OTHER"), series_description="Volume Rendering")[0] is SeriesKind.VOLUME_RENDER
+    assert (
+        kind_of(sop_class_uid=SC, image_type=("DERIVED", "SECONDARY", "OTHER"), series_description="Volume Rendering")[
+            0
+        ]
+        is SeriesKind.VOLUME_RENDER
+    )
     assert kind_of(sop_class_uid=SC, image_type=(), series_description="Dose Report")[0] is SeriesKind.OTHER_DERIVED
 
 

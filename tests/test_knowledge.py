@@ -18,7 +18,13 @@ def test_every_product_names_its_source_and_status():
 
 def test_roles_cover_the_contract():
     roles = {p.role for p in builtin_knowledge().products}
-    assert {Role.SCANNER_CONSOLE, Role.PACS_VIEWER, Role.INDEPENDENT_WORKSTATION, Role.CONSOLE_OR_WORKSTATION, Role.ARCHIVE} <= roles
+    assert {
+        Role.SCANNER_CONSOLE,
+        Role.PACS_VIEWER,
+        Role.INDEPENDENT_WORKSTATION,
+        Role.CONSOLE_OR_WORKSTATION,
+        Role.ARCHIVE,
+    } <= roles
 
 
 @pytest.mark.parametrize("code", ["70496", "74175", "70544", "75574", "78815", "78012", "78999", "0559T"])
@@ -33,8 +39,36 @@ def test_not_bundled_codes(code):
 
 def test_bad_fingerprint_rows_are_rejected():
     with pytest.raises(ValueError, match="missing 'source'"):
-        parse_fingerprints({"product": [{"id": "x", "name": "X", "role": "pacs_viewer", "status": "guess", "match": []}]})
+        parse_fingerprints(
+            {"product": [{"id": "x", "name": "X", "role": "pacs_viewer", "status": "guess", "match": []}]}
+        )
     with pytest.raises(ValueError, match="bad clause"):
-        parse_fingerprints({"product": [{"id": "x", "name": "X", "role": "pacs_viewer", "status": "guess", "source": "s", "match": [{"colour": "red"}]}]})
+        parse_fingerprints(
+            {
+                "product": [
+                    {
+                        "id": "x",
+                        "name": "X",
+                        "role": "pacs_viewer",
+                        "status": "guess",
+                        "source": "s",
+                        "match": [{"colour": "red"}],
+                    }
+                ]
+            }
+        )
     with pytest.raises(ValueError, match="bad pattern"):
-        parse_fingerprints({"product": [{"id": "x", "name": "X", "role": "pacs_viewer", "status": "guess", "source": "s", "match": [{"model": "("}]}]})
+        parse_fingerprints(
+            {
+                "product": [
+                    {
+                        "id": "x",
+                        "name": "X",
+                        "role": "pacs_viewer",
+                        "status": "guess",
+                        "source": "s",
+                        "match": [{"model": "("}],
+                    }
+                ]
+            }
+        )

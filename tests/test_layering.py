@@ -37,7 +37,11 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_store_never_imports_evidence_or_presentation():
     for path in (PACKAGE / "store").glob("*.py"):
-        bad = {m for m in imported_modules(path) if m.startswith(("dicomcheck.evidence", "dicomcheck.report", "dicomcheck.api"))}
+        bad = {
+            m
+            for m in imported_modules(path)
+            if m.startswith(("dicomcheck.evidence", "dicomcheck.report", "dicomcheck.api"))
+        }
         assert not bad, f"{path.name} imports {sorted(bad)}"
 
 

@@ -47,12 +47,19 @@ def test_registry_entry_is_time_bound_by_study_date():
 
 
 def test_named_workstation_product():
-    vitrea = facts(series="d", sop_class_uid=SC, equipment=Equipment("VITAL Images", "Vitrea", "VITREA01"), private_creators=(creator("Vital Images SW 3.4", 0x5653),))
+    vitrea = facts(
+        series="d",
+        sop_class_uid=SC,
+        equipment=Equipment("VITAL Images", "Vitrea", "VITREA01"),
+        private_creators=(creator("Vital Images SW 3.4", 0x5653),),
+    )
     assert origin(vitrea) == (Origin.INDEPENDENT_WORKSTATION, "origin.product")
 
 
 def test_pacs_viewer_product():
-    osirix = facts(series="d", sop_class_uid=SC, equipment=Equipment(None, "OsiriX"), sc_manufacturer="OsiriX", sc_model="OsiriX")
+    osirix = facts(
+        series="d", sop_class_uid=SC, equipment=Equipment(None, "OsiriX"), sc_manufacturer="OsiriX", sc_model="OsiriX"
+    )
     assert origin(osirix)[0] is Origin.PACS_VIEWER
 
 
@@ -63,18 +70,35 @@ def test_weak_marks_never_decide():
 
 
 def test_product_against_console_equipment_without_comparison_is_conflict():
-    seg = facts(series="d", modality="SEG", equipment=Equipment("GE MEDICAL SYSTEMS", "GENESIS_SIGNA", None, None, "09"), private_creators=(creator("UCSF BIRP PRIVATE CREATOR 011710xx", 0x0117),))
+    seg = facts(
+        series="d",
+        modality="SEG",
+        equipment=Equipment("GE MEDICAL SYSTEMS", "GENESIS_SIGNA", None, None, "09"),
+        private_creators=(creator("UCSF BIRP PRIVATE CREATOR 011710xx", 0x0117),),
+    )
     assert origin(seg, acquisitions=()) == (Origin.UNKNOWN, "origin.product_conflict")
 
 
 def test_both_role_product_on_acquisition_station_is_console():
-    vv = facts(series="d", sop_class_uid=SC, sc_manufacturer="GE MEDICAL SYSTEMS", sc_model="Volume Viewer", equipment=Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123"))
+    vv = facts(
+        series="d",
+        sop_class_uid=SC,
+        sc_manufacturer="GE MEDICAL SYSTEMS",
+        sc_model="Volume Viewer",
+        equipment=Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123"),
+    )
     acq = facts(series="acq", equipment=Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123"))
     assert origin(vv, acquisitions=(acq,)) == (Origin.SCANNER_CONSOLE, "origin.both_role_match")
 
 
 def test_both_role_product_elsewhere_or_on_other_vendor_is_workstation():
-    vv = facts(series="d", sop_class_uid=SC, sc_manufacturer="GE MEDICAL SYSTEMS", sc_model="Volume Viewer", equipment=replace(SIEMENS_CT, station_name="AWSERVER1"))
+    vv = facts(
+        series="d",
+        sop_class_uid=SC,
+        sc_manufacturer="GE MEDICAL SYSTEMS",
+        sc_model="Volume Viewer",
+        equipment=replace(SIEMENS_CT, station_name="AWSERVER1"),
+    )
     assert origin(vv) == (Origin.INDEPENDENT_WORKSTATION, "origin.both_role_elsewhere")
     ge = Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123")
     elsewhere = replace(vv, equipment=replace(ge, station_name="AW-9", device_serial_number="777"))
@@ -95,7 +119,10 @@ def test_station_carrying_serial_without_comparison():
 
 
 def test_unknown_equipment_without_comparison():
-    assert origin(facts(series="d", equipment=Equipment("Acme Imaging", "PC")), acquisitions=()) == (Origin.UNKNOWN, "origin.unidentified")
+    assert origin(facts(series="d", equipment=Equipment("Acme Imaging", "PC")), acquisitions=()) == (
+        Origin.UNKNOWN,
+        "origin.unidentified",
+    )
 
 
 def test_acquisition_comes_from_the_modality():

@@ -23,7 +23,9 @@ def test_study_pushed_by_orthanc_arrives_whole_and_is_decided(receiver_factory, 
     require_peer("Orthanc")
     study, paths = write_study(tmp_path / "study", acquisition=16, mip=4)  # 20 instances, 4 of a console MIP
     server = receiver_factory("--allow-caller", "ORTHANC", stable_after=1.0)
-    orthanc = start_orthanc(tmp_path / "orthanc", {"dicomcheck": [server.ae_title, "127.0.0.1", server.port]}, dicom_server=False)
+    orthanc = start_orthanc(
+        tmp_path / "orthanc", {"dicomcheck": [server.ae_title, "127.0.0.1", server.port]}, dicom_server=False
+    )
     try:
         uploaded = [orthanc.post("/instances", path.read_bytes()) for path in paths]
         assert {u["Status"] for u in uploaded} == {"Success"}
@@ -37,9 +39,15 @@ def test_study_pushed_by_orthanc_arrives_whole_and_is_decided(receiver_factory, 
     assert rows(server.db, "SELECT count(*) FROM instance") == [(len(paths),)]
     receipts = rows(server.db, "SELECT calling_ae, called_ae, peer_address, duplicate FROM receipt")
     assert len(receipts) == len(paths) and set(receipts) == {("ORTHANC", server.ae_title, "127.0.0.1", 0)}
-    (association,) = rows(server.db, "SELECT calling_ae, status, instances_received, implementation_version_name FROM association")
+    (association,) = rows(
+        server.db, "SELECT calling_ae, status, instances_received, implementation_version_name FROM association"
+    )
     assert association[:3] == ("ORTHANC", "released", len(paths)) and association[3]  # Orthanc 1.10 names DCMTK here
     for (path,) in rows(server.db, "SELECT path FROM instance"):
         assert (server.data / "storage" / path).is_file()
-    decision = wait_for(lambda: rows(server.db, "SELECT outcome, code, instance_count FROM decision WHERE study_instance_uid = ?", study))
+    decision = wait_for(
+        lambda: rows(
+            server.db, "SELECT outcome, code, instance_count FROM decision WHERE study_instance_uid = ?", study
+        )
+    )
     assert decision == [("supports_76376", "76376", len(paths))]

@@ -12,13 +12,18 @@ from dicomcheck.registry import parse_registry
 
 from .factories import SC, code, creator, facts, proc
 
-VITREA = dict(sop_class_uid=SC, image_type=("DERIVED", "SECONDARY", "OTHER"), derivation_codes=(code("113074"),),
-              equipment=Equipment("VITAL Images", "Vitrea", "VITREA01"), private_creators=(creator("Vital Images SW 3.4", 0x5653),))
+VITREA = dict(
+    sop_class_uid=SC,
+    image_type=("DERIVED", "SECONDARY", "OTHER"),
+    derivation_codes=(code("113074"),),
+    equipment=Equipment("VITAL Images", "Vitrea", "VITREA01"),
+    private_creators=(creator("Vital Images SW 3.4", 0x5653),),
+)
 CONSOLE_MIP = dict(image_type=("DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MIP"))
 
 
 def decide(*instances, registry=""):
-    (study_uid, series), = group_by_study(instances).items()
+    ((study_uid, series),) = group_by_study(instances).items()
     return decide_study(study_uid, series, registry=parse_registry(registry))
 
 
@@ -32,7 +37,10 @@ def test_acquisition_only_is_no_3d():
 
 
 def test_mpr_only_is_no_3d():
-    assert decide(facts(series="a"), facts(series="m", image_type=("DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MPR"))).outcome is Outcome.NO_3D
+    assert (
+        decide(facts(series="a"), facts(series="m", image_type=("DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MPR"))).outcome
+        is Outcome.NO_3D
+    )
 
 
 def test_console_mip_supports_76376():
@@ -52,9 +60,21 @@ def test_cpt_code_bundles_before_origin():
 
 
 def test_cpt_designators_and_shape():
-    assert decide(facts(series="a", procedure_codes=(proc("74175", "cpt-4"),)), facts(series="v", **VITREA)).outcome is Outcome.BUNDLED
-    assert decide(facts(series="a", procedure_codes=(proc("74175", "99LOCAL"),)), facts(series="v", **VITREA)).outcome is Outcome.SUPPORTS_76377
-    assert decide(facts(series="a", procedure_codes=(proc("74175", "C4"),)), facts(series="m", image_type=("DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MPR"))).outcome is Outcome.NO_3D
+    assert (
+        decide(facts(series="a", procedure_codes=(proc("74175", "cpt-4"),)), facts(series="v", **VITREA)).outcome
+        is Outcome.BUNDLED
+    )
+    assert (
+        decide(facts(series="a", procedure_codes=(proc("74175", "99LOCAL"),)), facts(series="v", **VITREA)).outcome
+        is Outcome.SUPPORTS_76377
+    )
+    assert (
+        decide(
+            facts(series="a", procedure_codes=(proc("74175", "C4"),)),
+            facts(series="m", image_type=("DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MPR")),
+        ).outcome
+        is Outcome.NO_3D
+    )
 
 
 def test_angiography_description_bundles():
@@ -64,7 +84,10 @@ def test_angiography_description_bundles():
 
 def test_pet_modality_bundles():
     pet = dict(modality="PT", sop_class_uid="1.2.840.10008.5.1.4.1.1.128")
-    decision = decide(facts(series="a", **pet), facts(series="m", **pet, image_type=("DERIVED", "SECONDARY"), derivation_codes=(code("113078"),)))
+    decision = decide(
+        facts(series="a", **pet),
+        facts(series="m", **pet, image_type=("DERIVED", "SECONDARY"), derivation_codes=(code("113078"),)),
+    )
     assert decision.outcome is Outcome.BUNDLED
 
 
@@ -75,16 +98,30 @@ def test_no_base_acquisition_needs_review_unless_referenced():
 
 
 def test_unknown_origin_needs_review():
-    stranger = facts(series="v", image_type=("DERIVED", "SECONDARY"), derivation_codes=(code("113074"),), equipment=Equipment("Acme Imaging", "PC", "PC-1"))
+    stranger = facts(
+        series="v",
+        image_type=("DERIVED", "SECONDARY"),
+        derivation_codes=(code("113074"),),
+        equipment=Equipment("Acme Imaging", "PC", "PC-1"),
+    )
     decision = decide(facts(series="a"), stranger)
     assert decision.outcome is Outcome.NEEDS_REVIEW and rules_of(decision)[0] == "outcome.unknown_origin"
 
 
 def test_pacs_viewer_policy():
-    viewer = dict(sop_class_uid=SC, image_type=("DERIVED", "SECONDARY", "OTHER"), derivation_codes=(code("113074"),), equipment=Equipment(None, "OsiriX"), sc_model="OsiriX")
+    viewer = dict(
+        sop_class_uid=SC,
+        image_type=("DERIVED", "SECONDARY", "OTHER"),
+        derivation_codes=(code("113074"),),
+        equipment=Equipment(None, "OsiriX"),
+        sc_model="OsiriX",
+    )
     base = facts(series="a")
     assert decide(base, facts(series="v", **viewer)).outcome is Outcome.SUPPORTS_76376
-    assert decide(base, facts(series="v", **viewer), registry='[policy]\npacs_viewer_code = "76377"').outcome is Outcome.SUPPORTS_76377
+    assert (
+        decide(base, facts(series="v", **viewer), registry='[policy]\npacs_viewer_code = "76377"').outcome
+        is Outcome.SUPPORTS_76377
+    )
     decision = decide(base, facts(series="v", **viewer), registry='[policy]\npacs_viewer_code = "review"')
     assert decision.outcome is Outcome.NEEDS_REVIEW and "policy.pacs_viewer_code" in rules_of(decision)
 
@@ -96,12 +133,18 @@ def test_minip_and_curved_policies():
     assert decision.outcome is Outcome.NO_3D and "policy.minip_is_3d" in rules_of(decision)
     curved = facts(series="c", image_type=("DERIVED", "SECONDARY", "REFORMATTED"), derivation_codes=(code("113073"),))
     assert decide(facts(series="a"), curved).outcome is Outcome.NO_3D
-    assert decide(facts(series="a"), curved, registry="[policy]\ncurved_mpr_is_3d = true").outcome is Outcome.SUPPORTS_76376
+    assert (
+        decide(facts(series="a"), curved, registry="[policy]\ncurved_mpr_is_3d = true").outcome
+        is Outcome.SUPPORTS_76376
+    )
 
 
 def test_non_tomographic_study_needs_review():
     dx = dict(modality="DX", sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1")
-    decision = decide(facts(series="a", **dx), facts(series="v", **dx, image_type=("DERIVED", "SECONDARY"), derivation_codes=(code("113074"),)))
+    decision = decide(
+        facts(series="a", **dx),
+        facts(series="v", **dx, image_type=("DERIVED", "SECONDARY"), derivation_codes=(code("113074"),)),
+    )
     assert decision.outcome is Outcome.NEEDS_REVIEW and rules_of(decision)[0] == "outcome.non_tomographic"
 
 
@@ -117,7 +160,9 @@ def test_every_reason_cites_evidence_for_3d_outcomes():
 _text = st.one_of(st.none(), st.sampled_from(["", "MIP", "VR", "CTA", "Dose Report", "3D", "MPR COR", "x"]))
 _equipment = st.builds(
     Equipment,
-    manufacturer=st.one_of(st.none(), st.sampled_from(["SIEMENS", "GE MEDICAL SYSTEMS", "VITAL Images", "OsiriX", "Acme"])),
+    manufacturer=st.one_of(
+        st.none(), st.sampled_from(["SIEMENS", "GE MEDICAL SYSTEMS", "VITAL Images", "OsiriX", "Acme"])
+    ),
     model=st.one_of(st.none(), st.sampled_from(["SOMATOM Definition AS+", "Vitrea", "Volume Viewer", "X"])),
     station_name=st.one_of(st.none(), st.sampled_from(["CT54023", "3DLAB-01", "AW1"])),
     device_serial_number=st.one_of(st.none(), st.sampled_from(["54023", "1"])),
@@ -125,22 +170,64 @@ _equipment = st.builds(
 )
 _instance = st.builds(
     lambda series, image_type, codes, equipment, desc, sop, modality, procs: facts(
-        series=series, image_type=image_type, derivation_codes=codes, equipment=equipment,
-        series_description=desc, sop_class_uid=sop, modality=modality, procedure_codes=procs,
+        series=series,
+        image_type=image_type,
+        derivation_codes=codes,
+        equipment=equipment,
+        series_description=desc,
+        sop_class_uid=sop,
+        modality=modality,
+        procedure_codes=procs,
     ),
     series=st.sampled_from(["s1", "s2", "s3"]),
-    image_type=st.lists(st.sampled_from(["ORIGINAL", "DERIVED", "PRIMARY", "SECONDARY", "AXIAL", "MIP", "CSA MPR", "VOLREN", "MIN IP", "REFORMATTED", ""]), max_size=5).map(tuple),
-    codes=st.lists(st.sampled_from([code(c) for c in ("113040", "113072", "113073", "113074", "113075", "113076", "113078", "113079")]), max_size=2).map(tuple),
+    image_type=st.lists(
+        st.sampled_from(
+            [
+                "ORIGINAL",
+                "DERIVED",
+                "PRIMARY",
+                "SECONDARY",
+                "AXIAL",
+                "MIP",
+                "CSA MPR",
+                "VOLREN",
+                "MIN IP",
+                "REFORMATTED",
+                "",
+            ]
+        ),
+        max_size=5,
+    ).map(tuple),
+    codes=st.lists(
+        st.sampled_from(
+            [code(c) for c in ("113040", "113072", "113073", "113074", "113075", "113076", "113078", "113079")]
+        ),
+        max_size=2,
+    ).map(tuple),
     equipment=_equipment,
     desc=_text,
-    sop=st.sampled_from(["1.2.840.10008.5.1.4.1.1.2", SC, "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.59", "1.9.9.9", None]),
+    sop=st.sampled_from(
+        [
+            "1.2.840.10008.5.1.4.1.1.2",
+            SC,
+            "1.2.840.10008.5.1.4.1.1.66.4",
+            "1.2.840.10008.5.1.4.1.1.88.59",
+            "1.9.9.9",
+            None,
+        ]
+    ),
     modality=st.sampled_from(["CT", "MR", "US", "PT", "DX", None]),
     procs=st.lists(st.sampled_from([proc("70496"), proc("74177"), proc("78815", "CPT")]), max_size=1).map(tuple),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_instance, min_size=1, max_size=6), st.sampled_from(["", '[policy]\npacs_viewer_code = "review"', "[policy]\nminip_is_3d = false\ncurved_mpr_is_3d = true"]))
+@given(
+    st.lists(_instance, min_size=1, max_size=6),
+    st.sampled_from(
+        ["", '[policy]\npacs_viewer_code = "review"', "[policy]\nminip_is_3d = false\ncurved_mpr_is_3d = true"]
+    ),
+)
 def test_decide_never_raises_and_codes_are_consistent(instances, registry):
     decision = decide(*instances, registry=registry)
     assert decision.code in ("76376", "76377", None)

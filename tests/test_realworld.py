@@ -85,7 +85,7 @@ def test_manifest_row(row: dict[str, str] | None, decided: dict, realworld: Path
     else:
         assert not isinstance(result, str), f"not analysed: {result}"
     kind, origin = result
-    expected_kinds = OTHER_KIND.get(row["file"]) or KIND_MAP.get(row["kind"], None)
+    expected_kinds = OTHER_KIND.get(row["file"]) or KIND_MAP.get(row["kind"])
     if expected_kinds is not None:
         override = MANIFEST_DISAGREEMENTS.get((row["file"], "kind"))
         assert kind in ({override[0]} if override else expected_kinds), row["note"]

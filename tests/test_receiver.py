@@ -25,9 +25,16 @@ def rows(server, sql: str, *params):
         return db.execute(sql, params).fetchall()
 
 
-def storescu(server, *files: Path, calling: str = "STORESCU", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-aet", calling, "-aec", server.ae_title, *extra, "127.0.0.1", str(server.port), *map(str, files)],
-                          capture_output=True, text=True, env=peer_env(), timeout=300)
+def storescu(
+    server, *files: Path, calling: str = "STORESCU", extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["storescu", "-aet", calling, "-aec", server.ae_title, *extra, "127.0.0.1", str(server.port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=peer_env(),
+        timeout=300,
+    )
 
 
 def pynetdicom_store(server, datasets, calling: str = "PYNETDICOM", contexts=None):
@@ -78,15 +85,30 @@ def receiver_factory(receiver_factory, speed_tuning):
 def test_echo_and_unknown_calling_ae_rejected(receiver_factory):
     require_peer("echoscu")
     server = receiver_factory("--allow-caller", "GOODPACS", "--allow-caller", "ORTHANC")
-    ok = subprocess.run(["echoscu", "-aet", "GOODPACS", "-aec", "DICOMCHECK", "127.0.0.1", str(server.port)], env=peer_env(), capture_output=True)
+    ok = subprocess.run(
+        ["echoscu", "-aet", "GOODPACS", "-aec", "DICOMCHECK", "127.0.0.1", str(server.port)],
+        env=peer_env(),
+        capture_output=True,
+    )
     assert ok.returncode == 0
-    bad = subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "DICOMCHECK", "127.0.0.1", str(server.port)], env=peer_env(), capture_output=True, text=True)
+    bad = subprocess.run(
+        ["echoscu", "-aet", "STRANGER", "-aec", "DICOMCHECK", "127.0.0.1", str(server.port)],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0
     assert "Calling AE Title Not Recognized" in bad.stdout + bad.stderr
-    wrong_called = subprocess.run(["echoscu", "-aet", "GOODPACS", "-aec", "NOTUS", "127.0.0.1", str(server.port)], env=peer_env(), capture_output=True)
+    wrong_called = subprocess.run(
+        ["echoscu", "-aet", "GOODPACS", "-aec", "NOTUS", "127.0.0.1", str(server.port)],
+        env=peer_env(),
+        capture_output=True,
+    )
     assert wrong_called.returncode != 0
     wait_for(lambda: len(rows(server, "SELECT 1 FROM association WHERE status = 'rejected'")) == 2)
-    reasons = {r[0]: r[1] for r in rows(server, "SELECT calling_ae, reject_reason FROM association WHERE status = 'rejected'")}
+    reasons = {
+        r[0]: r[1] for r in rows(server, "SELECT calling_ae, reject_reason FROM association WHERE status = 'rejected'")
+    }
     assert "calling AE title not recognised" in reasons["STRANGER"]
     assert "called AE title not recognised" in reasons["GOODPACS"]
     assert "STRANGER" in server.log() and "no --allow-caller" not in server.log()
@@ -111,10 +133,20 @@ def test_storescu_study_is_stored_indexed_and_decided(receiver_factory, tmp_path
     assert len(stored) == 16
     for path, sha, syntax in stored:
         assert (server.data / "storage" / path).is_file() and len(sha) == 64 and syntax
-    receipt = rows(server, "SELECT calling_ae, called_ae, peer_address, implementation_class_uid, implementation_version_name FROM receipt LIMIT 1")[0]
+    receipt = rows(
+        server,
+        "SELECT calling_ae, called_ae, peer_address, implementation_class_uid, implementation_version_name FROM "
+        "receipt LIMIT 1",
+    )[0]
     assert receipt[:3] == ("STORESCU", "DICOMCHECK", "127.0.0.1")
     assert receipt[3].startswith("1.2.276.0.7230010.3") and receipt[4].startswith("OFFIS_DCMTK")
-    decision = wait_for(lambda: rows(server, "SELECT outcome, code, instance_count, rules_version FROM decision WHERE study_instance_uid = ?", study))
+    decision = wait_for(
+        lambda: rows(
+            server,
+            "SELECT outcome, code, instance_count, rules_version FROM decision WHERE study_instance_uid = ?",
+            study,
+        )
+    )
     assert decision[0][:3] == ("supports_76376", "76376", 16)
     assert rows(server, "SELECT needs_decision FROM study") == [(0,)]
     assert not list((server.data / "storage" / ".tmp").iterdir()), "temporary files left behind"
@@ -129,9 +161,13 @@ def test_later_arrival_re_decides_and_keeps_history(receiver_factory, tmp_path):
     first = [ct_dataset(study, acq, SeriesDescription="Abdomen") for _ in range(2)]
     assert all(s.Status == 0 for s in pynetdicom_store(server, first))
     wait_for(lambda: rows(server, "SELECT outcome FROM decision") == [("no_3d",)])
-    vr = ct_dataset(study, generate_uid(), "DERIVED\\SECONDARY\\AXIAL\\CT_SOM5 VRT", station="CT54023", SeriesDescription="VR")
+    vr = ct_dataset(
+        study, generate_uid(), "DERIVED\\SECONDARY\\AXIAL\\CT_SOM5 VRT", station="CT54023", SeriesDescription="VR"
+    )
     assert pynetdicom_store(server, [vr], calling="LATE3DLAB")[0].Status == 0
-    history = wait_for(lambda: (r := rows(server, "SELECT outcome, instance_count FROM decision ORDER BY id")) and len(r) == 2 and r)
+    history = wait_for(
+        lambda: (r := rows(server, "SELECT outcome, instance_count FROM decision ORDER BY id")) and len(r) == 2 and r
+    )
     assert history == [("no_3d", 2), ("supports_76376", 3)]
     current = rows(server, "SELECT d.outcome FROM study s JOIN decision d ON d.id = s.current_decision_id")
     assert current == [("supports_76376",)]
@@ -144,10 +180,14 @@ def test_resend_identical_is_success_without_duplicate_and_changed_content_is_a_
     assert [s.Status for s in pynetdicom_store(server, [ds, ds])] == [0, 0]
     assert rows(server, "SELECT count(*) FROM instance") == [(1,)]
     assert rows(server, "SELECT duplicate FROM receipt ORDER BY id") == [(0,), (1,)]
-    changed = ct_dataset(ds.StudyInstanceUID, ds.SeriesInstanceUID, SOPInstanceUID=ds.SOPInstanceUID, SeriesDescription="corrected")
+    changed = ct_dataset(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, SOPInstanceUID=ds.SOPInstanceUID, SeriesDescription="corrected"
+    )
     changed.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     assert pynetdicom_store(server, [changed])[0].Status == 0
-    versions = rows(server, "SELECT version, path FROM instance WHERE sop_instance_uid = ? ORDER BY version", str(ds.SOPInstanceUID))
+    versions = rows(
+        server, "SELECT version, path FROM instance WHERE sop_instance_uid = ? ORDER BY version", str(ds.SOPInstanceUID)
+    )
     assert [v for v, _ in versions] == [1, 2] and versions[0][1] != versions[1][1]
     assert rows(server, "SELECT instance_count FROM study") == [(1,)]
 
@@ -159,7 +199,7 @@ def test_dataset_without_uids_is_quarantined_with_reason(receiver_factory):
     status = pynetdicom_store(server, [ds])[0]
     assert status.Status == 0xC001
     assert "StudyInstanceUID" in status.ErrorComment
-    (path, reason, code), = rows(server, "SELECT path, reason, status FROM quarantined")
+    ((path, reason, code),) = rows(server, "SELECT path, reason, status FROM quarantined")
     assert code == 0xC001 and "missing StudyInstanceUID" in reason
     quarantined = server.data / "quarantine" / path
     assert quarantined.is_file() and json.loads(quarantined.with_suffix(".json").read_text())["reason"] == reason
@@ -175,13 +215,14 @@ def test_unparseable_dataset_is_quarantined(receiver_factory):
     assert assoc.is_established
     try:
         # a data set whose first element claims more bytes than were sent
-        response = send_raw_c_store(assoc, sop_class=CTImageStorage, sop_instance=generate_uid(),
-                                    body=b"\x08\x00\x18\x00UI\x40\x001.2.3")
+        response = send_raw_c_store(
+            assoc, sop_class=CTImageStorage, sop_instance=generate_uid(), body=b"\x08\x00\x18\x00UI\x40\x001.2.3"
+        )
         assert response is not None and 0xC000 <= response.Status <= 0xCFFF
         assert response.ErrorComment
     finally:
         assoc.release()
-    (reason, status), = rows(server, "SELECT reason, status FROM quarantined")
+    ((reason, status),) = rows(server, "SELECT reason, status FROM quarantined")
     assert reason and 0xC000 <= status <= 0xCFFF
     assert rows(server, "SELECT count(*) FROM instance") == [(0,)]
 
@@ -193,7 +234,9 @@ def test_sop_class_not_negotiated_on_the_context_is_0122(receiver_factory):
     assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
     try:
         ds = ct_dataset(generate_uid(), generate_uid(), SOPClassUID=MRImageStorage)
-        response = send_raw_c_store(assoc, sop_class=MRImageStorage, sop_instance=ds.SOPInstanceUID, body=encode_body(ds))
+        response = send_raw_c_store(
+            assoc, sop_class=MRImageStorage, sop_instance=ds.SOPInstanceUID, body=encode_body(ds)
+        )
         assert response.Status == 0x0122
     finally:
         assoc.release()
@@ -220,10 +263,13 @@ def test_private_sop_classes_are_refused_unless_configured(receiver_factory):
 
 
 @pytest.mark.realworld
-@pytest.mark.parametrize(("name", "syntax", "propose"), [
-    ("us_ge_logiqe_original.dcm", "1.2.840.10008.1.2.4.91", "-xw"),   # JPEG 2000
-    ("sc_mevislab_testpattern.dcm", "1.2.840.10008.1.2.4.80", "-xt"),  # JPEG-LS lossless
-])
+@pytest.mark.parametrize(
+    ("name", "syntax", "propose"),
+    [
+        ("us_ge_logiqe_original.dcm", "1.2.840.10008.1.2.4.91", "-xw"),  # JPEG 2000
+        ("sc_mevislab_testpattern.dcm", "1.2.840.10008.1.2.4.80", "-xt"),  # JPEG-LS lossless
+    ],
+)
 @pytest.mark.peer
 def test_compressed_instances_are_stored_as_sent(receiver_factory, realworld, name, syntax, propose):
     require_peer("storescu")
@@ -232,7 +278,7 @@ def test_compressed_instances_are_stored_as_sent(receiver_factory, realworld, na
     server = receiver_factory()
     proc = storescu(server, source, extra=(propose, "-R"))
     assert proc.returncode == 0, proc.stderr
-    (path, stored_syntax), = rows(server, "SELECT path, transfer_syntax_uid FROM instance")
+    ((path, stored_syntax),) = rows(server, "SELECT path, transfer_syntax_uid FROM instance")
     assert stored_syntax == syntax
     original, received = dcmread(source), dcmread(server.data / "storage" / path)
     assert received.file_meta.TransferSyntaxUID == syntax
@@ -254,7 +300,7 @@ def test_htj2k_instance_sent_with_pynetdicom_is_stored_as_sent(receiver_factory)
     server = receiver_factory()
     status = pynetdicom_store(server, [ds], contexts=[build_context(CTImageStorage, [HTJ2KLossless])])[0]
     assert status.Status == 0
-    (path, syntax), = rows(server, "SELECT path, transfer_syntax_uid FROM instance")
+    ((path, syntax),) = rows(server, "SELECT path, transfer_syntax_uid FROM instance")
     assert syntax == HTJ2KLossless
     assert dcmread(server.data / "storage" / path).PixelData == ds.PixelData
 

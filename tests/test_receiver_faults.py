@@ -73,22 +73,31 @@ def test_fifteen_sigkills_mid_study_then_retry_lose_nothing_and_duplicate_nothin
     per_kill: list[int] = []
 
     def agree(receiver) -> None:
-        indexed = {sop: (path, sha, size) for sop, path, sha, size in rows(receiver, "SELECT sop_instance_uid, path, sha256, size FROM instance")}
+        indexed = {
+            sop: (path, sha, size)
+            for sop, path, sha, size in rows(receiver, "SELECT sop_instance_uid, path, sha256, size FROM instance")
+        }
         lost = [sop for sop in acknowledged if sop not in indexed]
         assert not lost, f"{len(lost)} acknowledged instance(s) lost by the kills: {lost[:3]}"
         for sop, (path, sha, size) in indexed.items():
             stored = storage / path
             assert stored.is_file() and stored.stat().st_size == size and sha256(stored) == sha, sop
             header = dcmread(stored, stop_before_pixels=True)
-            assert header.SOPInstanceUID == sop and acknowledged.get(sop, header.InstanceNumber) == header.InstanceNumber
-        on_disk = {p.relative_to(storage).as_posix() for p in storage.rglob("*") if p.is_file() and ".tmp" not in p.parts}
+            assert (
+                header.SOPInstanceUID == sop and acknowledged.get(sop, header.InstanceNumber) == header.InstanceNumber
+            )
+        on_disk = {
+            p.relative_to(storage).as_posix() for p in storage.rglob("*") if p.is_file() and ".tmp" not in p.parts
+        }
         assert on_disk == {path for path, _, _ in indexed.values()}, "the index and the disk disagree"
-        assert not rows(receiver, "SELECT id FROM association WHERE ended_at IS NULL"), "an association left open by a killed receiver"
+        assert not rows(receiver, "SELECT id FROM association WHERE ended_at IS NULL"), (
+            "an association left open by a killed receiver"
+        )
 
     sent = 0
     for kill in range(15):
         target, acked, enough = rng.randint(1, 12), [], threading.Event()
-        batch = datasets[sent: sent + target + 8]
+        batch = datasets[sent : sent + target + 8]
         sent += len(batch)
 
         def send_until_killed(batch=batch, acked=acked, enough=enough, target=target, kill=kill) -> None:
@@ -152,8 +161,12 @@ def test_fifteen_sigkills_mid_study_then_retry_lose_nothing_and_duplicate_nothin
     assert statuses == [0x0000] * 300
 
     # 300 instances, each once; every indexed file exists with its hash; nothing on disk unindexed
-    assert rows(server, "SELECT count(*), count(DISTINCT sop_instance_uid), max(version) FROM instance") == [(300, 300, 1)]
-    assert {sop for (sop,) in rows(server, "SELECT sop_instance_uid FROM instance")} == {str(ds.SOPInstanceUID) for ds in datasets}
+    assert rows(server, "SELECT count(*), count(DISTINCT sop_instance_uid), max(version) FROM instance") == [
+        (300, 300, 1)
+    ]
+    assert {sop for (sop,) in rows(server, "SELECT sop_instance_uid FROM instance")} == {
+        str(ds.SOPInstanceUID) for ds in datasets
+    }
     assert rows(server, "SELECT instance_count FROM study WHERE study_instance_uid = ?", study) == [(300,)]
     assert rows(server, "SELECT count(*) FROM receipt WHERE NOT duplicate") == [(300,)]
     agree(server)
@@ -169,22 +182,23 @@ def test_fifteen_sigkills_mid_study_then_retry_lose_nothing_and_duplicate_nothin
 
 # ---------------------------------------------------------------- real-world files through DCMTK
 PROPOSE = {
-    "1.2.840.10008.1.2.4.50": "-xy",    # JPEG baseline
-    "1.2.840.10008.1.2.4.51": "-xx",    # JPEG extended 12 bit
-    "1.2.840.10008.1.2.4.70": "-xs",    # JPEG lossless SV1
-    "1.2.840.10008.1.2.4.80": "-xt",    # JPEG-LS lossless
-    "1.2.840.10008.1.2.4.81": "-xu",    # JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.90": "-xv",    # JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91": "-xw",    # JPEG 2000
-    "1.2.840.10008.1.2.5": "-xr",       # RLE
-    "1.2.840.10008.1.2.1.99": "-xd",    # deflated
+    "1.2.840.10008.1.2.4.50": "-xy",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "-xx",  # JPEG extended 12 bit
+    "1.2.840.10008.1.2.4.70": "-xs",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "-xt",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "-xu",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "-xv",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "-xw",  # JPEG 2000
+    "1.2.840.10008.1.2.5": "-xr",  # RLE
+    "1.2.840.10008.1.2.1.99": "-xd",  # deflated
 }
 """storescu's proposal flag for a file's transfer syntax; uncompressed files need none."""
 
 STORESCU_REFUSES = {
     "malformed_ct_all_vr_un.dcm": "missing SOP class (or instance)",  # VR UN everywhere: DCMTK cannot find the UIDs
     "malformed_mr_philips_t5_no_meta.dcm": "missing SOP class (or instance)",  # no file meta, no SOP Class UID
-    "malformed_mr_siemens_sempra_xa12_missing_seq_delimiter.dcm": "missing SOP class (or instance)",  # parse stops at the pixel data
+    # parse stops at the pixel data
+    "malformed_mr_siemens_sempra_xa12_missing_seq_delimiter.dcm": "missing SOP class (or instance)",
     "malformed_philips_viewforum_3d_object_stub.dcm": "unknown storage SOP class",  # private 1.3.46.670589.5.0.1.1
     "malformed_sc_ct_doseinfo_bad_conversiontype.dcm": "missing SOP class (or instance)",  # item parse error
 }
@@ -206,7 +220,7 @@ def dataset_offset(path: Path) -> int:
 
 
 def data_set(path: Path) -> bytes:
-    return path.read_bytes()[dataset_offset(path):]
+    return path.read_bytes()[dataset_offset(path) :]
 
 
 @pytest.mark.realworld
@@ -224,13 +238,33 @@ def test_realworld_files_sent_by_dcmtk_are_stored_as_sent_or_quarantined(receive
         syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         flag = [PROPOSE[syntax]] if syntax in PROPOSE else []
         before = rows(server, "SELECT (SELECT count(*) FROM instance), (SELECT count(*) FROM quarantined)")[0]
-        proc = subprocess.run(["storescu", "-aet", "REALWORLD", "-aec", server.ae_title, "-R", *flag, "127.0.0.1", str(server.port), str(source)],
-                              check=False, capture_output=True, text=True, env=peer_env(), timeout=120)
+        proc = subprocess.run(
+            [
+                "storescu",
+                "-aet",
+                "REALWORLD",
+                "-aec",
+                server.ae_title,
+                "-R",
+                *flag,
+                "127.0.0.1",
+                str(server.port),
+                str(source),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=peer_env(),
+            timeout=120,
+        )
         said = proc.stdout + proc.stderr
         after = rows(server, "SELECT (SELECT count(*) FROM instance), (SELECT count(*) FROM quarantined)")[0]
         if source.name in STORESCU_REFUSES:
             if proc.returncode == 0 or STORESCU_REFUSES[source.name] not in said:
-                problems.append(f"{source.name}: expected storescu to refuse ({STORESCU_REFUSES[source.name]}), got exit {proc.returncode}: {said[-300:]}")
+                problems.append(
+                    f"{source.name}: expected storescu to refuse ({STORESCU_REFUSES[source.name]}), got exit "
+                    f"{proc.returncode}: {said[-300:]}"
+                )
             elif after != before:
                 problems.append(f"{source.name}: storescu refused it, yet the receiver recorded something")
             outcomes[source.name] = f"not sent: {STORESCU_REFUSES[source.name]}"
@@ -238,7 +272,9 @@ def test_realworld_files_sent_by_dcmtk_are_stored_as_sent_or_quarantined(receive
         if (after[0] - before[0], after[1] - before[1]) == (1, 0):  # stored: the data set exactly as DCMTK sent it
             assert proc.returncode == 0, said
             sop = str(header.SOPInstanceUID)
-            (path, sha, syntax_stored), = rows(server, "SELECT path, sha256, transfer_syntax_uid FROM instance WHERE sop_instance_uid = ?", sop)
+            ((path, sha, syntax_stored),) = rows(
+                server, "SELECT path, sha256, transfer_syntax_uid FROM instance WHERE sop_instance_uid = ?", sop
+            )
             stored = server.data / "storage" / path
             assert sha256(stored) == sha and syntax_stored == syntax, source.name
             received = data_set(stored)
@@ -252,14 +288,18 @@ def test_realworld_files_sent_by_dcmtk_are_stored_as_sent_or_quarantined(receive
                 if received == data_set(converted):
                     outcomes[source.name] = "stored, data set identical to what DCMTK sent (explicit lengths)"
                 else:
-                    problems.append(f"{source.name}: the stored data set differs from the file and from DCMTK's encoding of it")
+                    problems.append(
+                        f"{source.name}: the stored data set differs from the file and from DCMTK's encoding of it"
+                    )
         elif (after[0] - before[0], after[1] - before[1]) == (0, 1):
-            (reason, status), = rows(server, "SELECT reason, status FROM quarantined ORDER BY id DESC LIMIT 1")
+            ((reason, status),) = rows(server, "SELECT reason, status FROM quarantined ORDER BY id DESC LIMIT 1")
             if not reason or not 0xC000 <= status <= 0xCFFF:
                 problems.append(f"{source.name}: quarantined without a reason ({status:#06x} {reason!r})")
             outcomes[source.name] = f"quarantined 0x{status:04X}: {reason}"
         else:
-            problems.append(f"{source.name}: sent (exit {proc.returncode}) but neither stored nor quarantined: {said[-300:]}")
+            problems.append(
+                f"{source.name}: sent (exit {proc.returncode}) but neither stored nor quarantined: {said[-300:]}"
+            )
     assert not problems, "\n".join(problems)
     print("\n".join(f"{name}: {what}" for name, what in outcomes.items()))
     assert len(outcomes) == len(list(realworld.glob("*.dcm")))
@@ -274,10 +314,17 @@ def test_full_disk_refuses_with_a700_and_loses_nothing_stored(receiver_factory, 
     storage = data / "storage"
     storage.mkdir(parents=True)
     # the index stays outside the tmpfs, where the test can read it
-    server = receiver_factory("--database-url", f"sqlite:///{data / 'index.sqlite3'}", data=data,
-                              prefix=tmpfs_prefix(storage, "256k"), stable_after=0.5)
+    server = receiver_factory(
+        "--database-url",
+        f"sqlite:///{data / 'index.sqlite3'}",
+        data=data,
+        prefix=tmpfs_prefix(storage, "256k"),
+        stable_after=0.5,
+    )
     inside = in_namespace(server.proc.pid, storage)
-    assert os.statvfs(inside).f_blocks * os.statvfs(inside).f_frsize <= 256 * 1024  # the receiver's storage is the tmpfs
+    assert (
+        os.statvfs(inside).f_blocks * os.statvfs(inside).f_frsize <= 256 * 1024
+    )  # the receiver's storage is the tmpfs
     assert not list(storage.iterdir()), "the tmpfs leaked into the host's mount namespace"
 
     study, series = generate_uid(), generate_uid()
@@ -308,8 +355,13 @@ def test_full_disk_refuses_with_a700_and_loses_nothing_stored(receiver_factory, 
     echo.release()
 
     # nothing already stored is lost: every acknowledged instance is indexed and on the full volume
-    indexed = {sop: (path, sha, size) for sop, path, sha, size in rows(server, "SELECT sop_instance_uid, path, sha256, size FROM instance")}
-    assert set(indexed) == set(acknowledged), "the index holds something not acknowledged, or lost something acknowledged"
+    indexed = {
+        sop: (path, sha, size)
+        for sop, path, sha, size in rows(server, "SELECT sop_instance_uid, path, sha256, size FROM instance")
+    }
+    assert set(indexed) == set(acknowledged), (
+        "the index holds something not acknowledged, or lost something acknowledged"
+    )
     assert refused not in indexed
     for sop, (path, sha, size) in indexed.items():
         stored = inside / path

@@ -71,16 +71,27 @@ def pdu(kind: int, body: bytes, length: int | None = None) -> bytes:
     return struct.pack(">BBI", kind, 0, len(body) if length is None else length) + body
 
 
-def associate_rq(*, called: bytes = CALLED, calling: bytes = b"FUZZER", version: int = 1,
-                 contexts=((1, CTImageStorage, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)),),
-                 app_context: bytes = APP_CONTEXT, max_length: int = 16384, user: bytes | None = None,
-                 extra: bytes = b"") -> bytes:
+def associate_rq(
+    *,
+    called: bytes = CALLED,
+    calling: bytes = b"FUZZER",
+    version: int = 1,
+    contexts=((1, CTImageStorage, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)),),
+    app_context: bytes = APP_CONTEXT,
+    max_length: int = 16384,
+    user: bytes | None = None,
+    extra: bytes = b"",
+) -> bytes:
     variable = item(0x10, app_context)
     for context_id, abstract, syntaxes in contexts:
         sub = item(0x30, str(abstract).encode()) + b"".join(item(0x40, str(ts).encode()) for ts in syntaxes)
         variable += item(0x20, bytes([context_id, 0, 0, 0]) + sub)
     if user is None:
-        user = item(0x51, struct.pack(">I", max_length)) + item(0x52, b"1.2.826.0.1.3680043.9.7433.1") + item(0x55, b"FUZZ")
+        user = (
+            item(0x51, struct.pack(">I", max_length))
+            + item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
+            + item(0x55, b"FUZZ")
+        )
     variable += item(0x50, user) + extra
     body = struct.pack(">HH", version, 0) + called.ljust(16)[:16] + calling.ljust(16)[:16] + bytes(32) + variable
     return pdu(0x01, body)
@@ -139,10 +150,10 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     if choice == 3:  # an element's 16- or 32-bit length made huge (or undefined)
         at = rng.randrange(0, len(data) - 4)
         huge = rng.choice([b"\xff\xff\xff\xff", b"\xfe\xff\xff\x7f", b"\xff\xff", b"\x00\x00\x00\x80"])
-        return data[:at] + huge + data[at + len(huge):]
+        return data[:at] + huge + data[at + len(huge) :]
     if choice == 4:
         start = rng.randrange(len(data))
-        return data[:start] + data[start:start + rng.randint(1, 200)] * rng.randint(2, 50) + data[start:]
+        return data[:start] + data[start : start + rng.randint(1, 200)] * rng.randint(2, 50) + data[start:]
     return rng.randbytes(rng.randint(0, 2048))
 
 
@@ -245,7 +256,9 @@ class Run:
     def bad_pdu_header(self) -> None:
         rng = self.rng
         kind = rng.choice([1, 2, 3, 4, 5, 6, 7, rng.randrange(256)])
-        length = rng.choice([0, 1, 4, 0xFFFFFFFF, 0x7FFFFFFF, 0x10000000, rng.randrange(1 << 32), rng.randint(0, 70000)])
+        length = rng.choice(
+            [0, 1, 4, 0xFFFFFFFF, 0x7FFFFFFF, 0x10000000, rng.randrange(1 << 32), rng.randint(0, 70000)]
+        )
         sock = self.connect()
         self.send(sock, struct.pack(">BBI", kind, rng.randrange(256), length) + rng.randbytes(rng.randint(0, 512)))
         self.finish(sock, f"PDU type 0x{kind:02X} length {length:#x}", stall=rng.random() < 0.3)
@@ -274,37 +287,64 @@ class Run:
         elif variant == 1:
             request = associate_rq(called=rng.choice([b"", b" " * 16, b"\\\\\\", rng.randbytes(16), b"NOTUS"]))
         elif variant == 2:
-            request = associate_rq(calling=rng.choice([b"", b" " * 16, b"\x00" * 16, rng.randbytes(16), "ÄÖÜ".encode()]))
+            request = associate_rq(
+                calling=rng.choice([b"", b" " * 16, b"\x00" * 16, rng.randbytes(16), "ÄÖÜ".encode()])
+            )
         elif variant == 3:
-            request = associate_rq(app_context=rng.choice([b"", b"1.2.3", rng.randbytes(rng.randint(1, 80)), b"9" * 300]))
+            request = associate_rq(
+                app_context=rng.choice([b"", b"1.2.3", rng.randbytes(rng.randint(1, 80)), b"9" * 300])
+            )
         elif variant == 4:  # contexts: none, many, garbage UIDs, no transfer syntax, even IDs, duplicates
-            contexts = rng.choice([
-                (),
-                tuple((2 * i + 1, CTImageStorage, (ExplicitVRLittleEndian,)) for i in range(rng.randint(1, 127))),
-                ((1, rng.randbytes(40).hex(), (ExplicitVRLittleEndian,)),),
-                ((1, CTImageStorage, ()),),
-                ((2, CTImageStorage, (ExplicitVRLittleEndian,)), (0, CTImageStorage, ("1.2.3",))),
-                ((1, CTImageStorage, (ExplicitVRLittleEndian,)), (1, Verification, (ImplicitVRLittleEndian,))),
-                ((255, CTImageStorage, ("x" * 200,)),),
-            ])
+            contexts = rng.choice(
+                [
+                    (),
+                    tuple((2 * i + 1, CTImageStorage, (ExplicitVRLittleEndian,)) for i in range(rng.randint(1, 127))),
+                    ((1, rng.randbytes(40).hex(), (ExplicitVRLittleEndian,)),),
+                    ((1, CTImageStorage, ()),),
+                    ((2, CTImageStorage, (ExplicitVRLittleEndian,)), (0, CTImageStorage, ("1.2.3",))),
+                    ((1, CTImageStorage, (ExplicitVRLittleEndian,)), (1, Verification, (ImplicitVRLittleEndian,))),
+                    ((255, CTImageStorage, ("x" * 200,)),),
+                ]
+            )
             request = associate_rq(contexts=contexts)
         elif variant == 5:  # user information: missing, max length 0 / 1 / huge, garbage sub-items
-            request = associate_rq(user=rng.choice([
-                b"", item(0x51, b"\x00\x00\x00\x00"), item(0x51, b"\x00\x00\x00\x01"), item(0x51, b"\xff\xff\xff\xff"),
-                item(0x51, b"\x00"), rng.randbytes(rng.randint(1, 100)),
-                item(0x51, struct.pack(">I", 16384)) + item(0x52, b"") + item(0x53, b"\x00\x01\x00\x01") + item(0x54, rng.randbytes(30)),
-                item(0x51, struct.pack(">I", 16384)) + item(0x58, rng.randbytes(200)),
-            ]))
+            request = associate_rq(
+                user=rng.choice(
+                    [
+                        b"",
+                        item(0x51, b"\x00\x00\x00\x00"),
+                        item(0x51, b"\x00\x00\x00\x01"),
+                        item(0x51, b"\xff\xff\xff\xff"),
+                        item(0x51, b"\x00"),
+                        rng.randbytes(rng.randint(1, 100)),
+                        item(0x51, struct.pack(">I", 16384))
+                        + item(0x52, b"")
+                        + item(0x53, b"\x00\x01\x00\x01")
+                        + item(0x54, rng.randbytes(30)),
+                        item(0x51, struct.pack(">I", 16384)) + item(0x58, rng.randbytes(200)),
+                    ]
+                )
+            )
         elif variant == 6:  # unknown and malformed items after the known ones
-            request = associate_rq(extra=rng.choice([item(rng.randrange(256), rng.randbytes(rng.randint(0, 200))),
-                                                     b"\x20\x00\xff\xff", b"\x50", rng.randbytes(rng.randint(1, 50))]))
+            request = associate_rq(
+                extra=rng.choice(
+                    [
+                        item(rng.randrange(256), rng.randbytes(rng.randint(0, 200))),
+                        b"\x20\x00\xff\xff",
+                        b"\x50",
+                        rng.randbytes(rng.randint(1, 50)),
+                    ]
+                )
+            )
         elif variant == 7:  # the PDU length disagrees with the content
             good = associate_rq()
-            request = good[:2] + struct.pack(">I", max(0, len(good) - 6 + rng.choice([-40, -1, 1, 40, 100000]))) + good[6:]
+            request = (
+                good[:2] + struct.pack(">I", max(0, len(good) - 6 + rng.choice([-40, -1, 1, 40, 100000]))) + good[6:]
+            )
         elif variant == 8:  # an item length that runs past the end of the PDU
             good = bytearray(associate_rq())
             at = 6 + 68  # the application context item
-            good[at + 2: at + 4] = struct.pack(">H", rng.choice([0, 0xFFFF, 500]))
+            good[at + 2 : at + 4] = struct.pack(">H", rng.choice([0, 0xFFFF, 500]))
             request = bytes(good)
         elif variant == 9:
             request = bit_flips(rng, associate_rq(), rng.randint(1, 20))
@@ -320,20 +360,56 @@ class Run:
             self.send(sock, rng.choice([RELEASE_RQ, ABORT, b"", rng.randbytes(64), p_data((1, 3, rng.randbytes(40)))]))
         # unanswered (the receiver waits for the rest of the PDU, or never answers): it must close the
         # connection within its timeouts anyway
-        self.finish(sock, f"bad A-ASSOCIATE-RQ variant {variant}", stall=answer is None or rng.random() < 0.1,
-                    associated=accepted)
+        self.finish(
+            sock,
+            f"bad A-ASSOCIATE-RQ variant {variant}",
+            stall=answer is None or rng.random() < 0.1,
+            associated=accepted,
+        )
 
     def established(self) -> tuple[socket.socket, int] | None:
         """A raw association proposing CT storage and verification; (socket, CT context ID)."""
         sock = self.connect()
-        self.send(sock, associate_rq(contexts=((1, CTImageStorage, (ExplicitVRLittleEndian,)),
-                                               (3, Verification, (ImplicitVRLittleEndian,)))))
+        self.send(
+            sock,
+            associate_rq(
+                contexts=((1, CTImageStorage, (ExplicitVRLittleEndian,)), (3, Verification, (ImplicitVRLittleEndian,)))
+            ),
+        )
         answer = self.read_pdu(sock, timeout=TIMEOUT + SLACK)
         if answer is None or answer[0] != 0x02:
             self.refusals["closed" if answer is None else f"PDU 0x{answer[0]:02X} {answer[1][1:4].hex()}"] += 1
             sock.close()
             return None
         return sock, 1
+
+    @staticmethod
+    def _bad_p_data_pdus(rng: random.Random, variant: int, cid: int, command: bytes, body: bytes) -> bytes:
+        """The P-DATA of one bad-P-DATA ``variant`` (random draws in the order the seeded runs rely on)."""
+        if variant == 0:  # a PDV item length larger than the PDU
+            return pdu(0x04, struct.pack(">IBB", rng.choice([100, 0xFFFF, 0xFFFFFFFF]), cid, 3) + command)
+        elif variant == 1:  # PDV length 0 or 1 (no room for the context ID / header)
+            return pdu(0x04, struct.pack(">I", rng.choice([0, 1])) + rng.randbytes(rng.randint(0, 8)))
+        elif variant == 2:  # a context ID that was never negotiated / even / zero
+            return p_data((rng.choice([0, 2, 5, 99, 255]), 3, command), (1, 2, body))
+        elif variant == 3:  # data set fragments before any command
+            return p_data((cid, 0, body[:100]), (cid, 2, body[100:]))
+        elif variant == 4:  # random message control headers
+            return p_data((cid, rng.randrange(256), command), (cid, rng.randrange(256), body))
+        elif variant == 5:  # a command that never ends
+            return p_data((cid, 1, command[: len(command) // 2]))
+        elif variant == 6:  # a garbage command set
+            return p_data((cid, 3, mutate(rng, command)), (cid, 2, body))
+        elif variant == 7:  # a data set that is cut, then a release request
+            return p_data((cid, 3, command), (cid, 0, body[: len(body) // 2])) + RELEASE_RQ
+        elif variant == 8:  # a data set that is cut, then an abort
+            return p_data((cid, 3, command), (cid, 0, body[: len(body) // 2])) + ABORT
+        elif variant == 9:  # a complete store whose data set is corrupted
+            return p_data((cid, 3, command), (cid, 2, mutate(rng, body)))
+        elif variant == 10:  # a C-ECHO with a data set attached, on the storage context
+            return p_data((cid, 3, c_echo_command()), (cid, 2, body))
+        else:  # random P-DATA bodies
+            return pdu(0x04, rng.randbytes(rng.randint(0, 600)))
 
     def bad_p_data(self) -> None:
         rng = self.rng
@@ -346,30 +422,7 @@ class Run:
         command = c_store_command(uid, rng.randint(1, 65535))
         body = encode_body(ct_dataset(generate_uid(), generate_uid()))
         variant = rng.randrange(12)
-        if variant == 0:  # a PDV item length larger than the PDU
-            data = pdu(0x04, struct.pack(">IBB", rng.choice([100, 0xFFFF, 0xFFFFFFFF]), cid, 3) + command)
-        elif variant == 1:  # PDV length 0 or 1 (no room for the context ID / header)
-            data = pdu(0x04, struct.pack(">I", rng.choice([0, 1])) + rng.randbytes(rng.randint(0, 8)))
-        elif variant == 2:  # a context ID that was never negotiated / even / zero
-            data = p_data((rng.choice([0, 2, 5, 99, 255]), 3, command), (1, 2, body))
-        elif variant == 3:  # data set fragments before any command
-            data = p_data((cid, 0, body[:100]), (cid, 2, body[100:]))
-        elif variant == 4:  # random message control headers
-            data = p_data((cid, rng.randrange(256), command), (cid, rng.randrange(256), body))
-        elif variant == 5:  # a command that never ends
-            data = p_data((cid, 1, command[: len(command) // 2]))
-        elif variant == 6:  # a garbage command set
-            data = p_data((cid, 3, mutate(rng, command)), (cid, 2, body))
-        elif variant == 7:  # a data set that is cut, then a release request
-            data = p_data((cid, 3, command), (cid, 0, body[: len(body) // 2])) + RELEASE_RQ
-        elif variant == 8:  # a data set that is cut, then an abort
-            data = p_data((cid, 3, command), (cid, 0, body[: len(body) // 2])) + ABORT
-        elif variant == 9:  # a complete store whose data set is corrupted
-            data = p_data((cid, 3, command), (cid, 2, mutate(rng, body)))
-        elif variant == 10:  # a C-ECHO with a data set attached, on the storage context
-            data = p_data((cid, 3, c_echo_command()), (cid, 2, body))
-        else:  # random P-DATA bodies
-            data = pdu(0x04, rng.randbytes(rng.randint(0, 600)))
+        data = self._bad_p_data_pdus(rng, variant, cid, command, body)
         self.send(sock, data)
         ending = rng.randrange(5)
         if ending == 0:
@@ -386,8 +439,18 @@ class Run:
         variant = rng.randrange(6)
         if variant < 3:  # before any association
             sock = self.connect()
-            self.send(sock, rng.choice([RELEASE_RQ, ABORT, pdu(0x06, bytes(4)), pdu(0x02, rng.randbytes(80)),
-                                        pdu(0x03, bytes([0, 1, 1, 3]))]))
+            self.send(
+                sock,
+                rng.choice(
+                    [
+                        RELEASE_RQ,
+                        ABORT,
+                        pdu(0x06, bytes(4)),
+                        pdu(0x02, rng.randbytes(80)),
+                        pdu(0x03, bytes([0, 1, 1, 3])),
+                    ]
+                ),
+            )
             self.finish(sock, f"release/abort before association {variant}")
             return
         opened = self.established()
@@ -441,11 +504,14 @@ class Run:
                         pass
                     assert ended() and took >= TIMEOUT, (
                         f"case {self.case} (seed {SEED}): no C-STORE response after {took:.1f}s (established "
-                        f"{assoc.is_established}, aborted {assoc.is_aborted}, {len(body)} bytes)")
+                        f"{assoc.is_established}, aborted {assoc.is_aborted}, {len(body)} bytes)"
+                    )
                     self.counts["C-STORE cut by the receiver's network timeout"] += 1
                     break
                 status = int(response.Status)
-                assert status in EXPECTED_STORE_STATUSES, f"case {self.case} (seed {SEED}): C-STORE answered 0x{status:04X}"
+                assert status in EXPECTED_STORE_STATUSES, (
+                    f"case {self.case} (seed {SEED}): C-STORE answered 0x{status:04X}"
+                )
                 if status:
                     assert response.ErrorComment, f"case {self.case}: failure 0x{status:04X} without a comment"
                 self.store_statuses[status] += 1
@@ -458,13 +524,19 @@ class Run:
                 else:
                     assoc.abort()
 
-    CASES = (("random bytes", random_bytes, 30), ("bad PDU header", bad_pdu_header, 20), ("oversized PDU", oversized, 2),
-             ("truncated A-ASSOCIATE-RQ", truncated_associate, 10), ("bad A-ASSOCIATE-RQ", bad_associate, 20),
-             ("bad P-DATA", bad_p_data, 12), ("odd release/abort", odd_release_abort, 6),
-             ("corrupted data sets", corrupted_stores, 4))
+    CASES = (
+        ("random bytes", random_bytes, 30),
+        ("bad PDU header", bad_pdu_header, 20),
+        ("oversized PDU", oversized, 2),
+        ("truncated A-ASSOCIATE-RQ", truncated_associate, 10),
+        ("bad A-ASSOCIATE-RQ", bad_associate, 20),
+        ("bad P-DATA", bad_p_data, 12),
+        ("odd release/abort", odd_release_abort, 6),
+        ("corrupted data sets", corrupted_stores, 4),
+    )
 
     def one(self) -> None:
-        names, functions, weights = zip(*self.CASES)
+        names, functions, weights = zip(*self.CASES, strict=True)
         index = self.rng.choices(range(len(names)), weights=weights)[0]
         self.case += 1
         self.counts[names[index]] += 1
@@ -511,7 +583,9 @@ def closed_within(port: int, payload: bytes, limit: float, *, associate: bool = 
 
 _RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): (.*)$")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
-_OURS = re.compile(r'File ".*/(dicomcheck|scp)/(?!tuning\.py|pynetdicom_fixes\.py)[^"]*"')  # pynetdicom's own frames, patched
+_OURS = re.compile(
+    r'File ".*/(dicomcheck|scp)/(?!tuning\.py|pynetdicom_fixes\.py)[^"]*"'
+)  # pynetdicom's own frames, patched
 
 
 @dataclass
@@ -543,14 +617,19 @@ class LogTracebacks:
             if not line.startswith("Traceback (most recent call last)"):
                 continue
             body = []
-            for following in lines[number + 1:]:
+            for following in lines[number + 1 :]:
                 if _RECORD.match(following):
                     continue  # another thread's log record, interleaved
                 body.append(following)
                 if not following.startswith((" ", "\t")):
                     break  # the exception line ends the traceback
-            chained = number >= 2 and lines[number - 1] == "" and lines[number - 2].startswith(
-                ("During handling of the above exception", "The above exception was the direct cause"))
+            chained = (
+                number >= 2
+                and lines[number - 1] == ""
+                and lines[number - 2].startswith(
+                    ("During handling of the above exception", "The above exception was the direct cause")
+                )
+            )
             if not chained:
                 # the record reporting it: the line before, or a few before when its message spans lines
                 # (pynetdicom quotes peer bytes, newlines included)
@@ -558,12 +637,20 @@ class LogTracebacks:
                 crash = number > 0 and lines[number - 1].startswith("Exception in thread")
                 thread = "association thread" if "AcceptorThread" in lines[number - 1] else "network thread"
                 previous = [r for r in records if r[0] < number][-2:]
-                state_machine = (len(previous) == 2 and previous[0][1] == "pynetdicom.fsm"
-                                 and previous[0][2].startswith("State Machine received an exception"))
-            chain.append("\n".join(lines[max(0, number - 2): number + 1] + body))
+                state_machine = (
+                    len(previous) == 2
+                    and previous[0][1] == "pynetdicom.fsm"
+                    and previous[0][2].startswith("State Machine received an exception")
+                )
+            chain.append("\n".join(lines[max(0, number - 2) : number + 1] + body))
             ends = lines.index(body[-1], number + 1) + 1 if body else number + 1
-            if ends < len(lines) - 1 and lines[ends] == "" and lines[ends + 1].startswith(
-                    ("During handling of the above exception", "The above exception was the direct cause")):
+            if (
+                ends < len(lines) - 1
+                and lines[ends] == ""
+                and lines[ends + 1].startswith(
+                    ("During handling of the above exception", "The above exception was the direct cause")
+                )
+            ):
                 continue  # the report goes on
             text = "\n\n".join(chain)
             if _OURS.search(text):
@@ -583,8 +670,12 @@ class LogTracebacks:
 @pytest.mark.peer
 def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, tmp_path):
     require_peer("storescu")
-    env = {**os.environ, "DICOMCHECK_ACSE_TIMEOUT": str(TIMEOUT), "DICOMCHECK_DIMSE_TIMEOUT": str(TIMEOUT),
-           "DICOMCHECK_NETWORK_TIMEOUT": str(TIMEOUT)}
+    env = {
+        **os.environ,
+        "DICOMCHECK_ACSE_TIMEOUT": str(TIMEOUT),
+        "DICOMCHECK_DIMSE_TIMEOUT": str(TIMEOUT),
+        "DICOMCHECK_NETWORK_TIMEOUT": str(TIMEOUT),
+    }
     # hostile connections each hold an association slot until the ACSE timeout: room for them and
     # for the cases that need an established association
     server = receiver_factory("--max-associations", "250", stable_after=0.5, env=env)
@@ -594,16 +685,21 @@ def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, t
         while time.monotonic() < deadline or run.case < MIN_CASES:  # a meaningful run however loaded the machine
             run.one()
             run.watch()
-            assert server.proc.poll() is None, f"receiver died at case {run.case} (seed {SEED}):\n{server.log()[-4000:]}"
+            assert server.proc.poll() is None, (
+                f"receiver died at case {run.case} (seed {SEED}):\n{server.log()[-4000:]}"
+            )
         wait_for(lambda: (run.watch(), not run.stalled)[1], timeout=TIMEOUT + SLACK + 1)
     finally:
         for stalled in run.stalled:
             stalled.sock.close()
     statuses = {f"0x{k:04X}": v for k, v in sorted(run.store_statuses.items())}
-    summary = (f"seed {SEED}, {run.case} cases in {FUZZ_SECONDS:.0f}s: {dict(run.counts)}; C-STORE answers {statuses}; "
-               f"{run.closed_in_time} stalled connections closed in time, {len(run.hung)} not; "
-               f"seconds per kind { {k: round(v, 1) for k, v in run.seconds.items()} }; raw associations refused {dict(run.refusals)}; "
-               f"slowest C-STORE round trips {[round(t, 2) for t in sorted(run.store_seconds)[-3:]]}")
+    summary = (
+        f"seed {SEED}, {run.case} cases in {FUZZ_SECONDS:.0f}s: {dict(run.counts)}; C-STORE answers {statuses}; "
+        f"{run.closed_in_time} stalled connections closed in time, {len(run.hung)} not; "
+        f"seconds per kind { {k: round(v, 1) for k, v in run.seconds.items()} }; raw associations refused "
+        f"{dict(run.refusals)}; "
+        f"slowest C-STORE round trips {[round(t, 2) for t in sorted(run.store_seconds)[-3:]]}"
+    )
     print(summary)
     assert server.proc.poll() is None
     hung_associated = [f"case {h.case}: {h.kind}" for h in run.hung if h.associated]
@@ -613,14 +709,20 @@ def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, t
     # association, and in the middle of a PDU on an established association
     limit = TIMEOUT + SLACK
     partial_p_data = struct.pack(">BBI", 4, 0, 1000) + b"\0" * 10
-    probes = {"nothing sent (ARTIM)": (b"", False), "idle association": (b"", True),
-              "partial P-DATA on an association": (partial_p_data, True),
-              # in the middle of a PDU before any association: pynetdicom 3.0 reads an accepted socket
-              # without a timeout; the handlers' on_open (EVT_CONN_OPEN) sets one
-              "partial A-ASSOCIATE-RQ": (associate_rq()[:30], False), "partial P-DATA before association": (partial_p_data, False)}
+    probes = {
+        "nothing sent (ARTIM)": (b"", False),
+        "idle association": (b"", True),
+        "partial P-DATA on an association": (partial_p_data, True),
+        # in the middle of a PDU before any association: pynetdicom 3.0 reads an accepted socket
+        # without a timeout; the handlers' on_open (EVT_CONN_OPEN) sets one
+        "partial A-ASSOCIATE-RQ": (associate_rq()[:30], False),
+        "partial P-DATA before association": (partial_p_data, False),
+    }
     with concurrent.futures.ThreadPoolExecutor(len(probes)) as pool:
-        futures = {name: pool.submit(closed_within, server.port, payload, limit, associate=associate)
-                   for name, (payload, associate) in probes.items()}
+        futures = {
+            name: pool.submit(closed_within, server.port, payload, limit, associate=associate)
+            for name, (payload, associate) in probes.items()
+        }
         took = {name: future.result() for name, future in futures.items()}
     for name in ("nothing sent (ARTIM)", "idle association", "partial P-DATA on an association"):
         assert took[name] is not None, f"{name}: the receiver kept the connection open for more than {limit}s"
@@ -628,15 +730,23 @@ def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, t
 
     # a valid study sent right after is stored whole and decided
     study, paths = write_study(tmp_path / "valid", acquisition=16, mip=4)
-    proc = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", server.ae_title, "127.0.0.1", str(server.port), *map(str, paths)],
-                          check=False, capture_output=True, text=True, env=peer_env(), timeout=120)
+    proc = subprocess.run(
+        ["storescu", "-aet", "STORESCU", "-aec", server.ae_title, "127.0.0.1", str(server.port), *map(str, paths)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=peer_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert rows(server, "SELECT count(*) FROM instance WHERE study_instance_uid = ?", study) == [(20,)]
     for path, sha in rows(server, "SELECT path, sha256 FROM instance WHERE study_instance_uid = ?", study):
         stored = server.data / "storage" / path
         assert stored.is_file() and hashlib.sha256(stored.read_bytes()).hexdigest() == sha
-    current = ("SELECT d.instance_count, s.needs_decision FROM study s JOIN decision d ON d.id = s.current_decision_id "
-               "WHERE s.study_instance_uid = ?")
+    current = (
+        "SELECT d.instance_count, s.needs_decision FROM study s JOIN decision d ON d.id = s.current_decision_id "
+        "WHERE s.study_instance_uid = ?"
+    )
     wait_for(lambda: rows(server, current, study) == [(20, 0)], timeout=30)
 
     # every quarantined input has its reason, in the index and beside the file
@@ -654,20 +764,35 @@ def test_fuzz_run_never_crashes_hangs_or_loses_a_valid_study(receiver_factory, t
 
     # no traceback from dicomcheck; pynetdicom's network threads must not crash either
     tracebacks = LogTracebacks.read(server.log())
-    assert not tracebacks.others, f"{len(tracebacks.others)} unexpected traceback(s) in the receiver log; the first:\n{tracebacks.others[0]}"
+    assert not tracebacks.others, (
+        f"{len(tracebacks.others)} unexpected traceback(s) in the receiver log; the first:\n{tracebacks.others[0]}"
+    )
     crashes = len(tracebacks.crashes)
 
     hung_before = [f"case {h.case}: {h.kind}" for h in run.hung] + [
-        f"after the run: {what}" for what, took in zip(("partial A-ASSOCIATE-RQ", "partial P-DATA"), pre_association) if took is None]
-    assert not hung_before, f"connections silent before any association were not closed within {limit}s: {hung_before[:5]}"
-    assert not tracebacks.crashes, f"pynetdicom threads crashed {crashes} time(s) on peer input: {sorted(set(tracebacks.crashes))}"
+        f"after the run: {what}"
+        for what, took in zip(("partial A-ASSOCIATE-RQ", "partial P-DATA"), pre_association, strict=True)
+        if took is None
+    ]
+    assert not hung_before, (
+        f"connections silent before any association were not closed within {limit}s: {hung_before[:5]}"
+    )
+    assert not tracebacks.crashes, (
+        f"pynetdicom threads crashed {crashes} time(s) on peer input: {sorted(set(tracebacks.crashes))}"
+    )
 
     # storage/.tmp: transfers cut short by the end of their association leave nothing (the handlers
     # remove the file; test_transfers_cut_short_leave_no_temporary_file checks it case by case), and
-    # neither does a second command set before the data set (the receiver's pynetdicom fault fix removes the file it replaced)
+    # neither does a second command set before the data set (the receiver's pynetdicom fault fix removes the file it
+    # replaced)
     temp = server.data / "storage" / ".tmp"
-    wait_for(lambda: not list(temp.iterdir()), timeout=TIMEOUT + SLACK,
-             describe=lambda: f"received file(s) left in storage/.tmp (seed {SEED}): {sorted(p.name for p in temp.iterdir())[:5]}")
+    wait_for(
+        lambda: not list(temp.iterdir()),
+        timeout=TIMEOUT + SLACK,
+        describe=lambda: (
+            f"received file(s) left in storage/.tmp (seed {SEED}): {sorted(p.name for p in temp.iterdir())[:5]}"
+        ),
+    )
 
 
 def test_a_corrupt_sop_class_element_is_quarantined_not_an_exception(receiver_factory):
@@ -677,17 +802,21 @@ def test_a_corrupt_sop_class_element_is_quarantined_not_an_exception(receiver_fa
     ds = ct_dataset(generate_uid(), generate_uid())
     body = bytearray(encode_body(ds))
     at = body.index(b"\x08\x00\x16\x00UI")  # (0008,0016) SOP Class UID, explicit VR
-    body[at + 4: at + 6] = b"U\xc9"  # a VR that does not exist
+    body[at + 4 : at + 6] = b"U\xc9"  # a VR that does not exist
     ae = AE(ae_title="BITFLIP")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = nodelay(ae.associate("127.0.0.1", server.port, ae_title=server.ae_title))
     assert assoc.is_established
     try:
-        response = send_raw_c_store(assoc, sop_class=CTImageStorage, sop_instance=str(ds.SOPInstanceUID), body=bytes(body))
+        response = send_raw_c_store(
+            assoc, sop_class=CTImageStorage, sop_instance=str(ds.SOPInstanceUID), body=bytes(body)
+        )
     finally:
         assoc.release()
-    assert response.Status == 0xC000 and "(0008,0016)" in response.ErrorComment + str(rows(server, "SELECT reason FROM quarantined"))
-    (reason, status), = rows(server, "SELECT reason, status FROM quarantined")
+    assert response.Status == 0xC000 and "(0008,0016)" in response.ErrorComment + str(
+        rows(server, "SELECT reason FROM quarantined")
+    )
+    ((reason, status),) = rows(server, "SELECT reason, status FROM quarantined")
     assert status == 0xC000 and "Unknown Value Representation" in reason
     assert rows(server, "SELECT count(*) FROM instance") == [(0,)]
     assert "Traceback" not in server.log()
@@ -701,9 +830,13 @@ def test_transfers_cut_short_leave_no_temporary_file(receiver_factory):
     server = receiver_factory(env=env)
     run = Run(server.port, random.Random(SEED))
     temp = server.data / "storage" / ".tmp"
-    endings = (lambda cid: ABORT, lambda cid: RELEASE_RQ, lambda cid: b"",
-               # a second command set: pynetdicom replaces the first's file with a new one, then the abort
-               lambda cid: p_data((cid, 3, c_store_command(generate_uid()))) + ABORT)
+    endings = (
+        lambda cid: ABORT,
+        lambda cid: RELEASE_RQ,
+        lambda cid: b"",
+        # a second command set: pynetdicom replaces the first's file with a new one, then the abort
+        lambda cid: p_data((cid, 3, c_store_command(generate_uid()))) + ABORT,
+    )
     for ending in endings:
         sock, cid = run.established()
         body = encode_body(ct_dataset(generate_uid(), generate_uid(), rows=64))
@@ -714,6 +847,9 @@ def test_transfers_cut_short_leave_no_temporary_file(receiver_factory):
         wait_for(lambda: not list(temp.iterdir()), timeout=TIMEOUT + SLACK)
     assert rows(server, "SELECT count(*) FROM instance") == [(0,)]
     # and each association's end is recorded
-    wait_for(lambda: [s for (s,) in rows(server, "SELECT status FROM association")].count("accepted") == 0, timeout=TIMEOUT + SLACK)
+    wait_for(
+        lambda: [s for (s,) in rows(server, "SELECT status FROM association")].count("accepted") == 0,
+        timeout=TIMEOUT + SLACK,
+    )
     recorded = rows(server, "SELECT ended_at FROM association")
     assert recorded and all(ended for (ended,) in recorded)  # every recorded association has its end

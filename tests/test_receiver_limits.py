@@ -60,8 +60,12 @@ def _private_blob_parts(ds: Dataset, size: int) -> tuple[bytes, bytes]:
             header.add(elem)
     write_dataset(out, header)
     creator = b"DICOMCHECK TEST "
-    before = (out.getvalue() + struct.pack("<HH2sH", 0x0099, 0x0010, b"LO", len(creator)) + creator
-              + struct.pack("<HH2sHL", 0x0099, 0x1000, b"OB", 0, size))
+    before = (
+        out.getvalue()
+        + struct.pack("<HH2sH", 0x0099, 0x0010, b"LO", len(creator))
+        + creator
+        + struct.pack("<HH2sHL", 0x0099, 0x1000, b"OB", 0, size)
+    )
     pixels = bytes(8)
     after = struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, len(pixels)) + pixels
     return before, after
@@ -88,7 +92,7 @@ def write_deflate_bomb(path: Path, ds: Dataset, inflated: int) -> Path:
         fh.write(deflater.compress(before))
         left = inflated
         while left:
-            fh.write(deflater.compress(zeros[:min(left, MB)]))
+            fh.write(deflater.compress(zeros[: min(left, MB)]))
             left -= min(left, MB)
         fh.write(deflater.compress(after) + deflater.flush())
     return path
@@ -150,7 +154,9 @@ class Drippers:
     """Raw TCP connections that send a PDU header, then one byte of its body every ``interval``
     seconds; notes when the receiver closes each of them."""
 
-    def __init__(self, port: int, count: int, *, pdu_type: int = 0x01, length: int = 400, interval: float = 0.5) -> None:
+    def __init__(
+        self, port: int, count: int, *, pdu_type: int = 0x01, length: int = 400, interval: float = 0.5
+    ) -> None:
         self.socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
         self.opened = time.monotonic()
         self.closed: dict[int, float] = {}
@@ -200,8 +206,13 @@ def drippers():
 
 
 def strict_env(tmp_path: Path, speed_tuning: bool = True) -> dict[str, str]:
-    return {**os.environ, "DICOMCHECK_ACSE_TIMEOUT": "2", "DICOMCHECK_PDU_DEADLINE": "2", "DICOMCHECK_MAX_ASSOCIATIONS": "4",
-            "DICOMCHECK_SPEED_TUNING": str(speed_tuning).lower()}
+    return {
+        **os.environ,
+        "DICOMCHECK_ACSE_TIMEOUT": "2",
+        "DICOMCHECK_PDU_DEADLINE": "2",
+        "DICOMCHECK_MAX_ASSOCIATIONS": "4",
+        "DICOMCHECK_SPEED_TUNING": str(speed_tuning).lower(),
+    }
 
 
 ALSO_UNTUNED = pytest.mark.parametrize("speed_tuning", [True, False], ids=["tuned", "untuned"])
@@ -284,17 +295,23 @@ def test_256_mb_private_element_is_stored_without_being_read_into_memory(limited
     before = high_water_mark(server.proc.pid)
     assert send_files(server.port, large) == [0]
     assert high_water_mark(server.proc.pid) - before < 48 * MB
-    (path,), = instances(server, ds.SOPInstanceUID)
+    ((path,),) = instances(server, ds.SOPInstanceUID)
     assert (server.data / "storage" / path).stat().st_size > 256 * MB  # stored as received
 
 
 # ---------------------------------------------------------------------------------------------- time
 @ALSO_UNTUNED
-def test_dripped_association_requests_end_at_the_acse_timeout_and_never_lock_out_a_real_peer(tmp_path, drippers, speed_tuning):
-    server = start_receiver(tmp_path / "data", env=strict_env(tmp_path, speed_tuning))  # acse_timeout 2 s, 4 associations
+def test_dripped_association_requests_end_at_the_acse_timeout_and_never_lock_out_a_real_peer(
+    tmp_path, drippers, speed_tuning
+):
+    server = start_receiver(
+        tmp_path / "data", env=strict_env(tmp_path, speed_tuning)
+    )  # acse_timeout 2 s, 4 associations
     try:
         dripping = drippers(server.port, DRIPPERS)
-        wait_for(lambda: being_read(server.port, DRIPPERS), interval=0.02)  # every dripper has its thread on the receiver
+        wait_for(
+            lambda: being_read(server.port, DRIPPERS), interval=0.02
+        )  # every dripper has its thread on the receiver
         assert echo(server.port) == 0  # 24 connections waiting for their request are not associations
         # each would take 200 s to send its request; the ARTIM timer ends them
         assert wait_for(dripping.all_closed, timeout=30), f"{len(dripping.closed)} of {DRIPPERS} closed"
@@ -370,17 +387,24 @@ def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "server.pem", folder / "server.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -395,7 +419,9 @@ def test_a_peer_that_never_starts_its_tls_handshake_does_not_block_other_peers(t
     server = start_receiver(tmp_path / "data", "--processes", processes, env=env)
     silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
     try:
-        wait_for(lambda: being_read(server.port, len(silent)), interval=0.02)  # the silent connections are accepted first
+        wait_for(
+            lambda: being_read(server.port, len(silent)), interval=0.02
+        )  # the silent connections are accepted first
         client = ssl.create_default_context(cafile=str(cert))
         ae = AE(ae_title="TLSPEER")
         ae.add_requested_context(Verification)

@@ -33,10 +33,29 @@ class Served:
         data.mkdir(parents=True)
         self.log_path = data.parent / f"{data.name}.log"
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "dicomcheck.cli", "serve", "--no-api", "--data", str(data),
-                                          "--dicom-port", str(self.port), "--bind", "127.0.0.1", "--allow-caller", CALLING,
-                                          "--stable-after", "1", "--processes", str(processes)],
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dicomcheck.cli",
+                    "serve",
+                    "--no-api",
+                    "--data",
+                    str(data),
+                    "--dicom-port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--allow-caller",
+                    CALLING,
+                    "--stable-after",
+                    "1",
+                    "--processes",
+                    str(processes),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             wait_for(lambda: self._exited() or "listening on" in self.log(), timeout=120)
             wait_for(lambda: len(self.workers()) == processes, timeout=30)
@@ -114,15 +133,26 @@ def test_concurrent_associations_go_to_different_processes_and_the_study_is_deci
         for number, assoc in enumerate(associations):
             for _ in range(3):
                 if number == 2:  # a console MIP series on the third association
-                    ds = ct_dataset(study, mip, "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP", SeriesDescription="MIP cor", SeriesNumber=100)
+                    ds = ct_dataset(
+                        study,
+                        mip,
+                        "DERIVED\\PRIMARY\\AXIAL\\CT_SOM5 MIP",
+                        SeriesDescription="MIP cor",
+                        SeriesNumber=100,
+                    )
                 else:
                     ds = ct_dataset(study, acquisition, SeriesDescription="Abdomen 1.0")
                 assert assoc.send_c_store(ds).Status == 0
     finally:
         for assoc in associations:
             assoc.release()
-    nodes = wait_for(lambda: (r := server.rows("SELECT node FROM association WHERE calling_ae = ? AND instances_received = 3",
-                                                CALLING)) and len(r) == 3 and r)  # recorded when each association ends
+    nodes = wait_for(
+        lambda: (
+            (r := server.rows("SELECT node FROM association WHERE calling_ae = ? AND instances_received = 3", CALLING))
+            and len(r) == 3
+            and r
+        )
+    )  # recorded when each association ends
     assert len({n for (n,) in nodes}) == 3, nodes  # three receiver processes
     assert server.rows("SELECT instance_count FROM study") == [(9,)]
     decision = wait_for(lambda: server.rows("SELECT outcome, instance_count FROM decision"))

@@ -43,7 +43,14 @@ def test_parses_devices_and_policy():
 
 def test_match_any_key_most_specific_first_case_insensitive():
     registry = parse_registry(GOOD)
-    kwargs = dict(station_name=None, ae_title=None, device_serial_number=None, manufacturer=None, model=None, study_date=dt.date(2024, 1, 1))
+    kwargs = dict(
+        station_name=None,
+        ae_title=None,
+        device_serial_number=None,
+        manufacturer=None,
+        model=None,
+        study_date=dt.date(2024, 1, 1),
+    )
     assert registry.match(**{**kwargs, "station_name": " 3dlab-01 "}).device.note == "3D lab PC"
     match = registry.match(**{**kwargs, "device_serial_number": "54023", "station_name": "3DLAB-01"})
     assert match.key == "device_serial_number" and match.device.role is Role.SCANNER_CONSOLE
@@ -62,15 +69,21 @@ def test_validity_window():
     ("text", "message"),
     [
         ('[[device]]\nstation_name = "X"\nrole = "workstation"\n', "devices.toml:1: device #1: role must be one of"),
-        ('[[device]]\nstation_name = "A"\nrole = "pacs_viewer"\n\n[[device]]\nrole = "pacs_viewer"\n', "devices.toml:5: device #2: give at least one of"),
+        (
+            '[[device]]\nstation_name = "A"\nrole = "pacs_viewer"\n\n[[device]]\nrole = "pacs_viewer"\n',
+            "devices.toml:5: device #2: give at least one of",
+        ),
         ('[[device]]\nmanufacturer = "GE"\nrole = "pacs_viewer"\n', "manufacturer and model match only together"),
         ('[[device]]\nstation_name = "A"\nrole = "pacs_viewer"\ncolour = "red"\n', "unknown key(s) ['colour']"),
         ('[[device]]\nstation_name = "A"\nrole = "pacs_viewer"\nvalid_from = "yesterday"\n', "is not a date"),
-        ('[[device]]\nstation_name = "A"\nrole = "pacs_viewer"\nvalid_from = 2025-01-01\nvalid_to = 2024-01-01\n', "is before valid_from"),
+        (
+            '[[device]]\nstation_name = "A"\nrole = "pacs_viewer"\nvalid_from = 2025-01-01\nvalid_to = 2024-01-01\n',
+            "is before valid_from",
+        ),
         ('[policy]\npacs_viewer_code = "99999"\n', "devices.toml:1: pacs_viewer_code must be"),
         ('[policy]\nminip_is_3d = "yes"\n', "minip_is_3d must be true or false"),
         ('[[device]\nstation_name = "A"\n', "devices.toml: "),
-        ('[devices]\nx = 1\n', "unknown key(s) ['devices']"),
+        ("[devices]\nx = 1\n", "unknown key(s) ['devices']"),
         ('policy = "76377"\n', "devices.toml:1: 'policy' must be a table ([policy])"),
         ('\ndevice = ["3DLAB-01"]\n', "devices.toml:2: device #1 must be a table ([[device]])"),
     ],

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
 def test_the_installed_and_pinned_pynetdicom_is_the_verified_one():
@@ -46,11 +48,23 @@ def test_any_other_pynetdicom_version_is_refused_in_one_line(version):
 def test_serve_refuses_to_start_on_an_unverified_pynetdicom(tmp_path):
     """`dicomcheck serve` with a pynetdicom it is not verified with: one line, exit 1, nothing listens."""
     port = free_port()
-    proc = run_python("import sys, pynetdicom; pynetdicom.__version__ = '3.0.99'; from dicomcheck.cli import main; main(sys.argv[1:])",
-                      "serve", "--no-api", "--data", str(tmp_path / "data"), "--bind", "127.0.0.1", "--dicom-port", str(port))
+    proc = run_python(
+        "import sys, pynetdicom; pynetdicom.__version__ = '3.0.99'; from dicomcheck.cli import main; "
+        "main(sys.argv[1:])",
+        "serve",
+        "--no-api",
+        "--data",
+        str(tmp_path / "data"),
+        "--bind",
+        "127.0.0.1",
+        "--dicom-port",
+        str(port),
+    )
     assert proc.returncode == 1, proc.stderr
     refusal = [line for line in proc.stderr.splitlines() if line.startswith("dicomcheck:")]
-    assert len(refusal) == 1 and "pynetdicom 3.0.99" in refusal[0] and f"pynetdicom=={VERIFIED_VERSION}" in refusal[0], proc.stderr
+    assert (
+        len(refusal) == 1 and "pynetdicom 3.0.99" in refusal[0] and f"pynetdicom=={VERIFIED_VERSION}" in refusal[0]
+    ), proc.stderr
     assert "Traceback" not in proc.stderr and "listening on" not in proc.stdout
 
 
@@ -91,16 +105,24 @@ def test_fault_fixes_stay_on_and_speed_tuning_off_leaves_pynetdicom_s_reactors(t
     assert off.stdout.split("\n")[:4] == ["[]", "True True", "True True", "True 4096"]
     on = run_python(PATCHED, str(tmp_path / "on"), "on")
     assert on.returncode == 0, on.stderr
-    assert on.stdout.split("\n")[:4] == [str(sorted(tuning.STEPS)), "True True", "False False", f"False {tuning.RECV_CHUNK}"]
+    assert on.stdout.split("\n")[:4] == [
+        str(sorted(tuning.STEPS)),
+        "True True",
+        "False False",
+        f"False {tuning.RECV_CHUNK}",
+    ]
 
 
 def test_received_data_sets_spool_on_the_storage_volume(tmp_path):
     """pynetdicom's data set files are SpoolFiles in storage/.tmp (the factory names the folder)."""
-    code = ("import sys; from pathlib import Path; from dicomcheck.config import Settings; from scp.server import configure_process\n"
-            "from pynetdicom import dimse_messages\n"
-            "configure_process(Settings(data=Path(sys.argv[1])))\n"
-            "spool = dimse_messages.NamedTemporaryFile(delete=False, mode='wb', suffix='.dcm')\n"
-            "print(type(spool).__name__, Path(spool.name).parent)")
+    code = (
+        "import sys; from pathlib import Path; from dicomcheck.config import Settings; from scp.server import "
+        "configure_process\n"
+        "from pynetdicom import dimse_messages\n"
+        "configure_process(Settings(data=Path(sys.argv[1])))\n"
+        "spool = dimse_messages.NamedTemporaryFile(delete=False, mode='wb', suffix='.dcm')\n"
+        "print(type(spool).__name__, Path(spool.name).parent)"
+    )
     proc = run_python(code, str(tmp_path / "data"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["SpoolFile", str(tmp_path / "data" / "storage" / ".tmp")]
@@ -108,8 +130,10 @@ def test_received_data_sets_spool_on_the_storage_volume(tmp_path):
 
 def test_imports_go_one_way_listen_workers_server():
     """One start-up (``build_server``) and no server <-> workers cycle."""
-    code = ("import sys; import scp.server; assert 'scp.workers' not in sys.modules and 'scp.listen' not in sys.modules\n"
-            "import scp.workers; assert 'scp.listen' not in sys.modules\n"
-            "from scp import listen, server, workers; assert workers.build_server is server.build_server")
+    code = (
+        "import sys; import scp.server; assert 'scp.workers' not in sys.modules and 'scp.listen' not in sys.modules\n"
+        "import scp.workers; assert 'scp.listen' not in sys.modules\n"
+        "from scp import listen, server, workers; assert workers.build_server is server.build_server"
+    )
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr

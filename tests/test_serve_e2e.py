@@ -41,22 +41,35 @@ def test_fixture_studies_through_storescu_and_the_api(receiver_factory, fixtures
     cases = [json.loads(p.read_text()) for p in sorted(fixtures_output.glob("*/expected.json"))]
     for case in cases:
         files = sorted(str(p) for p in (fixtures_output / case["case"]).rglob("*.dcm"))
-        proc = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "DICOMCHECK", "-R",
-                               "127.0.0.1", str(server.port), *files],
-                              capture_output=True, text=True, env=peer_env(), timeout=300)
+        proc = subprocess.run(
+            ["storescu", "-aet", "MODALITY", "-aec", "DICOMCHECK", "-R", "127.0.0.1", str(server.port), *files],
+            capture_output=True,
+            text=True,
+            env=peer_env(),
+            timeout=300,
+        )
         assert proc.returncode == 0, (case["case"], proc.stderr[-2000:])
     bearer = {"Authorization": f"Bearer {token(data)}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers=bearer, timeout=30) as client:
+
         def all_decided() -> bool:
-            return all(client.get(f"/studies/{c['study_instance_uid']}").json().get("status") == "decided" for c in cases)
+            return all(
+                client.get(f"/studies/{c['study_instance_uid']}").json().get("status") == "decided" for c in cases
+            )
 
         wait_for(all_decided, timeout=120, interval=0.5)
         for case in cases:
             expected = case.get("without_devices") or case  # served without a registry file
             study = client.get(f"/studies/{case['study_instance_uid']}").json()
-            assert (case["case"], study["outcome"], study["code"]) == (case["case"], expected["outcome"], expected.get("code"))
+            assert (case["case"], study["outcome"], study["code"]) == (
+                case["case"],
+                expected["outcome"],
+                expected.get("code"),
+            )
             page = client.get("/studies", params={"accession": case["accession_number"]}).json()
-            assert [(i["study_instance_uid"], i["outcome"]) for i in page["items"]] == [(case["study_instance_uid"], expected["outcome"])]
+            assert [(i["study_instance_uid"], i["outcome"]) for i in page["items"]] == [
+                (case["study_instance_uid"], expected["outcome"])
+            ]
         assert client.get("/healthz").json()["status"] == "ok"
 
 
@@ -88,7 +101,10 @@ def test_two_receivers_on_one_postgresql_index(receiver_factory, tmp_path):
         study, series = generate_uid(), generate_uid()
         datasets = [ct_dataset(study, series, InstanceNumber=i + 1) for i in range(400)]
         errors: list = []
-        threads = [threading.Thread(target=_send_half, args=(server.port, datasets[i::2], errors)) for i, server in enumerate((first, second))]
+        threads = [
+            threading.Thread(target=_send_half, args=(server.port, datasets[i::2], errors))
+            for i, server in enumerate((first, second))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -96,16 +112,35 @@ def test_two_receivers_on_one_postgresql_index(receiver_factory, tmp_path):
         assert errors == []
         engine = sqlalchemy.create_engine(url)
         with engine.connect() as connection:
+
             def scalar(sql: str):
                 return connection.execute(sqlalchemy.text(sql)).scalar()
 
-            wait_for(lambda: scalar("SELECT count(*) FROM decision") >= 1 and scalar("SELECT count(*) FROM study WHERE needs_decision") == 0, timeout=60)
+            wait_for(
+                lambda: (
+                    scalar("SELECT count(*) FROM decision") >= 1
+                    and scalar("SELECT count(*) FROM study WHERE needs_decision") == 0
+                ),
+                timeout=60,
+            )
             assert scalar("SELECT count(*) FROM study") == 1
             assert scalar("SELECT instance_count FROM study") == 400
-            assert scalar("SELECT count(DISTINCT sop_instance_uid) FROM instance") == scalar("SELECT count(*) FROM instance") == 400
+            assert (
+                scalar("SELECT count(DISTINCT sop_instance_uid) FROM instance")
+                == scalar("SELECT count(*) FROM instance")
+                == 400
+            )
             assert scalar("SELECT count(*) FROM decision") == 1
             assert scalar("SELECT instance_count FROM decision") == 400
-            nodes = connection.execute(sqlalchemy.text("SELECT DISTINCT a.node FROM receipt r JOIN association a ON a.id = r.association_id")).scalars().all()
+            nodes = (
+                connection.execute(
+                    sqlalchemy.text(
+                        "SELECT DISTINCT a.node FROM receipt r JOIN association a ON a.id = r.association_id"
+                    )
+                )
+                .scalars()
+                .all()
+            )
             assert len(nodes) == 2  # both receivers took part
         engine.dispose()
     finally:
@@ -115,15 +150,37 @@ def test_two_receivers_on_one_postgresql_index(receiver_factory, tmp_path):
 @pytest.mark.parametrize("role", ["reader", "admin"])
 def test_token_cli_create_list_revoke(tmp_path, role):
     data = tmp_path / "data"
-    upgraded = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "db", "upgrade", "--data", str(data)], capture_output=True, text=True, timeout=60)
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", "db", "upgrade", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert upgraded.returncode == 0, upgraded.stderr  # token commands use an index, never create one
     secret = token(data, "ris", role)
     assert secret.startswith("dck_") and len(secret) > 40
-    listed = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "list", "--data", str(data)], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    listed = subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", "token", "list", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     assert "ris" in listed.stdout and role in listed.stdout and secret not in listed.stdout
-    bad = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "create", "aud", "--role", "auditor", "--data", str(data)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", "token", "create", "aud", "--role", "auditor", "--data", str(data)],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "auditor token needs --expires" in bad.stderr.replace("\n", " ").replace("│", "")
-    revoked = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)], capture_output=True, text=True)
+    revoked = subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)],
+        capture_output=True,
+        text=True,
+    )
     assert revoked.returncode == 0
-    again = subprocess.run([sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)], capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 1

@@ -36,11 +36,14 @@ def readme_table() -> str:
 
 def test_readme_settings_table_is_the_generators_output():
     assert readme_table() == settings_table_markdown(), (
-        "README's settings table is stale: replace it with the output of `python -m dicomcheck.config`")
+        "README's settings table is stale: replace it with the output of `python -m dicomcheck.config`"
+    )
 
 
 def test_the_generator_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "dicomcheck.config"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicomcheck.config"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == settings_table_markdown()
 
@@ -72,17 +75,43 @@ def test_serve_help_shows_every_flag_with_its_help():
 def test_current_flag_spellings_are_kept():
     """The spellings users and scripts already type (issue 9 redesign: none renamed)."""
     assert {spelling for name in FLAGGED for spelling in flag_spellings(name)} >= {
-        "--data", "--ae-title", "--dicom-port", "--bind", "--allow-caller", "--devices", "--stable-after", "--database-url",
-        "--max-associations", "--private-sop-class", "--tls-cert", "--tls-key", "--tls-ca", "--tls-require-client-cert",
-        "--no-tls-require-client-cert", "--processes", "--evidence-destination", "--http-port", "--no-api", "--no-scp"}
+        "--data",
+        "--ae-title",
+        "--dicom-port",
+        "--bind",
+        "--allow-caller",
+        "--devices",
+        "--stable-after",
+        "--database-url",
+        "--max-associations",
+        "--private-sop-class",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-ca",
+        "--tls-require-client-cert",
+        "--no-tls-require-client-cert",
+        "--processes",
+        "--evidence-destination",
+        "--http-port",
+        "--no-api",
+        "--no-scp",
+    }
 
 
 def test_conformance_reads_flags_without_importing_the_cli():
-    code = ("import sys, scp.conformance as c; text = c.statement(); "
-            "assert 'dicomcheck.cli' not in sys.modules and 'typer' not in sys.modules, 'CLI imported'; "
-            "print(text)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    code = (
+        "import sys, scp.conformance as c; text = c.statement(); "
+        "assert 'dicomcheck.cli' not in sys.modules and 'typer' not in sys.modules, 'CLI imported'; "
+        "print(text)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| `allow_callers` | `--allow-caller` |" in proc.stdout
     assert "| `tls_require_client_cert` | `--tls-require-client-cert` / `--no-tls-require-client-cert` |" in proc.stdout

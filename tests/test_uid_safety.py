@@ -13,7 +13,6 @@ import re
 import socket
 import sqlite3
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -112,18 +111,27 @@ def test_non_conformant_uids_are_refused_0xC003_quarantined_and_never_name_a_pat
         for name, tag, value in HOSTILE:
             ds = ct_dataset(study, series)
             request_sop = str(ds.SOPInstanceUID)  # the request carries a valid UID; the data set the hostile one
-            response = send_raw_c_store(assoc, sop_class=CTImageStorage, sop_instance=request_sop, body=body_with(ds, tag, value))
+            response = send_raw_c_store(
+                assoc, sop_class=CTImageStorage, sop_instance=request_sop, body=body_with(ds, tag, value)
+            )
             answers[name] = (response.Status, str(getattr(response, "ErrorComment", None) or ""))
         # a soft deviation real vendors emit (a leading zero in a component) is accepted
         soft = ct_dataset("1.2.840.99.0123.4", series)
-        response = send_raw_c_store(assoc, sop_class=CTImageStorage, sop_instance=str(soft.SOPInstanceUID),
-                                    body=body_with(soft, STUDY, b"1.2.840.99.0123.4"))
+        response = send_raw_c_store(
+            assoc,
+            sop_class=CTImageStorage,
+            sop_instance=str(soft.SOPInstanceUID),
+            body=body_with(soft, STUDY, b"1.2.840.99.0123.4"),
+        )
         answers["soft"] = (response.Status, "")
     finally:
         assoc.release()
 
-    wrong = {name: f"0x{status:04X} {comment}" for name, (status, comment) in answers.items()
-             if name != "soft" and not (status == 0xC003 and "UID" in comment)}
+    wrong = {
+        name: f"0x{status:04X} {comment}"
+        for name, (status, comment) in answers.items()
+        if name != "soft" and not (status == 0xC003 and "UID" in comment)
+    }
     assert not wrong, f"not refused with 0xC003 (invalid UID): {wrong}"
     assert answers["soft"][0] == 0x0000
 
@@ -153,7 +161,9 @@ def test_non_conformant_uids_are_refused_0xC003_quarantined_and_never_name_a_pat
 
 
 # ---------------------------------------------------------------- killed between rename and index
-def test_a_file_stored_but_not_indexed_when_killed_is_indexed_and_its_association_closed_at_start(receiver_factory, tmp_path):
+def test_a_file_stored_but_not_indexed_when_killed_is_indexed_and_its_association_closed_at_start(
+    receiver_factory, tmp_path
+):
     """SIGKILL after the file was renamed into storage and before it was indexed: made real by
     holding the SQLite index's write lock from another connection while the third instance is stored."""
     data = tmp_path / "data"
@@ -184,8 +194,9 @@ def test_a_file_stored_but_not_indexed_when_killed_is_indexed_and_its_associatio
     restarted = receiver_factory(data=data)
     with sqlite3.connect(restarted.db) as db:
         instances = db.execute("SELECT sop_instance_uid, path, sha256, size, association_id FROM instance").fetchall()
-        (association_id, status, ended, received, failures), = db.execute(
-            "SELECT id, status, ended_at, instances_received, failures FROM association").fetchall()
+        ((association_id, status, ended, received, failures),) = db.execute(
+            "SELECT id, status, ended_at, instances_received, failures FROM association"
+        ).fetchall()
         receipts = db.execute("SELECT calling_ae, association_id FROM receipt").fetchall()
         count = db.execute("SELECT instance_count FROM study").fetchall()
     assert {sop for sop, *_ in instances} == {str(ds.SOPInstanceUID) for ds in datasets}
@@ -193,7 +204,9 @@ def test_a_file_stored_but_not_indexed_when_killed_is_indexed_and_its_associatio
         stored = storage / path
         assert stored.stat().st_size == size and hashlib.sha256(stored.read_bytes()).hexdigest() == sha
         assert assoc_id == association_id
-    assert {p.relative_to(storage).as_posix() for p in storage.rglob("*.dcm") if ".tmp" not in p.parts} == {i[1] for i in instances}
+    assert {p.relative_to(storage).as_posix() for p in storage.rglob("*.dcm") if ".tmp" not in p.parts} == {
+        i[1] for i in instances
+    }
     assert count == [(3,)]
     assert receipts == [("KILLED", association_id)] * 3  # provenance kept for the recovered one too
     # the killed process's association is closed as aborted with what it acknowledged
@@ -214,8 +227,9 @@ def test_an_aborted_association_is_recorded_aborted_with_its_count(receiver_fact
 
     def ended():
         with sqlite3.connect(server.db) as db:
-            found = db.execute("SELECT calling_ae, status, instances_received FROM association WHERE ended_at IS NOT NULL "
-                               "ORDER BY id").fetchall()
+            found = db.execute(
+                "SELECT calling_ae, status, instances_received FROM association WHERE ended_at IS NOT NULL ORDER BY id"
+            ).fetchall()
         return found if len(found) == 2 else None
 
     assert wait_for(ended, timeout=30) == [("ABORTER", "aborted", 3), ("DROPPER", "aborted", 1)]

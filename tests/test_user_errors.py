@@ -26,8 +26,27 @@ def _token(data: Path, name: str, role: str) -> str:
 
 def _storescu_folder(port: int, folder: Path) -> None:
     """The README's line for sending a whole folder with DCMTK (other files in it are skipped)."""
-    proc = subprocess.run(["storescu", "+sd", "+r", "+sp", "*.dcm", "-R", "-aet", "MODALITY", "-aec", "DICOMCHECK",
-                           "127.0.0.1", str(port), str(folder)], capture_output=True, text=True, env=peer_env(), timeout=120)
+    proc = subprocess.run(
+        [
+            "storescu",
+            "+sd",
+            "+r",
+            "+sp",
+            "*.dcm",
+            "-R",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "DICOMCHECK",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        env=peer_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -72,14 +91,18 @@ def test_a_typo_in_the_live_registry_keeps_deciding_with_the_last_good_one(recei
         reanalyzed = client.post(f"/studies/{study}/reanalyze")
         assert reanalyzed.status_code == 200, reanalyzed.text
         assert reanalyzed.json()["outcome"] == "supports_76377"
-        assert server.log().count("device registry") == 1, server.log()  # once for this version of the file, not every pass
+        assert server.log().count("device registry") == 1, (
+            server.log()
+        )  # once for this version of the file, not every pass
         assert "Traceback" not in server.log()
 
         devices.write_text(OTHER)  # fixed (and now naming another station)
         wait_for(lambda: client.get("/healthz").json()["status"] == "ok")
         assert client.get("/healthz").json()["registry"] == "ok" and _registry_gauge(client) == 0
         reanalyzed = client.post(f"/studies/{study}/reanalyze")
-        assert reanalyzed.status_code == 200 and reanalyzed.json()["outcome"] == "supports_76376"  # the fixed file is used
+        assert (
+            reanalyzed.status_code == 200 and reanalyzed.json()["outcome"] == "supports_76376"
+        )  # the fixed file is used
         assert "is valid again" in server.log()
 
 
@@ -89,10 +112,24 @@ def test_serve_on_a_taken_dicom_port_says_so_in_one_line(tmp_path, processes):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run_cli("serve", "--data", tmp_path / "data", "--bind", "127.0.0.1", "--dicom-port", str(port), "--no-api",
-                       "--allow-caller", "MODALITY", "--processes", str(processes))
+        proc = run_cli(
+            "serve",
+            "--data",
+            tmp_path / "data",
+            "--bind",
+            "127.0.0.1",
+            "--dicom-port",
+            str(port),
+            "--no-api",
+            "--allow-caller",
+            "MODALITY",
+            "--processes",
+            str(processes),
+        )
     assert proc.returncode != 0
-    assert proc.stderr.splitlines() == [f"dicomcheck: cannot listen for DICOM on 127.0.0.1:{port}: Address already in use"], proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"dicomcheck: cannot listen for DICOM on 127.0.0.1:{port}: Address already in use"
+    ], proc.stderr
 
 
 def test_version_option_and_command():
@@ -103,10 +140,27 @@ def test_version_option_and_command():
 def test_token_expiring_in_the_past_is_refused(tmp_path):
     data = tmp_path / "data"
     run_cli("db", "upgrade", "--data", data, check=True)
-    refused = run_cli("token", "create", "late", "--role", "auditor", "--study", "1.2.3", "--expires", "2020-01-31", "--data", data)
+    refused = run_cli(
+        "token", "create", "late", "--role", "auditor", "--study", "1.2.3", "--expires", "2020-01-31", "--data", data
+    )
     assert refused.returncode == 1 and "2020-01-31 is in the past" in refused.stderr
     assert "late" not in run_cli("token", "list", "--data", data, check=True).stdout
-    assert run_cli("token", "create", "audit", "--role", "auditor", "--study", "1.2.3", "--expires", "2999-01-31", "--data", data).returncode == 0
+    assert (
+        run_cli(
+            "token",
+            "create",
+            "audit",
+            "--role",
+            "auditor",
+            "--study",
+            "1.2.3",
+            "--expires",
+            "2999-01-31",
+            "--data",
+            data,
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.parametrize("command", [("create", "ris", "--role", "reader"), ("list",), ("revoke", "ris")])
@@ -114,16 +168,27 @@ def test_token_commands_never_create_an_index(tmp_path, command):
     data = tmp_path / "typo-data"
     proc = run_cli("token", *command, "--data", data)
     assert proc.returncode == 1
-    assert proc.stderr == f"dicomcheck: no index at {data / 'index.sqlite3'}: create it with `dicomcheck db upgrade --data {data}` (or start `dicomcheck serve`)\n"
+    assert (
+        proc.stderr
+        == f"dicomcheck: no index at {data / 'index.sqlite3'}: create it with `dicomcheck db upgrade --data {data}` "
+        "(or start `dicomcheck serve`)\n"
+    )
     assert not data.exists()
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("syntax.toml", 'ae_title = "DICOMCHECK"\ndicom_port = \n', "{file}:2: TOML syntax error: Invalid value"),
-    ("range.toml", 'ae_title = "DICOMCHECK"\ndicom_port = 70000\n', "{file}: dicom_port: Input should be less than or equal to 65535 (got 70000)"),
-    ("unknown.toml", 'stable_afte = 5\n', "{file}: stable_afte: unknown setting"),
-    ("ae.toml", 'allow_callers = ["A\\\\B"]\n', "{file}: allow_callers: not AE titles"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("syntax.toml", 'ae_title = "DICOMCHECK"\ndicom_port = \n', "{file}:2: TOML syntax error: Invalid value"),
+        (
+            "range.toml",
+            'ae_title = "DICOMCHECK"\ndicom_port = 70000\n',
+            "{file}: dicom_port: Input should be less than or equal to 65535 (got 70000)",
+        ),
+        ("unknown.toml", "stable_afte = 5\n", "{file}: stable_afte: unknown setting"),
+        ("ae.toml", 'allow_callers = ["A\\\\B"]\n', "{file}: allow_callers: not AE titles"),
+    ],
+)
 def test_a_bad_config_file_names_the_file_and_the_field(tmp_path, name, text, message):
     config = tmp_path / name
     config.write_text(text)
@@ -139,5 +204,7 @@ def test_a_bad_registry_at_start_is_one_line_with_file_line_and_reason(tmp_path)
     devices.write_text(TYPO)
     proc = run_cli("serve", "--data", tmp_path / "data", "--devices", devices, "--no-api")
     assert proc.returncode == 1
-    assert proc.stderr.splitlines() == [f"dicomcheck: bad --devices file: {devices}:1: device #1: role must be one of "
-                                        "['scanner_console', 'pacs_viewer', 'independent_workstation'], not 'independent-workstation'"]
+    assert proc.stderr.splitlines() == [
+        f"dicomcheck: bad --devices file: {devices}:1: device #1: role must be one of "
+        "['scanner_console', 'pacs_viewer', 'independent_workstation'], not 'independent-workstation'"
+    ]

@@ -8,6 +8,7 @@ every refused request writes an audit event named after the DICOM / IHE ATNA voc
 # No `from __future__ import annotations`: FastAPI resolves the handler annotations at runtime.
 
 import time
+from typing import cast
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,17 +55,24 @@ def create_app(settings: Settings, operations: StudyOperations) -> FastAPI:
     return app
 
 
-async def unauthenticated_first(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def unauthenticated_first(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI validates the body and parameters before it runs the token dependency: a request
-    that also lacks a valid token is answered (and audited) as unauthenticated first."""
+    that also lacks a valid token is answered (and audited) as unauthenticated first.
+
+    Typed for Starlette's handler signature (``Exception``); registered for RequestValidationError only."""
     route = request.scope.get("route")
-    guard = next((d.call for d in getattr(getattr(route, "dependant", None), "dependencies", ()) if d.call in GUARDS), None)
+    guard = next(
+        (d.call for d in getattr(getattr(route, "dependant", None), "dependencies", ()) if d.call in GUARDS), None
+    )
     if guard is not None:
         try:
             await run_in_threadpool(_check_token, guard, request)
         except HTTPException as refused:
             return JSONResponse({"detail": refused.detail}, status_code=refused.status_code, headers=refused.headers)
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in cast(RequestValidationError, exc).errors()
+    ]
     return JSONResponse({"detail": errors}, status_code=422)
 
 
@@ -78,5 +86,7 @@ async def request_timing(request: Request, call_next):
     started = time.perf_counter()
     response = await call_next(request)
     route = request.scope.get("route")
-    metrics.REQUEST_LATENCY.labels(getattr(route, "path", "unmatched"), request.method, str(response.status_code)).observe(time.perf_counter() - started)
+    metrics.REQUEST_LATENCY.labels(
+        getattr(route, "path", "unmatched"), request.method, str(response.status_code)
+    ).observe(time.perf_counter() - started)
     return response

@@ -12,6 +12,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import Engine
 
 from ..config import Settings
+from ..decision_record import StudyDecisionUnderPolicy
 from ..registry import Registry
 from ..store.access import TokenInfo
 from ..store.reads import IndexSession
@@ -35,10 +36,10 @@ class StudyOperations(Protocol):
     def effective_registry(self) -> Registry:
         """The registry file's entries, then those kept in the index."""
 
-    def evaluate(self, study_uid: str) -> tuple[dict, Registry] | None:
+    def evaluate(self, study_uid: str) -> tuple[StudyDecisionUnderPolicy, Registry] | None:
         """The study decided now from its indexed facts, nothing saved (None without instances)."""
 
-    def decide(self, study_uid: str, *, last_arrival_seen: dt.datetime) -> dict | None:
+    def decide(self, study_uid: str, *, last_arrival_seen: dt.datetime) -> StudyDecisionUnderPolicy | None:
         """Decide the study now and keep the decision."""
 
 
@@ -65,11 +66,29 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def audit(store: IndexSession, request: Request, token: TokenInfo | None, event: str, action: str, *,
-          study_uid: str | None = None, outcome: int = 0, detail: dict | None = None) -> None:
+def audit(
+    store: IndexSession,
+    request: Request,
+    token: TokenInfo | None,
+    event: str,
+    action: str,
+    *,
+    study_uid: str | None = None,
+    outcome: int = 0,
+    detail: dict | None = None,
+) -> None:
     """Write one audit event (DICOM / IHE ATNA event names) for this request, committed at once."""
-    store.access.audit(event=event, action=action, method=request.method, endpoint=request.url.path, token=token,
-                       study_uid=study_uid, client_address=client_address(request), outcome=outcome, detail=detail)
+    store.access.audit(
+        event=event,
+        action=action,
+        method=request.method,
+        endpoint=request.url.path,
+        token=token,
+        study_uid=study_uid,
+        client_address=client_address(request),
+        outcome=outcome,
+        detail=detail,
+    )
 
 
 class RoleGuard:
@@ -87,14 +106,28 @@ class RoleGuard:
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             audit(store, request, None, "Security Alert", "E", outcome=4, detail={"reason": "no bearer token"})
-            raise HTTPException(401, "a bearer token is required (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "a bearer token is required (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         verified = store.access.verify(credential.strip())
         if isinstance(verified, str):
             audit(store, request, None, "Security Alert", "E", outcome=4, detail={"reason": verified})
             raise HTTPException(401, verified, headers={"WWW-Authenticate": "Bearer"})
         if verified.role not in self.roles:
-            audit(store, request, verified, "Security Alert", "E", outcome=4, detail={"reason": f"role {verified.role} may not use this endpoint"})
-            raise HTTPException(403, f"role {verified.role!r} may not use this endpoint (needs {' or '.join(self.roles)})")
+            audit(
+                store,
+                request,
+                verified,
+                "Security Alert",
+                "E",
+                outcome=4,
+                detail={"reason": f"role {verified.role} may not use this endpoint"},
+            )
+            raise HTTPException(
+                403, f"role {verified.role!r} may not use this endpoint (needs {' or '.join(self.roles)})"
+            )
         return verified
 
 
@@ -123,6 +156,14 @@ def readable_study(store: IndexSession, request: Request, token: TokenInfo, stud
     if study is not None and token.may_read(study.study_instance_uid, study.accession_number):
         return study
     if token.role == "auditor":
-        audit(store, request, token, "Security Alert", "R", study_uid=study_uid, outcome=4,
-              detail={"reason": "outside the auditor token's scope" if study is not None else "no such study"})
+        audit(
+            store,
+            request,
+            token,
+            "Security Alert",
+            "R",
+            study_uid=study_uid,
+            outcome=4,
+            detail={"reason": "outside the auditor token's scope" if study is not None else "no such study"},
+        )
     raise HTTPException(404, NOT_FOUND.format(uid=study_uid))

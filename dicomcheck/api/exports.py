@@ -34,44 +34,73 @@ def _join(values) -> str:
 
 
 COLUMNS = (
-    "study_instance_uid", "accession_number", "study_date", "study_description", "outcome", "code", "decided_at",
-    "rules_version", "instances", "stations", "three_d_series", "three_d_origins", "three_d_stations", "products",
-    "review_outcome", "review_stale", "changed_after_read", "evidence_link",
+    "study_instance_uid",
+    "accession_number",
+    "study_date",
+    "study_description",
+    "outcome",
+    "code",
+    "decided_at",
+    "rules_version",
+    "instances",
+    "stations",
+    "three_d_series",
+    "three_d_origins",
+    "three_d_stations",
+    "products",
+    "review_outcome",
+    "review_stale",
+    "changed_after_read",
+    "evidence_link",
 )
 
 
-def decision_rows(reader: IndexReader, *, decided_from: dt.datetime | None, decided_to: dt.datetime | None,
-                  station: str | None, outcome: str | None, base_url: str, limit: int) -> list[dict]:
+def decision_rows(
+    reader: IndexReader,
+    *,
+    decided_from: dt.datetime | None,
+    decided_to: dt.datetime | None,
+    station: str | None,
+    outcome: str | None,
+    base_url: str,
+    limit: int,
+) -> list[dict]:
     """One row per current decision (at most ``limit`` decisions read), those of ``station`` only when given."""
     rows = []
     wanted = station.upper() if station else None
-    for record in reader.decisions_for_export(decided_from=decided_from, decided_to=decided_to, outcome=outcome, limit=limit):
+    for record in reader.decisions_for_export(
+        decided_from=decided_from, decided_to=decided_to, outcome=outcome, limit=limit
+    ):
         study, decision, review = record.study, record.decision, record.latest_review
         series = decision.document.get("series", [])
         stations = sorted({(s.get("equipment") or {}).get("station_name") or "" for s in series} - {""})
         if wanted and wanted not in {s.upper() for s in stations}:
             continue
         three_d = [s for s in series if s.get("is_3d")]
-        rows.append({
-            "study_instance_uid": study.study_instance_uid,
-            "accession_number": study.accession_number,
-            "study_date": study.study_date,
-            "study_description": study.study_description,
-            "outcome": decision.outcome,
-            "code": decision.code,
-            "decided_at": decision.decided_at.isoformat(),
-            "rules_version": decision.rules_version,
-            "instances": decision.instance_count,
-            "stations": _join(stations),
-            "three_d_series": len(three_d),
-            "three_d_origins": _join(sorted({s["origin"] for s in three_d})),
-            "three_d_stations": _join(sorted({(s.get("equipment") or {}).get("station_name") or "-" for s in three_d})),
-            "products": _join(sorted({s["product"] for s in series if s.get("product")})),
-            "review_outcome": review.outcome if review else None,
-            "review_stale": (review.stale_since is not None) if review else None,
-            "changed_after_read": record.changed_after_read,
-            "evidence_link": f"{base_url}/studies/{study.study_instance_uid}/evidence",
-        })
+        rows.append(
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "accession_number": study.accession_number,
+                "study_date": study.study_date,
+                "study_description": study.study_description,
+                "outcome": decision.outcome,
+                "code": decision.code,
+                "decided_at": decision.decided_at.isoformat(),
+                "rules_version": decision.rules_version,
+                "instances": decision.instance_count,
+                "stations": _join(stations),
+                "three_d_series": len(three_d),
+                "three_d_origins": _join(sorted({s["origin"] for s in three_d})),
+                "three_d_stations": _join(
+                    sorted({(s.get("equipment") or {}).get("station_name") or "-" for s in three_d})
+                ),
+                "products": _join(sorted({s["product"] for s in series if s.get("product")})),
+                "review_outcome": review.outcome if review else None,
+                "review_stale": (review.stale_since is not None) if review else None,
+                "changed_after_read": record.changed_after_read,
+                "evidence_link": f"{base_url}/studies/{study.study_instance_uid}/evidence",
+            }
+        )
     return rows
 
 

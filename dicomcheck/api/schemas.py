@@ -1,30 +1,20 @@
-"""Request and response models of the HTTP API (they are the OpenAPI schema)."""
+"""Request and response models of the HTTP API (they are the OpenAPI schema).
+
+Closed vocabularies are the core's enums (one declaration, a ``$ref`` in OpenAPI). A reason's
+``rule`` stays a string: a decision stored under an earlier rules version may name a retired rule."""
 
 from __future__ import annotations
 
 import datetime as dt
-from enum import Enum
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..enums import DeviceRole, Origin, Outcome, SeriesKind, StudyStatus, Technique, TokenRole
+
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
-NO_NUL_PATTERN = r"^[^\x00]*$"  # text reaching the index: PostgreSQL text cannot hold NUL, so it is a 422 on every database
-Uid = Annotated[str, Field(min_length=1, max_length=64, pattern=UID_PATTERN, description="A DICOM UID (digits and dots).")]
-
-
-class OutcomeName(str, Enum):
-    supports_76377 = "supports_76377"
-    supports_76376 = "supports_76376"
-    no_3d = "no_3d"
-    bundled = "bundled"
-    needs_review = "needs_review"
-
-
-class RoleName(str, Enum):
-    scanner_console = "scanner_console"
-    pacs_viewer = "pacs_viewer"
-    independent_workstation = "independent_workstation"
+# text reaching the index: PostgreSQL text cannot hold NUL, so it is a 422 on every database
+NO_NUL_PATTERN = r"^[^\x00]*$"
 
 
 class Evidence(BaseModel):
@@ -50,10 +40,10 @@ class SeriesOut(BaseModel):
     modality: str | None
     sop_class_uid: str | None
     instances: int
-    kind: str
-    technique: str | None = None
+    kind: SeriesKind
+    technique: Technique | None = None
     is_3d: bool = False
-    origin: str
+    origin: Origin
     product: str | None = None
     kind_rule: str | None = None
     origin_rule: str | None = None
@@ -63,7 +53,7 @@ class SeriesOut(BaseModel):
 
 class ReviewOut(BaseModel):
     id: int
-    outcome: OutcomeName
+    outcome: Outcome
     code: str | None
     reviewer: str
     token_name: str
@@ -84,12 +74,12 @@ class StudyOut(BaseModel):
     patient_id: str | None
     study_description: str | None
     study_date: str | None = None
-    outcome: OutcomeName
+    outcome: Outcome
     code: str | None
     instances: int
     reasons: list[Reason]
     series: list[SeriesOut]
-    status: str = Field(description="pending (not yet stable, or newer instances than the decision) or decided")
+    status: StudyStatus = Field(description="pending (not yet stable, or newer instances than the decision) or decided")
     instance_count: int
     first_arrival: dt.datetime
     last_arrival: dt.datetime
@@ -109,8 +99,8 @@ class StudySummary(BaseModel):
     instance_count: int
     first_arrival: dt.datetime
     last_arrival: dt.datetime
-    status: str
-    outcome: OutcomeName | None
+    status: StudyStatus
+    outcome: Outcome | None
     code: str | None
     decided_at: dt.datetime | None
 
@@ -127,12 +117,14 @@ class StudySearch(BaseModel):
 
     accession: str | None = Field(None, max_length=64, pattern=NO_NUL_PATTERN)
     patient_id: str | None = Field(None, max_length=64, pattern=NO_NUL_PATTERN)
-    outcome: OutcomeName | None = None
+    outcome: Outcome | None = None
     modality: str | None = Field(None, max_length=16, pattern=r"^[A-Z0-9]{1,16}$")
     received_from: dt.datetime | None = None
     received_to: dt.datetime | None = None
     limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page")
+    cursor: str | None = Field(
+        None, max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page"
+    )
 
 
 class DecisionOut(BaseModel):
@@ -141,7 +133,7 @@ class DecisionOut(BaseModel):
     node: str
     rules_version: str
     dicomcheck_version: str
-    outcome: OutcomeName
+    outcome: Outcome
     code: str | None
     instance_count: int
     registry_path: str | None
@@ -151,8 +143,10 @@ class DecisionOut(BaseModel):
 class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    outcome: OutcomeName
-    reviewer: str = Field(min_length=1, max_length=128, pattern=NO_NUL_PATTERN, description="The coder who made the call.")
+    outcome: Outcome
+    reviewer: str = Field(
+        min_length=1, max_length=128, pattern=NO_NUL_PATTERN, description="The coder who made the call."
+    )
     reason: str = Field(min_length=3, max_length=4000, pattern=NO_NUL_PATTERN)
 
 
@@ -166,7 +160,7 @@ class DeviceIn(BaseModel):
     device_serial_number: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
     manufacturer: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
     model: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
-    role: RoleName
+    role: DeviceRole
     note: str | None = Field(None, max_length=1000, pattern=NO_NUL_PATTERN)
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
@@ -200,7 +194,7 @@ class AuditOut(BaseModel):
     action: str
     outcome: int
     token_name: str | None
-    role: str | None
+    role: TokenRole | None
     method: str
     endpoint: str
     study_instance_uid: str | None

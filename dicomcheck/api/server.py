@@ -73,8 +73,10 @@ class RedactPatientIds(logging.Filter):
 
 def _raw_response(status: int, reason: str, text: str) -> bytes:
     body = text.encode("ascii")
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode("ascii") + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode("ascii") + body
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -89,7 +91,7 @@ class GuardedH11Protocol(H11Protocol):
     _refused = False
 
     # -------------------------------------------------------------- asyncio Protocol interface
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         if len(self.connections) >= self.max_connections:
             self._refused = True
             self.transport = transport
@@ -104,7 +106,9 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self.conn.their_state is h11.IDLE and self._headers_too_large(data):
             self._disarm()
-            log.warning("HTTP request from %s refused: header block larger than %d bytes", self._peer(), self.max_header_size)
+            log.warning(
+                "HTTP request from %s refused: header block larger than %d bytes", self._peer(), self.max_header_size
+            )
             self._close(_raw_response(431, "Request Header Fields Too Large", "request header fields too large"))
             return
         super().data_received(data)
@@ -169,7 +173,9 @@ class GuardedH11Protocol(H11Protocol):
         begun = self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
         answered = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
         if begun and not answered:
-            log.warning("HTTP request from %s not complete within %.1f s: connection closed", self._peer(), self.idle_timeout)
+            log.warning(
+                "HTTP request from %s not complete within %.1f s: connection closed", self._peer(), self.idle_timeout
+            )
             self._close(_raw_response(408, "Request Timeout", "request not complete in time"))
         else:
             self._close(b"")
@@ -183,19 +189,31 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
     def _peer(self) -> str:
-        return "%s:%d" % self.client if self.client else "?"
+        if self.client is None:
+            return "?"
+        host, port = self.client
+        return f"{host}:{port:d}"
 
 
 def guarded_protocol(settings: Settings, nofile_soft: int | None = None) -> type[GuardedH11Protocol]:
     """The protocol class for these settings; the connection cap keeps half the descriptors free."""
     if uvicorn.__version__ != UVICORN_VERSION:
-        raise RuntimeError(f"dicomcheck's HTTP connection limits are written for uvicorn {UVICORN_VERSION}, "
-                           f"not {uvicorn.__version__}: install uvicorn=={UVICORN_VERSION}")
+        raise RuntimeError(
+            f"dicomcheck's HTTP connection limits are written for uvicorn {UVICORN_VERSION}, "
+            f"not {uvicorn.__version__}: install uvicorn=={UVICORN_VERSION}"
+        )
     soft = nofile_soft if nofile_soft is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     budget = FD_SETSIZE if soft == resource.RLIM_INFINITY else min(soft, FD_SETSIZE)
     cap = max(1, min(settings.http_max_connections, budget // 2))
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {
-        "idle_timeout": settings.http_idle_timeout, "max_header_size": settings.http_max_header_size, "max_connections": cap})
+    return type(
+        "GuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {
+            "idle_timeout": settings.http_idle_timeout,
+            "max_header_size": settings.http_max_header_size,
+            "max_connections": cap,
+        },
+    )
 
 
 def raise_nofile_limit() -> int:
@@ -215,12 +233,25 @@ def run_api(settings: Settings, receiver: StudyOperations) -> None:
     soft = raise_nofile_limit()
     protocol = guarded_protocol(settings, soft)
     app = create_app(settings, receiver)
-    config = uvicorn.Config(app, host=settings.bind, port=settings.http_port, log_level="info", proxy_headers=False,
-                            http=protocol, timeout_keep_alive=settings.http_idle_timeout,
-                            h11_max_incomplete_event_size=settings.http_max_header_size)
+    config = uvicorn.Config(
+        app,
+        host=settings.bind,
+        port=settings.http_port,
+        log_level="info",
+        proxy_headers=False,
+        http=protocol,
+        # uvicorn annotates int but only hands it to loop.call_later, which takes fractional seconds
+        timeout_keep_alive=settings.http_idle_timeout,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=settings.http_max_header_size,
+    )
     server = uvicorn.Server(config)
     config.load()
     logging.getLogger("uvicorn.access").addFilter(RedactPatientIds())
-    log.info("HTTP limits: %d connections, idle / request deadline %.1f s, headers %d bytes, body %d bytes",
-             protocol.max_connections, settings.http_idle_timeout, settings.http_max_header_size, settings.http_max_body)
+    log.info(
+        "HTTP limits: %d connections, idle / request deadline %.1f s, headers %d bytes, body %d bytes",
+        protocol.max_connections,
+        settings.http_idle_timeout,
+        settings.http_max_header_size,
+        settings.http_max_body,
+    )
     server.run()

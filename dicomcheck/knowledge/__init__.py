@@ -61,9 +61,7 @@ class CodeGroup:
         value = value.strip().upper()
         if value in self.codes:
             return True
-        return any(
-            len(value) == len(low) and low <= value <= high for low, high in self.ranges
-        )
+        return any(len(value) == len(low) and low <= value <= high for low, high in self.ranges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +111,7 @@ def parse_fingerprints(data: dict) -> tuple[Product, ...]:
             unknown = set(clause) - set(MATCH_FIELDS) - {"weak"}
             if unknown or not set(clause) - {"weak"}:
                 raise ValueError(f"{where}: bad clause {clause!r}")
-            patterns = tuple(
-                (name, _compile(value, where)) for name, value in clause.items() if name != "weak"
-            )
+            patterns = tuple((name, _compile(value, where)) for name, value in clause.items() if name != "weak")
             clauses.append(Clause(patterns, bool(clause.get("weak", False))))
         products.append(
             Product(
@@ -131,7 +127,9 @@ def parse_fingerprints(data: dict) -> tuple[Product, ...]:
     return tuple(products)
 
 
-def parse_bundling(data: dict) -> tuple[tuple[CodeGroup, ...], tuple[NamedPattern, ...], dict[str, str], frozenset[str]]:
+def parse_bundling(
+    data: dict,
+) -> tuple[tuple[CodeGroup, ...], tuple[NamedPattern, ...], dict[str, str], frozenset[str]]:
     groups = tuple(
         CodeGroup(
             name=row["name"],

@@ -76,11 +76,17 @@ _TOKENS: tuple[tuple[re.Pattern[str], Technique], ...] = tuple(
         (r"^(?:CT_SOM\d+ |CSA |HD )?(?:MIP|MAX_IP)(?:[ _].*)?$", Technique.MIP),
         (r"^PROJECTION IMAGE$", Technique.MIP),
         (r"^(?:CSA |CT_SOM\d+ )?(?:SSD|SURFACE[ _]?REND\w*)$", Technique.SURFACE_RENDER),
-        (r"^(?:CT_SOM\d+ |CSA )?(?:VRT|VR|VOLREN|VOLUME[ _]?REND\w*|3D ?PROJECTION|3D|CINEMATIC\w*)$", Technique.VOLUME_RENDER),
+        (
+            r"^(?:CT_SOM\d+ |CSA )?(?:VRT|VR|VOLREN|VOLUME[ _]?REND\w*|3D ?PROJECTION|3D|CINEMATIC\w*)$",
+            Technique.VOLUME_RENDER,
+        ),
         (r"^(?:CSA |CT_SOM\d+ )?(?:CPR|CURVED(?:[ _]MPR)?|CURVED[ _]PLANAR\w*)$", Technique.CURVED_MPR),
         (r"^(?:(?:CSA )?MPR[ _]THICK.*|AVERAGE|AVG|THICK ?SLAB)$", Technique.THICK_MPR),
         (r"^(?:CT_SOM\d+ |CSA )?MPR(?:[ _].*)?$", Technique.MPR),
-        (r"^(?:SCREEN ?SAVE|DOSE_?INFO|DOSE ?REPORT|REF_SURVIEW|PATIENT_INFO|RESULTS|CT_SOM\d+ PROT)$", Technique.NOT_3D),
+        (
+            r"^(?:SCREEN ?SAVE|DOSE_?INFO|DOSE ?REPORT|REF_SURVIEW|PATIENT_INFO|RESULTS|CT_SOM\d+ PROT)$",
+            Technique.NOT_3D,
+        ),
     )
 )
 # Free text (Derivation Description, Series Description), searched in this order.
@@ -93,7 +99,10 @@ _TEXT: tuple[tuple[re.Pattern[str], Technique], ...] = tuple(
         (r"\bVRT?\b|VOLUME[ -]?REND\w*|\bVOLREN\b|\bCINEMATIC\b", Technique.VOLUME_RENDER),
         (r"\bCPR\b|\bCURVED\b", Technique.CURVED_MPR),
         (r"\bTHICK\b|\bAVERAGE\b|\bAVG\b", Technique.THICK_MPR),
-        (r"\bMPRS?\b|\bREFORMAT\w*|MULTI-?PLANAR|\bCOR(?:ONAL)?\b|\bSAG(?:ITTAL|IT)?\b|\bOBL(?:IQUE)?\b", Technique.MPR),
+        (
+            r"\bMPRS?\b|\bREFORMAT\w*|MULTI-?PLANAR|\bCOR(?:ONAL)?\b|\bSAG(?:ITTAL|IT)?\b|\bOBL(?:IQUE)?\b",
+            Technique.MPR,
+        ),
         (r"\bSEGMENT(?:ATION|ED)?\b|\bVOLUMETRY\b", Technique.SEGMENTATION),
         (r"\b3-?D\b", Technique.VOLUME_RENDER),
         (r"\bPROJECT(?:ED|ION)\b", Technique.MIP),
@@ -241,7 +250,9 @@ def classify_instance(facts: InstanceFacts) -> KindDecision:
         value = facts.sop_class_uid or f"Modality {facts.modality}"
         name = UID(facts.sop_class_uid).name if facts.sop_class_uid else value
         evidence = _evidence("kind.sop_class", "SOPClassUID" if facts.sop_class_uid else "Modality", value, facts)
-        return KindDecision(kind, technique, RuleHit("kind.sop_class", f"SOP class {name} is {kind.value}.", evidence=(evidence,)))
+        return KindDecision(
+            kind, technique, RuleHit("kind.sop_class", f"SOP class {name} is {kind.value}.", evidence=(evidence,))
+        )
 
     for rule, found in _signals(facts):
         best = _best(found)
@@ -257,22 +268,63 @@ def classify_instance(facts: InstanceFacts) -> KindDecision:
     joined = "\\".join(image_type)
     if value1 == "ORIGINAL" or (not value1 and not is_secondary_capture(facts)):
         evidence = _evidence("kind.original", "ImageType", joined or "(absent)", facts)
-        return KindDecision(SeriesKind.ACQUISITION, None, RuleHit("kind.original", "Original image with no 3D or reformat technique named: acquisition.", evidence=(evidence,)))
+        return KindDecision(
+            SeriesKind.ACQUISITION,
+            None,
+            RuleHit(
+                "kind.original",
+                "Original image with no 3D or reformat technique named: acquisition.",
+                evidence=(evidence,),
+            ),
+        )
     compression = _compression_only(facts)
     if compression:
-        return KindDecision(SeriesKind.ACQUISITION, None, RuleHit("kind.compression_only", "Derived only by compression: still the acquisition.", evidence=(compression,)))
-    if value2 == "PRIMARY" and value3 in _GENERIC_VALUE3 and not is_secondary_capture(facts) and not facts.derivation_codes:
+        return KindDecision(
+            SeriesKind.ACQUISITION,
+            None,
+            RuleHit(
+                "kind.compression_only", "Derived only by compression: still the acquisition.", evidence=(compression,)
+            ),
+        )
+    if (
+        value2 == "PRIMARY"
+        and value3 in _GENERIC_VALUE3
+        and not is_secondary_capture(facts)
+        and not facts.derivation_codes
+    ):
         evidence = _evidence("kind.derived_primary_reconstruction", "ImageType", joined, facts)
-        return KindDecision(SeriesKind.ACQUISITION, None, RuleHit("kind.derived_primary_reconstruction", "DERIVED\\PRIMARY with no technique named: a re-reconstruction of the acquisition.", evidence=(evidence,)))
+        return KindDecision(
+            SeriesKind.ACQUISITION,
+            None,
+            RuleHit(
+                "kind.derived_primary_reconstruction",
+                "DERIVED\\PRIMARY with no technique named: a re-reconstruction of the acquisition.",
+                evidence=(evidence,),
+            ),
+        )
     evidence = _evidence("kind.derived_no_technique", "ImageType", joined or "(absent)", facts)
-    return KindDecision(SeriesKind.OTHER_DERIVED, None, RuleHit("kind.derived_no_technique", "Derived image with no recognised technique: other derived.", evidence=(evidence,)))
+    return KindDecision(
+        SeriesKind.OTHER_DERIVED,
+        None,
+        RuleHit(
+            "kind.derived_no_technique",
+            "Derived image with no recognised technique: other derived.",
+            evidence=(evidence,),
+        ),
+    )
 
 
-def _signature(facts: InstanceFacts) -> tuple:
+def _signature(facts: InstanceFacts) -> tuple[object, ...]:
     return (
-        facts.sop_class_uid, facts.modality, facts.has_pixel_attributes, facts.image_type,
-        facts.frame_types, facts.volume_techniques, facts.derivation_codes,
-        facts.derivation_description, facts.series_description,
+        facts.sop_class_uid,
+        facts.modality,
+        facts.has_pixel_attributes,
+        facts.image_type,
+        facts.frame_types,
+        facts.volume_techniques,
+        facts.derivation_codes,
+        facts.derivation_description,
+        facts.series_description,
     )
 
 
@@ -280,7 +332,7 @@ def classify_series(instances: Sequence[InstanceFacts]) -> tuple[KindDecision, C
     """The kind of a series: its instances' kind, or the most specific one when they disagree."""
     if not instances:
         raise ValueError("classify_series needs at least one instance")
-    memo: dict[tuple, KindDecision] = {}
+    memo: dict[tuple[object, ...], KindDecision] = {}
     decisions = []
     for facts in instances:
         key = _signature(facts)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ..enums import Origin, PacsViewerCode, Role, SeriesKind
+from ..enums import ComparisonResult, Origin, Role, SeriesKind
 from ..knowledge import Clause, Knowledge, Product
 from ..model import Equipment, Evidence, InstanceFacts, OriginDecision, RuleHit
 from ..registry import Registry
@@ -116,8 +116,7 @@ def _vendor_word(manufacturer: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    result: str
-    """``match`` or ``differs``."""
+    result: ComparisonResult
     evidence: tuple[Evidence, ...]
 
 
@@ -150,14 +149,30 @@ def compare_with_acquisitions(facts: InstanceFacts, acquisitions: Sequence[Insta
             continue
         evidence = []
         for _, keyword in verdicts:
-            attr = {"StationName": "station_name", "DeviceSerialNumber": "device_serial_number",
-                    "Manufacturer": "manufacturer", "ManufacturerModelName": "model",
-                    "SoftwareVersions": "software_versions"}[keyword]
-            evidence.append(Evidence("origin.compare", keyword, str(getattr(equipment, attr)), tag_of(keyword), facts.sop_instance_uid))
-            evidence.append(Evidence("origin.compare.acquisition", keyword, str(getattr(acq.equipment, attr)), tag_of(keyword), acq.sop_instance_uid))
+            attr = {
+                "StationName": "station_name",
+                "DeviceSerialNumber": "device_serial_number",
+                "Manufacturer": "manufacturer",
+                "ManufacturerModelName": "model",
+                "SoftwareVersions": "software_versions",
+            }[keyword]
+            evidence.append(
+                Evidence(
+                    "origin.compare", keyword, str(getattr(equipment, attr)), tag_of(keyword), facts.sop_instance_uid
+                )
+            )
+            evidence.append(
+                Evidence(
+                    "origin.compare.acquisition",
+                    keyword,
+                    str(getattr(acq.equipment, attr)),
+                    tag_of(keyword),
+                    acq.sop_instance_uid,
+                )
+            )
         if all(same for same, _ in verdicts):
-            return Comparison("match", tuple(evidence))
-        differs = differs or Comparison("differs", tuple(evidence))
+            return Comparison(ComparisonResult.MATCH, tuple(evidence))
+        differs = differs or Comparison(ComparisonResult.DIFFERS, tuple(evidence))
     return differs
 
 
@@ -181,7 +196,16 @@ def _equipment_evidence(facts: InstanceFacts, rule: str) -> tuple[Evidence, ...]
 
 
 def _hit(rule: str, text: str, evidence: Sequence[Evidence]) -> RuleHit:
-    return RuleHit(rule, text, evidence=tuple(Evidence(rule if e.signal in ("origin.product",) else e.signal, e.keyword, e.value, e.tag, e.sop_instance_uid) for e in evidence))
+    return RuleHit(
+        rule,
+        text,
+        evidence=tuple(
+            Evidence(
+                rule if e.signal in ("origin.product",) else e.signal, e.keyword, e.value, e.tag, e.sop_instance_uid
+            )
+            for e in evidence
+        ),
+    )
 
 
 def parse_study_date(value: str | None) -> dt.date | None:
@@ -201,7 +225,29 @@ def decide_origin(
     registry: Registry,
     knowledge: Knowledge,
 ) -> OriginDecision:
-    """The origin of a series, judged on its representative instance ``facts``."""
+    """The origin of a series, judged on its representative instance ``facts``.
+
+    The first signal that speaks decides: the site registry, then (for acquisitions) the modality
+    itself, then product fingerprints, then the equipment compared with the study's acquisitions."""
+    registered = _registry_origin(facts, registry)
+    if registered is not None:
+        return registered
+    if kind is SeriesKind.ACQUISITION:
+        return _acquisition_origin(facts)
+    products = [m for m in match_products(facts, knowledge) if not m.weak and m.product.role is not Role.ARCHIVE]
+    makers = [m for m in products if m.product.role in (Role.INDEPENDENT_WORKSTATION, Role.PACS_VIEWER)]
+    both = [m for m in products if m.product.role is Role.CONSOLE_OR_WORKSTATION]
+    consoles = [m for m in products if m.product.role is Role.SCANNER_CONSOLE]
+    comparison = compare_with_acquisitions(facts, acquisitions)
+    if makers:
+        return _maker_origin(makers, consoles, comparison)
+    if both:
+        return _both_role_origin(facts, both[0], consoles, comparison)
+    return _equipment_origin(facts, consoles, comparison)
+
+
+def _registry_origin(facts: InstanceFacts, registry: Registry) -> OriginDecision | None:
+    """The role the site registry gives this equipment, if it lists it."""
     equipment = facts.equipment
     match = registry.match(
         station_name=equipment.station_name,
@@ -211,71 +257,213 @@ def decide_origin(
         model=equipment.model,
         study_date=parse_study_date(facts.study_date),
     )
-    if match:
-        device = match.device
-        keyword = _REGISTRY_KEYWORDS[match.key]
-        entry = f"{device.source or registry.path or 'registry'} role={device.role.value}"
-        if device.note:
-            entry += f" note={device.note!r}"
-        if device.valid_from or device.valid_to:
-            entry += f" valid {device.valid_from or '…'}..{device.valid_to or '…'}"
-        evidence = (
-            Evidence("origin.registry", keyword, match.value, tag_of(keyword), facts.sop_instance_uid),
-            Evidence("origin.registry", "RegistryEntry", entry, None, None),
+    if match is None:
+        return None
+    device = match.device
+    keyword = _REGISTRY_KEYWORDS[match.key]
+    entry = f"{device.source or registry.path or 'registry'} role={device.role.value}"
+    if device.note:
+        entry += f" note={device.note!r}"
+    if device.valid_from or device.valid_to:
+        entry += f" valid {device.valid_from or '…'}..{device.valid_to or '…'}"
+    evidence = (
+        Evidence("origin.registry", keyword, match.value, tag_of(keyword), facts.sop_instance_uid),
+        Evidence("origin.registry", "RegistryEntry", entry, None, None),
+    )
+    return OriginDecision(
+        device.role.origin,
+        RuleHit("origin.registry", f"Site registry: {device.label} is a {device.role.value}.", evidence=evidence),
+        f"registry: {device.label}",
+    )
+
+
+def _acquisition_origin(facts: InstanceFacts) -> OriginDecision:
+    """Acquisition images come from their modality (unless the equipment tags were stripped)."""
+    equipment = facts.equipment
+    if equipment.is_empty:
+        return OriginDecision(
+            Origin.UNKNOWN,
+            RuleHit(
+                "origin.equipment_stripped",
+                "Acquisition with its equipment tags removed: the modality cannot be named.",
+                evidence=(
+                    Evidence(
+                        "origin.equipment_stripped",
+                        "Manufacturer",
+                        "(absent)",
+                        tag_of("Manufacturer"),
+                        facts.sop_instance_uid,
+                    ),
+                ),
+            ),
         )
-        return OriginDecision(device.role.origin, RuleHit("origin.registry", f"Site registry: {device.label} is a {device.role.value}.", evidence=evidence), f"registry: {device.label}")
+    return OriginDecision(
+        Origin.SCANNER_CONSOLE,
+        _hit(
+            "origin.acquisition",
+            "Acquisition images come from the modality that acquired them.",
+            _equipment_evidence(facts, "origin.acquisition"),
+        ),
+    )
 
-    if kind is SeriesKind.ACQUISITION:
-        if equipment.is_empty:
-            return OriginDecision(Origin.UNKNOWN, RuleHit("origin.equipment_stripped", "Acquisition with its equipment tags removed: the modality cannot be named.", evidence=(Evidence("origin.equipment_stripped", "Manufacturer", "(absent)", tag_of("Manufacturer"), facts.sop_instance_uid),)))
-        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.acquisition", "Acquisition images come from the modality that acquired them.", _equipment_evidence(facts, "origin.acquisition")))
 
-    products = [m for m in match_products(facts, knowledge) if not m.weak and m.product.role is not Role.ARCHIVE]
-    makers = [m for m in products if m.product.role in (Role.INDEPENDENT_WORKSTATION, Role.PACS_VIEWER)]
-    both = [m for m in products if m.product.role is Role.CONSOLE_OR_WORKSTATION]
-    consoles = [m for m in products if m.product.role is Role.SCANNER_CONSOLE]
-    comparison = compare_with_acquisitions(facts, acquisitions)
+def _maker_origin(
+    makers: list[ProductMatch], consoles: list[ProductMatch], comparison: Comparison | None
+) -> OriginDecision:
+    """A workstation or PACS-viewer product fingerprint names the origin, unless signals conflict."""
+    roles = {m.product.role for m in makers}
+    evidence = [e for m in makers for e in m.evidence]
+    names = " / ".join(m.product.name for m in makers)
+    if len(roles) > 1:
+        return OriginDecision(
+            Origin.UNKNOWN,
+            _hit("origin.product_conflict", f"Fingerprints of {names} disagree on the role.", evidence),
+        )
+    if consoles and (comparison is None or comparison.result is ComparisonResult.MATCH):
+        evidence += [e for m in consoles for e in m.evidence] + list(comparison.evidence if comparison else ())
+        return OriginDecision(
+            Origin.UNKNOWN,
+            _hit(
+                "origin.product_conflict",
+                f"{names} fingerprint, but the equipment module names a scanner console "
+                f"({consoles[0].product.name}): conflicting signals.",
+                evidence,
+            ),
+        )
+    role = roles.pop()
+    return OriginDecision(role.origin, _hit("origin.product", f"Made with {names} ({role.value}).", evidence), names)
 
-    if makers:
-        roles = {m.product.role for m in makers}
-        evidence = [e for m in makers for e in m.evidence]
-        names = " / ".join(m.product.name for m in makers)
-        if len(roles) > 1:
-            return OriginDecision(Origin.UNKNOWN, _hit("origin.product_conflict", f"Fingerprints of {names} disagree on the role.", evidence))
-        if consoles and (comparison is None or comparison.result == "match"):
-            evidence += [e for m in consoles for e in m.evidence] + list(comparison.evidence if comparison else ())
-            return OriginDecision(Origin.UNKNOWN, _hit("origin.product_conflict", f"{names} fingerprint, but the equipment module names a scanner console ({consoles[0].product.name}): conflicting signals.", evidence))
-        role = roles.pop()
-        return OriginDecision(role.origin, _hit("origin.product", f"Made with {names} ({role.value}).", evidence), names)
 
-    if both:
-        product = both[0]
-        evidence = list(product.evidence)
-        vendor = product.product.vendor
-        if vendor and equipment.manufacturer and not vendor.search(equipment.manufacturer):
-            evidence += _equipment_evidence(facts, "origin.both_role_elsewhere")[:1]
-            return OriginDecision(Origin.INDEPENDENT_WORKSTATION, _hit("origin.both_role_elsewhere", f"{product.product.name} used on {equipment.manufacturer} data: cannot be that scanner's console.", evidence), product.product.name)
-        if comparison and comparison.result == "match":
-            return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.both_role_match", f"{product.product.name} on the acquisition's station: the scanner console.", evidence + list(comparison.evidence)), product.product.name)
-        if comparison and comparison.result == "differs":
-            return OriginDecision(Origin.INDEPENDENT_WORKSTATION, _hit("origin.both_role_elsewhere", f"{product.product.name} on another station than the acquisition: an independent workstation.", evidence + list(comparison.evidence)), product.product.name)
-        if consoles:
-            return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_fingerprint", f"{product.product.name} with the equipment of a {consoles[0].product.name}.", evidence + list(consoles[0].evidence)), product.product.name)
-        if _station_carries_serial(equipment):
-            return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_station_serial", f"{product.product.name} on a station named after the device serial number.", evidence + list(_equipment_evidence(facts, "origin.console_station_serial"))), product.product.name)
-        return OriginDecision(Origin.UNKNOWN, _hit("origin.unidentified", f"{product.product.name} runs on consoles and workstations; nothing places this one.", evidence))
-
-    if equipment.is_empty and not (facts.sc_manufacturer or facts.sc_model):
-        return OriginDecision(Origin.UNKNOWN, RuleHit("origin.equipment_stripped", "Equipment tags (Manufacturer, Model, Station, Serial, Software) are absent.", evidence=(Evidence("origin.equipment_stripped", "Manufacturer", equipment.manufacturer or "(absent)", tag_of("Manufacturer"), facts.sop_instance_uid),)))
-    if comparison and comparison.result == "match":
-        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.study_match", "Same equipment as the study's acquisition: made on the scanner console.", comparison.evidence))
-    if comparison and comparison.result == "differs":
-        return OriginDecision(Origin.UNKNOWN, _hit("origin.study_differs", "Equipment differs from the study's acquisition and names no known product.", comparison.evidence))
+def _both_role_origin(
+    facts: InstanceFacts, product: ProductMatch, consoles: list[ProductMatch], comparison: Comparison | None
+) -> OriginDecision:
+    """A product that runs on consoles and workstations: the equipment around it places it."""
+    equipment = facts.equipment
+    evidence = list(product.evidence)
+    vendor = product.product.vendor
+    if vendor and equipment.manufacturer and not vendor.search(equipment.manufacturer):
+        evidence += _equipment_evidence(facts, "origin.both_role_elsewhere")[:1]
+        return OriginDecision(
+            Origin.INDEPENDENT_WORKSTATION,
+            _hit(
+                "origin.both_role_elsewhere",
+                f"{product.product.name} used on {equipment.manufacturer} data: cannot be that scanner's console.",
+                evidence,
+            ),
+            product.product.name,
+        )
+    if comparison and comparison.result is ComparisonResult.MATCH:
+        return OriginDecision(
+            Origin.SCANNER_CONSOLE,
+            _hit(
+                "origin.both_role_match",
+                f"{product.product.name} on the acquisition's station: the scanner console.",
+                evidence + list(comparison.evidence),
+            ),
+            product.product.name,
+        )
+    if comparison and comparison.result is ComparisonResult.DIFFERS:
+        return OriginDecision(
+            Origin.INDEPENDENT_WORKSTATION,
+            _hit(
+                "origin.both_role_elsewhere",
+                f"{product.product.name} on another station than the acquisition: an independent workstation.",
+                evidence + list(comparison.evidence),
+            ),
+            product.product.name,
+        )
     if consoles:
-        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_fingerprint", f"Equipment of a {consoles[0].product.name}.", consoles[0].evidence))
+        return OriginDecision(
+            Origin.SCANNER_CONSOLE,
+            _hit(
+                "origin.console_fingerprint",
+                f"{product.product.name} with the equipment of a {consoles[0].product.name}.",
+                evidence + list(consoles[0].evidence),
+            ),
+            product.product.name,
+        )
     if _station_carries_serial(equipment):
-        return OriginDecision(Origin.SCANNER_CONSOLE, _hit("origin.console_station_serial", "Station name carries the device serial number, as scanner consoles do.", _equipment_evidence(facts, "origin.console_station_serial")))
-    return OriginDecision(Origin.UNKNOWN, _hit("origin.unidentified", "No registry entry, product fingerprint or acquisition to compare identifies the equipment.", _equipment_evidence(facts, "origin.unidentified")))
+        return OriginDecision(
+            Origin.SCANNER_CONSOLE,
+            _hit(
+                "origin.console_station_serial",
+                f"{product.product.name} on a station named after the device serial number.",
+                evidence + list(_equipment_evidence(facts, "origin.console_station_serial")),
+            ),
+            product.product.name,
+        )
+    return OriginDecision(
+        Origin.UNKNOWN,
+        _hit(
+            "origin.unidentified",
+            f"{product.product.name} runs on consoles and workstations; nothing places this one.",
+            evidence,
+        ),
+    )
+
+
+def _equipment_origin(
+    facts: InstanceFacts, consoles: list[ProductMatch], comparison: Comparison | None
+) -> OriginDecision:
+    """No product fingerprint: the equipment module, compared with the study's acquisitions."""
+    equipment = facts.equipment
+    if equipment.is_empty and not (facts.sc_manufacturer or facts.sc_model):
+        return OriginDecision(
+            Origin.UNKNOWN,
+            RuleHit(
+                "origin.equipment_stripped",
+                "Equipment tags (Manufacturer, Model, Station, Serial, Software) are absent.",
+                evidence=(
+                    Evidence(
+                        "origin.equipment_stripped",
+                        "Manufacturer",
+                        equipment.manufacturer or "(absent)",
+                        tag_of("Manufacturer"),
+                        facts.sop_instance_uid,
+                    ),
+                ),
+            ),
+        )
+    if comparison and comparison.result is ComparisonResult.MATCH:
+        return OriginDecision(
+            Origin.SCANNER_CONSOLE,
+            _hit(
+                "origin.study_match",
+                "Same equipment as the study's acquisition: made on the scanner console.",
+                comparison.evidence,
+            ),
+        )
+    if comparison and comparison.result is ComparisonResult.DIFFERS:
+        return OriginDecision(
+            Origin.UNKNOWN,
+            _hit(
+                "origin.study_differs",
+                "Equipment differs from the study's acquisition and names no known product.",
+                comparison.evidence,
+            ),
+        )
+    if consoles:
+        return OriginDecision(
+            Origin.SCANNER_CONSOLE,
+            _hit("origin.console_fingerprint", f"Equipment of a {consoles[0].product.name}.", consoles[0].evidence),
+        )
+    if _station_carries_serial(equipment):
+        return OriginDecision(
+            Origin.SCANNER_CONSOLE,
+            _hit(
+                "origin.console_station_serial",
+                "Station name carries the device serial number, as scanner consoles do.",
+                _equipment_evidence(facts, "origin.console_station_serial"),
+            ),
+        )
+    return OriginDecision(
+        Origin.UNKNOWN,
+        _hit(
+            "origin.unidentified",
+            "No registry entry, product fingerprint or acquisition to compare identifies the equipment.",
+            _equipment_evidence(facts, "origin.unidentified"),
+        ),
+    )
 
 
 def weak_marks(facts: InstanceFacts, knowledge: Knowledge) -> tuple[Evidence, ...]:
@@ -286,12 +474,3 @@ def weak_marks(facts: InstanceFacts, knowledge: Knowledge) -> tuple[Evidence, ..
         if m.weak or m.product.role is Role.ARCHIVE
         for e in m.evidence
     )
-
-
-def pacs_viewer_policy(code: PacsViewerCode) -> Origin:
-    """Which origin a PACS-viewer 3D series counts as under the site policy."""
-    return {
-        PacsViewerCode.CODE_76376: Origin.SCANNER_CONSOLE,
-        PacsViewerCode.CODE_76377: Origin.INDEPENDENT_WORKSTATION,
-        PacsViewerCode.REVIEW: Origin.UNKNOWN,
-    }[code]

@@ -24,15 +24,22 @@ def three_d_status(kind: SeriesKind, technique: Technique | None, policy: Policy
     """Whether a series counts as 3D rendering, and the policy hit when a site policy decided it."""
     if technique is Technique.MINIP:
         text = "MinIP counts as 3D" if policy.minip_is_3d else "MinIP does not count as 3D"
-        return policy.minip_is_3d, RuleHit("policy.minip_is_3d", f"Site policy minip_is_3d = {str(policy.minip_is_3d).lower()}: {text}.")
+        return policy.minip_is_3d, RuleHit(
+            "policy.minip_is_3d", f"Site policy minip_is_3d = {str(policy.minip_is_3d).lower()}: {text}."
+        )
     if technique is Technique.CURVED_MPR:
         text = "curved reformats count as 3D" if policy.curved_mpr_is_3d else "curved reformats are reformats, not 3D"
-        return policy.curved_mpr_is_3d, RuleHit("policy.curved_mpr_is_3d", f"Site policy curved_mpr_is_3d = {str(policy.curved_mpr_is_3d).lower()}: {text}.")
+        return policy.curved_mpr_is_3d, RuleHit(
+            "policy.curved_mpr_is_3d", f"Site policy curved_mpr_is_3d = {str(policy.curved_mpr_is_3d).lower()}: {text}."
+        )
     return kind in THREE_D_KINDS, None
 
 
 def _bundling_hits(
-    series: Sequence[SeriesDecision], instances: Sequence[InstanceFacts], acquisition_series: frozenset[str], knowledge: Knowledge
+    series: Sequence[SeriesDecision],
+    instances: Sequence[InstanceFacts],
+    acquisition_series: frozenset[str],
+    knowledge: Knowledge,
 ) -> list[RuleHit]:
     hits: list[RuleHit] = []
     seen: set[tuple[str, str]] = set()
@@ -45,9 +52,24 @@ def _bundling_hits(
             for group in knowledge.code_groups:
                 if group.contains(code.value) and ("cpt", code.value) not in seen:
                     seen.add(("cpt", code.value))
-                    evidence = Evidence("outcome.bundled_cpt", proc.keyword, f"{code} (designator {code.scheme})", tag_of(proc.keyword), facts.sop_instance_uid)
-                    hits.append(RuleHit("outcome.bundled_cpt", f"CPT {code.value} ({group.name}, {group.status}) already includes 3D.", evidence=(evidence,)))
-        texts = [("StudyDescription", facts.study_description), ("PerformedProcedureStepDescription", facts.performed_procedure_step_description)]
+                    evidence = Evidence(
+                        "outcome.bundled_cpt",
+                        proc.keyword,
+                        f"{code} (designator {code.scheme})",
+                        tag_of(proc.keyword),
+                        facts.sop_instance_uid,
+                    )
+                    hits.append(
+                        RuleHit(
+                            "outcome.bundled_cpt",
+                            f"CPT {code.value} ({group.name}, {group.status}) already includes 3D.",
+                            evidence=(evidence,),
+                        )
+                    )
+        texts = [
+            ("StudyDescription", facts.study_description),
+            ("PerformedProcedureStepDescription", facts.performed_procedure_step_description),
+        ]
         texts += [("RequestedProcedureDescription", t) for t in facts.requested_procedure_descriptions]
         if facts.series_instance_uid in acquisition_series:
             texts += [("ProtocolName", facts.protocol_name), ("SeriesDescription", facts.series_description)]
@@ -58,21 +80,48 @@ def _bundling_hits(
                 found = named.pattern.search(text)
                 if found:
                     seen.add((keyword, text))
-                    evidence = Evidence("outcome.bundled_description", keyword, text, tag_of(keyword), facts.sop_instance_uid)
-                    hits.append(RuleHit("outcome.bundled_description", f"{keyword} '{text}' names {named.name} ('{found.group(0)}').", evidence=(evidence,)))
+                    evidence = Evidence(
+                        "outcome.bundled_description", keyword, text, tag_of(keyword), facts.sop_instance_uid
+                    )
+                    hits.append(
+                        RuleHit(
+                            "outcome.bundled_description",
+                            f"{keyword} '{text}' names {named.name} ('{found.group(0)}').",
+                            evidence=(evidence,),
+                        )
+                    )
                     break
         for image_type in (facts.image_type, *facts.frame_types):
             flavor = image_type[2] if len(image_type) > 2 else ""
             if flavor in knowledge.image_flavors and ("flavor", flavor) not in seen and facts.frame_types:
                 seen.add(("flavor", flavor))
-                evidence = Evidence("outcome.bundled_image_flavor", "ImageType", "\\".join(image_type), tag_of("ImageType"), facts.sop_instance_uid)
-                hits.append(RuleHit("outcome.bundled_image_flavor", f"Enhanced image flavor {flavor} marks a study that includes 3D.", evidence=(evidence,)))
+                evidence = Evidence(
+                    "outcome.bundled_image_flavor",
+                    "ImageType",
+                    "\\".join(image_type),
+                    tag_of("ImageType"),
+                    facts.sop_instance_uid,
+                )
+                hits.append(
+                    RuleHit(
+                        "outcome.bundled_image_flavor",
+                        f"Enhanced image flavor {flavor} marks a study that includes 3D.",
+                        evidence=(evidence,),
+                    )
+                )
     for s in series:
         name = knowledge.bundled_modalities.get(s.modality or "")
         if name and ("modality", s.modality) not in seen:
             seen.add(("modality", s.modality or ""))
             evidence = Evidence("outcome.bundled_modality", "Modality", s.modality or "", tag_of("Modality"), None)
-            hits.append(RuleHit("outcome.bundled_modality", f"Modality {s.modality} ({name}) already includes 3D.", (s.series_instance_uid,), (evidence,)))
+            hits.append(
+                RuleHit(
+                    "outcome.bundled_modality",
+                    f"Modality {s.modality} ({name}) already includes 3D.",
+                    (s.series_instance_uid,),
+                    (evidence,),
+                )
+            )
     return hits
 
 
@@ -100,7 +149,7 @@ def decide_outcome(
 ) -> tuple[Outcome, tuple[RuleHit, ...]]:
     """The study outcome and the rules that fired, in the contract's precedence."""
     three_d = [s for s in series if s.is_3d]
-    policy_hits = []
+    policy_hits: list[RuleHit] = []
     for s in series:
         _, hit = three_d_status(s.kind, s.technique, policy)
         if hit and hit.rule not in {h.rule for h in policy_hits}:
@@ -108,38 +157,103 @@ def decide_outcome(
 
     if not three_d:
         kinds = ", ".join(sorted({s.kind.value for s in series}))
-        return Outcome.NO_3D, (RuleHit("outcome.no_3d", f"No 3D series; the study holds: {kinds}.", tuple(s.series_instance_uid for s in series)), *policy_hits)
+        return Outcome.NO_3D, (
+            RuleHit(
+                "outcome.no_3d",
+                f"No 3D series; the study holds: {kinds}.",
+                tuple(s.series_instance_uid for s in series),
+            ),
+            *policy_hits,
+        )
 
     bundled = _bundling_hits(series, instances, acquisition_series, knowledge)
     if bundled:
         first = bundled[0]
-        lead = RuleHit(first.rule, f"{first.text} 3D present ({_describe(three_d)}), but the base study already includes it.", tuple(s.series_instance_uid for s in three_d), first.evidence)
+        lead = RuleHit(
+            first.rule,
+            f"{first.text} 3D present ({_describe(three_d)}), but the base study already includes it.",
+            tuple(s.series_instance_uid for s in three_d),
+            first.evidence,
+        )
         return Outcome.BUNDLED, (lead, *bundled[1:], *policy_hits)
 
-    image_modalities = {s.modality for s in series if s.kind not in (SeriesKind.NON_IMAGE,) and s.modality and s.modality not in DERIVED_ONLY_MODALITIES}
+    image_modalities = {
+        s.modality
+        for s in series
+        if s.kind not in (SeriesKind.NON_IMAGE,) and s.modality and s.modality not in DERIVED_ONLY_MODALITIES
+    }
     if image_modalities and not image_modalities & TOMOGRAPHIC_MODALITIES:
-        evidence = tuple(Evidence("outcome.non_tomographic", "Modality", m, tag_of("Modality"), None) for m in sorted(image_modalities))
-        return Outcome.NEEDS_REVIEW, (RuleHit("outcome.non_tomographic", f"3D codes apply to CT, MR or ultrasound; this study is {', '.join(sorted(image_modalities))}.", evidence=evidence), *policy_hits)
+        evidence = tuple(
+            Evidence("outcome.non_tomographic", "Modality", m, tag_of("Modality"), None)
+            for m in sorted(image_modalities)
+        )
+        return Outcome.NEEDS_REVIEW, (
+            RuleHit(
+                "outcome.non_tomographic",
+                f"3D codes apply to CT, MR or ultrasound; this study is {', '.join(sorted(image_modalities))}.",
+                evidence=evidence,
+            ),
+            *policy_hits,
+        )
 
     if not acquisition_series:
-        references = [(f, uid) for f in instances for uid in f.referenced_sop_instance_uids[:1] if f.series_instance_uid in {s.series_instance_uid for s in three_d}]
+        references = [
+            (f, uid)
+            for f in instances
+            for uid in f.referenced_sop_instance_uids[:1]
+            if f.series_instance_uid in {s.series_instance_uid for s in three_d}
+        ]
         if not references:
-            return Outcome.NEEDS_REVIEW, (_series_hit("outcome.no_base_acquisition", f"No base acquisition received and no 3D series references one: {_describe(three_d)}.", three_d), *policy_hits)
+            return Outcome.NEEDS_REVIEW, (
+                _series_hit(
+                    "outcome.no_base_acquisition",
+                    f"No base acquisition received and no 3D series references one: {_describe(three_d)}.",
+                    three_d,
+                ),
+                *policy_hits,
+            )
 
     viewer_origin = {
         PacsViewerCode.CODE_76376: Origin.SCANNER_CONSOLE,
         PacsViewerCode.CODE_76377: Origin.INDEPENDENT_WORKSTATION,
         PacsViewerCode.REVIEW: Origin.UNKNOWN,
     }[policy.pacs_viewer_code]
-    effective = {s.series_instance_uid: (viewer_origin if s.origin is Origin.PACS_VIEWER else s.origin) for s in three_d}
+    effective = {
+        s.series_instance_uid: (viewer_origin if s.origin is Origin.PACS_VIEWER else s.origin) for s in three_d
+    }
     viewer = [s for s in three_d if s.origin is Origin.PACS_VIEWER]
     if viewer:
-        policy_hits.append(RuleHit("policy.pacs_viewer_code", f"Site policy pacs_viewer_code = {policy.pacs_viewer_code.value}: 3D made in the PACS viewer counts as {viewer_origin.value.replace('_', ' ') if viewer_origin is not Origin.UNKNOWN else 'needing review'}.", tuple(s.series_instance_uid for s in viewer)))
+        counted_as = viewer_origin.value.replace("_", " ") if viewer_origin is not Origin.UNKNOWN else "needing review"
+        policy_hits.append(
+            RuleHit(
+                "policy.pacs_viewer_code",
+                f"Site policy pacs_viewer_code = {policy.pacs_viewer_code.value}: 3D made in the PACS viewer counts "
+                f"as {counted_as}.",
+                tuple(s.series_instance_uid for s in viewer),
+            )
+        )
 
     workstation = [s for s in three_d if effective[s.series_instance_uid] is Origin.INDEPENDENT_WORKSTATION]
     if workstation:
-        return Outcome.SUPPORTS_76377, (_series_hit("outcome.independent_workstation", f"3D made on an independent workstation: {_describe(workstation)}.", workstation), *policy_hits)
+        return Outcome.SUPPORTS_76377, (
+            _series_hit(
+                "outcome.independent_workstation",
+                f"3D made on an independent workstation: {_describe(workstation)}.",
+                workstation,
+            ),
+            *policy_hits,
+        )
     unknown = [s for s in three_d if effective[s.series_instance_uid] is Origin.UNKNOWN]
     if unknown:
-        return Outcome.NEEDS_REVIEW, (_series_hit("outcome.unknown_origin", f"3D of unknown origin: {_describe(unknown)}.", unknown), *policy_hits)
-    return Outcome.SUPPORTS_76376, (_series_hit("outcome.console_or_viewer", f"All 3D made on the scanner console or in the PACS viewer: {_describe(three_d)}.", three_d), *policy_hits)
+        return Outcome.NEEDS_REVIEW, (
+            _series_hit("outcome.unknown_origin", f"3D of unknown origin: {_describe(unknown)}.", unknown),
+            *policy_hits,
+        )
+    return Outcome.SUPPORTS_76376, (
+        _series_hit(
+            "outcome.console_or_viewer",
+            f"All 3D made on the scanner console or in the PACS viewer: {_describe(three_d)}.",
+            three_d,
+        ),
+        *policy_hits,
+    )

@@ -6,12 +6,13 @@ import datetime as dt
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, CursorResult, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from .records import AuditRecord, DeviceChangeRecord, DeviceRecord, ReviewRecord, StudyReadRecord, TokenRecord, from_row
+from .records import AuditRecord, DeviceRecord, ReviewRecord, StudyReadRecord, TokenRecord, from_row
 from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
 
 ROLES = ("reader", "admin", "auditor")
@@ -19,7 +20,7 @@ LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 TOKEN_PREFIX = "dck_"
 
 
-def _text(value):
+def _text(value: Any) -> Any:
     """A request-derived value as the index can keep it: PostgreSQL text and JSONB refuse NUL, so
     a NUL (e.g. a percent-encoded %00 in a refused request's path) is stored as U+FFFD."""
     if isinstance(value, str):
@@ -57,8 +58,15 @@ class Access:
         self.bind = bind
 
     # ---------------------------------------------------------------- tokens
-    def create_token(self, name: str, role: str, *, expires_at: dt.datetime | None = None,
-                     studies: list[str] | None = None, accessions: list[str] | None = None) -> str:
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        expires_at: dt.datetime | None = None,
+        studies: list[str] | None = None,
+        accessions: list[str] | None = None,
+    ) -> str:
         """Create a token and return it; it is shown once, only its hash is kept."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
@@ -66,28 +74,45 @@ class Access:
             raise ValueError("an auditor token needs --expires and at least one --study or --accession")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with Session(self.bind) as session:
-            if session.execute(select(ApiToken.id).where(ApiToken.name == name)).first():
+            if session.execute(select(col(ApiToken.id)).where(col(ApiToken.name) == name)).first():
                 raise ValueError(f"a token named {name!r} exists already")
-            session.add(ApiToken(name=name, role=role, token_hash=hash_token(token), prefix=token[:10],
-                                 created_at=utcnow(), expires_at=expires_at, studies=studies or [], accessions=accessions or []))
+            session.add(
+                ApiToken(
+                    name=name,
+                    role=role,
+                    token_hash=hash_token(token),
+                    prefix=token[:10],
+                    created_at=utcnow(),
+                    expires_at=expires_at,
+                    studies=studies or [],
+                    accessions=accessions or [],
+                )
+            )
             session.commit()
         return token
 
     def list_tokens(self) -> list[TokenRecord]:
         with Session(self.bind) as session:
-            return [from_row(TokenRecord, t) for t in session.execute(select(ApiToken).order_by(ApiToken.id)).scalars()]
+            return [
+                from_row(TokenRecord, t) for t in session.execute(select(ApiToken).order_by(col(ApiToken.id))).scalars()
+            ]
 
     def revoke_token(self, name: str) -> bool:
         with Session(self.bind) as session:
-            result = session.execute(update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
-                                     .values(revoked_at=utcnow()))
+            result = session.execute(
+                update(ApiToken)
+                .where(col(ApiToken.name) == name, col(ApiToken.revoked_at).is_(None))
+                .values(revoked_at=utcnow())
+            )
             session.commit()
-            return result.rowcount == 1
+            return cast(CursorResult[Any], result).rowcount == 1  # an UPDATE's result carries its row count
 
     def verify(self, token: str) -> TokenInfo | str:
         """The token's identity, or why it is refused."""
         with Session(self.bind) as session:
-            row = session.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).scalar_one_or_none()
+            row = session.execute(
+                select(ApiToken).where(col(ApiToken.token_hash) == hash_token(token))
+            ).scalar_one_or_none()
             if row is None:
                 return "unknown token"
             if row.revoked_at is not None:
@@ -101,46 +126,79 @@ class Access:
             now = utcnow()
             last = row.last_used_at
             if last is None or now - last >= LAST_USED_RESOLUTION:  # one write a minute, not one per request
-                session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+                session.execute(update(ApiToken).where(col(ApiToken.id) == row.id).values(last_used_at=now))
                 session.commit()
             return TokenInfo(row.name, row.role, expires, tuple(row.studies or ()), tuple(row.accessions or ()))
 
     # ---------------------------------------------------------------- audit
-    def audit(self, *, event: str, action: str, method: str, endpoint: str, token: TokenInfo | None,
-              study_uid: str | None = None, client_address: str | None = None, outcome: int = 0,
-              detail: dict | None = None) -> None:
+    def audit(
+        self,
+        *,
+        event: str,
+        action: str,
+        method: str,
+        endpoint: str,
+        token: TokenInfo | None,
+        study_uid: str | None = None,
+        client_address: str | None = None,
+        outcome: int = 0,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         with Session(self.bind) as session:
-            session.add(AuditEvent(at=utcnow(), event=event, action=action, outcome=outcome,
-                                   token_name=token.name if token else None, role=token.role if token else None,
-                                   method=_text(method), endpoint=_text(endpoint), study_instance_uid=_text(study_uid),
-                                   client_address=_text(client_address), detail=_text(detail or {})))
+            session.add(
+                AuditEvent(
+                    at=utcnow(),
+                    event=event,
+                    action=action,
+                    outcome=outcome,
+                    token_name=token.name if token else None,
+                    role=token.role if token else None,
+                    method=_text(method),
+                    endpoint=_text(endpoint),
+                    study_instance_uid=_text(study_uid),
+                    client_address=_text(client_address),
+                    detail=_text(detail or {}),
+                )
+            )
             session.commit()
 
-    def audit_events(self, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
-                     event: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[AuditRecord]:
+    def audit_events(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        event: str | None = None,
+        study_uid: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
         query = select(AuditEvent)
         if since:
-            query = query.where(AuditEvent.at >= since)
+            query = query.where(col(AuditEvent.at) >= since)
         if until:
-            query = query.where(AuditEvent.at <= until)
+            query = query.where(col(AuditEvent.at) <= until)
         if event:
-            query = query.where(AuditEvent.event == event)
+            query = query.where(col(AuditEvent.event) == event)
         if study_uid:
-            query = query.where(AuditEvent.study_instance_uid == study_uid)
+            query = query.where(col(AuditEvent.study_instance_uid) == study_uid)
         with Session(self.bind) as session:
-            return [from_row(AuditRecord, e) for e in session.execute(query.order_by(AuditEvent.id.desc()).limit(limit)).scalars()]
+            return [
+                from_row(AuditRecord, e)
+                for e in session.execute(query.order_by(col(AuditEvent.id).desc()).limit(limit)).scalars()
+            ]
 
     # ---------------------------------------------------------------- registry devices
     def devices(self) -> list[DeviceRecord]:
         with Session(self.bind) as session:
-            return [from_row(DeviceRecord, d) for d in session.execute(select(Device).order_by(Device.id)).scalars()]
+            return [
+                from_row(DeviceRecord, d) for d in session.execute(select(Device).order_by(col(Device.id))).scalars()
+            ]
 
     def get_device(self, device_id: int) -> DeviceRecord | None:
         with Session(self.bind) as session:
             device = session.get(Device, device_id)
             return from_row(DeviceRecord, device) if device is not None else None
 
-    def save_device(self, values: dict, *, device_id: int | None, token_name: str | None) -> DeviceRecord:
+    def save_device(self, values: dict[str, Any], *, device_id: int | None, token_name: str | None) -> DeviceRecord:
         now = utcnow()
         with Session(self.bind) as session:
             if device_id is None:
@@ -148,16 +206,24 @@ class Access:
                 before = None
                 session.add(device)
             else:
-                device = session.get(Device, device_id)
-                if device is None:
+                found = session.get(Device, device_id)
+                if found is None:
                     raise KeyError(device_id)
-                before = _device_dict(device)
+                device, before = found, _device_dict(found)
                 for key, value in values.items():
                     setattr(device, key, value)
                 device.updated_at = now
             session.flush()
-            session.add(DeviceChange(device_id=int(device.id), at=now, action="created" if before is None else "updated",  # type: ignore[arg-type]
-                                     token_name=token_name, before=before, after=_device_dict(device)))
+            session.add(
+                DeviceChange(
+                    device_id=_row_id(device.id),
+                    at=now,
+                    action="created" if before is None else "updated",
+                    token_name=token_name,
+                    before=before,
+                    after=_device_dict(device),
+                )
+            )
             session.commit()
             session.refresh(device)
             return from_row(DeviceRecord, device)
@@ -167,23 +233,43 @@ class Access:
             device = session.get(Device, device_id)
             if device is None:
                 return False
-            session.add(DeviceChange(device_id=device_id, at=utcnow(), action="deleted", token_name=token_name,
-                                     before=_device_dict(device), after=None))
+            session.add(
+                DeviceChange(
+                    device_id=device_id,
+                    at=utcnow(),
+                    action="deleted",
+                    token_name=token_name,
+                    before=_device_dict(device),
+                    after=None,
+                )
+            )
             session.delete(device)
             session.commit()
             return True
 
-    def device_changes(self, device_id: int) -> list[DeviceChangeRecord]:
-        with Session(self.bind) as session:
-            return [from_row(DeviceChangeRecord, c) for c in session.execute(
-                select(DeviceChange).where(DeviceChange.device_id == device_id).order_by(DeviceChange.id)).scalars()]
-
     # ---------------------------------------------------------------- reviews and reads
-    def add_review(self, *, study_uid: str, decision_id: int | None, outcome: str, code: str | None,
-                   reviewer: str, token_name: str, reason: str) -> ReviewRecord:
+    def add_review(
+        self,
+        *,
+        study_uid: str,
+        decision_id: int | None,
+        outcome: str,
+        code: str | None,
+        reviewer: str,
+        token_name: str,
+        reason: str,
+    ) -> ReviewRecord:
         with Session(self.bind) as session:
-            review = Review(study_instance_uid=study_uid, decision_id=decision_id, outcome=outcome, code=code,
-                            reviewer=reviewer, token_name=token_name, reason=reason, created_at=utcnow())
+            review = Review(
+                study_instance_uid=study_uid,
+                decision_id=decision_id,
+                outcome=outcome,
+                code=code,
+                reviewer=reviewer,
+                token_name=token_name,
+                reason=reason,
+                created_at=utcnow(),
+            )
             session.add(review)
             session.commit()
             session.refresh(review)
@@ -191,10 +277,16 @@ class Access:
 
     def reviews(self, study_uid: str) -> list[ReviewRecord]:
         with Session(self.bind) as session:
-            return [from_row(ReviewRecord, r) for r in session.execute(
-                select(Review).where(Review.study_instance_uid == study_uid).order_by(Review.id)).scalars()]
+            return [
+                from_row(ReviewRecord, r)
+                for r in session.execute(
+                    select(Review).where(col(Review.study_instance_uid) == study_uid).order_by(col(Review.id))
+                ).scalars()
+            ]
 
-    def record_read(self, study_uid: str, token_name: str, decision_id: int | None, *, audit: dict | None = None) -> StudyReadRecord | None:
+    def record_read(
+        self, study_uid: str, token_name: str, decision_id: int | None, *, audit: dict[str, Any] | None = None
+    ) -> StudyReadRecord | None:
         """Remember the decision this client read (and write its audit event in the same
         transaction); returns the previous read (before this one).
 
@@ -209,13 +301,15 @@ class Access:
             created = session.execute(
                 insert.values(study_instance_uid=study_uid, token_name=token_name, decision_id=decision_id, read_at=now)
                 .on_conflict_do_nothing(index_elements=["study_instance_uid", "token_name"])
-                .returning(StudyRead.id)
+                .returning(col(StudyRead.id))
             ).first()
             snapshot = None
             if created is None:
-                previous = session.execute(select(StudyRead).where(StudyRead.study_instance_uid == study_uid,
-                                                                   StudyRead.token_name == token_name)
-                                           .with_for_update()).scalar_one()
+                previous = session.execute(
+                    select(StudyRead)
+                    .where(col(StudyRead.study_instance_uid) == study_uid, col(StudyRead.token_name) == token_name)
+                    .with_for_update()
+                ).scalar_one()
                 snapshot = from_row(StudyReadRecord, previous)
                 previous.decision_id, previous.read_at = decision_id, now
             session.commit()
@@ -223,15 +317,30 @@ class Access:
 
     def reads(self, study_uid: str) -> list[StudyReadRecord]:
         with Session(self.bind) as session:
-            return [from_row(StudyReadRecord, r) for r in session.execute(
-                select(StudyRead).where(StudyRead.study_instance_uid == study_uid)).scalars()]
+            return [
+                from_row(StudyReadRecord, r)
+                for r in session.execute(
+                    select(StudyRead).where(col(StudyRead.study_instance_uid) == study_uid)
+                ).scalars()
+            ]
 
 
-def _device_dict(device: Device) -> dict:
+def _row_id(value: int | None) -> int:
+    """The primary key of a row the session has flushed (``None`` only before the flush)."""
+    if value is None:
+        raise ValueError("row not flushed: it has no id yet")
+    return value
+
+
+def _device_dict(device: Device) -> dict[str, Any]:
     return {
-        "station_name": device.station_name, "ae_title": device.ae_title,
-        "device_serial_number": device.device_serial_number, "manufacturer": device.manufacturer,
-        "model": device.model, "role": device.role, "note": device.note,
+        "station_name": device.station_name,
+        "ae_title": device.ae_title,
+        "device_serial_number": device.device_serial_number,
+        "manufacturer": device.manufacturer,
+        "model": device.model,
+        "role": device.role,
+        "note": device.note,
         "valid_from": device.valid_from.isoformat() if device.valid_from else None,
         "valid_to": device.valid_to.isoformat() if device.valid_to else None,
     }

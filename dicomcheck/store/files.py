@@ -33,17 +33,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
-_SAFE = re.compile(r"[^0-9A-Za-z.\-]")
 COMMIT_SUFFIX = ".commit"
 """Commit records in ``storage/.tmp``; the temporary-file sweep never removes them."""
-
-
-def safe_name(text: str, limit: int = 64) -> str:
-    """A file-system-safe rendering of a text (anything but letters, digits, '.' and '-' masked)."""
-    return _SAFE.sub("_", text)[:limit] or "_"
 
 
 def derived_name(value: str) -> str:
@@ -78,7 +73,7 @@ def _start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()[19]
+    return stat[stat.rindex(")") + 2 :].split()[19]
 
 
 def process_identity() -> str:
@@ -111,9 +106,8 @@ def process_alive(identity: str | None) -> bool | None:
     except PermissionError:
         pass
     now_started = _start_time(pid)
-    if started != "-" and now_started is not None and now_started != started:
-        return False  # the pid was reused by a later process
-    return True
+    reused = started != "-" and now_started is not None and now_started != started  # by a later process
+    return not reused
 
 
 def fsync_dir(path: Path) -> None:
@@ -176,7 +170,7 @@ class FileStore:
         return final
 
     # ---------------------------------------------------------------- commit records
-    def begin_commit(self, relative: str, record: dict) -> Path:
+    def begin_commit(self, relative: str, record: dict[str, Any]) -> Path:
         """Write the commit record of ``relative`` (module doc) before it is renamed into place."""
         name = uuid.uuid4().hex
         marker, writing = self.tmp / f"{name}{COMMIT_SUFFIX}", self.tmp / f"{name}.part"
@@ -202,7 +196,7 @@ class FileStore:
             return []
 
     @staticmethod
-    def read_commit(marker: Path, owner_dead) -> dict | None:
+    def read_commit(marker: Path, owner_dead: Callable[[str | None], bool]) -> dict[str, Any] | None:
         """The record of ``marker`` when ``owner_dead(record["owner"])`` and no other process is
         taking it over right now (an exclusive ``flock`` held until the caller closes the returned
         dict's ``_fd``), else None. An unreadable record (being written, or cut short by a power
@@ -261,7 +255,7 @@ class FileStore:
                 continue
         return removed
 
-    def quarantine(self, temp: Path | None, data: bytes | None, reason: str, details: dict) -> Path:
+    def quarantine(self, temp: Path | None, data: bytes | None, reason: str, details: dict[str, Any]) -> Path:
         """Keep the input with its reason beside it: ``quarantine/<date>/<id>.dcm`` + ``.json``."""
         day = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
         folder = self.quarantine_root / day
@@ -287,6 +281,10 @@ class FileStore:
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class SpoolFile:
     """The file a data set is received into from the network; a full disk does not break it.
 
@@ -302,8 +300,15 @@ class SpoolFile:
     _failures: ClassVar[dict[str, int]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, mode: str = "w+b", *, suffix: str | None = None, prefix: str | None = None,
-                 dir: str | None = None, **_ignored) -> None:  # NamedTemporaryFile's keywords
+    def __init__(
+        self,
+        mode: str = "w+b",
+        *,
+        suffix: str | None = None,
+        prefix: str | None = None,
+        dir: str | None = None,
+        **_ignored: object,
+    ) -> None:  # NamedTemporaryFile's keywords
         if "b" not in mode:
             raise ValueError("SpoolFile receives bytes")
         fd, self.name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
@@ -323,7 +328,7 @@ class SpoolFile:
         size = len(view)
         while view and self.failed is None:
             try:
-                view = view[self._fh.write(view):]  # a short write on a nearly full volume: write the rest
+                view = view[self._fh.write(view) :]  # a short write on a nearly full volume: write the rest
             except OSError as exc:
                 self._fail(exc)
         return size
@@ -341,7 +346,7 @@ class SpoolFile:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _fail(self, exc: OSError) -> None:
@@ -362,13 +367,13 @@ class SpoolFile:
             return cls._failures.pop(os.path.abspath(path), None)
 
     @classmethod
-    def discard(cls, spool: object | None) -> None:
+    def discard(cls, spool: _Closable | None) -> None:
         """Close and remove a receive file nobody will store (cut short, or not a storage request),
         forgetting any failure it recorded. Already moved into storage or removed: nothing to do."""
         if spool is None:
             return
         try:
-            spool.close()  # type: ignore[attr-defined]
+            spool.close()
         except OSError:
             pass
         name = getattr(spool, "name", None)

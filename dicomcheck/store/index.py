@@ -4,12 +4,15 @@ upserts and insert-or-ignore keep one row per study / series / content version u
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
+from ..decision_record import StudyDecisionUnderPolicy
 from ..model import InstanceFacts, facts_from_dict, facts_to_dict
 from ..own_objects import is_own_object
 from .files import printable
@@ -56,31 +59,58 @@ class Index:
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     # ---------------------------------------------------------------- associations
-    def open_association(self, *, calling_ae: str, called_ae: str, peer_address: str, peer_port: int | None,
-                         implementation_class_uid: str | None, implementation_version_name: str | None,
-                         tls: bool, status: str = "accepted", reject_reason: str | None = None) -> int:
+    def open_association(
+        self,
+        *,
+        calling_ae: str,
+        called_ae: str,
+        peer_address: str,
+        peer_port: int | None,
+        implementation_class_uid: str | None,
+        implementation_version_name: str | None,
+        tls: bool,
+        status: str = "accepted",
+        reject_reason: str | None = None,
+    ) -> int:
         with Session(self.engine) as session:
             row = Association(
-                node=self.node, calling_ae=calling_ae[:16], called_ae=called_ae[:16], peer_address=peer_address[:64],
-                peer_port=peer_port, implementation_class_uid=implementation_class_uid,
+                node=self.node,
+                calling_ae=calling_ae[:16],
+                called_ae=called_ae[:16],
+                peer_address=peer_address[:64],
+                peer_port=peer_port,
+                implementation_class_uid=implementation_class_uid,
                 implementation_version_name=(implementation_version_name or None) and implementation_version_name[:16],
-                tls=tls, status=status, reject_reason=reject_reason, started_at=utcnow(),
-                ended_at=utcnow() if status == "rejected" else None, owner=self.owner,
+                tls=tls,
+                status=status,
+                reject_reason=reject_reason,
+                started_at=utcnow(),
+                ended_at=utcnow() if status == "rejected" else None,
+                owner=self.owner,
             )
             session.add(row)
             session.commit()
-            return int(row.id)  # type: ignore[arg-type]
+            assert row.id is not None  # the database assigned it on commit
+            return row.id
 
-    def close_association(self, association_id: int, *, status: str, received: int, duplicates: int, failures: int) -> None:
+    def close_association(
+        self, association_id: int, *, status: str, received: int, duplicates: int, failures: int
+    ) -> None:
         with Session(self.engine) as session:
             session.execute(
-                update(Association).where(Association.id == association_id).values(
-                    status=status, ended_at=utcnow(), instances_received=received, duplicates=duplicates, failures=failures
+                update(Association)
+                .where(col(Association.id) == association_id)
+                .values(
+                    status=status,
+                    ended_at=utcnow(),
+                    instances_received=received,
+                    duplicates=duplicates,
+                    failures=failures,
                 )
             )
             session.commit()
 
-    def close_abandoned_associations(self, owner_dead) -> list[tuple[int, int]]:
+    def close_abandoned_associations(self, owner_dead: Callable[[str], bool]) -> list[tuple[int, int]]:
         """Close, as ``aborted``, the associations left open by processes that are provably gone.
 
         ``owner_dead(owner)`` is true only for a process known dead (``store.files.process_alive``
@@ -92,27 +122,41 @@ class Index:
         closed: list[tuple[int, int]] = []
         with Session(self.engine) as session:
             candidates = session.execute(
-                select(Association.id, Association.owner)
-                .where(Association.ended_at.is_(None), Association.status == "accepted", Association.owner.is_not(None))
+                select(col(Association.id), col(Association.owner)).where(
+                    col(Association.ended_at).is_(None),
+                    col(Association.status) == "accepted",
+                    col(Association.owner).is_not(None),
+                )
             ).all()
             for association_id, owner in candidates:
                 if not owner_dead(owner):
                     continue
                 received, duplicates = session.execute(
-                    select(func.count(), func.coalesce(func.sum(case((Receipt.duplicate.is_(True), 1), else_=0)), 0))
-                    .select_from(Receipt).where(Receipt.association_id == association_id)
+                    select(
+                        func.count(),
+                        func.coalesce(func.sum(case((col(Receipt.duplicate).is_(True), 1), else_=0)), 0),
+                    )
+                    .select_from(Receipt)
+                    .where(col(Receipt.association_id) == association_id)
                 ).one()
                 failures = session.execute(
-                    select(func.count()).select_from(Quarantined).where(Quarantined.association_id == association_id)
+                    select(func.count())
+                    .select_from(Quarantined)
+                    .where(col(Quarantined.association_id) == association_id)
                 ).scalar_one()
                 result = session.execute(
-                    update(Association).where(Association.id == association_id, Association.ended_at.is_(None)).values(
-                        status="aborted", ended_at=utcnow(), instances_received=received, duplicates=duplicates,
+                    update(Association)
+                    .where(col(Association.id) == association_id, col(Association.ended_at).is_(None))
+                    .values(
+                        status="aborted",
+                        ended_at=utcnow(),
+                        instances_received=received,
+                        duplicates=duplicates,
                         failures=failures,
                     )
                 )
                 session.commit()
-                if result.rowcount == 1:
+                if cast(CursorResult[Any], result).rowcount == 1:  # an UPDATE's result carries its row count
                     closed.append((int(association_id), int(received)))
         return closed
 
@@ -136,7 +180,9 @@ class Index:
     def find_content(self, sop_instance_uid: str, sha256: str) -> int | None:
         with Session(self.engine) as session:
             return session.execute(
-                select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid, Instance.sha256 == sha256)
+                select(col(Instance.id)).where(
+                    col(Instance.sop_instance_uid) == sop_instance_uid, col(Instance.sha256) == sha256
+                )
             ).scalar_one_or_none()
 
     def add_duplicate_receipt(self, instance_id: int, receipt: ReceiptInfo) -> None:
@@ -150,51 +196,86 @@ class Index:
         assert facts.study_instance_uid and facts.series_instance_uid and facts.sop_instance_uid
         own = is_own_object(facts)  # our evidence KOS / SR routed back: stored, never a decision input
         with Session(self.engine) as session:
-            study = self._insert(Study.__table__).values(
-                study_instance_uid=facts.study_instance_uid, accession_number=facts.accession_number,
-                patient_id=facts.patient_id, study_date=facts.study_date, study_description=facts.study_description,
-                modalities=facts.modality, instance_count=0, first_arrival=now, last_arrival=now, needs_decision=not own,
+            study = self._insert(Study).values(
+                study_instance_uid=facts.study_instance_uid,
+                accession_number=facts.accession_number,
+                patient_id=facts.patient_id,
+                study_date=facts.study_date,
+                study_description=facts.study_description,
+                modalities=facts.modality,
+                instance_count=0,
+                first_arrival=now,
+                last_arrival=now,
+                needs_decision=not own,
             )
             if own:
                 session.execute(study.on_conflict_do_nothing(index_elements=["study_instance_uid"]))
             else:
-                session.execute(study.on_conflict_do_update(
-                    index_elements=["study_instance_uid"],
-                    set_={"last_arrival": now, "needs_decision": True},
-                ))
-            series = self._insert(Series.__table__).values(
-                series_instance_uid=facts.series_instance_uid, study_instance_uid=facts.study_instance_uid,
-                modality=facts.modality, series_number=facts.series_number,
-                series_description=facts.series_description, sop_class_uid=facts.sop_class_uid, instance_count=0,
-                station_name=_cut(facts.equipment.station_name), device_serial_number=_cut(facts.equipment.device_serial_number),
-                manufacturer=_cut(facts.equipment.manufacturer), model=_cut(facts.equipment.model),
+                session.execute(
+                    study.on_conflict_do_update(
+                        index_elements=["study_instance_uid"],
+                        set_={"last_arrival": now, "needs_decision": True},
+                    )
+                )
+            series = self._insert(Series).values(
+                series_instance_uid=facts.series_instance_uid,
+                study_instance_uid=facts.study_instance_uid,
+                modality=facts.modality,
+                series_number=facts.series_number,
+                series_description=facts.series_description,
+                sop_class_uid=facts.sop_class_uid,
+                instance_count=0,
+                station_name=_cut(facts.equipment.station_name),
+                device_serial_number=_cut(facts.equipment.device_serial_number),
+                manufacturer=_cut(facts.equipment.manufacturer),
+                model=_cut(facts.equipment.model),
                 calling_ae=_cut(receipt.calling_ae, 16),
             )
             session.execute(series.on_conflict_do_nothing(index_elements=["series_instance_uid"]))
             existing_versions = session.execute(
-                select(func.count()).select_from(Instance).where(Instance.sop_instance_uid == facts.sop_instance_uid)
+                select(func.count())
+                .select_from(Instance)
+                .where(col(Instance.sop_instance_uid) == facts.sop_instance_uid)
             ).scalar_one()
             version = existing_versions + 1
             inserted = session.execute(
-                self._insert(Instance.__table__).values(
-                    sop_instance_uid=facts.sop_instance_uid, version=version,
-                    study_instance_uid=facts.study_instance_uid, series_instance_uid=facts.series_instance_uid,
-                    sop_class_uid=facts.sop_class_uid, transfer_syntax_uid=receipt.transfer_syntax_uid,
-                    sha256=sha256, size=size, path=path, received_at=now,
-                    association_id=receipt.association_id, facts=facts_to_dict(facts),
-                ).on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"]).returning(Instance.__table__.c.id)
+                self._insert(Instance)
+                .values(
+                    sop_instance_uid=facts.sop_instance_uid,
+                    version=version,
+                    study_instance_uid=facts.study_instance_uid,
+                    series_instance_uid=facts.series_instance_uid,
+                    sop_class_uid=facts.sop_class_uid,
+                    transfer_syntax_uid=receipt.transfer_syntax_uid,
+                    sha256=sha256,
+                    size=size,
+                    path=path,
+                    received_at=now,
+                    association_id=receipt.association_id,
+                    facts=facts_to_dict(facts),
+                )
+                .on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"])
+                .returning(col(Instance.id))
             ).scalar_one_or_none()
             duplicate = inserted is None
-            if duplicate:  # another receiver stored the same content a moment ago
+            if inserted is None:  # another receiver stored the same content a moment ago
                 inserted = session.execute(
-                    select(Instance.id).where(Instance.sop_instance_uid == facts.sop_instance_uid, Instance.sha256 == sha256)
+                    select(col(Instance.id)).where(
+                        col(Instance.sop_instance_uid) == facts.sop_instance_uid, col(Instance.sha256) == sha256
+                    )
                 ).scalar_one()
             elif version == 1:
                 if not own:
-                    session.execute(update(Study).where(Study.study_instance_uid == facts.study_instance_uid)
-                                    .values(instance_count=Study.instance_count + 1))
-                session.execute(update(Series).where(Series.series_instance_uid == facts.series_instance_uid)
-                                .values(instance_count=Series.instance_count + 1))
+                    session.execute(
+                        update(Study)
+                        .where(col(Study.study_instance_uid) == facts.study_instance_uid)
+                        .values(instance_count=col(Study.instance_count) + 1)
+                    )
+                session.execute(
+                    update(Series)
+                    .where(col(Series.series_instance_uid) == facts.series_instance_uid)
+                    .values(instance_count=col(Series.instance_count) + 1)
+                )
             session.add(self._receipt(int(inserted), receipt, duplicate=duplicate))
             session.commit()
             return Added(int(inserted), version, duplicate)
@@ -202,21 +283,46 @@ class Index:
     @staticmethod
     def _receipt(instance_id: int, receipt: ReceiptInfo, *, duplicate: bool) -> Receipt:
         return Receipt(
-            instance_id=instance_id, association_id=receipt.association_id, received_at=utcnow(),
-            transfer_syntax_uid=receipt.transfer_syntax_uid, calling_ae=receipt.calling_ae, called_ae=receipt.called_ae,
-            peer_address=receipt.peer_address, implementation_class_uid=receipt.implementation_class_uid,
-            implementation_version_name=(receipt.implementation_version_name or None) and receipt.implementation_version_name[:16],
-            move_originator_ae=receipt.move_originator_ae, duplicate=duplicate,
+            instance_id=instance_id,
+            association_id=receipt.association_id,
+            received_at=utcnow(),
+            transfer_syntax_uid=receipt.transfer_syntax_uid,
+            calling_ae=receipt.calling_ae,
+            called_ae=receipt.called_ae,
+            peer_address=receipt.peer_address,
+            implementation_class_uid=receipt.implementation_class_uid,
+            implementation_version_name=(receipt.implementation_version_name or None)
+            and receipt.implementation_version_name[:16],
+            move_originator_ae=receipt.move_originator_ae,
+            duplicate=duplicate,
         )
 
-    def add_quarantined(self, *, path: str, reason: str, status: int, association_id: int | None,
-                        sop_class_uid: str | None, sop_instance_uid: str | None, sha256: str | None) -> None:
+    def add_quarantined(
+        self,
+        *,
+        path: str,
+        reason: str,
+        status: int,
+        association_id: int | None,
+        sop_class_uid: str | None,
+        sop_instance_uid: str | None,
+        sha256: str | None,
+    ) -> None:
         with Session(self.engine) as session:
             # received values as they came may be anything (NUL, 200 characters): the sidecar JSON
             # keeps them whole; the columns get a printable, cut rendering, on every database
-            session.add(Quarantined(path=path, reason=printable(reason, 4096), status=status, received_at=utcnow(),
-                                    association_id=association_id, sop_class_uid=_printable_cut(sop_class_uid),
-                                    sop_instance_uid=_printable_cut(sop_instance_uid), sha256=sha256))
+            session.add(
+                Quarantined(
+                    path=path,
+                    reason=printable(reason, 4096),
+                    status=status,
+                    received_at=utcnow(),
+                    association_id=association_id,
+                    sop_class_uid=_printable_cut(sop_class_uid),
+                    sop_instance_uid=_printable_cut(sop_instance_uid),
+                    sha256=sha256,
+                )
+            )
             session.commit()
 
     # ---------------------------------------------------------------- settling and decisions
@@ -225,12 +331,18 @@ class Index:
         cutoff = now - dt.timedelta(seconds=stable_after)
         stale_claim = now - dt.timedelta(seconds=lease)
         with Session(self.engine) as session:
-            return list(session.execute(
-                select(Study.study_instance_uid)
-                .where(Study.needs_decision.is_(True), Study.last_arrival <= cutoff,
-                       or_(Study.claimed_at.is_(None), Study.claimed_at < stale_claim))
-                .order_by(Study.last_arrival).limit(limit)
-            ).scalars())
+            return list(
+                session.execute(
+                    select(col(Study.study_instance_uid))
+                    .where(
+                        col(Study.needs_decision).is_(True),
+                        col(Study.last_arrival) <= cutoff,
+                        or_(col(Study.claimed_at).is_(None), col(Study.claimed_at) < stale_claim),
+                    )
+                    .order_by(col(Study.last_arrival))
+                    .limit(limit)
+                ).scalars()
+            )
 
     def claim(self, study_uid: str, *, lease: float) -> dt.datetime | None:
         """Take the study for deciding (one node at a time); the last arrival seen, or None."""
@@ -238,61 +350,109 @@ class Index:
         stale_claim = now - dt.timedelta(seconds=lease)
         with Session(self.engine) as session:
             result = session.execute(
-                update(Study).where(
-                    Study.study_instance_uid == study_uid, Study.needs_decision.is_(True),
-                    or_(Study.claimed_at.is_(None), Study.claimed_at < stale_claim),
-                ).values(claimed_by=self.node, claimed_at=now)
+                update(Study)
+                .where(
+                    col(Study.study_instance_uid) == study_uid,
+                    col(Study.needs_decision).is_(True),
+                    or_(col(Study.claimed_at).is_(None), col(Study.claimed_at) < stale_claim),
+                )
+                .values(claimed_by=self.node, claimed_at=now)
             )
-            last = session.execute(select(Study.last_arrival).where(Study.study_instance_uid == study_uid)).scalar_one_or_none()
+            last = session.execute(
+                select(col(Study.last_arrival)).where(col(Study.study_instance_uid) == study_uid)
+            ).scalar_one_or_none()
             session.commit()
-            return last if result.rowcount == 1 else None
+            # an UPDATE's result carries its row count
+            return last if cast(CursorResult[Any], result).rowcount == 1 else None
 
     def release(self, study_uid: str) -> None:
         with Session(self.engine) as session:
-            session.execute(update(Study).where(Study.study_instance_uid == study_uid, Study.claimed_by == self.node)
-                            .values(claimed_by=None, claimed_at=None))
+            session.execute(
+                update(Study)
+                .where(col(Study.study_instance_uid) == study_uid, col(Study.claimed_by) == self.node)
+                .values(claimed_by=None, claimed_at=None)
+            )
             session.commit()
 
     def study_facts(self, study_uid: str) -> list[InstanceFacts]:
         """The facts of the newest version of every instance of the study (no file is read)."""
         with Session(self.engine) as session:
             newest = (
-                select(Instance.sop_instance_uid, func.max(Instance.version).label("version"))
-                .where(Instance.study_instance_uid == study_uid).group_by(Instance.sop_instance_uid).subquery()
+                select(col(Instance.sop_instance_uid), func.max(col(Instance.version)).label("version"))
+                .where(col(Instance.study_instance_uid) == study_uid)
+                .group_by(col(Instance.sop_instance_uid))
+                .subquery()
             )
             rows = session.execute(
-                select(Instance.facts).join(newest, and_(Instance.sop_instance_uid == newest.c.sop_instance_uid,
-                                                         Instance.version == newest.c.version))
-                .where(Instance.study_instance_uid == study_uid).order_by(Instance.id)
+                select(col(Instance.facts))
+                .join(
+                    newest,
+                    and_(
+                        col(Instance.sop_instance_uid) == newest.c.sop_instance_uid,
+                        col(Instance.version) == newest.c.version,
+                    ),
+                )
+                .where(col(Instance.study_instance_uid) == study_uid)
+                .order_by(col(Instance.id))
             ).scalars()
             return [facts for facts in map(facts_from_dict, rows) if not is_own_object(facts)]
 
-    def save_decision(self, study_uid: str, document: dict, *, last_arrival_seen: dt.datetime,
-                      rules_version: str, dicomcheck_version: str, registry_path: str | None) -> int:
-        """Keep the decision in the history; clear the settle flag unless more arrived meanwhile."""
+    def save_decision(
+        self,
+        study_uid: str,
+        record: StudyDecisionUnderPolicy,
+        *,
+        last_arrival_seen: dt.datetime,
+        rules_version: str,
+        dicomcheck_version: str,
+        registry_path: str | None,
+    ) -> int:
+        """Keep the decision (its JSON dump) in the history; clear the settle flag unless more arrived meanwhile."""
         now = utcnow()
         with Session(self.engine) as session:
             decision = Decision(
-                study_instance_uid=study_uid, decided_at=now, node=self.node, rules_version=rules_version,
-                dicomcheck_version=dicomcheck_version, outcome=document["outcome"], code=document["code"],
-                instance_count=document["instances"], registry_path=registry_path, document=document,
+                study_instance_uid=study_uid,
+                decided_at=now,
+                node=self.node,
+                rules_version=rules_version,
+                dicomcheck_version=dicomcheck_version,
+                outcome=record.outcome.value,
+                code=record.code,
+                instance_count=record.instances,
+                registry_path=registry_path,
+                document=record.document(),
             )
             previous = session.execute(
-                select(Decision.outcome).join(Study, Study.current_decision_id == Decision.id)
-                .where(Study.study_instance_uid == study_uid)
+                select(col(Decision.outcome))
+                .join(Study, col(Study.current_decision_id) == col(Decision.id))
+                .where(col(Study.study_instance_uid) == study_uid)
             ).scalar_one_or_none()
             session.add(decision)
             session.flush()
             if previous is not None and previous != decision.outcome:  # a coder's review no longer matches
-                session.execute(update(Review).where(Review.study_instance_uid == study_uid, Review.stale_since.is_(None))
-                                .values(stale_since=now))
-            session.execute(update(Study).where(Study.study_instance_uid == study_uid).values(
-                current_decision_id=decision.id, decided_at=now, claimed_by=None, claimed_at=None,
-            ))
-            session.execute(update(Study).where(Study.study_instance_uid == study_uid,
-                                                Study.last_arrival == last_arrival_seen).values(needs_decision=False))
+                session.execute(
+                    update(Review)
+                    .where(col(Review.study_instance_uid) == study_uid, col(Review.stale_since).is_(None))
+                    .values(stale_since=now)
+                )
+            session.execute(
+                update(Study)
+                .where(col(Study.study_instance_uid) == study_uid)
+                .values(
+                    current_decision_id=decision.id,
+                    decided_at=now,
+                    claimed_by=None,
+                    claimed_at=None,
+                )
+            )
+            session.execute(
+                update(Study)
+                .where(col(Study.study_instance_uid) == study_uid, col(Study.last_arrival) == last_arrival_seen)
+                .values(needs_decision=False)
+            )
             session.commit()
-            return int(decision.id)  # type: ignore[arg-type]
+            assert decision.id is not None  # the database assigned it on flush
+            return decision.id
 
     # ---------------------------------------------------------------- reads
     def get_study(self, study_uid: str) -> StudyRecord | None:

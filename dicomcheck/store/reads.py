@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from .access import Access
 from .records import (
@@ -70,31 +70,50 @@ class IndexReader:
     def decision_history(self, study_uid: str) -> list[DecisionRecord]:
         """Every decision of the study, oldest first."""
         with Session(self.bind) as session:
-            rows = session.execute(select(Decision).where(Decision.study_instance_uid == study_uid).order_by(Decision.id)).scalars()
+            rows = session.execute(
+                select(Decision).where(col(Decision.study_instance_uid) == study_uid).order_by(col(Decision.id))
+            ).scalars()
             return [from_row(DecisionRecord, r) for r in rows]
 
     def find_studies(self, filters: StudyFilters, *, after: StudyPosition | None, limit: int) -> StudyPage:
         """Studies matching ``filters``, newest first arrival first, from just after ``after``."""
-        query = select(Study, Decision.outcome, Decision.code).outerjoin(Decision, Decision.id == Study.current_decision_id)
+        query = select(Study, col(Decision.outcome), col(Decision.code)).outerjoin(
+            Decision, col(Decision.id) == col(Study.current_decision_id)
+        )
         if filters.accession:
-            query = query.where(Study.accession_number == filters.accession)
+            query = query.where(col(Study.accession_number) == filters.accession)
         if filters.patient_id:
-            query = query.where(Study.patient_id == filters.patient_id)
+            query = query.where(col(Study.patient_id) == filters.patient_id)
         if filters.outcome:
-            query = query.where(Decision.outcome == filters.outcome)
+            query = query.where(col(Decision.outcome) == filters.outcome)
         if filters.modality:
-            query = query.where(Study.study_instance_uid.in_(select(Series.study_instance_uid).where(Series.modality == filters.modality)))
+            query = query.where(
+                col(Study.study_instance_uid).in_(
+                    select(col(Series.study_instance_uid)).where(col(Series.modality) == filters.modality)
+                )
+            )
         if filters.received_from:
-            query = query.where(Study.last_arrival >= filters.received_from)
+            query = query.where(col(Study.last_arrival) >= filters.received_from)
         if filters.received_to:
-            query = query.where(Study.first_arrival <= filters.received_to)
+            query = query.where(col(Study.first_arrival) <= filters.received_to)
         if filters.scope_studies is not None or filters.scope_accessions is not None:
-            query = query.where(or_(Study.study_instance_uid.in_(filters.scope_studies or ("",)),
-                                    Study.accession_number.in_(filters.scope_accessions or ("",))))
+            query = query.where(
+                or_(
+                    col(Study.study_instance_uid).in_(filters.scope_studies or ("",)),
+                    col(Study.accession_number).in_(filters.scope_accessions or ("",)),
+                )
+            )
         if after is not None:
-            query = query.where(or_(Study.first_arrival < after.first_arrival,
-                                    and_(Study.first_arrival == after.first_arrival, Study.study_instance_uid < after.study_instance_uid)))
-        query = query.order_by(Study.first_arrival.desc(), Study.study_instance_uid.desc()).limit(limit + 1)
+            query = query.where(
+                or_(
+                    col(Study.first_arrival) < after.first_arrival,
+                    and_(
+                        col(Study.first_arrival) == after.first_arrival,
+                        col(Study.study_instance_uid) < after.study_instance_uid,
+                    ),
+                )
+            )
+        query = query.order_by(col(Study.first_arrival).desc(), col(Study.study_instance_uid).desc()).limit(limit + 1)
         with Session(self.bind) as session:
             rows = session.execute(query).all()
             items = tuple(StudyListItem(from_row(StudyRecord, s), outcome, code) for s, outcome, code in rows[:limit])
@@ -104,53 +123,80 @@ class IndexReader:
             next_after = StudyPosition(last.first_arrival, last.study_instance_uid)
         return StudyPage(items, next_after)
 
-    def studies_using_equipment(self, *, station_name: str | None = None, device_serial_number: str | None = None,
-                                ae_title: str | None = None, manufacturer: str | None = None,
-                                model: str | None = None) -> list[str]:
+    def studies_using_equipment(
+        self,
+        *,
+        station_name: str | None = None,
+        device_serial_number: str | None = None,
+        ae_title: str | None = None,
+        manufacturer: str | None = None,
+        model: str | None = None,
+    ) -> list[str]:
         """UIDs (sorted) of the studies with a series from equipment a registry entry with these fields matches."""
         clauses = []
         if station_name:
-            clauses.append(Series.station_name == station_name)
+            clauses.append(col(Series.station_name) == station_name)
         if device_serial_number:
-            clauses.append(Series.device_serial_number == device_serial_number)
+            clauses.append(col(Series.device_serial_number) == device_serial_number)
         if ae_title:
-            clauses.append(Series.calling_ae == ae_title)
+            clauses.append(col(Series.calling_ae) == ae_title)
         if manufacturer and model:
-            clauses.append(and_(Series.manufacturer == manufacturer, Series.model == model))
+            clauses.append(and_(col(Series.manufacturer) == manufacturer, col(Series.model) == model))
         if not clauses:
             return []
         with Session(self.bind) as session:
-            return sorted(set(session.execute(select(Series.study_instance_uid).where(or_(*clauses))).scalars()))
+            return sorted(set(session.execute(select(col(Series.study_instance_uid)).where(or_(*clauses))).scalars()))
 
     # ---------------------------------------------------------------- exports
-    def decisions_for_export(self, *, decided_from: dt.datetime | None, decided_to: dt.datetime | None,
-                             outcome: str | None, limit: int) -> list[ExportRecord]:
-        """Current decisions in order of decision time, each with its study, latest review and read state (one query)."""
-        latest_review = (select(func.max(Review.id)).where(Review.study_instance_uid == Study.study_instance_uid)
-                         .correlate(Study).scalar_subquery())
-        read_earlier = exists().where(StudyRead.study_instance_uid == Study.study_instance_uid,
-                                      or_(StudyRead.decision_id.is_(None), StudyRead.decision_id != Decision.id))
-        query = (select(Study, Decision, Review, read_earlier)
-                 .join(Decision, Decision.id == Study.current_decision_id)
-                 .outerjoin(Review, Review.id == latest_review))
+    def decisions_for_export(
+        self, *, decided_from: dt.datetime | None, decided_to: dt.datetime | None, outcome: str | None, limit: int
+    ) -> list[ExportRecord]:
+        """Current decisions in order of decision time, each with its study, latest review and read state
+        (one query)."""
+        latest_review = (
+            select(func.max(col(Review.id)))
+            .where(col(Review.study_instance_uid) == col(Study.study_instance_uid))
+            .correlate(Study)
+            .scalar_subquery()
+        )
+        read_earlier = exists().where(
+            col(StudyRead.study_instance_uid) == col(Study.study_instance_uid),
+            or_(col(StudyRead.decision_id).is_(None), col(StudyRead.decision_id) != col(Decision.id)),
+        )
+        query = (
+            select(Study, Decision, Review, read_earlier)
+            .join(Decision, col(Decision.id) == col(Study.current_decision_id))
+            .outerjoin(Review, col(Review.id) == latest_review)
+        )
         if decided_from:
-            query = query.where(Decision.decided_at >= decided_from)
+            query = query.where(col(Decision.decided_at) >= decided_from)
         if decided_to:
-            query = query.where(Decision.decided_at <= decided_to)
+            query = query.where(col(Decision.decided_at) <= decided_to)
         if outcome:
-            query = query.where(Decision.outcome == outcome)
+            query = query.where(col(Decision.outcome) == outcome)
         with Session(self.bind) as session:
-            rows = session.execute(query.order_by(Decision.decided_at, Study.study_instance_uid).limit(limit)).all()
-            return [ExportRecord(from_row(StudyRecord, study), from_row(DecisionRecord, decision),
-                                 from_row(ReviewRecord, review) if review is not None else None, bool(changed))
-                    for study, decision, review, changed in rows]
+            rows = session.execute(
+                query.order_by(col(Decision.decided_at), col(Study.study_instance_uid)).limit(limit)
+            ).all()
+            return [
+                ExportRecord(
+                    from_row(StudyRecord, study),
+                    from_row(DecisionRecord, decision),
+                    from_row(ReviewRecord, review) if review is not None else None,
+                    bool(changed),
+                )
+                for study, decision, review, changed in rows
+            ]
 
     # ---------------------------------------------------------------- instances (evidence packs)
     def instances_of_study(self, study_uid: str) -> list[InstanceRecord]:
         """Every stored content version of the study's instances, by series then arrival."""
         with Session(self.bind) as session:
-            rows = session.execute(select(Instance).where(Instance.study_instance_uid == study_uid)
-                                   .order_by(Instance.series_instance_uid, Instance.id)).scalars()
+            rows = session.execute(
+                select(Instance)
+                .where(col(Instance.study_instance_uid) == study_uid)
+                .order_by(col(Instance.series_instance_uid), col(Instance.id))
+            ).scalars()
             return [from_row(InstanceRecord, r) for r in rows]
 
     def receipts_of_instances(self, instance_ids: Sequence[int]) -> dict[int, list[ReceiptRecord]]:
@@ -159,7 +205,9 @@ class IndexReader:
         if not instance_ids:
             return found
         with Session(self.bind) as session:
-            rows = session.execute(select(Receipt).where(Receipt.instance_id.in_(list(instance_ids))).order_by(Receipt.id)).scalars()
+            rows = session.execute(
+                select(Receipt).where(col(Receipt.instance_id).in_(list(instance_ids))).order_by(col(Receipt.id))
+            ).scalars()
             for r in rows:
                 found[r.instance_id].append(from_row(ReceiptRecord, r))
         return found

@@ -7,8 +7,13 @@ Everything outside ``dicomcheck.store`` reads the index through these (``store.r
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Record = TypeVar("Record", bound="DataclassInstance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,20 +200,9 @@ class DeviceRecord:
     updated_at: dt.datetime
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceChangeRecord:
-    id: int
-    device_id: int
-    at: dt.datetime
-    action: str
-    token_name: str | None
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-
-
-def from_row(record_type: type, row: Any) -> Any:
+def from_row(record_type: type[Record], row: Any) -> Record:
     """``record_type`` filled from the same-named attributes of ``row`` (an ORM row, inside its session)."""
-    values = {name: getattr(row, name) for name in record_type.__dataclass_fields__}
+    values = {field.name: getattr(row, field.name) for field in fields(record_type)}
     for name in ("studies", "accessions"):
         if name in values:
             values[name] = tuple(values[name] or ())

@@ -8,8 +8,10 @@ Times are timezone-aware UTC. The settle timer lives here (``Study.last_arrival`
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
 
@@ -17,13 +19,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class UtcDateTime(TypeDecorator):
+class UtcDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC on every dialect (SQLite keeps no zone: stored as UTC, read back aware)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -34,13 +36,13 @@ class UtcDateTime(TypeDecorator):
             value = (dt.datetime.min if value.year < 1000 else dt.datetime.max).replace(tzinfo=dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def _ts(nullable: bool = False, index: bool = False) -> Column:
+def _ts(nullable: bool = False, index: bool = False) -> Column[dt.datetime]:
     return Column(UtcDateTime(), nullable=nullable, index=index)
 
 
@@ -128,7 +130,7 @@ class Instance(SQLModel, table=True):
     """Relative to the storage folder."""
     received_at: dt.datetime = Field(sa_column=_ts())
     association_id: int | None = Field(default=None, foreign_key="association.id", index=True)
-    facts: dict = Field(sa_column=Column(JSON, nullable=False))
+    facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
 class Receipt(SQLModel, table=True):
@@ -165,7 +167,7 @@ class Decision(SQLModel, table=True):
     code: str | None = Field(default=None, max_length=8)
     instance_count: int
     registry_path: str | None = Field(default=None, sa_column=Column(Text))
-    document: dict = Field(sa_column=Column(JSON, nullable=False))
+    document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     """The study as ``analyze --format json`` prints it."""
 
 
@@ -201,8 +203,8 @@ class ApiToken(SQLModel, table=True):
     expires_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     revoked_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     last_used_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    studies: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    accessions: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    studies: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    accessions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 class AuditEvent(SQLModel, table=True):
@@ -223,7 +225,7 @@ class AuditEvent(SQLModel, table=True):
     endpoint: str = Field(sa_column=Column(Text, nullable=False))
     study_instance_uid: str | None = Field(default=None, max_length=64, index=True)
     client_address: str | None = Field(default=None, max_length=64)
-    detail: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class Device(SQLModel, table=True):
@@ -253,8 +255,8 @@ class DeviceChange(SQLModel, table=True):
     at: dt.datetime = Field(sa_column=_ts())
     action: str = Field(max_length=16)
     token_name: str | None = Field(default=None, max_length=64)
-    before: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
-    after: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Review(SQLModel, table=True):

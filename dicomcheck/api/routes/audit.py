@@ -14,8 +14,12 @@ from ..schemas import NO_NUL_PATTERN, UID_PATTERN, AuditOut
 router = APIRouter(tags=["audit"])
 
 
-@router.get("/audit", response_model=list[AuditOut], summary="The access audit trail (admins)",
-            responses={200: {"content": {"text/csv": {}}}})
+@router.get(
+    "/audit",
+    response_model=list[AuditOut],
+    summary="The access audit trail (admins)",
+    responses={200: {"content": {"text/csv": {}}}},
+)
 def get_audit(
     request: Request,
     token: AdminToken,
@@ -36,6 +40,9 @@ def get_audit(
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "detail": json.dumps(row["detail"], sort_keys=True)})
-        return Response(buffer.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": 'attachment; filename="dicomcheck-audit.csv"'})
+        return Response(
+            buffer.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="dicomcheck-audit.csv"'},
+        )
     return rows

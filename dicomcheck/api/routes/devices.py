@@ -17,10 +17,20 @@ DeviceId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def device_out(device: DeviceRecord) -> dict:
-    return {"id": device.id, "station_name": device.station_name, "ae_title": device.ae_title,
-            "device_serial_number": device.device_serial_number, "manufacturer": device.manufacturer, "model": device.model,
-            "role": device.role, "note": device.note, "valid_from": device.valid_from, "valid_to": device.valid_to,
-            "created_at": device.created_at, "updated_at": device.updated_at}
+    return {
+        "id": device.id,
+        "station_name": device.station_name,
+        "ae_title": device.ae_title,
+        "device_serial_number": device.device_serial_number,
+        "manufacturer": device.manufacturer,
+        "model": device.model,
+        "role": device.role,
+        "note": device.note,
+        "valid_from": device.valid_from,
+        "valid_to": device.valid_to,
+        "created_at": device.created_at,
+        "updated_at": device.updated_at,
+    }
 
 
 def validated(body: DeviceIn) -> dict:
@@ -29,7 +39,9 @@ def validated(body: DeviceIn) -> dict:
     try:
         parse_device({k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in values.items() if v is not None})
     except RegistryError as exc:
-        raise RequestValidationError([{"loc": ("body",), "msg": str(exc).removeprefix("device: "), "type": "value_error"}]) from None
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": str(exc).removeprefix("device: "), "type": "value_error"}]
+        ) from None
     values["role"] = body.role.value
     return values
 
@@ -42,15 +54,24 @@ def existing_device(store: IndexSession, device_id: int) -> dict:
 
 
 def affected_studies(store: IndexSession, values: dict) -> set[str]:
-    return set(store.reader.studies_using_equipment(
-        station_name=values.get("station_name"), device_serial_number=values.get("device_serial_number"),
-        ae_title=values.get("ae_title"), manufacturer=values.get("manufacturer"), model=values.get("model")))
+    return set(
+        store.reader.studies_using_equipment(
+            station_name=values.get("station_name"),
+            device_serial_number=values.get("device_serial_number"),
+            ae_title=values.get("ae_title"),
+            manufacturer=values.get("manufacturer"),
+            model=values.get("model"),
+        )
+    )
 
 
 def change_response(store: IndexSession, device: DeviceRecord | None, before: dict | None, after: dict | None) -> dict:
     affected = sorted(affected_studies(store, before or {}) | affected_studies(store, after or {}))
-    return {"device": device_out(device) if device else None, "affected_studies": affected,
-            "reanalyze": "POST /studies/{uid}/reanalyze for each affected study"}
+    return {
+        "device": device_out(device) if device else None,
+        "affected_studies": affected,
+        "reanalyze": "POST /studies/{uid}/reanalyze for each affected study",
+    }
 
 
 @router.get("/devices", response_model=list[DeviceOut], summary="The site device registry kept in the index")
@@ -62,7 +83,14 @@ def list_devices(request: Request, token: StaffToken, store: SessionDep) -> list
 def create_device(body: DeviceIn, request: Request, token: AdminToken, store: SessionDep) -> dict:
     values = validated(body)
     device = store.access.save_device(values, device_id=None, token_name=token.name)
-    audit(store, request, token, "Security Alert", "C", detail={"device_id": device.id, "change": "registry entry created"})
+    audit(
+        store,
+        request,
+        token,
+        "Security Alert",
+        "C",
+        detail={"device_id": device.id, "change": "registry entry created"},
+    )
     return change_response(store, device, None, values)
 
 
@@ -76,7 +104,14 @@ def update_device(device_id: DeviceId, body: DeviceIn, request: Request, token: 
     before = existing_device(store, device_id)
     values = validated(body)
     device = store.access.save_device(values, device_id=device_id, token_name=token.name)
-    audit(store, request, token, "Security Alert", "U", detail={"device_id": device_id, "change": "registry entry updated"})
+    audit(
+        store,
+        request,
+        token,
+        "Security Alert",
+        "U",
+        detail={"device_id": device_id, "change": "registry entry updated"},
+    )
     return change_response(store, device, before, values)
 
 
@@ -84,5 +119,12 @@ def update_device(device_id: DeviceId, body: DeviceIn, request: Request, token: 
 def delete_device(device_id: DeviceId, request: Request, token: AdminToken, store: SessionDep) -> dict:
     before = existing_device(store, device_id)
     store.access.delete_device(device_id, token_name=token.name)
-    audit(store, request, token, "Security Alert", "D", detail={"device_id": device_id, "change": "registry entry deleted"})
+    audit(
+        store,
+        request,
+        token,
+        "Security Alert",
+        "D",
+        detail={"device_id": device_id, "change": "registry entry deleted"},
+    )
     return change_response(store, None, before, None)

@@ -11,16 +11,27 @@ from ..schemas import Health
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness and index reachability",
-            responses={503: {"model": Health, "description": "The index is unreachable"}})
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="Liveness and index reachability",
+    responses={503: {"model": Health, "description": "The index is unreachable"}},
+)
 def healthz(operations: OperationsDep) -> JSONResponse:
     # A bad --devices file degrades (decisions go on with its last good version) but stays 200:
     # this node still serves lookups; 503 only when the index is unreachable.
     registry = operations.reload_registry()
-    body = {"status": "ok", "index": "reachable", "version": __version__,
-            "registry": "none" if operations.settings.devices is None else "error" if registry.error else "ok"}
+    body = {
+        "status": "ok",
+        "index": "reachable",
+        "version": __version__,
+        "registry": "none" if operations.settings.devices is None else "error" if registry.error else "ok",
+    }
     if registry.error:
-        body.update(status="degraded", reason=f"device registry unusable, deciding with its last good version: {registry.error}"[:500])
+        body.update(
+            status="degraded",
+            reason=f"device registry unusable, deciding with its last good version: {registry.error}"[:500],
+        )
     if index_reachable(operations.engine):
         return JSONResponse(body)
     body.update(status="degraded", index="unreachable")

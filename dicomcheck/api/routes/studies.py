@@ -9,23 +9,55 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from ...enums import Outcome, StudyStatus, TokenRole
 from ...store.access import TokenInfo
 from ...store.reads import IndexSession
 from ...store.records import ReviewRecord, StudyFilters, StudyPosition, StudyRecord
-from ..deps import AdminToken, AnyToken, OperationsDep, SessionDep, StaffToken, StudyOperations, StudyUid, audit, existing_study, readable_study
-from ..schemas import NO_NUL_PATTERN, UID_PATTERN, DecisionOut, OutcomeName, ReviewIn, ReviewOut, StudyOut, StudyPage, StudySearch, StudySummary
+from ..deps import (
+    AdminToken,
+    AnyToken,
+    OperationsDep,
+    SessionDep,
+    StaffToken,
+    StudyOperations,
+    StudyUid,
+    audit,
+    existing_study,
+    readable_study,
+)
+from ..schemas import (
+    NO_NUL_PATTERN,
+    UID_PATTERN,
+    DecisionOut,
+    ReviewIn,
+    ReviewOut,
+    StudyOut,
+    StudyPage,
+    StudySearch,
+    StudySummary,
+)
 
 router = APIRouter(tags=["studies"])
 
 
 def review_out(review: ReviewRecord) -> dict:
-    return {"id": review.id, "outcome": review.outcome, "code": review.code, "reviewer": review.reviewer,
-            "token_name": review.token_name, "reason": review.reason, "created_at": review.created_at,
-            "decision_id": review.decision_id, "stale": review.stale_since is not None, "stale_since": review.stale_since}
+    return {
+        "id": review.id,
+        "outcome": review.outcome,
+        "code": review.code,
+        "reviewer": review.reviewer,
+        "token_name": review.token_name,
+        "reason": review.reason,
+        "created_at": review.created_at,
+        "decision_id": review.decision_id,
+        "stale": review.stale_since is not None,
+        "stale_since": review.stale_since,
+    }
 
 
-def study_view(store: IndexSession, operations: StudyOperations, study: StudyRecord, token: TokenInfo, *,
-               read_by: Request | None) -> dict:
+def study_view(
+    store: IndexSession, operations: StudyOperations, study: StudyRecord, token: TokenInfo, *, read_by: Request | None
+) -> dict:
     """The study as served; ``read_by``: record this client's read and audit it (one commit)."""
     decision = store.reader.decision(study.current_decision_id) if study.current_decision_id is not None else None
     if decision is not None:
@@ -34,20 +66,27 @@ def study_view(store: IndexSession, operations: StudyOperations, study: StudyRec
         evaluated = operations.evaluate(study.study_instance_uid)
         if evaluated is None:
             raise HTTPException(404, f"no instances of study {study.study_instance_uid} are indexed")
-        document = evaluated[0]
+        document = evaluated[0].document()
     reviews = store.access.reviews(study.study_instance_uid)
     decision_id = decision.id if decision else None
     changed = False
     if read_by is not None:
-        audit_fields = {"event": "DICOM Instances Accessed", "action": "R", "outcome": 0, "token_name": token.name,
-                        "role": token.role, "method": read_by.method, "endpoint": read_by.url.path,
-                        "study_instance_uid": study.study_instance_uid,
-                        "client_address": read_by.client.host if read_by.client else None,
-                        "detail": {"outcome": document.get("outcome")}}
+        audit_fields = {
+            "event": "DICOM Instances Accessed",
+            "action": "R",
+            "outcome": 0,
+            "token_name": token.name,
+            "role": token.role,
+            "method": read_by.method,
+            "endpoint": read_by.url.path,
+            "study_instance_uid": study.study_instance_uid,
+            "client_address": read_by.client.host if read_by.client else None,
+            "detail": {"outcome": document.get("outcome")},
+        }
         previous = store.access.record_read(study.study_instance_uid, token.name, decision_id, audit=audit_fields)
         changed = previous is not None and previous.decision_id != decision_id
     document.update(
-        status="decided" if decision is not None and not study.needs_decision else "pending",
+        status=StudyStatus.DECIDED if decision is not None and not study.needs_decision else StudyStatus.PENDING,
         instance_count=study.instance_count,
         first_arrival=study.first_arrival,
         last_arrival=study.last_arrival,
@@ -61,31 +100,54 @@ def study_view(store: IndexSession, operations: StudyOperations, study: StudyRec
 
 
 @router.get("/studies/{study_uid}", response_model=StudyOut, summary="A study's outcome, reasons, series and evidence")
-def get_study(study_uid: StudyUid, request: Request, token: AnyToken, store: SessionDep, operations: OperationsDep) -> dict:
+def get_study(
+    study_uid: StudyUid, request: Request, token: AnyToken, store: SessionDep, operations: OperationsDep
+) -> dict:
     study = readable_study(store, request, token, study_uid)
     return study_view(store, operations, study, token, read_by=request)
 
 
-@router.get("/studies/{study_uid}/decisions", response_model=list[DecisionOut], summary="The decision history of a study")
+@router.get(
+    "/studies/{study_uid}/decisions", response_model=list[DecisionOut], summary="The decision history of a study"
+)
 def get_decisions(study_uid: StudyUid, request: Request, token: AnyToken, store: SessionDep) -> list[dict]:
     study = readable_study(store, request, token, study_uid)
     history = store.reader.decision_history(study_uid)
-    audit(store, request, token, "DICOM Instances Accessed", "R", study_uid=study_uid, detail={"decisions": len(history)})
+    audit(
+        store, request, token, "DICOM Instances Accessed", "R", study_uid=study_uid, detail={"decisions": len(history)}
+    )
     return [
-        {"id": d.id, "decided_at": d.decided_at, "node": d.node, "rules_version": d.rules_version,
-         "dicomcheck_version": d.dicomcheck_version, "outcome": d.outcome, "code": d.code,
-         "instance_count": d.instance_count, "registry_path": d.registry_path, "current": d.id == study.current_decision_id}
+        {
+            "id": d.id,
+            "decided_at": d.decided_at,
+            "node": d.node,
+            "rules_version": d.rules_version,
+            "dicomcheck_version": d.dicomcheck_version,
+            "outcome": d.outcome,
+            "code": d.code,
+            "instance_count": d.instance_count,
+            "registry_path": d.registry_path,
+            "current": d.id == study.current_decision_id,
+        }
         for d in history
     ]
 
 
 def list_studies(store: IndexSession, request: Request, token: TokenInfo, search: StudySearch) -> dict:
-    auditor = token.role == "auditor"
-    filters = StudyFilters(accession=search.accession, patient_id=search.patient_id,
-                           outcome=search.outcome.value if search.outcome else None, modality=search.modality,
-                           received_from=search.received_from, received_to=search.received_to,
-                           scope_studies=token.studies if auditor else None, scope_accessions=token.accessions if auditor else None)
-    page = store.reader.find_studies(filters, after=_decode_cursor(search.cursor) if search.cursor else None, limit=search.limit)
+    auditor = token.role == TokenRole.AUDITOR
+    filters = StudyFilters(
+        accession=search.accession,
+        patient_id=search.patient_id,
+        outcome=search.outcome.value if search.outcome else None,
+        modality=search.modality,
+        received_from=search.received_from,
+        received_to=search.received_to,
+        scope_studies=token.studies if auditor else None,
+        scope_accessions=token.accessions if auditor else None,
+    )
+    page = store.reader.find_studies(
+        filters, after=_decode_cursor(search.cursor) if search.cursor else None, limit=search.limit
+    )
     items = [_summary(item.study, item.outcome, item.code) for item in page.items]
     shown = search.model_dump(exclude_none=True, exclude={"limit", "cursor", "patient_id"}, mode="json")
     if search.patient_id:
@@ -100,48 +162,106 @@ def find_studies(
     token: AnyToken,
     store: SessionDep,
     accession: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
-    patient_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN, description="Prefer POST /studies/search: query strings end up in access logs (dicomcheck redacts this one from its own).")] = None,
-    outcome: OutcomeName | None = None,
+    patient_id: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            pattern=NO_NUL_PATTERN,
+            description="Prefer POST /studies/search: query strings end up in access logs "
+            "(dicomcheck redacts this one from its own).",
+        ),
+    ] = None,
+    outcome: Outcome | None = None,
     modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z0-9]{1,16}$")] = None,
     received_from: dt.datetime | None = None,
     received_to: dt.datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page")
+    ] = None,
 ) -> dict:
-    search = StudySearch(accession=accession, patient_id=patient_id, outcome=outcome, modality=modality,
-                         received_from=received_from, received_to=received_to, limit=limit, cursor=cursor)
+    search = StudySearch(
+        accession=accession,
+        patient_id=patient_id,
+        outcome=outcome,
+        modality=modality,
+        received_from=received_from,
+        received_to=received_to,
+        limit=limit,
+        cursor=cursor,
+    )
     return list_studies(store, request, token, search)
 
 
-@router.post("/studies/search", response_model=StudyPage, summary="Find studies by a JSON body (keeps patient IDs out of URLs)")
+@router.post(
+    "/studies/search", response_model=StudyPage, summary="Find studies by a JSON body (keeps patient IDs out of URLs)"
+)
 def search_studies(search: StudySearch, request: Request, token: AnyToken, store: SessionDep) -> dict:
     return list_studies(store, request, token, search)
 
 
-@router.post("/studies/{study_uid}/reanalyze", response_model=StudyOut, summary="Re-run the rules on the stored headers now")
-def reanalyze(study_uid: StudyUid, request: Request, token: AdminToken, store: SessionDep, operations: OperationsDep) -> dict:
+@router.post(
+    "/studies/{study_uid}/reanalyze", response_model=StudyOut, summary="Re-run the rules on the stored headers now"
+)
+def reanalyze(
+    study_uid: StudyUid, request: Request, token: AdminToken, store: SessionDep, operations: OperationsDep
+) -> dict:
     study = existing_study(store, study_uid)
     operations.decide(study_uid, last_arrival_seen=study.last_arrival)
     view = study_view(store, operations, existing_study(store, study_uid), token, read_by=None)
-    audit(store, request, token, "Procedure Record", "U", study_uid=study_uid, detail={"reanalyzed": True, "outcome": view["outcome"]})
+    audit(
+        store,
+        request,
+        token,
+        "Procedure Record",
+        "U",
+        study_uid=study_uid,
+        detail={"reanalyzed": True, "outcome": view["outcome"]},
+    )
     return view
 
 
-@router.post("/studies/{study_uid}/review", response_model=ReviewOut, status_code=201, summary="Record a coder's final outcome")
+@router.post(
+    "/studies/{study_uid}/review", response_model=ReviewOut, status_code=201, summary="Record a coder's final outcome"
+)
 def review(study_uid: StudyUid, body: ReviewIn, request: Request, token: StaffToken, store: SessionDep) -> dict:
     study = existing_study(store, study_uid)
-    code = {"supports_76377": "76377", "supports_76376": "76376"}.get(body.outcome.value)
-    saved = store.access.add_review(study_uid=study_uid, decision_id=study.current_decision_id, outcome=body.outcome.value,
-                                    code=code, reviewer=body.reviewer, token_name=token.name, reason=body.reason)
-    audit(store, request, token, "Procedure Record", "C", study_uid=study_uid, detail={"review_id": saved.id, "outcome": body.outcome.value})
+    saved = store.access.add_review(
+        study_uid=study_uid,
+        decision_id=study.current_decision_id,
+        outcome=body.outcome.value,
+        code=body.outcome.code,
+        reviewer=body.reviewer,
+        token_name=token.name,
+        reason=body.reason,
+    )
+    audit(
+        store,
+        request,
+        token,
+        "Procedure Record",
+        "C",
+        study_uid=study_uid,
+        detail={"review_id": saved.id, "outcome": body.outcome.value},
+    )
     return review_out(saved)
 
 
 def _summary(study: StudyRecord, outcome: str | None, code: str | None) -> StudySummary:
-    return StudySummary(study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
-                        study_date=study.study_date, study_description=study.study_description, modalities=study.modalities,
-                        instance_count=study.instance_count, first_arrival=study.first_arrival, last_arrival=study.last_arrival,
-                        status=study.status, outcome=outcome, code=code, decided_at=study.decided_at)
+    return StudySummary(
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number,
+        study_date=study.study_date,
+        study_description=study.study_description,
+        modalities=study.modalities,
+        instance_count=study.instance_count,
+        first_arrival=study.first_arrival,
+        last_arrival=study.last_arrival,
+        status=StudyStatus(study.status),
+        outcome=Outcome(outcome) if outcome is not None else None,
+        code=code,
+        decided_at=study.decided_at,
+    )
 
 
 _CURSOR = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")

@@ -1,0 +1,156 @@
+"""Names vulture cannot see used: a library or framework reads or calls them, not our code.
+
+Each is listed with who uses it. ``tests/test_quality_gates.py`` runs vulture with this file
+(``[tool.vulture]`` in pyproject.toml); anything else vulture reports is dead code to remove.
+"""
+
+# ruff: noqa: B018 - the bare names and attributes below are the point: vulture counts them as used
+
+_ = object()
+
+# pydantic-settings calls settings_customise_sources by keyword with these parameter names (config.py)
+_.settings_customise_sources
+_.dotenv_settings
+_.file_secret_settings
+
+# the context manager protocol passes them (store/files.py __exit__)
+_.exc_info
+
+# a typing-only import named in a string: the bound of store/records.py's Record type variable
+_.DataclassInstance
+
+# SQLAlchemy: TypeDecorator hooks and class attributes (store/tables.py)
+_.impl
+_.cache_ok
+_.process_bind_param
+_.process_result_value
+# index columns written by the store and read by SQL, the migrations and the tests (store/tables.py)
+_.started_at
+_.instances_received
+_.read_at
+
+# pynetdicom reads these: settings on the AE and on messages, its spool-file interface, TLS timeouts
+_.require_calling_aet
+_.require_called_aet
+_.maximum_pdu_size
+_.STORE_RECV_CHUNKED_DATASET
+_.LOG_HANDLER_LEVEL
+_.reason_diagnostic
+_._data_set_path
+_.file  # SpoolFile.file: pynetdicom calls ``.file.flush()``
+_.connection_timeout
+_.NamedTemporaryFile  # dimse_messages' spool-file factory, replaced by a pinned fault fix (scp/pynetdicom_fixes.py)
+_.DataSet  # C_STORE primitive (tests/peers.py, tests/test_receiver_fuzz.py)
+
+# the standard library calls these: socketserver hooks, tempfile's folder, functools.wraps' target
+_.request_queue_size
+_.get_request
+_.server_bind
+_.server_activate
+_.handle_error
+_.tempdir
+_.__wrapped__
+_.compress_type  # zipfile.ZipInfo
+
+# typer reads a command's __signature__ (cli.py); uvicorn reads a protocol's disconnected flag (api/server.py)
+_.__signature__
+_.disconnected
+
+# openpyxl, reportlab: attributes the libraries read when writing the file (api/exports.py, evidence/report_pdf.py)
+_.freeze_panes
+_.drawHeight
+_.drawWidth
+
+# tests/test_receiver_fuzz.py: pynetdicom's own reports of handled protocol errors, counted apart from crashes
+_.handled
+
+# DICOM keywords written onto pydicom datasets: pydicom encodes them into the file or message
+_.BitsAllocated
+_.BitsStored
+_.CommandDataSetType
+_.CommandField
+_.CommandGroupLength
+_.ContentDate
+_.ContentTime
+_.DeviceSerialNumber
+_.HighBit
+_.ImageType
+_.InstanceCreationDate
+_.InstanceCreationTime
+_.MessageID
+_.PatientSex
+_.PhotometricInterpretation
+_.PixelRepresentation
+_.Priority
+_.ReferencedSOPClassUID
+_.RescaleIntercept
+_.RescaleSlope
+_.SeriesDate
+_.SeriesNumber
+_.SeriesTime
+_.SourceApplicationEntityTitle
+_.SpecificCharacterSet
+_.StudyID
+_.StudyTime
+_.VOILUTFunction
+_.WindowCenter
+_.WindowWidth
+
+# pydantic fields no Python code reads: they are serialised into the JSON a client or a pack receives
+# (api/schemas.py StudyPage, DeviceChangeOut, SeriesOut; decision_record.py SeriesRecord; the evidence
+# DICOM and PDF read origin_rule from the dumped document)
+_.origin_rule
+_.next_cursor
+_.reanalyze
+
+# InstanceFacts fields no code reads by name: facts_to_dict (dataclasses.asdict) writes them into the
+# index's facts column and into the evidence pack's facts (model.py, store/index.py, evidence/pack.py)
+_.burned_in_annotation
+_.patient_identity_removed
+
+# TokenRole members pydantic builds from the role stored with an audit event (api/schemas.py AuditOut.role,
+# the OpenAPI enum); the role guards name them as strings (api/deps.py), only AUDITOR is named in code
+_.READER
+_.ADMIN
+
+# RuleId members (enums.py): pydantic validates the rules' plain-string ids into them (decision_record.py
+# RuleId(hit.rule)); tests/test_decision_record.py keeps them equal to rules.RULES. The rules keep plain
+# strings: RuleId is a (str, Enum), whose f-string form is "RuleId.X", not the id (report.py prints hit.rule)
+_.KIND_COMPRESSION_ONLY
+_.KIND_DERIVATION_CODE
+_.KIND_DERIVATION_DESCRIPTION
+_.KIND_DERIVED_NO_TECHNIQUE
+_.KIND_DERIVED_PRIMARY_RECONSTRUCTION
+_.KIND_IMAGE_TYPE_VALUE3
+_.KIND_IMAGE_TYPE_VENDOR_TOKEN
+_.KIND_MIXED_SERIES
+_.KIND_ORIGINAL
+_.KIND_SERIES_DESCRIPTION
+_.KIND_SOP_CLASS
+_.KIND_VOLUME_TECHNIQUE
+_.ORIGIN_ACQUISITION
+_.ORIGIN_BOTH_ROLE_ELSEWHERE
+_.ORIGIN_BOTH_ROLE_MATCH
+_.ORIGIN_CONFLICT
+_.ORIGIN_CONSOLE_FINGERPRINT
+_.ORIGIN_CONSOLE_STATION_SERIAL
+_.ORIGIN_EQUIPMENT_STRIPPED
+_.ORIGIN_PRODUCT
+_.ORIGIN_PRODUCT_CONFLICT
+_.ORIGIN_REGISTRY
+_.ORIGIN_STUDY_DIFFERS
+_.ORIGIN_STUDY_MATCH
+_.ORIGIN_UNIDENTIFIED
+_.OUTCOME_BUNDLED_CPT
+_.OUTCOME_BUNDLED_DESCRIPTION
+_.OUTCOME_BUNDLED_IMAGE_FLAVOR
+_.OUTCOME_BUNDLED_MODALITY
+_.OUTCOME_CONSOLE_OR_VIEWER
+_.OUTCOME_INDEPENDENT_WORKSTATION
+_.OUTCOME_NO_3D
+_.OUTCOME_NO_BASE_ACQUISITION
+_.OUTCOME_NON_TOMOGRAPHIC
+_.OUTCOME_UNKNOWN_ORIGIN
+_.POLICY_CURVED_MPR_IS_3D
+_.POLICY_MINIP_IS_3D
+_.POLICY_PACS_VIEWER_CODE
