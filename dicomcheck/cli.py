@@ -631,8 +631,10 @@ def _verify(pack: Path, storage: Path | None, anchors: list[str], *, pack_only: 
             if result.instances_checked
             else "the stored instances were NOT checked (pack-only)"
         )
+        decision_id = manifest.get("decision_id")
+        which = f"decision {decision_id}" if decision_id is not None else "offline analysis"
         print(
-            f"OK {manifest.get('study_instance_uid')} decision {manifest.get('decision_id')}: "
+            f"OK {manifest.get('study_instance_uid')} {which}: "
             f"{manifest.get('outcome')}, "
             f"{len(manifest.get('files', []))} files intact, {instances}, signed by the trusted key {result.signer}"
         )

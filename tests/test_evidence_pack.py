@@ -78,6 +78,7 @@ def test_cli_pack_holds_every_part_and_verifies(pack: Path, tmp_path: Path):
     assert {f["path"] for f in manifest["files"]} == names - {"manifest.json", "manifest.sig"}
     proc = cli("evidence", "verify", pack, "--key-dir", tmp_path / "keys")
     assert proc.returncode == 0 and proc.stdout.startswith("OK "), proc.stdout + proc.stderr
+    assert "offline analysis: supports_76377" in proc.stdout and "None" not in proc.stdout  # a pack made from files
 
 
 @pytest.mark.parametrize(
