@@ -30,7 +30,7 @@ Text = Annotated[str, Field(min_length=1)]
 class DecisionModel(BaseModel):
     """Immutable like the dataclasses it is built from."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
 
 class EvidenceRecord(DecisionModel):
@@ -44,13 +44,7 @@ class EvidenceRecord(DecisionModel):
 
     @classmethod
     def from_evidence(cls, evidence: Evidence) -> Self:
-        return cls(
-            signal=evidence.signal,
-            tag=evidence.tag,
-            keyword=evidence.keyword,
-            value=evidence.value,
-            sop_instance_uid=evidence.sop_instance_uid,
-        )
+        return cls.model_validate(evidence)  # the dataclass's fields, by name
 
 
 def _evidence(items: Sequence[Evidence]) -> list[EvidenceRecord]:
@@ -86,13 +80,7 @@ class EquipmentRecord(DecisionModel):
 
     @classmethod
     def from_equipment(cls, equipment: Equipment) -> Self:
-        return cls(
-            manufacturer=equipment.manufacturer,
-            model=equipment.model,
-            station_name=equipment.station_name,
-            device_serial_number=equipment.device_serial_number,
-            software_versions=equipment.software_versions,
-        )
+        return cls.model_validate(equipment)  # the dataclass's fields, by name
 
 
 class SeriesRecord(DecisionModel):
