@@ -11,23 +11,16 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicomcheck.enums import Origin, SeriesKind
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `fixtures` is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
 from fixtures import build as fixture_build  # noqa: E402
 
-KINDS = {
-    "acquisition",
-    "mpr",
-    "projection",
-    "volume_render",
-    "surface_render",
-    "segmentation",
-    "other_derived",
-    "non_image",
-}
-ORIGINS = {"scanner_console", "pacs_viewer", "independent_workstation", "unknown"}
+KINDS = {kind.value for kind in SeriesKind}  # the product's vocabulary, not a copy of it
+ORIGINS = {origin.value for origin in Origin}
 OUTCOME_CODES = {
     "supports_76377": "76377",
     "supports_76376": "76376",
