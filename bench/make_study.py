@@ -46,6 +46,7 @@ SIEMENS_IMPLEMENTATION = "1.3.12.2.1107.5.1.4"
 ROWS = COLUMNS = 128
 CSA_IMAGE_BYTES = 5 * 1024
 CSA_SERIES_BYTES = 8 * 1024
+MPR_CODE = ("113072", "Multiplanar reformatting")
 
 
 def _uid(*parts: object) -> str:
@@ -82,51 +83,23 @@ def _csa_blob(size: int, seed: int) -> bytes:
     return bytes(out[:size])
 
 
+SERIES_FIELDS = ("key", "number", "sop_class", "image_type", "description", "kernel", "derivation")
+SERIES = (
+    ("acq", 2, CT_IMAGE, ["ORIGINAL", "PRIMARY", "AXIAL"], "Abdomen  1.0  Br40  3", "Br40d", None),
+    ("mpr", 3, CT_IMAGE, ["DERIVED", "SECONDARY", "MPR", "CT_SOM5 MPR"], "Cor  3.0  Br40", "Br40d", MPR_CODE),
+    ("mip", 4, CT_IMAGE, ["DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MIP"], "MIP ax 10.0", "Br40d", None),
+    ("sc", 501, SECONDARY_CAPTURE, ["DERIVED", "SECONDARY", "OTHER", "CT_SOM5 PROT"], "Patient Protocol", None, None),
+)
+"""The study's series, one row each (``SERIES_FIELDS``); ``plan`` adds how many files each gets."""
+
+
 def plan(n: int) -> list[dict]:
     """The series of an ``n``-file study: counts and the attributes that differ per series."""
     sc = 3 if n >= 20 else 0
     mip = n * 15 // 100
     mpr = n * 25 // 100
-    acq = n - sc - mip - mpr
-    return [
-        dict(
-            key="acq",
-            number=2,
-            count=acq,
-            sop_class=CT_IMAGE,
-            image_type=["ORIGINAL", "PRIMARY", "AXIAL"],
-            description="Abdomen  1.0  Br40  3",
-            kernel="Br40d",
-        ),
-        dict(
-            key="mpr",
-            number=3,
-            count=mpr,
-            sop_class=CT_IMAGE,
-            image_type=["DERIVED", "SECONDARY", "MPR", "CT_SOM5 MPR"],
-            description="Cor  3.0  Br40",
-            kernel="Br40d",
-            derivation=("113072", "Multiplanar reformatting"),
-        ),
-        dict(
-            key="mip",
-            number=4,
-            count=mip,
-            sop_class=CT_IMAGE,
-            image_type=["DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MIP"],
-            description="MIP ax 10.0",
-            kernel="Br40d",
-        ),
-        dict(
-            key="sc",
-            number=501,
-            count=sc,
-            sop_class=SECONDARY_CAPTURE,
-            image_type=["DERIVED", "SECONDARY", "OTHER", "CT_SOM5 PROT"],
-            description="Patient Protocol",
-            kernel=None,
-        ),
-    ]
+    counts = {"acq": n - sc - mip - mpr, "mpr": mpr, "mip": mip, "sc": sc}
+    return [dict(zip(SERIES_FIELDS, row, strict=True), count=counts[row[0]]) for row in SERIES]
 
 
 def _template(n: int, series: dict, study_uid: str, frame_uid: str) -> Dataset:
@@ -288,7 +261,7 @@ def _template(n: int, series: dict, study_uid: str, frame_uid: str) -> Dataset:
     ds.LossyImageCompression = "00"
     ds.BurnedInAnnotation = "YES" if series["sop_class"] == SECONDARY_CAPTURE else "NO"
     ds.IrradiationEventUID = _uid(n, "irradiation")
-    if "derivation" in series:
+    if series["derivation"]:
         value, meaning = series["derivation"]
         ds.DerivationDescription = "Multiplanar reformatting, coronal, 3.0 mm"
         ds.DerivationCodeSequence = Sequence([_code(value, "DCM", meaning)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .enums import Origin, SeriesKind
+from .enums import Origin, RuleId, SeriesKind
 from .knowledge import Knowledge, builtin_knowledge
 from .model import Equipment, Evidence, InstanceFacts, PrivateCreator, RuleHit, SeriesDecision, StudyDecision
 from .registry import Registry
@@ -115,7 +115,7 @@ def decide_study(
             origin = type(origin)(
                 Origin.UNKNOWN,
                 RuleHit(
-                    "origin.conflict",
+                    RuleId.ORIGIN_CONFLICT,
                     f"Instances of the series point to different origins ({summary}).",
                     evidence=evidence,
                 ),

@@ -2,7 +2,8 @@
 ``analyze --format json`` prints.
 
 The rules work on frozen dataclasses (:mod:`dicomcheck.model`); after the rules the decision travels
-as these pydantic models, built once by ``StudyDecisionRecord.from_decision``. Their
+as these pydantic models, built once by ``StudyDecisionRecord.from_decision``, which read the
+dataclasses' fields by name (the few fields a record names otherwise are given explicitly). Their
 ``model_dump(mode="json")`` is the JSON document, and ``schema/analysis.schema.json`` is generated
 from them (``python -m dicomcheck.decision_record > dicomcheck/schema/analysis.schema.json``), so
 the document, its schema and the code cannot drift apart.
@@ -11,14 +12,13 @@ the document, its schema and the code cannot drift apart.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonValue
 
 from .enums import CptCode, Origin, Outcome, PacsViewerCode, RuleId, SeriesKind, Technique
-from .model import Equipment, Evidence, RuleHit, SeriesDecision, StudyDecision
+from .model import RuleHit, SeriesDecision, StudyDecision
 
 if TYPE_CHECKING:
     from .registry import Policy
@@ -28,9 +28,20 @@ Text = Annotated[str, Field(min_length=1)]
 
 
 class DecisionModel(BaseModel):
-    """Immutable like the dataclasses it is built from."""
+    """Immutable like the dataclasses it is built from, and read from them by field name."""
 
     model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    @classmethod
+    def read(cls, source: object, **named_otherwise: Any) -> Self:
+        """The record of ``source`` (a dataclass of :mod:`dicomcheck.model`, or ``registry.Policy``): every field
+        is the attribute of the same name (nested records likewise), except those given ``named_otherwise``.
+        A field the source lacks is an ``AttributeError``, never a silent default."""
+        values = {
+            name: named_otherwise[name] if name in named_otherwise else getattr(source, name)
+            for name in cls.model_fields
+        }
+        return cls.model_validate(values)
 
 
 class EvidenceRecord(DecisionModel):
@@ -41,14 +52,6 @@ class EvidenceRecord(DecisionModel):
     keyword: Text
     value: str
     sop_instance_uid: str | None
-
-    @classmethod
-    def from_evidence(cls, evidence: Evidence) -> Self:
-        return cls.model_validate(evidence)  # the dataclass's fields, by name
-
-
-def _evidence(items: Sequence[Evidence]) -> list[EvidenceRecord]:
-    return [EvidenceRecord.from_evidence(item) for item in items]
 
 
 class ReasonRecord(DecisionModel):
@@ -61,12 +64,7 @@ class ReasonRecord(DecisionModel):
 
     @classmethod
     def from_hit(cls, hit: RuleHit) -> Self:
-        return cls(
-            rule=RuleId(hit.rule),
-            text=hit.text,
-            series=list(hit.series_instance_uids),
-            evidence=_evidence(hit.evidence),
-        )
+        return cls.read(hit, series=hit.series_instance_uids)
 
 
 class EquipmentRecord(DecisionModel):
@@ -77,10 +75,6 @@ class EquipmentRecord(DecisionModel):
     station_name: str | None
     device_serial_number: str | None
     software_versions: str | None
-
-    @classmethod
-    def from_equipment(cls, equipment: Equipment) -> Self:
-        return cls.model_validate(equipment)  # the dataclass's fields, by name
 
 
 class SeriesRecord(DecisionModel):
@@ -103,22 +97,7 @@ class SeriesRecord(DecisionModel):
 
     @classmethod
     def from_series(cls, series: SeriesDecision) -> Self:
-        return cls(
-            series_instance_uid=series.series_instance_uid,
-            series_description=series.series_description,
-            modality=series.modality,
-            sop_class_uid=series.sop_class_uid,
-            instances=series.instances,
-            kind=series.kind,
-            technique=series.technique,
-            is_3d=series.is_3d,
-            origin=series.origin,
-            product=series.product,
-            kind_rule=RuleId(series.kind_hit.rule),
-            origin_rule=RuleId(series.origin_hit.rule),
-            equipment=EquipmentRecord.from_equipment(series.equipment),
-            evidence=_evidence(series.evidence),
-        )
+        return cls.read(series, kind_rule=series.kind_hit.rule, origin_rule=series.origin_hit.rule)
 
 
 _CODED_OUTCOME_RULES: list[JsonValue] = [
@@ -161,19 +140,10 @@ class StudyDecisionRecord(DecisionModel):
         return self
 
     @classmethod
-    def from_decision(cls, study: StudyDecision) -> Self:
-        return cls(
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            patient_id=study.patient_id,
-            study_description=study.study_description,
-            study_date=study.study_date,
-            outcome=study.outcome,
-            code=study.code,
-            instances=study.instances,
-            reasons=[ReasonRecord.from_hit(hit) for hit in study.reasons],
-            series=[SeriesRecord.from_series(s) for s in study.series],
-        )
+    def from_decision(cls, study: StudyDecision, **named_otherwise: Any) -> Self:
+        reasons = [ReasonRecord.from_hit(hit) for hit in study.reasons]
+        series = [SeriesRecord.from_series(s) for s in study.series]
+        return cls.read(study, reasons=reasons, series=series, **named_otherwise)
 
     def document(self) -> dict[str, Any]:
         """The JSON document (plain strings, lists and dicts)."""
@@ -189,11 +159,7 @@ class PolicyRecord(DecisionModel):
 
     @classmethod
     def from_policy(cls, policy: Policy) -> Self:
-        return cls(
-            pacs_viewer_code=policy.pacs_viewer_code,
-            minip_is_3d=policy.minip_is_3d,
-            curved_mpr_is_3d=policy.curved_mpr_is_3d,
-        )
+        return cls.read(policy)
 
 
 class StudyDecisionUnderPolicy(StudyDecisionRecord):
@@ -203,7 +169,7 @@ class StudyDecisionUnderPolicy(StudyDecisionRecord):
 
     @classmethod
     def from_decision_and_policy(cls, study: StudyDecision, policy: Policy) -> Self:
-        return cls(**dict(StudyDecisionRecord.from_decision(study)), policy=PolicyRecord.from_policy(policy))
+        return cls.from_decision(study, policy=PolicyRecord.from_policy(policy))
 
 
 class ReadErrorRecord(DecisionModel):

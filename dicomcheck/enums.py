@@ -1,4 +1,9 @@
-"""Closed vocabularies of the product contract (``decision-outcomes.md``)."""
+"""Closed vocabularies of the product contract (``decision-outcomes.md``).
+
+Every vocabulary but one is a ``StrEnum``: a member is its value wherever it is written (``str()``, f-strings,
+JSON, SQL parameters), so code names members and never spells the strings again. ``Role`` is the one
+``(str, Enum)`` (see there); it is always written through ``.value``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ CptCode = Literal["76377", "76376"]
 """The CPT codes an outcome can support."""
 
 
-class SeriesKind(str, Enum):
+class SeriesKind(StrEnum):
     """What a series is."""
 
     ACQUISITION = "acquisition"
@@ -30,7 +35,7 @@ class SeriesKind(str, Enum):
     """SR, KOS, presentation states, raw data."""
 
 
-class Technique(str, Enum):
+class Technique(StrEnum):
     """The post-processing technique a signal names (finer than :class:`SeriesKind`)."""
 
     MIP = "mip"
@@ -62,7 +67,7 @@ _TECHNIQUE_KIND = {
 }
 
 
-class Origin(str, Enum):
+class Origin(StrEnum):
     """Where a series was made."""
 
     SCANNER_CONSOLE = "scanner_console"
@@ -71,7 +76,7 @@ class Origin(str, Enum):
     UNKNOWN = "unknown"
 
 
-class Role(str, Enum):
+class Role(str, Enum):  # not a StrEnum: registry.parse_device builds it from an untyped TOML / API value
     """The role of a device in the site registry or of a product fingerprint."""
 
     SCANNER_CONSOLE = "scanner_console"
@@ -94,7 +99,7 @@ class Role(str, Enum):
 REGISTRY_ROLES = (Role.SCANNER_CONSOLE, Role.PACS_VIEWER, Role.INDEPENDENT_WORKSTATION)
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """What the images of one study prove."""
 
     SUPPORTS_76377 = "supports_76377"
@@ -109,7 +114,7 @@ class Outcome(str, Enum):
         return codes.get(self)
 
 
-class PacsViewerCode(str, Enum):
+class PacsViewerCode(StrEnum):
     """Site policy: what 3D made in the PACS viewer supports."""
 
     CODE_76376 = "76376"
@@ -117,7 +122,7 @@ class PacsViewerCode(str, Enum):
     REVIEW = "review"
 
 
-class RuleId(str, Enum):
+class RuleId(StrEnum):
     """Every rule that can fire (the ids of ``rules.RULES``); a hit's ``rule`` and a series' ``kind_rule`` / ``origin_rule``."""  # noqa: E501 - one line: the docstring is this enum's description in schema/analysis.schema.json
 
     KIND_COMPRESSION_ONLY = "kind.compression_only"
@@ -160,14 +165,14 @@ class RuleId(str, Enum):
     POLICY_PACS_VIEWER_CODE = "policy.pacs_viewer_code"
 
 
-class ComparisonResult(str, Enum):
+class ComparisonResult(StrEnum):
     """How a series' equipment compares with the study's acquisition series."""
 
     MATCH = "match"
     DIFFERS = "differs"
 
 
-class DeviceRole(str, Enum):
+class DeviceRole(StrEnum):
     """The roles a site can give a device in its registry (``REGISTRY_ROLES``, a part of :class:`Role`)."""
 
     SCANNER_CONSOLE = Role.SCANNER_CONSOLE.value
@@ -175,7 +180,7 @@ class DeviceRole(str, Enum):
     INDEPENDENT_WORKSTATION = Role.INDEPENDENT_WORKSTATION.value
 
 
-class TokenRole(str, Enum):
+class TokenRole(StrEnum):
     """What an API token may do: read, administer, or audit a scope of studies."""
 
     READER = "reader"
@@ -183,7 +188,7 @@ class TokenRole(str, Enum):
     AUDITOR = "auditor"
 
 
-class StudyStatus(str, Enum):
+class StudyStatus(StrEnum):
     """A study in the index: ``pending`` (not yet stable, or newer instances than its decision) or ``decided``."""
 
     PENDING = "pending"

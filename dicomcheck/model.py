@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .enums import CptCode, Origin, Outcome, SeriesKind, Technique
+from .enums import CptCode, Origin, Outcome, RuleId, SeriesKind, Technique
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +136,14 @@ class Evidence:
 class RuleHit:
     """A rule that fired, in plain words, with the evidence that made it fire."""
 
-    rule: str
+    rule: RuleId
     text: str
     series_instance_uids: tuple[str, ...] = ()
     evidence: tuple[Evidence, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.rule or not self.text:
-            raise ValueError("RuleHit needs a rule id and a text")
+        if not isinstance(self.rule, RuleId) or not self.text:
+            raise ValueError("RuleHit needs a RuleId member and a text")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from dicomcheck.decision_record import (
     analysis_json_schema_text,
 )
 from dicomcheck.enums import Outcome, RuleId
-from dicomcheck.model import InstanceFacts, StudyDecision
+from dicomcheck.model import InstanceFacts, RuleHit, StudyDecision
 from dicomcheck.registry import Policy
 from dicomcheck.sources import discover, read_all
 
@@ -131,8 +131,27 @@ def test_schema_refuses_a_code_that_does_not_go_with_the_outcome(fixtures_output
         jsonschema.validate({**document, "code": "76377" if document["code"] != "76377" else None}, study_schema)
 
 
-def test_rule_ids_are_exactly_the_listed_rules():
-    """A rule added to ``rules.RULES`` but not to ``RuleId`` would make every decision it fires in unstorable."""
+def test_every_rule_id_is_described_and_keyed_by_its_member():
+    """``rules.RULES`` describes every ``RuleId`` and nothing else, keyed by the member (not a copy of its string)."""
     from dicomcheck.rules import RULES
 
-    assert {rule.value for rule in RuleId} == set(RULES)
+    assert set(RULES) == set(RuleId)
+    assert all(type(rule) is RuleId for rule in RULES)
+
+
+def test_the_rules_emit_rule_id_members(fixtures_output: Path):
+    """Every hit the rules make (reasons, and the kind / origin hit of each series) carries a ``RuleId`` member,
+    which prints as its id: the text report and the JSON document show ``kind.original``, never ``RuleId.X``."""
+    hits = [
+        hit
+        for study in _decisions(fixtures_output)
+        for hit in (*study.reasons, *(h for s in study.series for h in (s.kind_hit, s.origin_hit)))
+    ]
+    assert hits and all(type(hit.rule) is RuleId for hit in hits)
+    assert {f"{hit.rule}" for hit in hits} <= {rule.value for rule in RuleId}
+
+
+def test_a_hit_with_a_plain_string_rule_is_refused():
+    with pytest.raises(ValueError, match="RuleId"):
+        RuleHit("kind.original", "a plain string is not a rule id")  # type: ignore[arg-type]
+    assert RuleHit(RuleId.KIND_ORIGINAL, "a member is").rule == "kind.original"

@@ -141,6 +141,28 @@ def test_expected_records_use_the_contract_vocabulary(built: tuple[Path, list[di
             assert without["code"] == OUTCOME_CODES[without["outcome"]], name
 
 
+def test_every_case_has_a_one_line_summary() -> None:
+    """A case's summary is its builder's docstring, folded to one line (it is ``expected.json``'s description)."""
+    for case in fixture_build.CASES:
+        assert case.summary and case.summary == " ".join(case.summary.split()), case.name
+
+
+def test_policy_variants_repeat_their_base_case_under_a_policy(built: tuple[Path, list[dict]]) -> None:
+    """``with_policy`` cases: the same series as the case before them, new UIDs, a devices.toml, and without it
+    the base case's outcome."""
+    _, records = built
+    by_name = {r["case"]: r for r in records}
+    cases = fixture_build.CASES
+    variants = [(cases[i - 1], c) for i, c in enumerate(cases) if c.summary.startswith("Same content as ")]
+    assert len(variants) >= 2
+    for base, variant in variants:
+        assert variant.summary.startswith(f"Same content as {base.name}; the site policy ")
+        assert variant.build_series is base.build_series and variant.devices_toml.startswith("[policy]\n")
+        assert by_name[variant.name]["series"] == by_name[base.name]["series"]
+        assert by_name[variant.name]["study_instance_uid"] != by_name[base.name]["study_instance_uid"]
+        assert by_name[variant.name]["without_devices"]["outcome"] == by_name[base.name]["outcome"]
+
+
 def test_output_stays_small(built: tuple[Path, list[dict]]) -> None:
     out, _ = built
     assert sum(p.stat().st_size for p in _files(out)) < MAX_TOTAL_BYTES

@@ -79,30 +79,31 @@ def test_product_against_console_equipment_without_comparison_is_conflict():
     assert origin(seg, acquisitions=()) == (Origin.UNKNOWN, "origin.product_conflict")
 
 
-def test_both_role_product_on_acquisition_station_is_console():
-    vv = facts(
+GE_VCT = Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123")
+
+
+def volume_viewer_sc(equipment: Equipment):
+    """A GE Volume Viewer secondary capture (a product that runs on consoles and workstations alike)."""
+    return facts(
         series="d",
         sop_class_uid=SC,
         sc_manufacturer="GE MEDICAL SYSTEMS",
         sc_model="Volume Viewer",
-        equipment=Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123"),
+        equipment=equipment,
     )
-    acq = facts(series="acq", equipment=Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123"))
-    assert origin(vv, acquisitions=(acq,)) == (Origin.SCANNER_CONSOLE, "origin.both_role_match")
+
+
+def test_both_role_product_on_acquisition_station_is_console():
+    acq = facts(series="acq", equipment=GE_VCT)
+    assert origin(volume_viewer_sc(GE_VCT), acquisitions=(acq,)) == (Origin.SCANNER_CONSOLE, "origin.both_role_match")
 
 
 def test_both_role_product_elsewhere_or_on_other_vendor_is_workstation():
-    vv = facts(
-        series="d",
-        sop_class_uid=SC,
-        sc_manufacturer="GE MEDICAL SYSTEMS",
-        sc_model="Volume Viewer",
-        equipment=replace(SIEMENS_CT, station_name="AWSERVER1"),
-    )
-    assert origin(vv) == (Origin.INDEPENDENT_WORKSTATION, "origin.both_role_elsewhere")
-    ge = Equipment("GE MEDICAL SYSTEMS", "LightSpeed VCT", "ct01", "123")
-    elsewhere = replace(vv, equipment=replace(ge, station_name="AW-9", device_serial_number="777"))
-    assert origin(elsewhere, acquisitions=(facts(series="acq", equipment=ge),))[1] == "origin.both_role_elsewhere"
+    on_siemens = volume_viewer_sc(replace(SIEMENS_CT, station_name="AWSERVER1"))
+    assert origin(on_siemens) == (Origin.INDEPENDENT_WORKSTATION, "origin.both_role_elsewhere")
+    elsewhere = volume_viewer_sc(replace(GE_VCT, station_name="AW-9", device_serial_number="777"))
+    acq = facts(series="acq", equipment=GE_VCT)
+    assert origin(elsewhere, acquisitions=(acq,)) == (Origin.INDEPENDENT_WORKSTATION, "origin.both_role_elsewhere")
 
 
 def test_stripped_equipment_is_unknown():

@@ -169,16 +169,7 @@ _equipment = st.builds(
     software_versions=st.one_of(st.none(), st.sampled_from(["syngo CT VA48A", "7.1"])),
 )
 _instance = st.builds(
-    lambda series, image_type, codes, equipment, desc, sop, modality, procs: facts(
-        series=series,
-        image_type=image_type,
-        derivation_codes=codes,
-        equipment=equipment,
-        series_description=desc,
-        sop_class_uid=sop,
-        modality=modality,
-        procedure_codes=procs,
-    ),
+    facts,
     series=st.sampled_from(["s1", "s2", "s3"]),
     image_type=st.lists(
         st.sampled_from(
@@ -198,15 +189,15 @@ _instance = st.builds(
         ),
         max_size=5,
     ).map(tuple),
-    codes=st.lists(
+    derivation_codes=st.lists(
         st.sampled_from(
             [code(c) for c in ("113040", "113072", "113073", "113074", "113075", "113076", "113078", "113079")]
         ),
         max_size=2,
     ).map(tuple),
     equipment=_equipment,
-    desc=_text,
-    sop=st.sampled_from(
+    series_description=_text,
+    sop_class_uid=st.sampled_from(
         [
             "1.2.840.10008.5.1.4.1.1.2",
             SC,
@@ -217,7 +208,9 @@ _instance = st.builds(
         ]
     ),
     modality=st.sampled_from(["CT", "MR", "US", "PT", "DX", None]),
-    procs=st.lists(st.sampled_from([proc("70496"), proc("74177"), proc("78815", "CPT")]), max_size=1).map(tuple),
+    procedure_codes=st.lists(st.sampled_from([proc("70496"), proc("74177"), proc("78815", "CPT")]), max_size=1).map(
+        tuple
+    ),
 )
 
 

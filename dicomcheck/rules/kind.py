@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pydicom.uid import UID
 
-from ..enums import SeriesKind, Technique
+from ..enums import RuleId, SeriesKind, Technique
 from ..model import Evidence, InstanceFacts, KindDecision, RuleHit
 from .tags import tag_of
 
@@ -179,27 +179,33 @@ def _is_derived_image(facts: InstanceFacts) -> bool:
     return value1 == "DERIVED" or value2 == "SECONDARY" or is_secondary_capture(facts)
 
 
-def _evidence(rule: str, keyword: str, value: str, facts: InstanceFacts) -> Evidence:
+def _evidence(rule: RuleId, keyword: str, value: str, facts: InstanceFacts) -> Evidence:
     return Evidence(rule, keyword, value, tag_of(keyword), facts.sop_instance_uid)
 
 
-def _signals(facts: InstanceFacts) -> list[tuple[str, list[tuple[Technique, Evidence]]]]:
+def _signals(facts: InstanceFacts) -> list[tuple[RuleId, list[tuple[Technique, Evidence]]]]:
     """Each signal level, most specific first, with the techniques it names."""
-    levels: list[tuple[str, list[tuple[Technique, Evidence]]]] = []
+    levels: list[tuple[RuleId, list[tuple[Technique, Evidence]]]] = []
 
     vbct = [
-        (_VOLUME_TECHNIQUES[value], _evidence("kind.volume_technique", "VolumeBasedCalculationTechnique", value, facts))
+        (
+            _VOLUME_TECHNIQUES[value],
+            _evidence(RuleId.KIND_VOLUME_TECHNIQUE, "VolumeBasedCalculationTechnique", value, facts),
+        )
         for value in facts.volume_techniques
         if value in _VOLUME_TECHNIQUES
     ]
-    levels.append(("kind.volume_technique", vbct))
+    levels.append((RuleId.KIND_VOLUME_TECHNIQUE, vbct))
 
     codes = [
-        (_DERIVATION_CODES[code.value], _evidence("kind.derivation_code", "DerivationCodeSequence", str(code), facts))
+        (
+            _DERIVATION_CODES[code.value],
+            _evidence(RuleId.KIND_DERIVATION_CODE, "DerivationCodeSequence", str(code), facts),
+        )
         for code in facts.derivation_codes
         if code.value in _DERIVATION_CODES and code.scheme.upper() in ("DCM", "")
     ]
-    levels.append(("kind.derivation_code", codes))
+    levels.append((RuleId.KIND_DERIVATION_CODE, codes))
 
     image_types = [facts.image_type, *facts.frame_types] if facts.image_type else list(facts.frame_types)
     vendor: list[tuple[Technique, Evidence]] = []
@@ -215,15 +221,15 @@ def _signals(facts: InstanceFacts) -> list[tuple[str, list[tuple[Technique, Evid
             if technique is None:
                 continue
             target = value3 if index == 3 else vendor
-            rule = "kind.image_type_value3" if index == 3 else "kind.image_type_vendor_token"
+            rule = RuleId.KIND_IMAGE_TYPE_VALUE3 if index == 3 else RuleId.KIND_IMAGE_TYPE_VENDOR_TOKEN
             target.append((technique, _evidence(rule, keyword, joined, facts)))
-    levels.append(("kind.image_type_vendor_token", vendor))
-    levels.append(("kind.image_type_value3", value3))
+    levels.append((RuleId.KIND_IMAGE_TYPE_VENDOR_TOKEN, vendor))
+    levels.append((RuleId.KIND_IMAGE_TYPE_VALUE3, value3))
 
     if _is_derived_image(facts) or facts.volume_techniques or facts.derivation_codes:
         for rule, keyword, text in (
-            ("kind.derivation_description", "DerivationDescription", facts.derivation_description),
-            ("kind.series_description", "SeriesDescription", facts.series_description),
+            (RuleId.KIND_DERIVATION_DESCRIPTION, "DerivationDescription", facts.derivation_description),
+            (RuleId.KIND_SERIES_DESCRIPTION, "SeriesDescription", facts.series_description),
         ):
             found = text_technique(text)
             levels.append((rule, [(found[0], _evidence(rule, keyword, text or "", facts))] if found else []))
@@ -236,10 +242,20 @@ def _compression_only(facts: InstanceFacts) -> Evidence | None:
     if others:
         return None
     if codes:
-        return _evidence("kind.compression_only", "DerivationCodeSequence", "; ".join(map(str, codes)), facts)
+        return _evidence(RuleId.KIND_COMPRESSION_ONLY, "DerivationCodeSequence", "; ".join(map(str, codes)), facts)
     if facts.derivation_description and _COMPRESSION_TEXT.search(facts.derivation_description):
-        return _evidence("kind.compression_only", "DerivationDescription", facts.derivation_description, facts)
+        return _evidence(RuleId.KIND_COMPRESSION_ONLY, "DerivationDescription", facts.derivation_description, facts)
     return None
+
+
+def _decided(
+    kind: SeriesKind, technique: Technique | None, rule: RuleId, text: str, evidence: Evidence
+) -> KindDecision:
+    return KindDecision(kind, technique, RuleHit(rule, text, evidence=(evidence,)))
+
+
+def _image_type_evidence(rule: RuleId, facts: InstanceFacts) -> Evidence:
+    return _evidence(rule, "ImageType", "\\".join(facts.image_type) or "(absent)", facts)
 
 
 def classify_instance(facts: InstanceFacts) -> KindDecision:
@@ -249,69 +265,38 @@ def classify_instance(facts: InstanceFacts) -> KindDecision:
         kind, technique = sop_kind or (SeriesKind.NON_IMAGE, None)
         value = facts.sop_class_uid or f"Modality {facts.modality}"
         name = UID(facts.sop_class_uid).name if facts.sop_class_uid else value
-        evidence = _evidence("kind.sop_class", "SOPClassUID" if facts.sop_class_uid else "Modality", value, facts)
-        return KindDecision(
-            kind, technique, RuleHit("kind.sop_class", f"SOP class {name} is {kind.value}.", evidence=(evidence,))
-        )
+        evidence = _evidence(RuleId.KIND_SOP_CLASS, "SOPClassUID" if facts.sop_class_uid else "Modality", value, facts)
+        return _decided(kind, technique, RuleId.KIND_SOP_CLASS, f"SOP class {name} is {kind.value}.", evidence)
 
     for rule, found in _signals(facts):
         best = _best(found)
         if best:
             technique, evidence = best
             text = f"{evidence.keyword} '{evidence.value}' names {technique.value.replace('_', ' ')}."
-            return KindDecision(technique.kind, technique, RuleHit(rule, text, evidence=(evidence,)))
+            return _decided(technique.kind, technique, rule, text, evidence)
 
     image_type = facts.image_type
     value1 = image_type[0] if image_type else ""
     value2 = image_type[1] if len(image_type) > 1 else ""
     value3 = image_type[2] if len(image_type) > 2 else ""
-    joined = "\\".join(image_type)
     if value1 == "ORIGINAL" or (not value1 and not is_secondary_capture(facts)):
-        evidence = _evidence("kind.original", "ImageType", joined or "(absent)", facts)
-        return KindDecision(
-            SeriesKind.ACQUISITION,
-            None,
-            RuleHit(
-                "kind.original",
-                "Original image with no 3D or reformat technique named: acquisition.",
-                evidence=(evidence,),
-            ),
-        )
+        rule, text = RuleId.KIND_ORIGINAL, "Original image with no 3D or reformat technique named: acquisition."
+        return _decided(SeriesKind.ACQUISITION, None, rule, text, _image_type_evidence(rule, facts))
     compression = _compression_only(facts)
     if compression:
-        return KindDecision(
-            SeriesKind.ACQUISITION,
-            None,
-            RuleHit(
-                "kind.compression_only", "Derived only by compression: still the acquisition.", evidence=(compression,)
-            ),
-        )
+        text = "Derived only by compression: still the acquisition."
+        return _decided(SeriesKind.ACQUISITION, None, RuleId.KIND_COMPRESSION_ONLY, text, compression)
     if (
         value2 == "PRIMARY"
         and value3 in _GENERIC_VALUE3
         and not is_secondary_capture(facts)
         and not facts.derivation_codes
     ):
-        evidence = _evidence("kind.derived_primary_reconstruction", "ImageType", joined, facts)
-        return KindDecision(
-            SeriesKind.ACQUISITION,
-            None,
-            RuleHit(
-                "kind.derived_primary_reconstruction",
-                "DERIVED\\PRIMARY with no technique named: a re-reconstruction of the acquisition.",
-                evidence=(evidence,),
-            ),
-        )
-    evidence = _evidence("kind.derived_no_technique", "ImageType", joined or "(absent)", facts)
-    return KindDecision(
-        SeriesKind.OTHER_DERIVED,
-        None,
-        RuleHit(
-            "kind.derived_no_technique",
-            "Derived image with no recognised technique: other derived.",
-            evidence=(evidence,),
-        ),
-    )
+        rule = RuleId.KIND_DERIVED_PRIMARY_RECONSTRUCTION
+        text = "DERIVED\\PRIMARY with no technique named: a re-reconstruction of the acquisition."
+        return _decided(SeriesKind.ACQUISITION, None, rule, text, _image_type_evidence(rule, facts))
+    rule, text = RuleId.KIND_DERIVED_NO_TECHNIQUE, "Derived image with no recognised technique: other derived."
+    return _decided(SeriesKind.OTHER_DERIVED, None, rule, text, _image_type_evidence(rule, facts))
 
 
 def _signature(facts: InstanceFacts) -> tuple[object, ...]:
@@ -346,7 +331,7 @@ def classify_series(instances: Sequence[InstanceFacts]) -> tuple[KindDecision, C
         return best, counts
     summary = ", ".join(f"{n} {kind.value}" for kind, n in counts.most_common())
     hit = RuleHit(
-        "kind.mixed_series",
+        RuleId.KIND_MIXED_SERIES,
         f"Instances disagree ({summary}); the series is {best.kind.value} because: {best.hit.text}",
         evidence=best.hit.evidence,
     )

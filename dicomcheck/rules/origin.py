@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ..enums import ComparisonResult, Origin, Role, SeriesKind
+from ..enums import ComparisonResult, Origin, Role, RuleId, SeriesKind
 from ..knowledge import Clause, Knowledge, Product
 from ..model import Equipment, Evidence, InstanceFacts, OriginDecision, RuleHit
 from ..registry import Registry
@@ -57,12 +57,12 @@ def _field_values(facts: InstanceFacts, name: str) -> Iterator[tuple[str, Eviden
     uid = facts.sop_instance_uid
     if name == "private_creator":
         for creator in facts.private_creators:
-            yield creator.creator, Evidence("origin.product", "PrivateCreator", creator.creator, creator.tag, uid)
+            yield creator.creator, Evidence(RuleId.ORIGIN_PRODUCT, "PrivateCreator", creator.creator, creator.tag, uid)
         return
     if name == "image_type_token":
         joined = "\\".join(facts.image_type)
         for token in facts.image_type[2:]:
-            yield token, Evidence("origin.product", "ImageType", joined, tag_of("ImageType"), uid)
+            yield token, Evidence(RuleId.ORIGIN_PRODUCT, "ImageType", joined, tag_of("ImageType"), uid)
         return
     equipment = facts.equipment
     value = {
@@ -80,7 +80,7 @@ def _field_values(facts: InstanceFacts, name: str) -> Iterator[tuple[str, Eviden
     }[name]
     if value:
         keyword = _FIELD_KEYWORDS[name]
-        yield value, Evidence("origin.product", keyword, value, tag_of(keyword), uid)
+        yield value, Evidence(RuleId.ORIGIN_PRODUCT, keyword, value, tag_of(keyword), uid)
 
 
 def _clause_evidence(facts: InstanceFacts, clause: Clause) -> tuple[Evidence, ...] | None:
@@ -120,6 +120,27 @@ class Comparison:
     evidence: tuple[Evidence, ...]
 
 
+_COMPARED_ATTRIBUTES = {
+    "StationName": "station_name",
+    "DeviceSerialNumber": "device_serial_number",
+    "Manufacturer": "manufacturer",
+    "ManufacturerModelName": "model",
+    "SoftwareVersions": "software_versions",
+}
+"""Equipment keyword -> :class:`Equipment` attribute, for the values a comparison cites."""
+
+
+def _verdicts(equipment: Equipment, other: Equipment, keywords: Sequence[str]) -> list[tuple[bool, str]]:
+    """(same?, keyword) for each of ``keywords`` that both equipments carry."""
+    verdicts = []
+    for keyword in keywords:
+        attr = _COMPARED_ATTRIBUTES[keyword]
+        mine, theirs = _norm(getattr(equipment, attr)), _norm(getattr(other, attr))
+        if mine and theirs:
+            verdicts.append((mine == theirs, keyword))
+    return verdicts
+
+
 def compare_with_acquisitions(facts: InstanceFacts, acquisitions: Sequence[InstanceFacts]) -> Comparison | None:
     """Compare a series' equipment with the study's acquisition series (None: not comparable)."""
     equipment = facts.equipment
@@ -129,47 +150,22 @@ def compare_with_acquisitions(facts: InstanceFacts, acquisitions: Sequence[Insta
         if acq.equipment in seen:
             continue
         seen.add(acq.equipment)
-        verdicts: list[tuple[bool, str]] = []
-        for attr, keyword in (("station_name", "StationName"), ("device_serial_number", "DeviceSerialNumber")):
-            mine, theirs = _norm(getattr(equipment, attr)), _norm(getattr(acq.equipment, attr))
-            if mine and theirs:
-                verdicts.append((mine == theirs, keyword))
+        verdicts = _verdicts(equipment, acq.equipment, ("StationName", "DeviceSerialNumber"))
         if not verdicts:
             mine_vendor, their_vendor = _vendor_word(equipment.manufacturer), _vendor_word(acq.equipment.manufacturer)
             if mine_vendor and their_vendor and mine_vendor != their_vendor:
                 verdicts.append((False, "Manufacturer"))
             else:
-                for attr, keyword in (("model", "ManufacturerModelName"), ("software_versions", "SoftwareVersions")):
-                    mine, theirs = _norm(getattr(equipment, attr)), _norm(getattr(acq.equipment, attr))
-                    if mine and theirs:
-                        verdicts.append((mine == theirs, keyword))
+                verdicts = _verdicts(equipment, acq.equipment, ("ManufacturerModelName", "SoftwareVersions"))
                 if len(verdicts) < 2 and all(v for v, _ in verdicts):
                     verdicts = []  # model or software alone is not enough to call it the console
         if not verdicts:
             continue
         evidence = []
         for _, keyword in verdicts:
-            attr = {
-                "StationName": "station_name",
-                "DeviceSerialNumber": "device_serial_number",
-                "Manufacturer": "manufacturer",
-                "ManufacturerModelName": "model",
-                "SoftwareVersions": "software_versions",
-            }[keyword]
-            evidence.append(
-                Evidence(
-                    "origin.compare", keyword, str(getattr(equipment, attr)), tag_of(keyword), facts.sop_instance_uid
-                )
-            )
-            evidence.append(
-                Evidence(
-                    "origin.compare.acquisition",
-                    keyword,
-                    str(getattr(acq.equipment, attr)),
-                    tag_of(keyword),
-                    acq.sop_instance_uid,
-                )
-            )
+            for signal, instance in (("origin.compare", facts), ("origin.compare.acquisition", acq)):
+                value = str(getattr(instance.equipment, _COMPARED_ATTRIBUTES[keyword]))
+                evidence.append(Evidence(signal, keyword, value, tag_of(keyword), instance.sop_instance_uid))
         if all(same for same, _ in verdicts):
             return Comparison(ComparisonResult.MATCH, tuple(evidence))
         differs = differs or Comparison(ComparisonResult.DIFFERS, tuple(evidence))
@@ -183,7 +179,7 @@ def _station_carries_serial(equipment: Equipment) -> bool:
     return bool(digits and serial_digits and digits.group(1).lstrip("0") == serial_digits.lstrip("0"))
 
 
-def _equipment_evidence(facts: InstanceFacts, rule: str) -> tuple[Evidence, ...]:
+def _equipment_evidence(facts: InstanceFacts, rule: RuleId) -> tuple[Evidence, ...]:
     equipment = facts.equipment
     pairs = (
         ("Manufacturer", equipment.manufacturer),
@@ -195,17 +191,32 @@ def _equipment_evidence(facts: InstanceFacts, rule: str) -> tuple[Evidence, ...]
     return tuple(Evidence(rule, k, v, tag_of(k), facts.sop_instance_uid) for k, v in pairs if v)
 
 
-def _hit(rule: str, text: str, evidence: Sequence[Evidence]) -> RuleHit:
+def _hit(rule: RuleId, text: str, evidence: Sequence[Evidence]) -> RuleHit:
     return RuleHit(
         rule,
         text,
         evidence=tuple(
             Evidence(
-                rule if e.signal in ("origin.product",) else e.signal, e.keyword, e.value, e.tag, e.sop_instance_uid
+                rule if e.signal == RuleId.ORIGIN_PRODUCT else e.signal, e.keyword, e.value, e.tag, e.sop_instance_uid
             )
             for e in evidence
         ),
     )
+
+
+def _decided(
+    origin: Origin, rule: RuleId, text: str, evidence: Sequence[Evidence], product: str | None = None
+) -> OriginDecision:
+    """The origin, the rule that placed it (citing ``evidence``) and the product that made the series."""
+    return OriginDecision(origin, _hit(rule, text, evidence), product)
+
+
+def _stripped(facts: InstanceFacts, text: str) -> OriginDecision:
+    """Equipment tags removed: the origin cannot be named."""
+    absent = Evidence(
+        RuleId.ORIGIN_EQUIPMENT_STRIPPED, "Manufacturer", "(absent)", tag_of("Manufacturer"), facts.sop_instance_uid
+    )
+    return _decided(Origin.UNKNOWN, RuleId.ORIGIN_EQUIPMENT_STRIPPED, text, [absent])
 
 
 def parse_study_date(value: str | None) -> dt.date | None:
@@ -267,44 +278,20 @@ def _registry_origin(facts: InstanceFacts, registry: Registry) -> OriginDecision
     if device.valid_from or device.valid_to:
         entry += f" valid {device.valid_from or '…'}..{device.valid_to or '…'}"
     evidence = (
-        Evidence("origin.registry", keyword, match.value, tag_of(keyword), facts.sop_instance_uid),
-        Evidence("origin.registry", "RegistryEntry", entry, None, None),
+        Evidence(RuleId.ORIGIN_REGISTRY, keyword, match.value, tag_of(keyword), facts.sop_instance_uid),
+        Evidence(RuleId.ORIGIN_REGISTRY, "RegistryEntry", entry, None, None),
     )
-    return OriginDecision(
-        device.role.origin,
-        RuleHit("origin.registry", f"Site registry: {device.label} is a {device.role.value}.", evidence=evidence),
-        f"registry: {device.label}",
-    )
+    text = f"Site registry: {device.label} is a {device.role.value}."
+    return _decided(device.role.origin, RuleId.ORIGIN_REGISTRY, text, evidence, f"registry: {device.label}")
 
 
 def _acquisition_origin(facts: InstanceFacts) -> OriginDecision:
     """Acquisition images come from their modality (unless the equipment tags were stripped)."""
-    equipment = facts.equipment
-    if equipment.is_empty:
-        return OriginDecision(
-            Origin.UNKNOWN,
-            RuleHit(
-                "origin.equipment_stripped",
-                "Acquisition with its equipment tags removed: the modality cannot be named.",
-                evidence=(
-                    Evidence(
-                        "origin.equipment_stripped",
-                        "Manufacturer",
-                        "(absent)",
-                        tag_of("Manufacturer"),
-                        facts.sop_instance_uid,
-                    ),
-                ),
-            ),
-        )
-    return OriginDecision(
-        Origin.SCANNER_CONSOLE,
-        _hit(
-            "origin.acquisition",
-            "Acquisition images come from the modality that acquired them.",
-            _equipment_evidence(facts, "origin.acquisition"),
-        ),
-    )
+    if facts.equipment.is_empty:
+        return _stripped(facts, "Acquisition with its equipment tags removed: the modality cannot be named.")
+    text = "Acquisition images come from the modality that acquired them."
+    evidence = _equipment_evidence(facts, RuleId.ORIGIN_ACQUISITION)
+    return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_ACQUISITION, text, evidence)
 
 
 def _maker_origin(
@@ -315,23 +302,18 @@ def _maker_origin(
     evidence = [e for m in makers for e in m.evidence]
     names = " / ".join(m.product.name for m in makers)
     if len(roles) > 1:
-        return OriginDecision(
-            Origin.UNKNOWN,
-            _hit("origin.product_conflict", f"Fingerprints of {names} disagree on the role.", evidence),
+        return _decided(
+            Origin.UNKNOWN, RuleId.ORIGIN_PRODUCT_CONFLICT, f"Fingerprints of {names} disagree on the role.", evidence
         )
     if consoles and (comparison is None or comparison.result is ComparisonResult.MATCH):
         evidence += [e for m in consoles for e in m.evidence] + list(comparison.evidence if comparison else ())
-        return OriginDecision(
-            Origin.UNKNOWN,
-            _hit(
-                "origin.product_conflict",
-                f"{names} fingerprint, but the equipment module names a scanner console "
-                f"({consoles[0].product.name}): conflicting signals.",
-                evidence,
-            ),
+        text = (
+            f"{names} fingerprint, but the equipment module names a scanner console "
+            f"({consoles[0].product.name}): conflicting signals."
         )
+        return _decided(Origin.UNKNOWN, RuleId.ORIGIN_PRODUCT_CONFLICT, text, evidence)
     role = roles.pop()
-    return OriginDecision(role.origin, _hit("origin.product", f"Made with {names} ({role.value}).", evidence), names)
+    return _decided(role.origin, RuleId.ORIGIN_PRODUCT, f"Made with {names} ({role.value}).", evidence, names)
 
 
 def _both_role_origin(
@@ -339,67 +321,31 @@ def _both_role_origin(
 ) -> OriginDecision:
     """A product that runs on consoles and workstations: the equipment around it places it."""
     equipment = facts.equipment
+    name = product.product.name
     evidence = list(product.evidence)
     vendor = product.product.vendor
     if vendor and equipment.manufacturer and not vendor.search(equipment.manufacturer):
-        evidence += _equipment_evidence(facts, "origin.both_role_elsewhere")[:1]
-        return OriginDecision(
-            Origin.INDEPENDENT_WORKSTATION,
-            _hit(
-                "origin.both_role_elsewhere",
-                f"{product.product.name} used on {equipment.manufacturer} data: cannot be that scanner's console.",
-                evidence,
-            ),
-            product.product.name,
-        )
+        evidence += _equipment_evidence(facts, RuleId.ORIGIN_BOTH_ROLE_ELSEWHERE)[:1]
+        text = f"{name} used on {equipment.manufacturer} data: cannot be that scanner's console."
+        return _decided(Origin.INDEPENDENT_WORKSTATION, RuleId.ORIGIN_BOTH_ROLE_ELSEWHERE, text, evidence, name)
     if comparison and comparison.result is ComparisonResult.MATCH:
-        return OriginDecision(
-            Origin.SCANNER_CONSOLE,
-            _hit(
-                "origin.both_role_match",
-                f"{product.product.name} on the acquisition's station: the scanner console.",
-                evidence + list(comparison.evidence),
-            ),
-            product.product.name,
-        )
+        text = f"{name} on the acquisition's station: the scanner console."
+        evidence += comparison.evidence
+        return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_BOTH_ROLE_MATCH, text, evidence, name)
     if comparison and comparison.result is ComparisonResult.DIFFERS:
-        return OriginDecision(
-            Origin.INDEPENDENT_WORKSTATION,
-            _hit(
-                "origin.both_role_elsewhere",
-                f"{product.product.name} on another station than the acquisition: an independent workstation.",
-                evidence + list(comparison.evidence),
-            ),
-            product.product.name,
-        )
+        text = f"{name} on another station than the acquisition: an independent workstation."
+        evidence += comparison.evidence
+        return _decided(Origin.INDEPENDENT_WORKSTATION, RuleId.ORIGIN_BOTH_ROLE_ELSEWHERE, text, evidence, name)
     if consoles:
-        return OriginDecision(
-            Origin.SCANNER_CONSOLE,
-            _hit(
-                "origin.console_fingerprint",
-                f"{product.product.name} with the equipment of a {consoles[0].product.name}.",
-                evidence + list(consoles[0].evidence),
-            ),
-            product.product.name,
-        )
+        text = f"{name} with the equipment of a {consoles[0].product.name}."
+        evidence += consoles[0].evidence
+        return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_CONSOLE_FINGERPRINT, text, evidence, name)
     if _station_carries_serial(equipment):
-        return OriginDecision(
-            Origin.SCANNER_CONSOLE,
-            _hit(
-                "origin.console_station_serial",
-                f"{product.product.name} on a station named after the device serial number.",
-                evidence + list(_equipment_evidence(facts, "origin.console_station_serial")),
-            ),
-            product.product.name,
-        )
-    return OriginDecision(
-        Origin.UNKNOWN,
-        _hit(
-            "origin.unidentified",
-            f"{product.product.name} runs on consoles and workstations; nothing places this one.",
-            evidence,
-        ),
-    )
+        text = f"{name} on a station named after the device serial number."
+        evidence += _equipment_evidence(facts, RuleId.ORIGIN_CONSOLE_STATION_SERIAL)
+        return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_CONSOLE_STATION_SERIAL, text, evidence, name)
+    text = f"{name} runs on consoles and workstations; nothing places this one."
+    return _decided(Origin.UNKNOWN, RuleId.ORIGIN_UNIDENTIFIED, text, evidence)
 
 
 def _equipment_origin(
@@ -408,61 +354,23 @@ def _equipment_origin(
     """No product fingerprint: the equipment module, compared with the study's acquisitions."""
     equipment = facts.equipment
     if equipment.is_empty and not (facts.sc_manufacturer or facts.sc_model):
-        return OriginDecision(
-            Origin.UNKNOWN,
-            RuleHit(
-                "origin.equipment_stripped",
-                "Equipment tags (Manufacturer, Model, Station, Serial, Software) are absent.",
-                evidence=(
-                    Evidence(
-                        "origin.equipment_stripped",
-                        "Manufacturer",
-                        equipment.manufacturer or "(absent)",
-                        tag_of("Manufacturer"),
-                        facts.sop_instance_uid,
-                    ),
-                ),
-            ),
-        )
+        return _stripped(facts, "Equipment tags (Manufacturer, Model, Station, Serial, Software) are absent.")
     if comparison and comparison.result is ComparisonResult.MATCH:
-        return OriginDecision(
-            Origin.SCANNER_CONSOLE,
-            _hit(
-                "origin.study_match",
-                "Same equipment as the study's acquisition: made on the scanner console.",
-                comparison.evidence,
-            ),
-        )
+        text = "Same equipment as the study's acquisition: made on the scanner console."
+        return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_STUDY_MATCH, text, comparison.evidence)
     if comparison and comparison.result is ComparisonResult.DIFFERS:
-        return OriginDecision(
-            Origin.UNKNOWN,
-            _hit(
-                "origin.study_differs",
-                "Equipment differs from the study's acquisition and names no known product.",
-                comparison.evidence,
-            ),
-        )
+        text = "Equipment differs from the study's acquisition and names no known product."
+        return _decided(Origin.UNKNOWN, RuleId.ORIGIN_STUDY_DIFFERS, text, comparison.evidence)
     if consoles:
-        return OriginDecision(
-            Origin.SCANNER_CONSOLE,
-            _hit("origin.console_fingerprint", f"Equipment of a {consoles[0].product.name}.", consoles[0].evidence),
-        )
+        text = f"Equipment of a {consoles[0].product.name}."
+        return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_CONSOLE_FINGERPRINT, text, consoles[0].evidence)
     if _station_carries_serial(equipment):
-        return OriginDecision(
-            Origin.SCANNER_CONSOLE,
-            _hit(
-                "origin.console_station_serial",
-                "Station name carries the device serial number, as scanner consoles do.",
-                _equipment_evidence(facts, "origin.console_station_serial"),
-            ),
-        )
-    return OriginDecision(
-        Origin.UNKNOWN,
-        _hit(
-            "origin.unidentified",
-            "No registry entry, product fingerprint or acquisition to compare identifies the equipment.",
-            _equipment_evidence(facts, "origin.unidentified"),
-        ),
+        text = "Station name carries the device serial number, as scanner consoles do."
+        evidence = _equipment_evidence(facts, RuleId.ORIGIN_CONSOLE_STATION_SERIAL)
+        return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_CONSOLE_STATION_SERIAL, text, evidence)
+    text = "No registry entry, product fingerprint or acquisition to compare identifies the equipment."
+    return _decided(
+        Origin.UNKNOWN, RuleId.ORIGIN_UNIDENTIFIED, text, _equipment_evidence(facts, RuleId.ORIGIN_UNIDENTIFIED)
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..enums import Origin, Outcome, PacsViewerCode, SeriesKind, Technique
+from ..enums import Origin, Outcome, PacsViewerCode, RuleId, SeriesKind, Technique
 from ..knowledge import Knowledge
 from ..model import Evidence, InstanceFacts, RuleHit, SeriesDecision
 from ..registry import Policy
@@ -25,12 +25,13 @@ def three_d_status(kind: SeriesKind, technique: Technique | None, policy: Policy
     if technique is Technique.MINIP:
         text = "MinIP counts as 3D" if policy.minip_is_3d else "MinIP does not count as 3D"
         return policy.minip_is_3d, RuleHit(
-            "policy.minip_is_3d", f"Site policy minip_is_3d = {str(policy.minip_is_3d).lower()}: {text}."
+            RuleId.POLICY_MINIP_IS_3D, f"Site policy minip_is_3d = {str(policy.minip_is_3d).lower()}: {text}."
         )
     if technique is Technique.CURVED_MPR:
         text = "curved reformats count as 3D" if policy.curved_mpr_is_3d else "curved reformats are reformats, not 3D"
         return policy.curved_mpr_is_3d, RuleHit(
-            "policy.curved_mpr_is_3d", f"Site policy curved_mpr_is_3d = {str(policy.curved_mpr_is_3d).lower()}: {text}."
+            RuleId.POLICY_CURVED_MPR_IS_3D,
+            f"Site policy curved_mpr_is_3d = {str(policy.curved_mpr_is_3d).lower()}: {text}.",
         )
     return kind in THREE_D_KINDS, None
 
@@ -53,7 +54,7 @@ def _bundling_hits(
                 if group.contains(code.value) and ("cpt", code.value) not in seen:
                     seen.add(("cpt", code.value))
                     evidence = Evidence(
-                        "outcome.bundled_cpt",
+                        RuleId.OUTCOME_BUNDLED_CPT,
                         proc.keyword,
                         f"{code} (designator {code.scheme})",
                         tag_of(proc.keyword),
@@ -61,7 +62,7 @@ def _bundling_hits(
                     )
                     hits.append(
                         RuleHit(
-                            "outcome.bundled_cpt",
+                            RuleId.OUTCOME_BUNDLED_CPT,
                             f"CPT {code.value} ({group.name}, {group.status}) already includes 3D.",
                             evidence=(evidence,),
                         )
@@ -81,11 +82,11 @@ def _bundling_hits(
                 if found:
                     seen.add((keyword, text))
                     evidence = Evidence(
-                        "outcome.bundled_description", keyword, text, tag_of(keyword), facts.sop_instance_uid
+                        RuleId.OUTCOME_BUNDLED_DESCRIPTION, keyword, text, tag_of(keyword), facts.sop_instance_uid
                     )
                     hits.append(
                         RuleHit(
-                            "outcome.bundled_description",
+                            RuleId.OUTCOME_BUNDLED_DESCRIPTION,
                             f"{keyword} '{text}' names {named.name} ('{found.group(0)}').",
                             evidence=(evidence,),
                         )
@@ -96,7 +97,7 @@ def _bundling_hits(
             if flavor in knowledge.image_flavors and ("flavor", flavor) not in seen and facts.frame_types:
                 seen.add(("flavor", flavor))
                 evidence = Evidence(
-                    "outcome.bundled_image_flavor",
+                    RuleId.OUTCOME_BUNDLED_IMAGE_FLAVOR,
                     "ImageType",
                     "\\".join(image_type),
                     tag_of("ImageType"),
@@ -104,7 +105,7 @@ def _bundling_hits(
                 )
                 hits.append(
                     RuleHit(
-                        "outcome.bundled_image_flavor",
+                        RuleId.OUTCOME_BUNDLED_IMAGE_FLAVOR,
                         f"Enhanced image flavor {flavor} marks a study that includes 3D.",
                         evidence=(evidence,),
                     )
@@ -113,10 +114,10 @@ def _bundling_hits(
         name = knowledge.bundled_modalities.get(s.modality or "")
         if name and ("modality", s.modality) not in seen:
             seen.add(("modality", s.modality or ""))
-            evidence = Evidence("outcome.bundled_modality", "Modality", s.modality or "", tag_of("Modality"), None)
+            evidence = Evidence(RuleId.OUTCOME_BUNDLED_MODALITY, "Modality", s.modality or "", tag_of("Modality"), None)
             hits.append(
                 RuleHit(
-                    "outcome.bundled_modality",
+                    RuleId.OUTCOME_BUNDLED_MODALITY,
                     f"Modality {s.modality} ({name}) already includes 3D.",
                     (s.series_instance_uid,),
                     (evidence,),
@@ -125,7 +126,7 @@ def _bundling_hits(
     return hits
 
 
-def _series_hit(rule: str, text: str, series: Sequence[SeriesDecision]) -> RuleHit:
+def _series_hit(rule: RuleId, text: str, series: Sequence[SeriesDecision]) -> RuleHit:
     evidence = tuple(e for s in series for e in (*s.kind_hit.evidence[:1], *s.origin_hit.evidence[:3]))
     return RuleHit(rule, text, tuple(s.series_instance_uid for s in series), evidence)
 
@@ -159,7 +160,7 @@ def decide_outcome(
         kinds = ", ".join(sorted({s.kind.value for s in series}))
         return Outcome.NO_3D, (
             RuleHit(
-                "outcome.no_3d",
+                RuleId.OUTCOME_NO_3D,
                 f"No 3D series; the study holds: {kinds}.",
                 tuple(s.series_instance_uid for s in series),
             ),
@@ -184,12 +185,12 @@ def decide_outcome(
     }
     if image_modalities and not image_modalities & TOMOGRAPHIC_MODALITIES:
         evidence = tuple(
-            Evidence("outcome.non_tomographic", "Modality", m, tag_of("Modality"), None)
+            Evidence(RuleId.OUTCOME_NON_TOMOGRAPHIC, "Modality", m, tag_of("Modality"), None)
             for m in sorted(image_modalities)
         )
         return Outcome.NEEDS_REVIEW, (
             RuleHit(
-                "outcome.non_tomographic",
+                RuleId.OUTCOME_NON_TOMOGRAPHIC,
                 f"3D codes apply to CT, MR or ultrasound; this study is {', '.join(sorted(image_modalities))}.",
                 evidence=evidence,
             ),
@@ -206,7 +207,7 @@ def decide_outcome(
         if not references:
             return Outcome.NEEDS_REVIEW, (
                 _series_hit(
-                    "outcome.no_base_acquisition",
+                    RuleId.OUTCOME_NO_BASE_ACQUISITION,
                     f"No base acquisition received and no 3D series references one: {_describe(three_d)}.",
                     three_d,
                 ),
@@ -226,7 +227,7 @@ def decide_outcome(
         counted_as = viewer_origin.value.replace("_", " ") if viewer_origin is not Origin.UNKNOWN else "needing review"
         policy_hits.append(
             RuleHit(
-                "policy.pacs_viewer_code",
+                RuleId.POLICY_PACS_VIEWER_CODE,
                 f"Site policy pacs_viewer_code = {policy.pacs_viewer_code.value}: 3D made in the PACS viewer counts "
                 f"as {counted_as}.",
                 tuple(s.series_instance_uid for s in viewer),
@@ -237,7 +238,7 @@ def decide_outcome(
     if workstation:
         return Outcome.SUPPORTS_76377, (
             _series_hit(
-                "outcome.independent_workstation",
+                RuleId.OUTCOME_INDEPENDENT_WORKSTATION,
                 f"3D made on an independent workstation: {_describe(workstation)}.",
                 workstation,
             ),
@@ -246,12 +247,12 @@ def decide_outcome(
     unknown = [s for s in three_d if effective[s.series_instance_uid] is Origin.UNKNOWN]
     if unknown:
         return Outcome.NEEDS_REVIEW, (
-            _series_hit("outcome.unknown_origin", f"3D of unknown origin: {_describe(unknown)}.", unknown),
+            _series_hit(RuleId.OUTCOME_UNKNOWN_ORIGIN, f"3D of unknown origin: {_describe(unknown)}.", unknown),
             *policy_hits,
         )
     return Outcome.SUPPORTS_76376, (
         _series_hit(
-            "outcome.console_or_viewer",
+            RuleId.OUTCOME_CONSOLE_OR_VIEWER,
             f"All 3D made on the scanner console or in the PACS viewer: {_describe(three_d)}.",
             three_d,
         ),
