@@ -1,13 +1,12 @@
 """Closed vocabularies of the product contract (``decision-outcomes.md``).
 
-Every vocabulary but one is a ``StrEnum``: a member is its value wherever it is written (``str()``, f-strings,
-JSON, SQL parameters), so code names members and never spells the strings again. ``Role`` is the one
-``(str, Enum)`` (see there); it is always written through ``.value``.
+Every vocabulary is a ``StrEnum``: a member is its value wherever it is written (``str()``, f-strings,
+JSON, SQL parameters), so code names members and never spells the strings again.
 """
 
 from __future__ import annotations
 
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Literal
 
 CptCode = Literal["76377", "76376"]
@@ -76,7 +75,7 @@ class Origin(StrEnum):
     UNKNOWN = "unknown"
 
 
-class Role(str, Enum):  # not a StrEnum: registry.parse_device builds it from an untyped TOML / API value
+class Role(StrEnum):
     """The role of a device in the site registry or of a product fingerprint."""
 
     SCANNER_CONSOLE = "scanner_console"

@@ -228,7 +228,7 @@ def parse_device(row: dict, where: str = "device", line: int = 0) -> Device:
         raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}; known: {list(DEVICE_FIELDS)}")
     role_text = row.get("role")
     try:
-        role = Role(role_text)
+        role = Role(str(role_text))  # a missing or non-text role is no member either
         if role not in REGISTRY_ROLES:
             raise ValueError
     except ValueError:
