@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 
+from ..decision_record import StudyDecisionUnderPolicy
 from ..store.reads import IndexReader
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -72,11 +73,11 @@ def decision_rows(
         decided_from=decided_from, decided_to=decided_to, outcome=outcome, limit=limit
     ):
         study, decision, review = record.study, record.decision, record.latest_review
-        series = decision.document.get("series", [])
-        stations = sorted({(s.get("equipment") or {}).get("station_name") or "" for s in series} - {""})
+        series = StudyDecisionUnderPolicy.model_validate(decision.document).series
+        stations = sorted({s.equipment.station_name or "" for s in series} - {""})
         if wanted and wanted not in {s.upper() for s in stations}:
             continue
-        three_d = [s for s in series if s.get("is_3d")]
+        three_d = [s for s in series if s.is_3d]
         rows.append(
             {
                 "study_instance_uid": study.study_instance_uid,
@@ -90,11 +91,9 @@ def decision_rows(
                 "instances": decision.instance_count,
                 "stations": _join(stations),
                 "three_d_series": len(three_d),
-                "three_d_origins": _join(sorted({s["origin"] for s in three_d})),
-                "three_d_stations": _join(
-                    sorted({(s.get("equipment") or {}).get("station_name") or "-" for s in three_d})
-                ),
-                "products": _join(sorted({s["product"] for s in series if s.get("product")})),
+                "three_d_origins": _join(sorted({s.origin for s in three_d})),
+                "three_d_stations": _join(sorted({s.equipment.station_name or "-" for s in three_d})),
+                "products": _join(sorted({s.product for s in series if s.product})),
                 "review_outcome": review.outcome if review else None,
                 "review_stale": (review.stale_since is not None) if review else None,
                 "changed_after_read": record.changed_after_read,
