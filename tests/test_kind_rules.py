@@ -148,3 +148,55 @@ def test_mixed_series_takes_the_3d_kind_and_says_so():
     assert decision.kind is SeriesKind.PROJECTION
     assert decision.hit.rule == "kind.mixed_series"
     assert counts[SeriesKind.ACQUISITION] == 1
+
+
+# ---- "3D" alone (decision-outcomes.md clarifications): a rendering of unstated technique, never on an acquisition
+def test_3d_token_alone_is_volume_render_of_unstated_technique():
+    decision = classify_instance(facts(sop_class_uid=SC, image_type=("DERIVED", "SECONDARY", "3D")))
+    assert (decision.kind, decision.technique, decision.hit.rule) == (
+        SeriesKind.VOLUME_RENDER,
+        None,
+        "kind.unstated_3d",
+    )
+    assert "names no technique" in decision.hit.text and "unstated" in decision.hit.text
+    (evidence,) = decision.hit.evidence
+    assert (evidence.keyword, evidence.value) == ("ImageType", "DERIVED\\SECONDARY\\3D")
+
+
+@pytest.mark.parametrize("description", ["3D", "3D Heart", "3-D reconstruction"])
+def test_3d_description_alone_is_volume_render_of_unstated_technique(description):
+    kind, technique, rule = kind_of(
+        sop_class_uid=SC, image_type=("DERIVED", "SECONDARY", "OTHER"), series_description=description
+    )
+    assert (kind, technique, rule) == (SeriesKind.VOLUME_RENDER, None, "kind.unstated_3d")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        # a technique named anywhere, even lower down, outranks the bare word 3D
+        (dict(image_type=("DERIVED", "SECONDARY", "3D"), series_description="MIP 10mm"), Technique.MIP),
+        (dict(image_type=("DERIVED", "SECONDARY", "3D", "VOLREN")), Technique.VOLUME_RENDER),
+        (
+            dict(image_type=("DERIVED", "SECONDARY", "OTHER"), series_description="3D SSD skull"),
+            Technique.SURFACE_RENDER,
+        ),
+        (dict(image_type=("DERIVED", "SECONDARY", "3D"), series_description="Sag MPR"), Technique.MPR),
+        (dict(image_type=("DERIVED", "SECONDARY", "3D", "SCREEN SAVE")), Technique.NOT_3D),
+    ],
+)
+def test_3d_yields_to_any_named_technique(changes, expected):
+    assert kind_of(sop_class_uid=SC, **changes)[1] is expected
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(image_type=("ORIGINAL", "PRIMARY", "M", "ND"), series_description="Sag 3D T1 MPRAGE"),
+        dict(image_type=("ORIGINAL", "PRIMARY", "AXIAL", "3D")),
+        dict(image_type=("DERIVED", "PRIMARY", "AXIAL"), series_description="Thorax 3D 1.0 recon"),
+        dict(image_type=("ORIGINAL", "PRIMARY", "AXIAL"), series_description="CAP 3D exposure modulation"),
+    ],
+)
+def test_3d_in_an_acquisition_is_never_a_rendering(changes):
+    assert kind_of(**changes)[0] is SeriesKind.ACQUISITION

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dicomcheck.enums import Origin, SeriesKind
+import pytest
+
+from dicomcheck.enums import Origin, Role, SeriesKind
 from dicomcheck.knowledge import builtin_knowledge
 from dicomcheck.model import Equipment
 from dicomcheck.registry import parse_registry
-from dicomcheck.rules.origin import decide_origin
+from dicomcheck.rules.origin import decide_origin, weak_marks
 
 from .factories import SC, SIEMENS_CT, creator, facts
 
@@ -56,11 +58,158 @@ def test_named_workstation_product():
     assert origin(vitrea) == (Origin.INDEPENDENT_WORKSTATION, "origin.product")
 
 
-def test_pacs_viewer_product():
-    osirix = facts(
-        series="d", sop_class_uid=SC, equipment=Equipment(None, "OsiriX"), sc_manufacturer="OsiriX", sc_model="OsiriX"
+def decision_of(derived, *, acquisitions=(ACQ,), registry=EMPTY, kind=SeriesKind.VOLUME_RENDER):
+    return decide_origin(derived, kind, acquisitions=list(acquisitions), registry=registry, knowledge=KNOWLEDGE)
+
+
+def capture(manufacturer=None, model=None, sc_manufacturer=None, sc_model=None, **changes):
+    """A 3D capture written by a product: its Manufacturer / model, or its SC device, name the writer; another
+    station than the acquisition's."""
+    equipment = Equipment(manufacturer, model, changes.pop("station_name", "READ-07"))
+    return facts(
+        series="d", sop_class_uid=SC, equipment=equipment, sc_manufacturer=sc_manufacturer, sc_model=sc_model, **changes
     )
-    assert origin(osirix)[0] is Origin.PACS_VIEWER
+
+
+# (fingerprint id, the capture it writes, the origin it gets). Strings are the fingerprints' own patterns (from
+# the product names, see fingerprints.toml), not observed headers.
+WRITERS = [
+    ("sectra-ids7", capture("SECTRA", "IDS7"), Origin.PACS_VIEWER),
+    ("sectra-ids7", capture(None, None, "Sectra", "IDS 7"), Origin.PACS_VIEWER),
+    ("vue-pacs", capture("Carestream Health", "Vue PACS"), Origin.PACS_VIEWER),
+    ("vue-pacs", capture("Philips", None, "Philips", "Vue PACS 12.2"), Origin.PACS_VIEWER),
+    ("agfa-impax-viewer", capture("Agfa", "IMPAX 6.5"), Origin.PACS_VIEWER),
+    ("agfa-impax-viewer", capture(None, None, "AGFA", "Enterprise Imaging"), Origin.PACS_VIEWER),
+    ("intelerad-inteleviewer", capture("Intelerad Medical Systems", "InteleViewer"), Origin.PACS_VIEWER),
+    ("ge-centricity-viewer", capture("GE Healthcare", "Centricity Universal Viewer"), Origin.PACS_VIEWER),
+    ("philips-intellispace-pacs", capture("Philips", "IntelliSpace PACS"), Origin.PACS_VIEWER),
+    ("fujifilm-synapse-pacs", capture("FUJIFILM Medical Systems", "Synapse"), Origin.PACS_VIEWER),
+    ("change-healthcare-pacs", capture("McKesson", "Radiology"), Origin.PACS_VIEWER),
+    ("change-healthcare-pacs", capture("Change Healthcare", None), Origin.PACS_VIEWER),
+    ("merge-pacs", capture("Merge Healthcare", "Merge PACS"), Origin.PACS_VIEWER),
+    ("novarad-novapacs", capture("Novarad", "NovaPACS"), Origin.PACS_VIEWER),
+    ("visage", capture("Visage Imaging", "Visage 7"), Origin.PACS_VIEWER),
+    ("infinitt-pacs", capture("INFINITT", "G3"), Origin.PACS_VIEWER),
+    ("softneta-meddream", capture("Softneta", "MedDream"), Origin.PACS_VIEWER),
+    ("materialise-mimics", capture("Materialise", "Mimics Medical"), Origin.INDEPENDENT_WORKSTATION),
+    ("materialise-mimics", capture(None, None, None, "3-matic"), Origin.INDEPENDENT_WORKSTATION),
+    ("brainlab", capture("Brainlab AG", "Elements"), Origin.INDEPENDENT_WORKSTATION),
+    ("brainlab", capture(None, "iPlan"), Origin.INDEPENDENT_WORKSTATION),
+    ("olea-sphere", capture("Olea Medical", "Olea Sphere"), Origin.INDEPENDENT_WORKSTATION),
+    ("vital-images-vitrea", capture("Canon Medical Informatics", "Vitrea"), Origin.INDEPENDENT_WORKSTATION),
+    ("terarecon-aquarius", capture("TeraRecon", "Aquarius iNtuition"), Origin.INDEPENDENT_WORKSTATION),
+    ("ziosoft-ziostation", capture("Ziosoft", "Ziostation2"), Origin.INDEPENDENT_WORKSTATION),
+    ("fujifilm-synapse-3d", capture("FUJIFILM Corporation", "Synapse 3D"), Origin.INDEPENDENT_WORKSTATION),
+    ("mim-software", capture("MIM Software Inc.", "MIM"), Origin.INDEPENDENT_WORKSTATION),
+    ("qiicr-dcmqi-3d-slicer", capture("QIICR", "https://github.com/QIICR/dcmqi.git"), Origin.INDEPENDENT_WORKSTATION),
+    ("osirix", capture(None, "OsiriX", "OsiriX", "OsiriX"), Origin.UNKNOWN),
+    ("horos", capture("Horos Project", "Horos"), Origin.UNKNOWN),
+    ("radiant", capture(None, None, "Medixant", "RadiAnt DICOM Viewer"), Origin.UNKNOWN),
+    ("weasis", capture("Weasis", None), Origin.UNKNOWN),
+    ("microdicom", capture("MicroDicom", "MicroDicom viewer"), Origin.UNKNOWN),
+]
+
+
+@pytest.mark.parametrize(("product_id", "written", "expected"), WRITERS, ids=[w[0] for w in WRITERS])
+def test_a_3d_capture_gets_the_role_of_the_product_that_wrote_it(product_id, written, expected):
+    decision = decision_of(written)
+    assert decision.origin is expected, decision.hit.text
+    cited = [e.value for e in decision.hit.evidence if e.keyword == "Fingerprint"]
+    assert cited == [KNOWLEDGE.product(product_id).cited()], "the evidence cites the fingerprint (id, status)"
+
+
+def test_every_viewer_and_named_product_has_a_writer_case():
+    covered = {product_id for product_id, _, _ in WRITERS}
+    deciding = {
+        p.id
+        for p in KNOWLEDGE.products
+        if (p.role is None or p.role is Role.PACS_VIEWER) and any(not c.weak for c in p.clauses)
+    }
+    assert deciding <= covered, sorted(deciding - covered)
+
+
+def test_general_viewer_3d_is_unknown_until_the_registry_names_it():
+    osirix = capture(None, "OsiriX", "OsiriX", "OsiriX")
+    decision = decision_of(osirix)
+    assert (decision.origin, decision.hit.rule) == (Origin.UNKNOWN, "origin.general_viewer")
+    assert decision.product == "OsiriX", "the writer is named so the site can register it"
+    assert "no role until the site registry" in decision.hit.text
+    registry = parse_registry('[[device]]\nstation_name = "READ-07"\nrole = "pacs_viewer"\n')
+    assert origin(osirix, registry=registry) == (Origin.PACS_VIEWER, "origin.registry")
+    registry = parse_registry('[[device]]\nstation_name = "READ-07"\nrole = "independent_workstation"\n')
+    assert origin(osirix, registry=registry) == (Origin.INDEPENDENT_WORKSTATION, "origin.registry")
+
+
+def test_general_viewer_annotations_are_viewer_work():
+    sr = facts(series="d", modality="SR", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11", equipment=Equipment("OsiriX"))
+    assert origin(sr, kind=SeriesKind.NON_IMAGE) == (Origin.PACS_VIEWER, "origin.general_viewer")
+
+
+@pytest.mark.parametrize(
+    ("equipment", "expected"),
+    [
+        # the viewer's product name, not the company that also makes modalities, names a PACS viewer
+        (Equipment("FUJIFILM Corporation", "Synapse 3D", "SYN3D-1"), "fujifilm-synapse-3d"),
+        (Equipment("Philips", "IntelliSpace Portal", "ISP-1"), "philips-ev-workspace"),
+        (Equipment("Philips", "IntelliSpace PACS", "ISP-1"), "philips-intellispace-pacs"),
+    ],
+)
+def test_vendor_with_modalities_and_viewer_is_told_apart_by_product(equipment, expected):
+    decision = decision_of(facts(series="d", sop_class_uid=SC, equipment=equipment))
+    assert decision.origin is KNOWLEDGE.product(expected).role.origin
+    assert [e.value for e in decision.hit.evidence if e.keyword == "Fingerprint"] == [
+        KNOWLEDGE.product(expected).cited()
+    ]
+
+
+@pytest.mark.parametrize(
+    "equipment",
+    [
+        Equipment("CARESTREAM HEALTH", "DRX-Revolution", "DRX-1"),
+        Equipment("FUJIFILM Corporation", "FDR Go", "FDR-1"),
+        Equipment("Agfa", "DX-D 600", "DXD-1"),
+        Equipment("GE MEDICAL SYSTEMS", "Revolution CT", "CT-9"),
+    ],
+)
+def test_company_of_a_pacs_vendor_alone_names_no_viewer(equipment):
+    decision = decision_of(facts(series="d", sop_class_uid=SC, equipment=equipment), acquisitions=())
+    assert decision.origin is not Origin.PACS_VIEWER
+
+
+@pytest.mark.parametrize(
+    "creator_name",
+    [
+        "SECTRA_Ident_01",
+        "AGFA PACS Archive Mirroring 1.0",
+        "MITRA OBJECT UTF8 ATTRIBUTES 1.0",
+        "INTELERAD MEDICAL SYSTEMS",
+    ],
+)
+def test_pacs_private_tag_stamped_by_the_archive_decides_nothing(creator_name):
+    stamp = (creator(creator_name, 0x0029),)
+    acquisition = facts(series="acq", private_creators=stamp)
+    console_mip = facts(series="d", image_type=("DERIVED", "PRIMARY", "AXIAL", "CT_SOM5 MIP"), private_creators=stamp)
+    assert origin(acquisition, kind=SeriesKind.ACQUISITION) == (Origin.SCANNER_CONSOLE, "origin.acquisition")
+    assert origin(console_mip, acquisitions=(acquisition,), kind=SeriesKind.PROJECTION) == (
+        Origin.SCANNER_CONSOLE,
+        "origin.study_match",
+    )
+    marks = weak_marks(console_mip, KNOWLEDGE)
+    assert any(m.value == creator_name for m in marks), "recorded as an archive mark"
+
+
+def test_pacs_implementation_name_on_a_console_series_decides_nothing():
+    # IMPAX re-sent the console MIP: its implementation version name names the last writer only
+    passed = facts(series="d", implementation_version_name="IMPAX_WS_6.5")
+    assert origin(passed, kind=SeriesKind.PROJECTION) == (Origin.SCANNER_CONSOLE, "origin.study_match")
+
+
+def test_product_decision_cites_the_fingerprint():
+    vitrea = facts(series="d", sop_class_uid=SC, equipment=Equipment("VITAL Images", "Vitrea", "VITREA01"))
+    decision = decision_of(vitrea)
+    fingerprint = [e for e in decision.hit.evidence if e.keyword == "Fingerprint"]
+    assert len(fingerprint) == 1 and fingerprint[0].value == "vital-images-vitrea (dictionary)"
+    assert fingerprint[0].signal == "origin.product" and fingerprint[0].sop_instance_uid is None
 
 
 def test_weak_marks_never_decide():

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicomcheck.analysis import decide_study, group_by_study
-from dicomcheck.enums import Outcome
+from dicomcheck.enums import Origin, Outcome
 from dicomcheck.model import Equipment
 from dicomcheck.registry import parse_registry
 
 from .factories import SC, code, creator, facts, proc
+from .test_origin_rules import WRITERS
 
 VITREA = dict(
     sop_class_uid=SC,
@@ -113,8 +117,7 @@ def test_pacs_viewer_policy():
         sop_class_uid=SC,
         image_type=("DERIVED", "SECONDARY", "OTHER"),
         derivation_codes=(code("113074"),),
-        equipment=Equipment(None, "OsiriX"),
-        sc_model="OsiriX",
+        equipment=Equipment("SECTRA", "IDS7", "READ-07"),
     )
     base = facts(series="a")
     assert decide(base, facts(series="v", **viewer)).outcome is Outcome.SUPPORTS_76376
@@ -124,6 +127,63 @@ def test_pacs_viewer_policy():
     )
     decision = decide(base, facts(series="v", **viewer), registry='[policy]\npacs_viewer_code = "review"')
     assert decision.outcome is Outcome.NEEDS_REVIEW and "policy.pacs_viewer_code" in rules_of(decision)
+
+
+WRITTEN_OUTCOME = {
+    Origin.PACS_VIEWER: Outcome.SUPPORTS_76376,
+    Origin.INDEPENDENT_WORKSTATION: Outcome.SUPPORTS_76377,
+    Origin.UNKNOWN: Outcome.NEEDS_REVIEW,
+}
+
+
+@pytest.mark.parametrize(("product_id", "written", "origin"), WRITERS, ids=[w[0] for w in WRITERS])
+def test_study_outcome_follows_the_writer_of_its_3d_capture(product_id, written, origin):
+    """Default policy: PACS viewer 3D supports 76376, a named independent product 76377, a general-purpose viewer
+    leaves the study in review."""
+    render = replace(written, image_type=("DERIVED", "SECONDARY", "OTHER"), derivation_codes=(code("113074"),))
+    decision = decide(facts(series="a"), render)
+    assert decision.outcome is WRITTEN_OUTCOME[origin], rules_of(decision)
+    if origin is Origin.UNKNOWN:
+        assert rules_of(decision)[0] == "outcome.unknown_origin"
+
+
+def test_general_viewer_registered_by_the_site_settles_the_study():
+    osirix = dict(
+        sop_class_uid=SC,
+        image_type=("DERIVED", "SECONDARY", "3D"),
+        equipment=Equipment(None, "OsiriX", "MAC-3D"),
+        sc_model="OsiriX",
+    )
+    assert decide(facts(series="a"), facts(series="v", **osirix)).outcome is Outcome.NEEDS_REVIEW
+    registry = '[[device]]\nstation_name = "MAC-3D"\nrole = "independent_workstation"\n'
+    assert decide(facts(series="a"), facts(series="v", **osirix), registry=registry).outcome is Outcome.SUPPORTS_76377
+
+
+def test_pacs_archive_stamp_keeps_a_console_mip_on_the_console():
+    """An original CT and a console MIP, both stamped by a Sectra / Agfa archive: still the console, 76376."""
+    stamp = (creator("SECTRA_Ident_01", 0x0029), creator("AGFA PACS Archive Mirroring 1.0", 0x0031))
+    decision = decide(
+        facts(series="a", private_creators=stamp), facts(series="m", private_creators=stamp, **CONSOLE_MIP)
+    )
+    assert decision.outcome is Outcome.SUPPORTS_76376
+    assert {s.origin for s in decision.series} == {Origin.SCANNER_CONSOLE}
+
+
+def test_3d_in_an_acquisition_description_is_no_rendering():
+    mr = dict(modality="MR", sop_class_uid="1.2.840.10008.5.1.4.1.1.4")
+    decision = decide(
+        facts(series="a", series_description="Sag 3D T1 MPRAGE", **mr),
+        facts(series="b", image_type=("DERIVED", "PRIMARY", "M", "ND"), series_description="Ax 3D FSPGR", **mr),
+    )
+    assert decision.outcome is Outcome.NO_3D
+
+
+def test_3d_alone_is_a_rendering_of_unstated_technique():
+    ge_3d = dict(sop_class_uid=SC, image_type=("DERIVED", "SECONDARY", "3D"))
+    decision = decide(facts(series="a"), facts(series="v", **ge_3d))
+    (render,) = [s for s in decision.series if s.series_instance_uid == "v"]
+    assert (render.kind, render.technique, render.kind_hit.rule) == ("volume_render", None, "kind.unstated_3d")
+    assert decision.outcome is Outcome.SUPPORTS_76376
 
 
 def test_minip_and_curved_policies():

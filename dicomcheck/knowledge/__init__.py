@@ -30,6 +30,8 @@ MATCH_FIELDS = (
     "source_ae_title",
 )
 FINGERPRINT_STATUSES = ("observed", "dictionary", "guess")
+NO_ROLE = "none"
+"""The ``role`` of a product the table knows but gives no role (a general-purpose viewer): its row says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +42,22 @@ class Clause:
 
 @dataclass(frozen=True, slots=True)
 class Product:
+    """A product fingerprint. ``role`` None: the product is known but has no role until the site registry gives
+    one (``reason`` says why); a series it made is not placed by the built-in table."""
+
     id: str
     name: str
-    role: Role
+    role: Role | None
     source: str
     status: str
     clauses: tuple[Clause, ...]
     vendor: re.Pattern[str] | None = None
+    reason: str | None = None
+
+    def cited(self) -> str:
+        """The fingerprint as the evidence cites it: its id (which names its public source in fingerprints.toml)
+        and how sure that source is."""
+        return f"{self.id} ({self.status})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,9 @@ def parse_fingerprints(data: dict) -> tuple[Product, ...]:
         seen.add(row["id"])
         if row["status"] not in FINGERPRINT_STATUSES:
             raise ValueError(f"{where}: status must be one of {FINGERPRINT_STATUSES}")
+        role = None if row["role"] == NO_ROLE else Role(row["role"])
+        if (role is None) != bool(row.get("reason")):
+            raise ValueError(f"{where}: role {NO_ROLE!r} and a 'reason' go together")
         clauses = []
         for clause in row["match"]:
             unknown = set(clause) - set(MATCH_FIELDS) - {"weak"}
@@ -117,11 +131,12 @@ def parse_fingerprints(data: dict) -> tuple[Product, ...]:
             Product(
                 id=row["id"],
                 name=row["name"],
-                role=Role(row["role"]),
+                role=role,
                 source=row["source"],
                 status=row["status"],
                 clauses=tuple(clauses),
                 vendor=_compile(row["vendor"], where) if "vendor" in row else None,
+                reason=row.get("reason"),
             )
         )
     return tuple(products)

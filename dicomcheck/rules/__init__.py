@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..enums import RuleId
 
-RULES_VERSION = "2026.11.1"
+RULES_VERSION = "2026.12.1"
 
 RULES: dict[str, str] = {  # keyed by RuleId members; a StrEnum, so the ids read back from a stored decision look up too
     # ---- kind: what a series is (most specific signal wins)
@@ -21,10 +21,13 @@ RULES: dict[str, str] = {  # keyed by RuleId members; a StrEnum, so the ids read
     "(113072-113079).",
     RuleId.KIND_IMAGE_TYPE_VENDOR_TOKEN: "An Image Type value 4 or later (vendor token, e.g. CT_SOM5 MIP, CSA MPR, "
     "VOLREN) names the technique.",
-    RuleId.KIND_IMAGE_TYPE_VALUE3: "Image Type value 3 names the technique (MPR, PROJECTION IMAGE, MIP_TRA, 3D, "
+    RuleId.KIND_IMAGE_TYPE_VALUE3: "Image Type value 3 names the technique (MPR, PROJECTION IMAGE, MIP_TRA, "
     "REFORMATTED\\MIP).",
     RuleId.KIND_DERIVATION_DESCRIPTION: "The Derivation Description (0008,2111) names the technique.",
     RuleId.KIND_SERIES_DESCRIPTION: "The Series Description of a derived image names the technique (weakest signal).",
+    RuleId.KIND_UNSTATED_3D: "A derived image whose only technique word is 3D (Image Type token 3D, a series "
+    "description '3D ...' naming nothing more specific): a 3D rendering of unstated technique, counted as volume "
+    "rendering. 3D in an acquisition's description (value 2 PRIMARY) is never a rendering.",
     RuleId.KIND_ORIGINAL: "ORIGINAL image with no projection or rendering technique: an acquisition.",
     RuleId.KIND_COMPRESSION_ONLY: "DERIVED only by compression (113040, 121327 or a compression note): still the "
     "acquisition.",
@@ -40,6 +43,10 @@ RULES: dict[str, str] = {  # keyed by RuleId members; a StrEnum, so the ids read
     RuleId.ORIGIN_PRODUCT: "A built-in product fingerprint names the software that made the series.",
     RuleId.ORIGIN_PRODUCT_CONFLICT: "A product fingerprint names post-processing software while the equipment module "
     "names a scanner console and the study offers no comparison: conflicting signals.",
+    RuleId.ORIGIN_GENERAL_VIEWER: "A general-purpose DICOM viewer (OsiriX / Horos, RadiAnt, Weasis, MicroDicom, ...) "
+    "wrote the series: sites use it both as a PACS viewer and as a 3D workstation, so its 3D series stay of unknown "
+    "origin until the site registry gives the device a role; what else it writes (annotations, presentation states) "
+    "is viewer work.",
     RuleId.ORIGIN_STUDY_MATCH: "Station / serial / model / software match the study's acquisition series: made on the "
     "scanner console.",
     RuleId.ORIGIN_STUDY_DIFFERS: "The equipment differs from the study's acquisition series and names no known "

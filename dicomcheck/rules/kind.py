@@ -77,7 +77,7 @@ _TOKENS: tuple[tuple[re.Pattern[str], Technique], ...] = tuple(
         (r"^PROJECTION IMAGE$", Technique.MIP),
         (r"^(?:CSA |CT_SOM\d+ )?(?:SSD|SURFACE[ _]?REND\w*)$", Technique.SURFACE_RENDER),
         (
-            r"^(?:CT_SOM\d+ |CSA )?(?:VRT|VR|VOLREN|VOLUME[ _]?REND\w*|3D ?PROJECTION|3D|CINEMATIC\w*)$",
+            r"^(?:CT_SOM\d+ |CSA )?(?:VRT|VR|VOLREN|VOLUME[ _]?REND\w*|3D ?PROJECTION|CINEMATIC\w*)$",
             Technique.VOLUME_RENDER,
         ),
         (r"^(?:CSA |CT_SOM\d+ )?(?:CPR|CURVED(?:[ _]MPR)?|CURVED[ _]PLANAR\w*)$", Technique.CURVED_MPR),
@@ -104,11 +104,14 @@ _TEXT: tuple[tuple[re.Pattern[str], Technique], ...] = tuple(
             Technique.MPR,
         ),
         (r"\bSEGMENT(?:ATION|ED)?\b|\bVOLUMETRY\b", Technique.SEGMENTATION),
-        (r"\b3-?D\b", Technique.VOLUME_RENDER),
         (r"\bPROJECT(?:ED|ION)\b", Technique.MIP),
     )
 )
 _GENERIC_VALUE3 = frozenset({"", "AXIAL", "OTHER", "NONE"})
+# "3D" naming no technique (decision-outcomes.md, '"3D" alone'): a rendering of unstated technique, used only
+# when no signal at any level names a technique.
+_UNSTATED_3D_TOKEN = re.compile(r"^(?:CT_SOM\d+ |CSA )?3-?D$")
+_UNSTATED_3D_TEXT = re.compile(r"\b3-?D\b", re.IGNORECASE)
 
 # Which technique wins when one signal names several (most 3D first).
 TECHNIQUE_RANK = (
@@ -186,6 +189,7 @@ def _evidence(rule: RuleId, keyword: str, value: str, facts: InstanceFacts) -> E
 def _signals(facts: InstanceFacts) -> list[tuple[RuleId, list[tuple[Technique, Evidence]]]]:
     """Each signal level, most specific first, with the techniques it names."""
     levels: list[tuple[RuleId, list[tuple[Technique, Evidence]]]] = []
+    derived = _is_derived_image(facts)
 
     vbct = [
         (
@@ -215,6 +219,8 @@ def _signals(facts: InstanceFacts) -> list[tuple[RuleId, list[tuple[Technique, E
         keyword = "ImageType" if image_type is facts.image_type else "FrameType"
         joined = "\\".join(image_type)
         for index, token in enumerate(image_type[2:], start=3):
+            if _UNSTATED_3D_TOKEN.match(token):
+                continue  # "3D" names no technique: see _unstated_3d
             technique = token_technique(token)
             if technique is None and token == "VOLUME" and not enhanced and image_type[:1] == ("DERIVED",):
                 technique = Technique.VOLUME_RENDER  # legacy DERIVED\...\VOLUME (enhanced: an image flavor)
@@ -226,7 +232,7 @@ def _signals(facts: InstanceFacts) -> list[tuple[RuleId, list[tuple[Technique, E
     levels.append((RuleId.KIND_IMAGE_TYPE_VENDOR_TOKEN, vendor))
     levels.append((RuleId.KIND_IMAGE_TYPE_VALUE3, value3))
 
-    if _is_derived_image(facts) or facts.volume_techniques or facts.derivation_codes:
+    if derived or facts.volume_techniques or facts.derivation_codes:
         for rule, keyword, text in (
             (RuleId.KIND_DERIVATION_DESCRIPTION, "DerivationDescription", facts.derivation_description),
             (RuleId.KIND_SERIES_DESCRIPTION, "SeriesDescription", facts.series_description),
@@ -234,6 +240,28 @@ def _signals(facts: InstanceFacts) -> list[tuple[RuleId, list[tuple[Technique, E
             found = text_technique(text)
             levels.append((rule, [(found[0], _evidence(rule, keyword, text or "", facts))] if found else []))
     return levels
+
+
+def _unstated_3d(facts: InstanceFacts) -> Evidence | None:
+    """The signal that says "3D" and nothing more specific: an Image Type token ``3D`` of a derived image, or "3D"
+    in the Derivation / Series Description of a derived image that is not PRIMARY (3D in an acquisition's
+    description, a 3D sequence or 3D exposure modulation, is never a rendering)."""
+    if not _is_derived_image(facts):
+        return None
+    for image_type in ([facts.image_type] if facts.image_type else []) + list(facts.frame_types):
+        if any(_UNSTATED_3D_TOKEN.match(token) for token in image_type[2:]):
+            keyword = "ImageType" if image_type is facts.image_type else "FrameType"
+            return _evidence(RuleId.KIND_UNSTATED_3D, keyword, "\\".join(image_type), facts)
+    value2 = facts.image_type[1] if len(facts.image_type) > 1 else ""
+    if value2 == "PRIMARY" and not is_secondary_capture(facts):
+        return None
+    for keyword, text in (
+        ("DerivationDescription", facts.derivation_description),
+        ("SeriesDescription", facts.series_description),
+    ):
+        if text and _UNSTATED_3D_TEXT.search(text):
+            return _evidence(RuleId.KIND_UNSTATED_3D, keyword, text, facts)
+    return None
 
 
 def _compression_only(facts: InstanceFacts) -> Evidence | None:
@@ -274,6 +302,14 @@ def classify_instance(facts: InstanceFacts) -> KindDecision:
             technique, evidence = best
             text = f"{evidence.keyword} '{evidence.value}' names {technique.value.replace('_', ' ')}."
             return _decided(technique.kind, technique, rule, text, evidence)
+
+    unstated = _unstated_3d(facts)
+    if unstated:
+        text = (
+            f"{unstated.keyword} '{unstated.value}' says 3D and names no technique: a 3D rendering of unstated "
+            "technique, counted as volume rendering."
+        )
+        return _decided(SeriesKind.VOLUME_RENDER, None, RuleId.KIND_UNSTATED_3D, text, unstated)
 
     image_type = facts.image_type
     value1 = image_type[0] if image_type else ""

@@ -4,7 +4,8 @@ Strongest first (``decision-outcomes.md``): the site device registry; built-in p
 fingerprints; the study itself (a derived series whose station / serial / model / software match
 the acquisition series was made on the console). Conversion Type WSD, implementation version names
 and source AE titles name the last writer and never decide alone. A series that differs from the
-acquisition but matches no registry entry and no known product stays ``unknown``.
+acquisition but matches no registry entry and no known product stays ``unknown``; so does a 3D series
+written by a general-purpose viewer (known, with no role until the registry gives one).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..enums import ComparisonResult, Origin, Role, RuleId, SeriesKind
 from ..knowledge import Clause, Knowledge, Product
 from ..model import Equipment, Evidence, InstanceFacts, OriginDecision, RuleHit
 from ..registry import Registry
+from .outcome import THREE_D_KINDS
 from .tags import tag_of
 
 _FIELD_KEYWORDS = {
@@ -247,11 +249,14 @@ def decide_origin(
         return _acquisition_origin(facts)
     products = [m for m in match_products(facts, knowledge) if not m.weak and m.product.role is not Role.ARCHIVE]
     makers = [m for m in products if m.product.role in (Role.INDEPENDENT_WORKSTATION, Role.PACS_VIEWER)]
+    viewers = [m for m in products if m.product.role is None]
     both = [m for m in products if m.product.role is Role.CONSOLE_OR_WORKSTATION]
     consoles = [m for m in products if m.product.role is Role.SCANNER_CONSOLE]
     comparison = compare_with_acquisitions(facts, acquisitions)
     if makers:
         return _maker_origin(makers, consoles, comparison)
+    if viewers:
+        return _general_viewer_origin(viewers[0], kind)
     if both:
         return _both_role_origin(facts, both[0], consoles, comparison)
     return _equipment_origin(facts, consoles, comparison)
@@ -294,12 +299,34 @@ def _acquisition_origin(facts: InstanceFacts) -> OriginDecision:
     return _decided(Origin.SCANNER_CONSOLE, RuleId.ORIGIN_ACQUISITION, text, evidence)
 
 
+def _fingerprint_evidence(rule: RuleId, matches: Sequence[ProductMatch]) -> list[Evidence]:
+    """The header values each fingerprint matched, then the fingerprint itself (id and status; its row in
+    fingerprints.toml names the public source)."""
+    values = [e for m in matches for e in m.evidence]
+    cited = [Evidence(rule, "Fingerprint", m.product.cited(), None, None) for m in matches]
+    return values + cited
+
+
+def _general_viewer_origin(viewer: ProductMatch, kind: SeriesKind) -> OriginDecision:
+    """A general-purpose viewer wrote the series: known, but with no role until the site registry gives one."""
+    product = viewer.product
+    evidence = _fingerprint_evidence(RuleId.ORIGIN_GENERAL_VIEWER, [viewer])
+    if kind in THREE_D_KINDS:
+        text = (
+            f"Made with {product.name}, a general-purpose viewer with no role until the site registry gives one "
+            f"({product.reason}): origin unknown; registering the device settles every study it wrote."
+        )
+        return _decided(Origin.UNKNOWN, RuleId.ORIGIN_GENERAL_VIEWER, text, evidence, product.name)
+    text = f"Made with {product.name}, a general-purpose viewer; a {kind.value} series is viewer work, not 3D."
+    return _decided(Origin.PACS_VIEWER, RuleId.ORIGIN_GENERAL_VIEWER, text, evidence, product.name)
+
+
 def _maker_origin(
     makers: list[ProductMatch], consoles: list[ProductMatch], comparison: Comparison | None
 ) -> OriginDecision:
     """A workstation or PACS-viewer product fingerprint names the origin, unless signals conflict."""
-    roles = {m.product.role for m in makers}
-    evidence = [e for m in makers for e in m.evidence]
+    roles = {m.product.role for m in makers if m.product.role is not None}
+    evidence = _fingerprint_evidence(RuleId.ORIGIN_PRODUCT, makers)
     names = " / ".join(m.product.name for m in makers)
     if len(roles) > 1:
         return _decided(
@@ -322,7 +349,7 @@ def _both_role_origin(
     """A product that runs on consoles and workstations: the equipment around it places it."""
     equipment = facts.equipment
     name = product.product.name
-    evidence = list(product.evidence)
+    evidence = _fingerprint_evidence(RuleId.ORIGIN_PRODUCT, [product])
     vendor = product.product.vendor
     if vendor and equipment.manufacturer and not vendor.search(equipment.manufacturer):
         evidence += _equipment_evidence(facts, RuleId.ORIGIN_BOTH_ROLE_ELSEWHERE)[:1]
