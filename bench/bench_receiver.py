@@ -5,8 +5,9 @@ sender, the receivers below on a synthetic 512 x 512 16-bit CT study:
 
 * ``storescp``          DCMTK storescp writing files (one process; ``--fork`` for concurrent runs),
 * ``orthanc``           Orthanc with its default SQLite index and ``SyncStorageArea`` (fsync),
-* ``dicomcheck``        ``dicomcheck serve`` (indexing on: every instance is fsynced, renamed and
-                        indexed in SQLite before the C-STORE response), one process,
+* ``dicomcheck``        ``dicomcheck serve`` (indexing on: every instance is fsynced and renamed, its
+                        journal entry and folder fsynced before the C-STORE response, and indexed in
+                        SQLite right after it, in batches), one process,
 * ``dicomcheck-pN``     the same with N receiver processes sharing the listening port,
 * ``pynetdicom``        (reference) a bare pynetdicom receiver with library defaults writing
                         ``event.encoded_dataset()`` to a file, no fsync, no index (what the issue
@@ -566,7 +567,9 @@ TUNING_VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("+ recv", {"DICOMCHECK_SCP_TUNING": "quiet,recv"}),
     ("+ reactor", {"DICOMCHECK_SCP_TUNING": "quiet,recv,reactor"}),
     ("+ nodelay", {"DICOMCHECK_SCP_TUNING": "quiet,recv,reactor,nodelay"}),
-    ("+ context (all)", {"DICOMCHECK_SCP_TUNING": "all"}),
+    ("+ context", {"DICOMCHECK_SCP_TUNING": "quiet,recv,reactor,nodelay,context"}),
+    ("+ response", {"DICOMCHECK_SCP_TUNING": "quiet,recv,reactor,nodelay,context,response"}),
+    ("+ switch (all)", {"DICOMCHECK_SCP_TUNING": "all"}),
     ("all, max PDU 16 KiB", {"DICOMCHECK_SCP_TUNING": "all", "DICOMCHECK_MAX_PDU": "16384"}),
     ("all, max PDU 1 MiB", {"DICOMCHECK_SCP_TUNING": "all", "DICOMCHECK_MAX_PDU": "1048576"}),
     ("all, max PDU unlimited (0)", {"DICOMCHECK_SCP_TUNING": "all", "DICOMCHECK_MAX_PDU": "0"}),

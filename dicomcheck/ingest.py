@@ -6,20 +6,28 @@ only maps a :class:`StoreResult` to a DIMSE status.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import re
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 from . import __version__, metrics
 from .analysis import decide_study, group_by_study
 from .config import Settings
 from .decision_record import StudyDecisionUnderPolicy
 from .enums import Role
+from .evidence.retention import retention_tick
 from .extract import extract_facts
 from .knowledge import builtin_knowledge
 from .registry import Device as RegistryDevice
@@ -28,8 +36,23 @@ from .rules import RULES_VERSION
 from .sources import ResourceLimitExceeded, read_file_header
 from .store.access import Access
 from .store.engine import make_engine, upgrade
-from .store.files import DISK_FULL, FileStore, SpoolFile, printable, process_alive, process_identity, sha256_file
-from .store.index import Index, ReceiptInfo
+from .store.files import (
+    DISK_FULL,
+    FileStore,
+    Journal,
+    JournalEntry,
+    SpoolFile,
+    derived_name,
+    flush_soon,
+    fsync_dir,
+    printable,
+    process_alive,
+    process_identity,
+    sha256_file,
+)
+from .store.index import Index, NewInstance, ReceiptInfo
+from .store.retention import storage_refusal
+from .store.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +139,11 @@ class StoreResult:
     status: StoreStatus
     comment: str | None = None
     duplicate: bool = False
-    version: int | None = None
 
 
 COMMIT_STALE_AFTER = 600.0
-"""Seconds after which a commit record of this very process means its index write failed (a
-commit takes milliseconds): the periodic sweep indexes the file then."""
+"""Seconds after which a journal entry of this very process that its index writer no longer holds
+(the rows could not be written) is replayed by the periodic sweep."""
 UNREADABLE_COMMIT_AFTER = 60.0
 """Seconds after which a commit record without a readable owner (a power cut while it was written)
 is removed: its file, if stored at all, was never acknowledged."""
@@ -135,6 +157,182 @@ def temp_grace(settings: Settings) -> float:
     out right after it is parsed and hashed; an hour, or twice the longest timeout, is far beyond.
     """
     return max(3600.0, 2 * max(settings.acse_timeout, settings.dimse_timeout, settings.network_timeout))
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    row: NewInstance
+    entry: JournalEntry
+    number: int
+
+
+class IndexWriter:
+    """The one thread of a receiver that writes index rows, behind the answers, in batches.
+
+    ``Receiver.store_file`` makes the file and its journal entry durable, answers, and queues the
+    row here; the thread takes everything queued (up to :data:`BATCH`) into one transaction
+    (``Index.add_instances``) and then removes the batch's journal entries. An index that cannot
+    be reached (a connection or lock error) is retried every few seconds with the rows kept, and
+    :attr:`failing` makes new instances refused (0xA700) meanwhile; a row the index refuses (any
+    other error) is logged and left to its journal entry (replayed by the sweep, and holding its
+    study's decision back). At most :data:`BACKLOG` rows wait: a store beyond waits for room.
+    """
+
+    BATCH = 500
+    BACKLOG = 5000
+    RETRY_MAX = 5.0
+    MARKER_IDLE = 60.0
+    """Seconds a series folder is kept in the journal's list after its last entry went (``Journal.prune``)."""
+    LINGER = 0.1
+    """Seconds the writer waits after a first row for more to join its batch (one transaction for all):
+    rows are written behind the answers, so the wait costs no sender anything; a flush cuts it short."""
+
+    def __init__(self, index: Index, journal: Journal) -> None:
+        self.index = index
+        self.journal = journal
+        self.failing = False
+        self._queue: deque[_Queued] = deque()
+        self._names: set[str] = set()
+        self._queued = 0  # numbers handed out
+        self._finished = 0  # every row numbered up to this one is written (or left to its journal entry)
+        self._condition = threading.Condition()
+        self._running = threading.Event()  # cleared while held (tests): the rows stay queued
+        self._hurry = 0  # flushes waiting: no lingering for more rows
+        self._running.set()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dicomcheck-index-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ callers
+    def put(self, row: NewInstance, entry: JournalEntry) -> int:
+        """Queue a row whose journal entry is durable; returns its number (for :meth:`flush`)."""
+        with self._condition:
+            while len(self._queue) >= self.BACKLOG and not self._stopping.is_set():
+                self._condition.wait(1.0)
+            self._queued += 1
+            self._queue.append(_Queued(row, entry, self._queued))
+            self._names.add(entry.name)
+            self._condition.notify_all()
+            return self._queued
+
+    def flush(self, number: int | None = None, timeout: float | None = 60.0) -> bool:
+        """Wait until row ``number`` (default: every row queued so far) is written; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            target = self._queued if number is None else number
+            self._hurry += 1
+            self._condition.notify_all()
+            try:
+                while self._finished < target:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._condition.wait(remaining)
+                return True
+            finally:
+                self._hurry -= 1
+
+    def holds(self, name: str) -> bool:
+        """Whether the journal entry ``name`` is queued or being written by this writer."""
+        with self._condition:
+            return name in self._names
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Rows queued meanwhile stay queued (and their entries in the journal) until the block ends."""
+        self._running.clear()
+        try:
+            yield
+        finally:
+            self._running.set()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Write what is queued (unless the index is unreachable: the journal keeps it), then end."""
+        self._stopping.set()
+        self._running.set()
+        with self._condition:
+            self._condition.notify_all()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._stopping.is_set():
+                    self._condition.wait()
+                if not self._queue:
+                    return
+                linger = time.monotonic() + self.LINGER
+                while len(self._queue) < self.BATCH and not (self._hurry or self._stopping.is_set()):
+                    remaining = linger - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._condition.wait(remaining)
+            self._running.wait()
+            with self._condition:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.BATCH))]
+            try:
+                self._write(batch)
+            except Exception:  # noqa: BLE001 - the thread must not die; the journal keeps the rows
+                log.exception("index writer: %d row(s) left to the journal", len(batch))
+            with self._condition:
+                for queued in batch:
+                    self._names.discard(queued.entry.name)
+                self._finished = batch[-1].number
+                self._condition.notify_all()
+
+    def _write(self, batch: list[_Queued]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.index.add_instances([queued.row for queued in batch])
+            except (DBAPIError, DisconnectionError) as exc:
+                if isinstance(exc, DBAPIError) and not _unavailable(exc):
+                    self._refused(batch, exc)
+                    return
+                if not self.failing:
+                    log.error(
+                        "index unavailable (%s): %d instance(s) kept in the journal, new ones refused (0xA700)",
+                        type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__,
+                        len(batch),
+                    )
+                self.failing = True
+                if self._stopping.wait(delay):  # stopping: the journal keeps them for the next start
+                    return
+                delay = min(2 * delay, self.RETRY_MAX)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a row the index refuses
+                self._refused(batch, exc)
+                return
+            if self.failing:
+                log.warning("index available again")
+            self.failing = False
+            for queued in batch:
+                self.journal.remove(queued.entry)
+            self.journal.prune(self.MARKER_IDLE)
+            return
+
+    def _refused(self, batch: list[_Queued], exc: Exception) -> None:
+        """One row (or more) the index refuses: write the others one by one; log the refused ones."""
+        if len(batch) > 1:
+            for queued in batch:
+                self._write([queued])
+            return
+        row = batch[0].row
+        log.error(
+            "index refused instance %s (%s): left to the journal; its study is not decided until it is indexed",
+            printable(row.facts.sop_instance_uid),
+            type(exc).__name__,
+        )
+
+
+def _unavailable(exc: DBAPIError) -> bool:
+    """A connection or lock problem (retry later), not a row the database refuses."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError)
 
 
 class Receiver:
@@ -152,9 +350,13 @@ class Receiver:
         if not read_only:
             upgrade(self.engine)
         self.index = Index(self.engine, self.node, self.owner)
+        self._storing: set[str] = set()  # stored paths between their duplicate check and their rename
+        self._storing_lock = threading.Lock()
+        self.writer: IndexWriter | None = None
         if not read_only:
             self.recover()
             self.sweep_temp()
+            self.writer = IndexWriter(self.index, self.files.journal(self.owner))
         self.knowledge = builtin_knowledge()
         self._registry: Registry = Registry()
         self._registry_file: RegistryFile | None = None  # the watched --devices file, set by reload_registry
@@ -179,18 +381,35 @@ class Receiver:
             log.exception("commit records not recovered")
         return removed
 
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every instance answered so far is indexed; False on timeout."""
+        return self.writer is None or self.writer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        """Index what is queued and stop the writer; its journal goes once empty (else the next
+        start replays it)."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.stop()
+            writer.journal.discard()
+
     # ---------------------------------------------------------------- recovery at start
     def recover(self) -> None:
-        """Repair what killed receivers left, at start (before any association is served).
+        """Repair what stopped receivers left, at start (before any association is served).
 
-        1. Associations a provably dead process left open (``accepted``, no end) are closed as
-           ``aborted``, with the instances the index holds for them: each was indexed before its
-           success was answered. Receivers sharing a PostgreSQL index keep theirs: only rows whose
-           owner is on this host and no longer runs (``store.files.process_alive``) are closed.
-        2. Instances renamed into storage but not indexed (killed in between) are indexed from the
-           commit records of dead processes (``store.files``), with their association's provenance.
+        1. Instances answered but not indexed (or renamed into storage and not answered: killed in
+           between) are indexed from the journals (and commit records) of dead processes
+           (``store.files``), with their association's provenance.
+        2. Associations a provably dead process left open (``accepted``, no end) are closed as
+           ``aborted``, with the instances the index now holds for them. Receivers sharing a
+           PostgreSQL index keep theirs: only rows whose owner is on this host and no longer runs
+           (``store.files.process_alive``) are closed.
         Each step is best effort: a failure is logged and the start goes on.
         """
+        try:
+            self.recover_commits()
+        except Exception:  # noqa: BLE001
+            log.exception("journals not recovered")
         try:
             closed = self.index.close_abandoned_associations(lambda owner: process_alive(owner) is False)
         except Exception:  # noqa: BLE001
@@ -202,15 +421,93 @@ class Receiver:
                     association_id,
                     received,
                 )
-        try:
-            self.recover_commits()
-        except Exception:  # noqa: BLE001
-            log.exception("commit records not recovered")
 
     def recover_commits(self, *, own_older_than: float | None = None) -> int:
-        """Index the files of commit records whose process is gone (or, with ``own_older_than``,
-        this process's records older than that many seconds: their index write failed); returns
-        how many instances were indexed. The records are removed."""
+        """Index the files of the journals (and older commit records) whose process is gone (or,
+        with ``own_older_than``, this process's entries older than that many seconds that its
+        writer no longer holds: their index write failed); returns how many instances were
+        indexed. The entries are removed, and the dead processes' empty journals."""
+        recovered = 0
+        for journal in self.files.journals():
+            own = journal.owner == self.owner
+            if own and own_older_than is None:
+                continue
+            if not own and (journal.owner is not None and process_alive(journal.owner) is not False):
+                continue  # a live receiver's (or one on another host): it indexes its own
+            fd = journal.lock()
+            if fd is None:  # another receiver is taking it over right now
+                continue
+            try:
+                for entry in journal.entries():
+                    if own and (
+                        journal.age(entry) <= (own_older_than or 0.0)
+                        or (self.writer is not None and self.writer.holds(entry.name))
+                    ):
+                        continue
+                    try:
+                        recovered += self._replay(journal, entry)
+                    except Exception:  # noqa: BLE001 - the entry stays for the next sweep or start
+                        log.exception("journal entry of %s not recovered", entry.relative)
+                if not own:
+                    journal.discard()
+            finally:
+                os.close(fd)
+        recovered += self._recover_commit_records(own_older_than)
+        if recovered:
+            log.warning("indexed %d instance(s) a stopped receiver had stored but not indexed", recovered)
+        return recovered
+
+    def _replay(self, journal: Journal, entry: JournalEntry) -> int:
+        final = self.files.absolute(entry.relative)
+        if not final.is_file():  # stopped before the rename: never answered, nothing stored
+            journal.remove(entry)
+            return 0
+        expected = entry.relative.rsplit(".", 2)[1]
+        indexed = self._index_stored(final, entry.relative, expected, entry.association_id, None, entry.received_at)
+        journal.remove(entry)
+        return indexed
+
+    def _index_stored(
+        self,
+        final: Path,
+        relative: str,
+        sha256: str,
+        association_id: int | None,
+        transfer_syntax_uid: str | None,
+        received_at: dt.datetime,
+    ) -> int:
+        """Index a stored file left unindexed by a stopped receiver (idempotent)."""
+        actual, size = sha256_file(final)
+        ds = read_file_header(str(final), max_inflated_size=self.settings.max_inflated_size)
+        if transfer_syntax_uid is None:
+            meta = getattr(ds, "file_meta", None)
+            transfer_syntax_uid = str(meta.get("TransferSyntaxUID", "") or "") or None if meta is not None else None
+        receipt = self.index.association_receipt(association_id, transfer_syntax_uid)
+        facts = extract_facts(ds, str(final), ae_title=receipt.calling_ae)
+        if actual != sha256:  # not the bytes that were received: never indexed as such
+            self._quarantine(
+                final,
+                StoreStatus.CANNOT_UNDERSTAND,
+                "stored file differs from its journal entry",
+                receipt,
+                None,
+                facts.sop_instance_uid,
+            )
+            return 0
+        if not (facts.study_instance_uid and facts.series_instance_uid and facts.sop_instance_uid):
+            return 0  # cannot be: it was checked before it was stored
+        self.index.add_instances(
+            [NewInstance(replace(facts, source=relative), sha256, size, relative, receipt, received_at)], replay=True
+        )
+        log.info(
+            "indexed %s (association %s), stored before a receiver stopped",
+            printable(facts.sop_instance_uid),
+            receipt.association_id,
+        )
+        return 1
+
+    def _recover_commit_records(self, own_older_than: float | None) -> int:
+        """The commit records (``storage/.tmp/*.commit``) that receivers before the journal left."""
         recovered = 0
         for marker in self.files.commit_records():
             try:
@@ -229,49 +526,28 @@ class Receiver:
             if record is None:
                 continue
             try:
-                recovered += self._recover_commit(marker, record)
+                relative, sha256 = record.get("path"), record.get("sha256")
+                if isinstance(relative, str) and _STORED.fullmatch(relative) and isinstance(sha256, str):
+                    final = self.files.absolute(relative)
+                    sop = record.get("sop_instance_uid")
+                    indexed = isinstance(sop, str) and self.index.find_content(sop, sha256) is not None
+                    if final.is_file() and not indexed:
+                        association = record.get("association_id")
+                        syntax = record.get("transfer_syntax_uid")
+                        recovered += self._index_stored(
+                            final,
+                            relative,
+                            sha256,
+                            association if isinstance(association, int) else None,
+                            syntax if isinstance(syntax, str) else None,
+                            dt.datetime.fromtimestamp(marker.stat().st_mtime, dt.UTC),
+                        )
+                self.files.end_commit(marker)
             except Exception:  # noqa: BLE001 - the record stays for the next start
                 log.exception("commit record %s not recovered", marker.name)
             finally:
                 os.close(record["_fd"])
-        if recovered:
-            log.warning("indexed %d instance(s) a stopped receiver had stored but not indexed", recovered)
         return recovered
-
-    def _recover_commit(self, marker: Path, record: dict) -> int:
-        relative = record.get("path")
-        sop, sha256 = record.get("sop_instance_uid"), record.get("sha256")
-        final = self.files.absolute(relative) if isinstance(relative, str) and _STORED.fullmatch(relative) else None
-        if (
-            final is None
-            or not isinstance(relative, str)  # implied by final (spelt out for the type checker)
-            or not final.is_file()
-            or not isinstance(sop, str)
-            or not isinstance(sha256, str)
-        ):
-            self.files.end_commit(marker)  # killed before the rename (or a record cut short): nothing was stored
-            return 0
-        if self.index.find_content(sop, sha256) is not None:
-            self.files.end_commit(marker)  # indexed after all (killed before the record was removed)
-            return 0
-        actual, size = sha256_file(final)
-        receipt = self.index.association_receipt(record.get("association_id"), record.get("transfer_syntax_uid"))
-        if actual != sha256:  # not the bytes that were received: never indexed as such
-            self._quarantine(
-                final, StoreStatus.CANNOT_UNDERSTAND, "stored file differs from its commit record", receipt, None, sop
-            )
-            self.files.end_commit(marker)
-            return 0
-        ds = read_file_header(str(final), max_inflated_size=self.settings.max_inflated_size)
-        facts = extract_facts(ds, str(final), ae_title=receipt.calling_ae)
-        self.index.add_instance(
-            replace(facts, source=relative), sha256=sha256, size=size, path=relative, receipt=receipt
-        )
-        self.files.end_commit(marker)
-        log.info(
-            "indexed %s (association %s), stored before a receiver stopped", printable(sop), receipt.association_id
-        )
-        return 1
 
     # ---------------------------------------------------------------- storing
     def store_file(
@@ -281,12 +557,29 @@ class Receiver:
         *,
         expected_sop_instance_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
+        wait: bool = True,
     ) -> StoreResult:
-        """Store a received file (``temp`` lives on the storage volume); never loses it."""
+        """Store a received file (``temp`` lives on the storage volume); never loses it.
+
+        Success means the file and its journal entry are on stable storage; the index row follows
+        (:class:`IndexWriter`): at once with ``wait`` (the default: the row is committed before
+        this returns), behind the answer without it (the DICOM receiver)."""
+        # ---- storage budget (issue 10 part 2; store/retention.py): below min_free_space, refuse before the disk fills
+        if (refusal := storage_refusal(self.settings)) is not None:
+            temp.unlink(missing_ok=True)
+            return StoreResult(StoreStatus.OUT_OF_RESOURCES, refusal)
+        # ---- end of the storage budget block
+        writer = self.writer
+        if writer is None:
+            raise RuntimeError("a read-only receiver stores nothing")
         if SpoolFile.failure(temp) is not None:  # the volume filled up while the data set arrived
             temp.unlink(missing_ok=True)
             log.error("storage full while receiving: refusing (0xA700)")
             return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage full")
+        if writer.failing:  # the rows could not be written: refused until the index is back
+            temp.unlink(missing_ok=True)
+            return StoreResult(StoreStatus.OUT_OF_RESOURCES, "index unavailable")
+        flushed = flush_soon(temp)  # the disk works while the header is read and checked
         try:
             try:
                 ds = read_file_header(str(temp), max_inflated_size=self.settings.max_inflated_size)
@@ -348,30 +641,9 @@ class Receiver:
                     facts.sop_class_uid,
                     facts.sop_instance_uid,
                 )
-            sha256, size = sha256_file(temp)
-            existing = self.index.find_content(sop_uid, sha256)
-            if existing is not None:
-                self.index.add_duplicate_receipt(existing, receipt)
-                temp.unlink(missing_ok=True)
-                return StoreResult(StoreStatus.SUCCESS, "identical instance already stored", duplicate=True)
+            sha256, size = SpoolFile.digest(temp) or sha256_file(temp)  # hashed as it arrived, if it came so
             relative = self.files.relative_path(study_uid, series_uid, sop_uid, sha256)
-            marker = self.files.begin_commit(
-                relative,
-                {
-                    "owner": self.owner,
-                    "sop_instance_uid": facts.sop_instance_uid,
-                    "sha256": sha256,
-                    "size": size,
-                    "association_id": receipt.association_id,
-                    "transfer_syntax_uid": receipt.transfer_syntax_uid,
-                },
-            )
-            try:
-                self.files.commit(temp, relative)
-            except BaseException:
-                if temp.exists():  # not renamed: nothing to recover (renamed, the record stays for recovery)
-                    self.files.end_commit(marker)
-                raise
+            entry, duplicate = self._store_durably(temp, relative, receipt, flushed)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             if exc.errno in DISK_FULL:
@@ -379,14 +651,50 @@ class Receiver:
                 return StoreResult(StoreStatus.OUT_OF_RESOURCES, "storage full")
             log.error("storage error %s: refusing (0xA700)", exc.errno)
             return StoreResult(StoreStatus.OUT_OF_RESOURCES, f"storage error: {exc.strerror}")
-        stored = replace(facts, source=relative)
-        try:
-            added = self.index.add_instance(stored, sha256=sha256, size=size, path=relative, receipt=receipt)
-        except Exception as exc:  # noqa: BLE001 - the file is safe on disk; a retry, or its commit record, re-indexes it
-            log.error("index unavailable (%s): refusing (0xA700)", type(exc).__name__)
+        number = writer.put(
+            NewInstance(replace(facts, source=relative), sha256, size, relative, receipt, entry.received_at), entry
+        )
+        if wait and not writer.flush(number):
             return StoreResult(StoreStatus.OUT_OF_RESOURCES, "index unavailable")
-        self.files.end_commit(marker)
-        return StoreResult(StoreStatus.SUCCESS, duplicate=added.duplicate, version=added.version)
+        if duplicate:
+            return StoreResult(StoreStatus.SUCCESS, "identical instance already stored", duplicate=True)
+        return StoreResult(StoreStatus.SUCCESS)
+
+    def _store_durably(
+        self, temp: Path, relative: str, receipt: ReceiptInfo, flushed: Future[None]
+    ) -> tuple[JournalEntry, bool]:
+        """Put the received file at ``relative`` (content-addressed: a file already there is the
+        same content, a duplicate) and its journal entry in place, both on stable storage: the
+        instance may be answered then, and indexed later. Returns the entry and whether it was a
+        duplicate."""
+        assert self.writer is not None
+        journal = self.writer.journal
+        with self._storing_lock:
+            duplicate = relative in self._storing or self.files.absolute(relative).is_file()
+            if not duplicate:
+                self._storing.add(relative)
+        try:
+            created = self.files.prepare(relative)
+            entry = journal.add(relative, receipt.association_id, dt.datetime.now(dt.UTC))
+            try:
+                if duplicate:
+                    temp.unlink(missing_ok=True)
+                    # the entry durable; and the stored copy's name (and folders), which may be
+                    # between another store's rename and its folder's fsync
+                    fsync_dir(self.files.absolute(relative).parent)
+                    for folder in reversed(created):
+                        fsync_dir(folder.parent)
+                else:  # the file flushed, renamed, and its folder (with the entry) fsynced
+                    self.files.commit(temp, relative, flushed, created)
+            except BaseException:
+                if duplicate or temp.exists():  # nothing renamed: nothing to index (renamed: the entry stays)
+                    journal.remove(entry)
+                raise
+        finally:
+            if not duplicate:
+                with self._storing_lock:
+                    self._storing.discard(relative)
+        return entry, duplicate
 
     def _quarantine(
         self,
@@ -481,12 +789,30 @@ class Receiver:
             return None
         registry = self.effective_registry()
         ((uid, series),) = group_by_study(facts).items()
-        decision = decide_study(uid, series, registry=registry, knowledge=self.knowledge)
+        decision = decide_study(
+            uid, series, registry=registry, knowledge=self.knowledge, made_later_days=self.settings.made_later_days
+        )
         return StudyDecisionUnderPolicy.from_decision_and_policy(decision, registry.policy), registry
 
+    def held_studies(self) -> set[str]:
+        """The studies (:func:`~dicomcheck.store.files.derived_name` of their UIDs) with an instance
+        answered but not yet indexed: an entry of any receiver's journal on this storage."""
+        return {entry.study_key for journal in self.files.journals() for entry in journal.entries(anyone=True)}
+
     def decide(self, study_uid: str, *, last_arrival_seen) -> StudyDecisionUnderPolicy | None:
+        """Decide the study from its indexed instances and keep the decision; None when there is
+        nothing to decide, or when an instance of it was answered and is not yet indexed (or was
+        indexed since ``last_arrival_seen``): then it is decided later, with that instance."""
+        key = derived_name(study_uid)
+        if self.writer is not None and any(entry.study_key == key for entry in self.writer.journal.entries()):
+            self.writer.flush()  # our own rows of it: written first
         evaluated = self.evaluate(study_uid)
         if evaluated is None:
+            return None
+        # after the facts were read: an entry in a journal now was answered and not indexed before
+        # the read (an entry removed meanwhile was indexed, which moved the last arrival)
+        if key in self.held_studies() or self.index.last_arrival(study_uid) != last_arrival_seen:
+            self.index.release(study_uid)
             return None
         record, registry = evaluated
         self.index.save_decision(
@@ -497,6 +823,7 @@ class Receiver:
             dicomcheck_version=__version__,
             registry_path=registry.path,
         )
+        Sessions(self.index.engine).after_decision(record, self.settings)  # sessions (issue 13)
         metrics.DECISIONS.labels(record.outcome.value).inc()
         log.info("decided study %s: %s (%d instances)", study_uid, record.outcome.value, record.instances)
         if self.settings.evidence_destination:
@@ -525,10 +852,17 @@ class Receiver:
         return statuses
 
     def settle_once(self) -> int:
-        """Decide every study that has been stable for ``stable_after`` seconds; returns how many."""
+        """Decide every study that has been stable for ``stable_after`` seconds and has no instance
+        answered but not yet indexed (by any receiver on this storage: :meth:`held_studies`; the
+        journals of stopped receivers are indexed first); returns how many."""
         lease = max(60.0, self.settings.stable_after)
         decided = 0
+        if self.writer is not None:
+            self.recover_commits()  # journals of receiver processes that stopped (nothing when none)
+        held = self.held_studies()
         for study_uid in self.index.due_studies(stable_after=self.settings.stable_after, lease=lease):
+            if derived_name(study_uid) in held:
+                continue
             last = self.index.claim(study_uid, lease=lease)
             if last is None:
                 continue
@@ -572,6 +906,7 @@ class Settler(threading.Thread):
                 if failing is not None:
                     log.warning("settle pass works again")
                 failing = None
+            retention_tick(self.receiver)  # retention and quarantine expiry: hourly, or at once below min_free_space
             if time.monotonic() >= next_sweep:
                 self.receiver.sweep_temp()
                 next_sweep = time.monotonic() + self.SWEEP_EVERY

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pynetdicom.pdu_primitives import A_RELEASE
 
 from dicomcheck import metrics
 from dicomcheck.config import Settings
@@ -20,6 +21,9 @@ from dicomcheck.store.files import SpoolFile, printable
 from dicomcheck.store.index import ReceiptInfo
 
 log = logging.getLogger(__name__)
+
+ASSOCIATION_END_FLUSH = 30.0
+"""Seconds an ending association waits for its instances' index rows before its end is recorded."""
 
 
 @dataclass
@@ -107,6 +111,14 @@ class Handlers:
         except Exception:  # noqa: BLE001
             log.exception("rejection not recorded")
 
+    def on_acse_received(self, event) -> None:
+        """EVT_ACSE_RECV: on an A-RELEASE-RQ, the association's instances are indexed before the
+        A-RELEASE-RP goes out (the association thread sends it right after this event), so a peer
+        whose release completed finds all it sent in the index (and in the API)."""
+        primitive = event.primitive
+        if isinstance(primitive, A_RELEASE) and primitive.result is None and event.assoc.is_acceptor:
+            self.receiver.flush(timeout=ASSOCIATION_END_FLUSH)
+
     def on_ended(self, event) -> None:
         _discard_partial_dataset(event.assoc)
         with self._lock:
@@ -117,6 +129,8 @@ class Handlers:
         status = _ending(event)
         with tally.lock:
             counts = {"received": tally.received, "duplicates": tally.duplicates, "failures": tally.failures}
+        # its instances indexed before its end is recorded (the peer has had its last answer already)
+        self.receiver.flush(timeout=ASSOCIATION_END_FLUSH)
         try:
             self.receiver.index.close_association(tally.association_id, status=status, **counts)
         except Exception:  # noqa: BLE001
@@ -151,8 +165,12 @@ class Handlers:
             transfer_syntax_uid=str(event.context.transfer_syntax),
             move_originator_ae=str(request.MoveOriginatorApplicationEntityTitle or "").strip() or None,
         )
-        result = self.receiver.store_file(
-            path, receipt, expected_sop_instance_uid=sop_instance or None, expected_sop_class_uid=sop_class or None
+        result = self.receiver.store_file(  # answered once durable; indexed behind the answer
+            path,
+            receipt,
+            expected_sop_instance_uid=sop_instance or None,
+            expected_sop_class_uid=sop_class or None,
+            wait=False,
         )
         with tally.lock:
             if result.status is StoreStatus.SUCCESS:

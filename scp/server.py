@@ -146,6 +146,7 @@ def bindings(handlers: Handlers) -> list:
         (evt.EVT_C_STORE, handlers.on_store),
         (evt.EVT_ACCEPTED, handlers.on_accepted),
         (evt.EVT_REJECTED, handlers.on_rejected),
+        (evt.EVT_ACSE_RECV, handlers.on_acse_received),  # a release waits for the association's index rows
         (evt.EVT_RELEASED, handlers.on_ended),
         (evt.EVT_ABORTED, handlers.on_ended),
         (evt.EVT_CONN_CLOSE, handlers.on_ended),

@@ -5,12 +5,13 @@ Off unless ``DICOMCHECK_SCP_TRACE=/path/trace.json`` is set when the receiver st
 
 ``receive``   first P-DATA PDU of the request read -> message complete (PDUs read, temp file written)
 ``dispatch``  message complete -> C-STORE handler starts (association reactor latency)
-``handler``   the handler (``Receiver.store_file``: parse, facts, sha256, fsync, rename, index)
+``handler``   the handler (``Receiver.store_file``: parse, facts, fsync, rename, journal entry)
 ``respond``   handler returned -> response PDU written to the socket (DUL reactor latency)
 ``sender``    response written -> first PDU of the next request read (the sender and the network)
 
-and the handler's own parts (``parse``, ``facts``, ``sha256``, ``fsync_file``, ``fsync_dir``,
-``find_content``, ``add_instance``). Totals and per-instance medians (ms) are written as JSON at
+and the handler's own parts (``parse``, ``facts``, ``sha256`` when the file is hashed again,
+``fsync_file``, ``fsync_dir``), and the index writer's batches behind the answers (``add_instances``,
+one call per batch). Totals and per-instance medians (ms) are written as JSON at
 exit. Timing wrappers cost a few microseconds; single association only (one timeline).
 """
 
@@ -109,8 +110,7 @@ def install() -> bool:
         (files, "fsync_dir", "fsync_dir"),
     ):
         setattr(module, name, _timed(getattr(module, name), label))
-    for name in ("find_content", "add_instance"):
-        setattr(Index, name, _timed(getattr(Index, name), name))
+    Index.add_instances = _timed(Index.add_instances, "add_instances")  # type: ignore[method-assign]
     atexit.register(write, Path(target))
     return True
 

@@ -18,6 +18,18 @@ steps below remove that latency and overhead without touching what is received, 
 ``nodelay``  ``TCP_NODELAY`` on every accepted socket (the response leaves at once).
 ``context``  copy the ~170 supported presentation contexts for each new association shallowly
              (pynetdicom deep-copies them, re-validating every UID: ~26 ms per association).
+``meta``     the File Meta Information that pynetdicom writes at the head of each received data set's
+             file written from a byte template instead of a pydicom FileMetaDataset built and
+             encoded per instance (the same bytes; only for UIDs of digits and dots, at most 64
+             characters; anything else goes pynetdicom's way).
+``switch``   the interpreter's thread switch interval 1 ms instead of 5 ms: the association thread,
+             back from an fsync, waits at most that long for the GIL while the index writer (or
+             another association) computes, instead of up to 5 ms.
+``response`` the C-STORE-RSP written from a byte template (Implicit VR Little Endian command set:
+             group length, SOP class, command field, message ID, data set type, status, SOP
+             instance) instead of a pydicom Dataset built and encoded for every instance. Only a
+             response without Error Comment / Offending Element that fits one PDU, and only when no
+             EVT_DIMSE_SENT handler is bound; anything else goes pynetdicom's way.
 
 With ``speed_tuning`` on (the default) all apply; ``DICOMCHECK_SCP_TUNING`` (``none``, ``all`` or a
 comma list such as ``quiet,recv``) selects some of them for measurements (bench/bench_receiver.py).
@@ -30,32 +42,43 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import select
 import socket
+import struct
+import sys
 import threading
 import time
 import weakref
 from typing import Any
 
-from pynetdicom import _config, evt
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, dimse_messages, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 
 from dicomcheck.config import Settings
 
 from . import pynetdicom_fixes as fixes
 
-STEPS = ("quiet", "recv", "reactor", "nodelay", "context")
+STEPS = ("quiet", "recv", "reactor", "nodelay", "context", "response", "meta", "switch")
 ENV = "DICOMCHECK_SCP_TUNING"
 
 TIMER_CHECK = 0.05
 """Longest wait of a reactor without an event, so ARTIM / idle timers are still checked."""
 
 RECV_CHUNK = 256 * 1024
+SWITCH_INTERVAL = 0.001
+"""Seconds (``sys.setswitchinterval``) with the ``switch`` step."""
 
 _applied: set[str] = set()
 _lock = threading.Lock()
 _EVENT_DRIVEN = [False]
+_TEMPLATED_RESPONSE = [False]
 _ORIGINAL: dict[str, Any] = {}
 
 
@@ -86,6 +109,14 @@ def apply(steps: set[str]) -> set[str]:
         fixes.LIMITS.recv_chunk = RECV_CHUNK if "recv" in steps else fixes.PYNETDICOM_RECV_CHUNK
         if "reactor" in steps:
             _install_event_driven_reactors()
+        if "response" in steps:
+            _install_response_template()
+        _TEMPLATED_RESPONSE[0] = "response" in steps
+        meta = "meta" in steps
+        dimse_messages.create_file_meta = _file_meta if meta else create_file_meta
+        dimse_messages.write_file_meta_info = _write_file_meta if meta else write_file_meta_info
+        _ORIGINAL.setdefault("switch_interval", sys.getswitchinterval())
+        sys.setswitchinterval(SWITCH_INTERVAL if "switch" in steps else _ORIGINAL["switch_interval"])
         _EVENT_DRIVEN[0] = "reactor" in steps
         fixes.IDLE.wait = _dul_wait if _EVENT_DRIVEN[0] else fixes._sleep_like_pynetdicom
         fixes.IDLE.queued_for_association = _wake_assoc if _EVENT_DRIVEN[0] else fixes._nothing
@@ -300,6 +331,111 @@ def _assoc_run_reactor(self: Association) -> None:
                 self.abort()
             self.kill()
             return
+
+
+# ---------------------------------------------------------------------------------------------- C-STORE-RSP
+def _element(element: int, value: bytes) -> bytes:
+    """One command element, Implicit VR Little Endian (group 0000)."""
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def store_response_command(message_id: int, status: int, sop_class: str | None, sop_instance: str | None) -> bytes:
+    """The encoded command set of a C-STORE-RSP without Error Comment or Offending Element, as
+    pynetdicom 3.0.4 encodes it (PS3.7 9.3.1.2, elements in tag order, no data set)."""
+    body = b"".join(
+        (
+            _element(0x0002, _uid(sop_class)) if sop_class else b"",
+            _element(0x0100, struct.pack("<H", 0x8001)),
+            _element(0x0120, struct.pack("<H", message_id)),
+            _element(0x0800, struct.pack("<H", 0x0101)),
+            _element(0x0900, struct.pack("<H", status)),
+            _element(0x1000, _uid(sop_instance)) if sop_instance else b"",
+        )
+    )
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _install_response_template() -> None:
+    if "send_msg" in _ORIGINAL:
+        return
+    _ORIGINAL["send_msg"] = DIMSEServiceProvider.send_msg
+
+    def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+        if (
+            _TEMPLATED_RESPONSE[0]
+            and type(primitive) is C_STORE
+            and primitive.MessageIDBeingRespondedTo is not None
+            and isinstance(primitive.Status, int)
+            and primitive.ErrorComment is None
+            and primitive.OffendingElement is None
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        ):
+            encoded = store_response_command(
+                primitive.MessageIDBeingRespondedTo,
+                primitive.Status,
+                primitive.AffectedSOPClassUID,
+                primitive.AffectedSOPInstanceUID,
+            )
+            if not self.maximum_pdu_size or len(encoded) <= self.maximum_pdu_size - 6:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))  # last command fragment
+                self.dul.send_pdu(pdata)
+                return
+        _ORIGINAL["send_msg"](self, primitive, context_id)
+
+    DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------------- file meta
+_PLAIN_UID = re.compile(r"[0-9.]{1,64}")
+
+
+class _Meta(bytes):
+    """The encoded File Meta Information group of a received data set (:func:`file_meta_bytes`)."""
+
+
+def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH", 0x0002, element) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return struct.pack("<HH", 0x0002, element) + vr + struct.pack("<H", len(value)) + value
+
+
+def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Group 0002 as pynetdicom 3.0.4 writes it for a received data set (``create_file_meta`` and
+    pydicom's ``write_file_meta_info``), Explicit VR Little Endian, after the preamble and ``DICM``."""
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    body = b"".join(
+        (
+            _explicit(0x0001, b"OB", b"\0\x01"),
+            _explicit(0x0002, b"UI", _uid(sop_class)),
+            _explicit(0x0003, b"UI", _uid(sop_instance)),
+            _explicit(0x0010, b"UI", _uid(transfer_syntax)),
+            _explicit(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
+            _explicit(0x0013, b"SH", version + b" " if len(version) % 2 else version),
+        )
+    )
+    return _explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _file_meta(*, sop_class_uid: Any, sop_instance_uid: Any, transfer_syntax: Any, **rest: Any) -> Any:
+    values = (sop_class_uid, sop_instance_uid, transfer_syntax)
+    if rest or not all(isinstance(v, str) and _PLAIN_UID.fullmatch(v) for v in values):
+        return create_file_meta(
+            sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid, transfer_syntax=transfer_syntax, **rest
+        )
+    return _Meta(file_meta_bytes(*values))
+
+
+def _write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
+    if isinstance(file_meta, _Meta):
+        fp.write(bytes(file_meta))
+    else:
+        write_file_meta_info(fp, file_meta, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- accepted sockets

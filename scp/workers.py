@@ -357,8 +357,12 @@ def _worker_main(argv: list[str]) -> int:
     )
     thread.start()
     server.tell(b"R")
-    stop.wait()
+    # Short waits, not one long one: the kernel may deliver SIGTERM to a receiver thread, and Python runs the
+    # handler on this (main) thread only when it next runs; asleep in an untimed wait it never would.
+    while not stop.wait(0.25):
+        pass
     server.shutdown()  # waits for open associations
+    receiver.close()  # the rows queued are written, its journal removed
     receiver.engine.dispose()
     return 0
 

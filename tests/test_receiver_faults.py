@@ -87,9 +87,12 @@ def test_fifteen_sigkills_mid_study_then_retry_lose_nothing_and_duplicate_nothin
                 header.SOPInstanceUID == sop and acknowledged.get(sop, header.InstanceNumber) == header.InstanceNumber
             )
         on_disk = {
-            p.relative_to(storage).as_posix() for p in storage.rglob("*") if p.is_file() and ".tmp" not in p.parts
+            p.relative_to(storage).as_posix()
+            for p in storage.rglob("*")
+            if p.is_file() and ".tmp" not in p.parts and ".journal" not in p.parts and p.suffix != ".pending"
         }
         assert on_disk == {path for path, _, _ in indexed.values()}, "the index and the disk disagree"
+        assert not list(storage.glob("*/*/*.pending")), "a journal entry of a killed receiver was not replayed"
         assert not rows(receiver, "SELECT id FROM association WHERE ended_at IS NULL"), (
             "an association left open by a killed receiver"
         )

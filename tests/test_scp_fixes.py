@@ -96,20 +96,25 @@ print(sorted(steps))
 print(DULServiceProvider.run_reactor is fixes._dul_run_reactor, Association.run_reactor is fixes._assoc_run_guarded)
 print(Association._run_reactor is originals["assoc_loop"], DULServiceProvider.__init__ is originals["dul_init"])
 print(fixes.IDLE.wait is fixes._sleep_like_pynetdicom, fixes.LIMITS.recv_chunk)
+from pynetdicom.dimse import DIMSEServiceProvider
+print(DIMSEServiceProvider.send_msg is tuning._ORIGINAL.get("send_msg", DIMSEServiceProvider.send_msg))
+print(sys.getswitchinterval())
 """
 
 
 def test_fault_fixes_stay_on_and_speed_tuning_off_leaves_pynetdicom_s_reactors(tmp_path):
     off = run_python(PATCHED, str(tmp_path / "off"), "off")
     assert off.returncode == 0, off.stderr
-    assert off.stdout.split("\n")[:4] == ["[]", "True True", "True True", "True 4096"]
+    assert off.stdout.split("\n")[:6] == ["[]", "True True", "True True", "True 4096", "True", "0.005"]
     on = run_python(PATCHED, str(tmp_path / "on"), "on")
     assert on.returncode == 0, on.stderr
-    assert on.stdout.split("\n")[:4] == [
+    assert on.stdout.split("\n")[:6] == [
         str(sorted(tuning.STEPS)),
         "True True",
         "False False",
         f"False {tuning.RECV_CHUNK}",
+        "False",  # the C-STORE-RSP template
+        str(tuning.SWITCH_INTERVAL),
     ]
 
 
@@ -137,3 +142,65 @@ def test_imports_go_one_way_listen_workers_server():
     )
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("status", "sop_class", "sop_instance"),
+    [
+        (0x0000, "1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678"),
+        (0xA700, "1.2.840.10008.5.1.4.1.1.2", "1.2.3"),  # odd lengths: padded with NUL
+        (0xC000, "1.2.840.10008.5.1.4.1.1.20", "1.23"),
+        (0x0000, "", ""),
+    ],
+)
+def test_the_templated_c_store_response_is_what_pynetdicom_encodes(status, sop_class, sop_instance):
+    """The ``response`` tuning step writes these bytes instead of pynetdicom's encoding of a
+    C-STORE-RSP (its data set type, element order and padding); sending them is tested through
+    every receiver test that runs tuned (tests/test_receiver.py runs each tuned and untuned)."""
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 65535
+    primitive.Status = status
+    primitive.AffectedSOPClassUID = sop_class or None
+    primitive.AffectedSOPInstanceUID = sop_instance or None
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    (pdata,) = list(message.encode_msg(1, 16384))
+    ((context_id, fragment),) = pdata.presentation_data_value_list
+    assert (context_id, fragment) == (
+        1,
+        b"\x03" + tuning.store_response_command(65535, status, sop_class or None, sop_instance or None),
+    )
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "syntax"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),
+        (
+            "1.2.840.10008.5.1.4.1.1.20",
+            "1.2.826.0.1.3680043.8.498.1234567890123456789012345678901234567",
+            "1.2.840.10008.1.2",
+        ),
+        ("1.2.840.10008.5.1.4.1.1.7", "1.23", "1.2.840.10008.1.2.4.50"),
+    ],
+)
+def test_the_templated_file_meta_is_what_pynetdicom_writes(sop_class, sop_instance, syntax):
+    """The ``meta`` tuning step writes these bytes at the head of each received file instead of
+    pynetdicom's ``write_file_meta_info(create_file_meta(...))``; a UID that is not digits and dots
+    goes pynetdicom's way."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    written = DicomBytesIO()
+    written.is_little_endian, written.is_implicit_VR = True, False
+    write_file_meta_info(
+        written, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax)
+    )
+    assert written.getvalue() == tuning.file_meta_bytes(sop_class, sop_instance, syntax)
+    assert not isinstance(
+        tuning._file_meta(sop_class_uid=sop_class, sop_instance_uid="1.2.é", transfer_syntax=syntax), bytes
+    )

@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import sqlite3
-import threading
 
 import pytest
 import sqlalchemy
@@ -151,21 +150,29 @@ def test_non_conformant_uids_are_refused_0xC003_quarantined_and_never_name_a_pat
     ((path, stored_study),) = index.rows("SELECT path, study_instance_uid FROM instance")
     assert stored_study == "1.2.840.99.0123.4"
     assert DERIVED.match(path), path
-    on_disk = {str(p.relative_to(data / "storage")) for p in (data / "storage").rglob("*") if p.is_file()}
-    assert on_disk == {path}, sorted(on_disk)
-    assert {p.name for p in (data / "storage").iterdir()} <= {path.split("/")[0], ".tmp"}
+    on_disk = {p.relative_to(data / "storage").as_posix() for p in (data / "storage").rglob("*") if p.is_file()}
+    journal = {name for name in on_disk if name.startswith(".journal/")}
+    assert on_disk - journal == {path}, sorted(on_disk)  # no journal entry left beside it either
+    # the journal: a folder of a random name per receiver with its owner file and derived-name markers
+    assert all(re.fullmatch(r"\.journal/[0-9a-f]{32}/(owner|[0-9a-f]{32}\.[0-9a-f]{32})", n) for n in journal), journal
+    assert {p.name for p in (data / "storage").iterdir()} <= {path.split("/")[0], ".tmp", ".journal"}
     # the data folder's top level and its parent gained nothing a peer named
     assert set(os.listdir(tmp_path)) == parent_before
     assert set(os.listdir(data)) - top_before <= {"index.sqlite3-wal", "index.sqlite3-shm"}
     assert "Traceback" not in server.log() and "\x00" not in server.log()
 
 
-# ---------------------------------------------------------------- killed between rename and index
-def test_a_file_stored_but_not_indexed_when_killed_is_indexed_and_its_association_closed_at_start(
+# ---------------------------------------------------------------- killed between answer and index
+def journal_entries(storage):
+    return list(storage.glob("*/*/*.pending"))
+
+
+def test_an_instance_answered_but_not_indexed_when_killed_is_indexed_and_its_association_closed_at_start(
     receiver_factory, tmp_path
 ):
-    """SIGKILL after the file was renamed into storage and before it was indexed: made real by
-    holding the SQLite index's write lock from another connection while the third instance is stored."""
+    """SIGKILL after the third instance was answered (its file and journal entry durable) and before
+    its index row was written: made real by holding the SQLite index's write lock from another
+    connection, which holds the receiver's index writer (never the answer)."""
     data = tmp_path / "data"
     server = receiver_factory(data=data)
     study, series = generate_uid(), generate_uid()
@@ -173,20 +180,19 @@ def test_a_file_stored_but_not_indexed_when_killed_is_indexed_and_its_associatio
     assoc = associate(server, "KILLED")
     assert [assoc.send_c_store(ds).Status for ds in datasets[:2]] == [0, 0]
     storage = data / "storage"
-    stored_before = {p for p in storage.rglob("*.dcm") if ".tmp" not in p.parts}
-    assert len(stored_before) == 2
+    with sqlite3.connect(server.db) as db:
+        wait_for(lambda: db.execute("SELECT count(*) FROM instance").fetchone() == (2,))
 
     blocker = sqlite3.connect(server.db, timeout=30, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the receiver can read, but not write the index
-    sender = threading.Thread(target=lambda: assoc.send_c_store(datasets[2]), daemon=True)
-    sender.start()
     try:
-        wait_for(lambda: len({p for p in storage.rglob("*.dcm") if ".tmp" not in p.parts}) == 3, timeout=30)
-        server.kill()  # the third file is in storage; its row is not in the index
+        assert assoc.send_c_store(datasets[2]).Status == 0  # answered: durable, indexed later
+        assert len({p for p in storage.rglob("*.dcm") if ".tmp" not in p.parts}) == 3
+        assert len(journal_entries(storage)) == 1
+        server.kill()  # the third file is in storage and in the journal; its row is not in the index
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    sender.join(60)
     with sqlite3.connect(server.db) as db:
         assert db.execute("SELECT count(*) FROM instance").fetchone() == (2,)
         assert db.execute("SELECT status, ended_at FROM association").fetchall() == [("accepted", None)]
@@ -209,9 +215,11 @@ def test_a_file_stored_but_not_indexed_when_killed_is_indexed_and_its_associatio
     }
     assert count == [(3,)]
     assert receipts == [("KILLED", association_id)] * 3  # provenance kept for the recovered one too
-    # the killed process's association is closed as aborted with what it acknowledged
-    assert (status, received, failures) == ("aborted", 2, 0) and ended is not None
-    assert not [p for p in (storage / ".tmp").iterdir()], "the commit record was not cleared"
+    # the killed process's association is closed as aborted with what it acknowledged, replayed first
+    assert (status, received, failures) == ("aborted", 3, 0) and ended is not None
+    assert not journal_entries(storage), "the journal entry was not cleared"
+    assert len(list((storage / ".journal").iterdir())) == 1, "the killed receiver's journal was not removed"
+    assert not [p for p in (storage / ".tmp").iterdir()]
     assert "Traceback" not in restarted.log()
 
 

@@ -13,11 +13,16 @@ name means that two files with one name have the same bytes, so a rename over an
 never replaces one content by another. Quarantined inputs are named by the product
 (``quarantine/<date>/<time>-<random>.dcm``).
 
-Between the rename into storage and the index row, a *commit record* in ``storage/.tmp``
-(``<random>.commit``: the relative path, content digest, receipt and the owning process) says
-what is being stored; it is removed once the instance is indexed. A receiver killed in between
-leaves it behind, and the next start indexes the file (:func:`process_alive` decides whose
-records may be taken over: only a provably dead process's).
+Between the rename into storage and the index row, a *journal entry* says what is being stored
+(:class:`Journal`): an empty file beside the stored one whose name holds the content digest, the
+association, the time of receipt and the receiver. It is created before the rename, and the one
+fsync of the series folder that makes the rename durable makes it durable too; then the instance
+is answered, and its index rows are written behind the answer, in batches; the entry is removed
+once they are committed. A receiver killed (or a machine cut off) in between leaves it behind,
+and the next start indexes the file (:func:`process_alive` decides whose journals may be taken
+over: only a provably dead process's). Entries also hold back the decision of their study
+(``Receiver.settle_once``). *Commit records* (``storage/.tmp/<random>.commit``, JSON) are what
+receivers before the journal left; they are still recovered.
 """
 
 from __future__ import annotations
@@ -33,12 +38,22 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self
 
 COMMIT_SUFFIX = ".commit"
-"""Commit records in ``storage/.tmp``; the temporary-file sweep never removes them."""
+"""Commit records in ``storage/.tmp`` (before the journal); the temporary-file sweep never removes them."""
+JOURNAL_DIR = ".journal"
+"""``storage/.journal/<receiver>/``: the journals of the receivers (:class:`Journal`)."""
+PENDING_SUFFIX = ".pending"
+"""Journal entries beside the stored files (:class:`JournalEntry`)."""
+_ENTRY = re.compile(r"([0-9a-f]{32})\.([0-9a-f]{64})\.(-|[0-9]{1,19})\.([0-9]{1,19})\.([0-9a-f]{32})\.pending")
+_MARKER = re.compile(r"[0-9a-f]{32}\.[0-9a-f]{32}")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def derived_name(value: str) -> str:
@@ -126,6 +141,15 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+_FLUSHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dicomcheck-fsync")
+
+
+def flush_soon(path: Path) -> Future[None]:
+    """Start the fsync of ``path`` on another thread (it waits on the disk, not on the interpreter),
+    so that the header is parsed and checked meanwhile; :meth:`FileStore.commit` waits for it."""
+    return _FLUSHER.submit(fsync_file, path)
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -143,6 +167,7 @@ class FileStore:
         self.root = storage_dir
         self.quarantine_root = quarantine_dir
         self.tmp = storage_dir / ".tmp"
+        self._durable: set[str] = set()  # series folders whose entries this process made durable (cut at 4096)
         for folder in (self.root, self.tmp, self.quarantine_root):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -155,36 +180,31 @@ class FileStore:
     def absolute(self, relative: str) -> Path:
         return self.root / relative
 
-    def commit(self, temp: Path, relative: str) -> Path:
-        """Flush ``temp`` and rename it to ``relative`` (same file system: atomic)."""
+    def commit(
+        self, temp: Path, relative: str, flushed: Future[None] | None = None, created: list[Path] | None = None
+    ) -> Path:
+        """Flush ``temp`` (or wait for ``flushed``, its fsync already under way: :func:`flush_soon`)
+        and rename it to ``relative`` (same file system: atomic); the series folder is fsynced
+        (with the journal entry made in it before), and the folders :meth:`prepare` ``created``
+        are made durable in their parents."""
         final = self.root / relative
-        if final.parent.parent.parent != self.root:
-            raise ValueError("a stored instance is two folders below storage/")
-        created = [folder for folder in (final.parent.parent, final.parent) if not folder.is_dir()]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fsync_file(temp)
+        if created is None:
+            created = self.prepare(relative)
+        if flushed is None:
+            fsync_file(temp)
+        else:
+            flushed.result()
         os.replace(temp, final)
         fsync_dir(final.parent)
         for folder in reversed(created):  # a new study / series folder's own entry is durable too
             fsync_dir(folder.parent)
+        if created:
+            if len(self._durable) >= 4096:
+                self._durable.clear()
+            self._durable.add(relative.rsplit("/", 1)[0])
         return final
 
-    # ---------------------------------------------------------------- commit records
-    def begin_commit(self, relative: str, record: dict[str, Any]) -> Path:
-        """Write the commit record of ``relative`` (module doc) before it is renamed into place."""
-        name = uuid.uuid4().hex
-        marker, writing = self.tmp / f"{name}{COMMIT_SUFFIX}", self.tmp / f"{name}.part"
-        try:
-            with writing.open("x", encoding="utf-8") as fh:
-                json.dump({"path": relative, **record}, fh)
-            # renamed complete: a kill while writing leaves a ``.part`` (swept like any partial
-            # transfer), never a cut-short record that recovery would have to wait out
-            os.replace(writing, marker)
-        except BaseException:  # e.g. a full volume: no record is left behind
-            writing.unlink(missing_ok=True)
-            raise
-        return marker
-
+    # ---------------------------------------------------------------- commit records (before the journal)
     @staticmethod
     def end_commit(marker: Path) -> None:
         marker.unlink(missing_ok=True)
@@ -226,6 +246,27 @@ class FileStore:
             raise
         record["_fd"] = fd
         return record
+
+    def journal(self, owner: str) -> Journal:
+        """A new journal of this receiver (``owner``: :func:`process_identity`), its folder durable."""
+        return Journal.create(self.root, owner)
+
+    def journals(self) -> list[Journal]:
+        """Every receiver's journal on this storage volume (live and dead owners)."""
+        return Journal.all(self.root)
+
+    def prepare(self, relative: str) -> list[Path]:
+        """Create the study and series folders of ``relative`` (its journal entry goes there before
+        the file); returns the folders whose own entries :meth:`commit` must make durable: both,
+        unless a store of this process did already (whoever created them, another thread or
+        process may not have fsynced their parents yet)."""
+        final = self.root / relative
+        if final.parent.parent.parent != self.root:
+            raise ValueError("a stored instance is two folders below storage/")
+        if relative.rsplit("/", 1)[0] in self._durable:
+            return []
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return [final.parent.parent, final.parent]
 
     def new_temp(self) -> Path:
         return self.tmp / f"{uuid.uuid4().hex}.part"
@@ -278,6 +319,208 @@ class FileStore:
         return target
 
 
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One stored (or re-received) instance answered but not yet indexed: an empty file beside the
+    stored one, ``<h(sop)>.<sha256>.<association or ->.<microseconds>.<receiver>.pending``."""
+
+    folder: str
+    """The series folder, relative to ``storage/`` (``<h(study)>/<h(series)>``)."""
+    name: str
+    relative: str
+    """The stored file, relative to ``storage/`` (derived names only)."""
+    association_id: int | None
+    received_at: dt.datetime
+    """Time of receipt (microseconds): with the association, what makes a replayed receipt idempotent."""
+    receiver: str
+    """The journal (:class:`Journal`) of the receiver that wrote it."""
+
+    @property
+    def study_key(self) -> str:
+        """:func:`derived_name` of the study's UID."""
+        return self.folder[:32]
+
+    @classmethod
+    def parse(cls, folder: str, name: str) -> JournalEntry | None:
+        match = _ENTRY.fullmatch(name)
+        if match is None:
+            return None
+        sop, sha256, association, micros, receiver = match.groups()
+        return cls(
+            folder,
+            name,
+            f"{folder}/{sop}.{sha256}.dcm",
+            None if association == "-" else int(association),
+            _EPOCH + dt.timedelta(microseconds=int(micros)),
+            receiver,
+        )
+
+
+class Journal:
+    """One receiver's journal of the instances it answered and has not indexed yet.
+
+    The entries are empty files in the stored files' own series folders (:class:`JournalEntry`),
+    created before the rename into storage: the one fsync of that folder that makes the rename
+    durable makes the entry durable too, so an entry costs no flush of its own. The journal's folder
+    ``storage/.journal/<receiver>/`` holds the ``owner`` (the process, :func:`process_identity`)
+    and one empty *folder marker* ``<h(study)>.<h(series)>`` per series folder that may hold its
+    entries (made durable once per series, when the receiver first stores into it): the list a
+    recovery walks. An entry whose stored file is absent was never answered, and is dropped.
+    """
+
+    OWNER = "owner"
+
+    def __init__(self, root: Path, folder: Path, owner: str | None) -> None:
+        self.root = root  # storage/
+        self.folder = folder
+        self.owner = owner
+        self.receiver = folder.name
+        self._markers: dict[str, int] = {}  # folder marker -> entries of ours there not yet removed
+        self._idle_since: dict[str, float] = {}  # folder markers with no entry of ours, since when
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, root: Path, owner: str) -> Journal:
+        journals = root / JOURNAL_DIR
+        journals.mkdir(parents=True, exist_ok=True)
+        folder = journals / uuid.uuid4().hex
+        writing = journals / f"{folder.name}.part"
+        writing.mkdir()
+        with (writing / cls.OWNER).open("x", encoding="utf-8") as fh:
+            fh.write(owner)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(writing)
+        os.replace(writing, folder)  # complete with its owner, or not there at all
+        fsync_dir(journals)
+        fsync_dir(root)
+        return cls(root, folder, owner)
+
+    @classmethod
+    def all(cls, root: Path) -> list[Journal]:
+        """Every receiver's journal on the storage folder ``root`` (live and dead owners)."""
+        try:
+            folders = sorted(p for p in (root / JOURNAL_DIR).iterdir() if len(p.name) == 32 and p.is_dir())
+        except FileNotFoundError:
+            return []
+        found = []
+        for folder in folders:
+            try:
+                owner: str | None = (folder / cls.OWNER).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue  # removed meanwhile (its owner ended)
+            except (OSError, UnicodeDecodeError):
+                owner = None
+            found.append(cls(root, folder, owner))
+        return found
+
+    def add(self, relative: str, association_id: int | None, received_at: dt.datetime) -> JournalEntry:
+        """Create the entry of ``relative`` (its series folder must exist); durable only once that
+        folder is fsynced (:meth:`FileStore.commit` does). The folder marker is durable on return."""
+        series, stored = relative.rsplit("/", 1)
+        marker = series.replace("/", ".")
+        with self._lock:
+            if marker not in self._markers:
+                os.close(os.open(self.folder / marker, os.O_WRONLY | os.O_CREAT, 0o600))
+                fsync_dir(self.folder)
+                self._markers[marker] = 0
+            self._markers[marker] += 1
+            self._idle_since.pop(marker, None)
+        micros = (received_at - _EPOCH) // dt.timedelta(microseconds=1)
+        association = "-" if association_id is None else str(association_id)
+        name = f"{stored.removesuffix('.dcm')}.{association}.{micros}.{self.receiver}{PENDING_SUFFIX}"
+        os.close(os.open(self.root / series / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        entry = JournalEntry.parse(series, name)
+        assert entry is not None  # made to match
+        return entry
+
+    def remove(self, entry: JournalEntry) -> None:
+        """The entry's rows are committed: forget it (no fsync: an entry that comes back after a
+        power cut is replayed idempotently)."""
+        try:
+            os.unlink(self.root / entry.folder / entry.name)
+        except FileNotFoundError:
+            pass
+        marker = entry.folder.replace("/", ".")
+        with self._lock:
+            if self._markers.get(marker):
+                self._markers[marker] -= 1
+                if not self._markers[marker]:
+                    self._idle_since[marker] = time.monotonic()
+
+    def prune(self, idle: float) -> None:
+        """Remove the folder markers of series folders with no entry of ours for ``idle`` seconds
+        (the list a recovery walks stays short; a marker that comes back after a power cut only
+        costs that recovery a look at one folder)."""
+        cutoff = time.monotonic() - idle
+        with self._lock:
+            for marker, since in list(self._idle_since.items()):
+                if since <= cutoff:
+                    del self._idle_since[marker], self._markers[marker]
+                    try:
+                        os.unlink(self.folder / marker)
+                    except FileNotFoundError:
+                        pass
+
+    def series_folders(self) -> list[str]:
+        """The series folders (``<h(study)>/<h(series)>``) this journal's entries may be in."""
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        return [name.replace(".", "/") for name in names if _MARKER.fullmatch(name)]
+
+    def entries(self, *, anyone: bool = False) -> list[JournalEntry]:
+        """This journal's entries (``anyone``: every receiver's entries in its series folders)."""
+        found = []
+        for series in self.series_folders():
+            try:
+                names = os.listdir(self.root / series)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(PENDING_SUFFIX) and (anyone or name.endswith(f".{self.receiver}{PENDING_SUFFIX}")):
+                    entry = JournalEntry.parse(series, name)
+                    if entry is not None:
+                        found.append(entry)
+        return found
+
+    def age(self, entry: JournalEntry) -> float:
+        """Seconds since the entry was created (0 when it is gone)."""
+        try:
+            return time.time() - (self.root / entry.folder / entry.name).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def lock(self) -> int | None:
+        """An exclusive ``flock`` on the folder (one process takes a dead receiver's journal over at
+        a time): its descriptor, to be closed by the caller, or None when another holds it."""
+        try:
+            fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def discard(self) -> bool:
+        """Remove the journal if it has no entry (its owner ended, or it was replayed); True if removed."""
+        if self.entries():
+            return False
+        try:
+            for name in os.listdir(self.folder):
+                os.unlink(self.folder / name)
+            self.folder.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
@@ -298,6 +541,7 @@ class SpoolFile:
     """
 
     _failures: ClassVar[dict[str, int]] = {}
+    _receiving: ClassVar[weakref.WeakValueDictionary[str, SpoolFile]] = weakref.WeakValueDictionary()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -314,6 +558,13 @@ class SpoolFile:
         fd, self.name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
         self._fh = os.fdopen(fd, "wb", buffering=0)  # unbuffered: a failure is seen by the write that failed
         self.failed: int | None = None
+        # the SHA-256 of the bytes as they stream in (hashlib releases the GIL on large buffers), so
+        # the store does not read the file again to name it by its content
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self.taken = False  # handed to a store (:meth:`digest`), which moves or removes the file
+        with self._lock:
+            self._receiving[os.path.abspath(self.name)] = self
 
     @property
     def file(self) -> SpoolFile:  # pynetdicom calls ``.file.flush()``
@@ -328,9 +579,13 @@ class SpoolFile:
         size = len(view)
         while view and self.failed is None:
             try:
-                view = view[self._fh.write(view) :]  # a short write on a nearly full volume: write the rest
+                written = self._fh.write(view)  # a short write on a nearly full volume: write the rest
             except OSError as exc:
                 self._fail(exc)
+            else:
+                self._sha256.update(view[:written])
+                self._size += written
+                view = view[written:]
         return size
 
     def flush(self) -> None:
@@ -367,6 +622,20 @@ class SpoolFile:
             return cls._failures.pop(os.path.abspath(path), None)
 
     @classmethod
+    def digest(cls, path: Path | str) -> tuple[str, int] | None:
+        """The SHA-256 and size of the bytes written so far to the receive file ``path`` (a complete
+        message: nothing more is written; only this object writes it), or None: not received
+        through a :class:`SpoolFile`, or cut short by a full volume (then the caller hashes the
+        file). The file is the caller's from then on (stored, quarantined or removed by it)."""
+        key = os.path.abspath(path)
+        with cls._lock:
+            spool = cls._receiving.pop(key, None)
+        if spool is None or spool.failed is not None:
+            return None
+        spool.taken = True
+        return spool._sha256.hexdigest(), spool._size
+
+    @classmethod
     def discard(cls, spool: _Closable | None) -> None:
         """Close and remove a receive file nobody will store (cut short, or not a storage request),
         forgetting any failure it recorded. Already moved into storage or removed: nothing to do."""
@@ -380,6 +649,9 @@ class SpoolFile:
         if name is None:
             return
         cls.failure(name)
+        if getattr(spool, "taken", False):  # stored, quarantined or removed by the store already
+            return
+        cls.digest(name)
         try:
             os.unlink(name)
         except OSError:

@@ -4,11 +4,11 @@ upserts and insert-or-ignore keep one row per study / series / content version u
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, and_, case, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, Engine, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -40,6 +40,22 @@ class Added:
     instance_id: int
     version: int
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """A stored file to index (:meth:`Index.add_instances`): its facts, content and receipt."""
+
+    facts: InstanceFacts
+    sha256: str
+    size: int
+    path: str
+    receipt: ReceiptInfo
+    received_at: dt.datetime
+
+
+_IN_CHUNK = 500
+"""UIDs per ``IN (...)`` list (SQLite's bound-parameter limit is far above)."""
 
 
 def _cut(value: str | None, length: int = 64) -> str | None:
@@ -185,117 +201,221 @@ class Index:
                 )
             ).scalar_one_or_none()
 
-    def add_duplicate_receipt(self, instance_id: int, receipt: ReceiptInfo) -> None:
-        with Session(self.engine) as session:
-            session.add(self._receipt(instance_id, receipt, duplicate=True))
-            session.commit()
+    def add_instances(self, batch: Sequence[NewInstance], *, replay: bool = False) -> list[Added]:
+        """Index stored files in one transaction: studies and series upserted, each content version
+        inserted once (a content already indexed, or indexed by another receiver a moment ago, gets a
+        duplicate receipt), counts raised, one receipt per file. A handful of statements whatever the
+        batch size (``executemany`` of prepared Core statements, no ORM unit of work).
 
-    def add_instance(self, facts: InstanceFacts, *, sha256: str, size: int, path: str, receipt: ReceiptInfo) -> Added:
-        """Index one stored file: study and series upserted, the content version inserted once."""
+        ``replay`` (a journal replayed after a crash): a receipt already there (same instance,
+        association and time of receipt) is not added again, so a replay is idempotent.
+        """
+        if not batch:
+            return []
         now = utcnow()
-        assert facts.study_instance_uid and facts.series_instance_uid and facts.sop_instance_uid
-        own = is_own_object(facts)  # our evidence KOS / SR routed back: stored, never a decision input
-        with Session(self.engine) as session:
-            study = self._insert(Study).values(
-                study_instance_uid=facts.study_instance_uid,
-                accession_number=facts.accession_number,
-                patient_id=facts.patient_id,
-                study_date=facts.study_date,
-                study_description=facts.study_description,
-                modalities=facts.modality,
-                instance_count=0,
-                first_arrival=now,
-                last_arrival=now,
-                needs_decision=not own,
+        for row in batch:
+            assert row.facts.study_instance_uid and row.facts.series_instance_uid and row.facts.sop_instance_uid
+        with self.engine.begin() as connection:
+            self._upsert_studies_and_series(connection, batch, now)
+            known, new = self._versions(connection, batch)
+            inserted: dict[tuple[str, str], int] = {}
+            if new:
+                returned = connection.execute(
+                    self._insert(Instance)
+                    .on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"])
+                    .returning(col(Instance.id), col(Instance.sop_instance_uid), col(Instance.sha256)),
+                    list(new.values()),
+                )
+                inserted = {(sop, sha256): cast(int, instance_id) for instance_id, sop, sha256 in returned}
+            raced = sorted({sop for sop, sha256 in new if (sop, sha256) not in inserted})
+            if raced:  # another receiver indexed the same content a moment ago
+                known.update(self._contents(connection, raced))
+            self._raise_counts(connection, batch, {key: new[key] for key in inserted})
+
+            # one receipt per file received; the first receipt of a content inserted here is not a duplicate
+            added: list[Added] = []
+            receipts: list[dict[str, Any]] = []
+            first_seen: set[tuple[str, str]] = set()
+            for row in batch:
+                key = (cast(str, row.facts.sop_instance_uid), row.sha256)
+                if key in inserted:
+                    instance_id, duplicate, version = inserted[key], key in first_seen, new[key]["version"]
+                else:
+                    instance_id, duplicate, version = known[key], True, 0
+                first_seen.add(key)
+                added.append(Added(int(instance_id), version, duplicate))
+                if not (replay and self._has_receipt(connection, instance_id, row)):
+                    receipts.append(self._receipt(instance_id, row, duplicate=duplicate))
+            if receipts:
+                connection.execute(self._insert(Receipt), receipts)
+            return added
+
+    def _upsert_studies_and_series(
+        self, connection: Connection, batch: Sequence[NewInstance], now: dt.datetime
+    ) -> None:
+        """Insert the batch's new studies and series; a study that gets an instance (not our own
+        object) waits for its decision again from ``now``. In UID order: concurrent writers lock
+        rows in one order."""
+        studies: dict[str, dict[str, Any]] = {}
+        series: dict[str, dict[str, Any]] = {}
+        for row in batch:
+            facts = row.facts
+            values = studies.setdefault(
+                cast(str, facts.study_instance_uid),
+                {
+                    "study_instance_uid": facts.study_instance_uid,
+                    "accession_number": facts.accession_number,
+                    "patient_id": facts.patient_id,
+                    "study_date": facts.study_date,
+                    "study_description": facts.study_description,
+                    "modalities": facts.modality,
+                    "instance_count": 0,
+                    "first_arrival": now,
+                    "last_arrival": now,
+                    "needs_decision": False,
+                },
             )
-            if own:
-                session.execute(study.on_conflict_do_nothing(index_elements=["study_instance_uid"]))
-            else:
-                session.execute(
-                    study.on_conflict_do_update(
-                        index_elements=["study_instance_uid"],
-                        set_={"last_arrival": now, "needs_decision": True},
-                    )
-                )
-            series = self._insert(Series).values(
-                series_instance_uid=facts.series_instance_uid,
-                study_instance_uid=facts.study_instance_uid,
-                modality=facts.modality,
-                series_number=facts.series_number,
-                series_description=facts.series_description,
-                sop_class_uid=facts.sop_class_uid,
-                instance_count=0,
-                station_name=_cut(facts.equipment.station_name),
-                device_serial_number=_cut(facts.equipment.device_serial_number),
-                manufacturer=_cut(facts.equipment.manufacturer),
-                model=_cut(facts.equipment.model),
-                calling_ae=_cut(receipt.calling_ae, 16),
+            values["needs_decision"] = values["needs_decision"] or not is_own_object(facts)
+            series.setdefault(
+                cast(str, facts.series_instance_uid),
+                {
+                    "series_instance_uid": facts.series_instance_uid,
+                    "study_instance_uid": facts.study_instance_uid,
+                    "modality": facts.modality,
+                    "series_number": facts.series_number,
+                    "series_description": facts.series_description,
+                    "sop_class_uid": facts.sop_class_uid,
+                    "instance_count": 0,
+                    "station_name": _cut(facts.equipment.station_name),
+                    "device_serial_number": _cut(facts.equipment.device_serial_number),
+                    "manufacturer": _cut(facts.equipment.manufacturer),
+                    "model": _cut(facts.equipment.model),
+                    "calling_ae": _cut(row.receipt.calling_ae, 16),
+                },
             )
-            session.execute(series.on_conflict_do_nothing(index_elements=["series_instance_uid"]))
-            existing_versions = session.execute(
-                select(func.count())
-                .select_from(Instance)
-                .where(col(Instance.sop_instance_uid) == facts.sop_instance_uid)
-            ).scalar_one()
-            version = existing_versions + 1
-            inserted = session.execute(
-                self._insert(Instance)
-                .values(
-                    sop_instance_uid=facts.sop_instance_uid,
-                    version=version,
-                    study_instance_uid=facts.study_instance_uid,
-                    series_instance_uid=facts.series_instance_uid,
-                    sop_class_uid=facts.sop_class_uid,
-                    transfer_syntax_uid=receipt.transfer_syntax_uid,
-                    sha256=sha256,
-                    size=size,
-                    path=path,
-                    received_at=now,
-                    association_id=receipt.association_id,
-                    facts=facts_to_dict(facts),
-                )
-                .on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"])
-                .returning(col(Instance.id))
-            ).scalar_one_or_none()
-            duplicate = inserted is None
-            if inserted is None:  # another receiver stored the same content a moment ago
-                inserted = session.execute(
-                    select(col(Instance.id)).where(
-                        col(Instance.sop_instance_uid) == facts.sop_instance_uid, col(Instance.sha256) == sha256
-                    )
-                ).scalar_one()
-            elif version == 1:
-                if not own:
-                    session.execute(
-                        update(Study)
-                        .where(col(Study.study_instance_uid) == facts.study_instance_uid)
-                        .values(instance_count=col(Study.instance_count) + 1)
-                    )
-                session.execute(
-                    update(Series)
-                    .where(col(Series.series_instance_uid) == facts.series_instance_uid)
-                    .values(instance_count=col(Series.instance_count) + 1)
-                )
-            session.add(self._receipt(int(inserted), receipt, duplicate=duplicate))
-            session.commit()
-            return Added(int(inserted), version, duplicate)
+        ordered = [studies[uid] for uid in sorted(studies)]
+        deciding = [values for values in ordered if values["needs_decision"]]
+        if deciding:
+            connection.execute(
+                self._insert(Study).on_conflict_do_update(
+                    index_elements=["study_instance_uid"], set_={"last_arrival": now, "needs_decision": True}
+                ),
+                deciding,
+            )
+        if len(deciding) < len(ordered):  # our own objects' studies: created, never waiting for a decision
+            connection.execute(
+                self._insert(Study).on_conflict_do_nothing(index_elements=["study_instance_uid"]),
+                [values for values in ordered if not values["needs_decision"]],
+            )
+        connection.execute(
+            self._insert(Series).on_conflict_do_nothing(index_elements=["series_instance_uid"]),
+            [series[uid] for uid in sorted(series)],
+        )
+
+    def _versions(
+        self, connection: Connection, batch: Sequence[NewInstance]
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], dict[str, Any]]]:
+        """The batch's contents already indexed (``(sop, sha256)`` -> id) and the rows of the new
+        ones, each the next version of its SOP Instance UID."""
+        known = self._contents(connection, sorted({cast(str, row.facts.sop_instance_uid) for row in batch}))
+        versions: dict[str, int] = {}
+        for sop, _ in known:
+            versions[sop] = versions.get(sop, 0) + 1
+        new: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in batch:
+            key = (cast(str, row.facts.sop_instance_uid), row.sha256)
+            if key in known or key in new:
+                continue
+            versions[key[0]] = versions.get(key[0], 0) + 1
+            new[key] = {
+                "sop_instance_uid": key[0],
+                "version": versions[key[0]],
+                "study_instance_uid": row.facts.study_instance_uid,
+                "series_instance_uid": row.facts.series_instance_uid,
+                "sop_class_uid": row.facts.sop_class_uid,
+                "transfer_syntax_uid": row.receipt.transfer_syntax_uid,
+                "sha256": row.sha256,
+                "size": row.size,
+                "path": row.path,
+                "received_at": row.received_at,
+                "association_id": row.receipt.association_id,
+                "facts": facts_to_dict(row.facts),
+            }
+        return known, new
 
     @staticmethod
-    def _receipt(instance_id: int, receipt: ReceiptInfo, *, duplicate: bool) -> Receipt:
-        return Receipt(
-            instance_id=instance_id,
-            association_id=receipt.association_id,
-            received_at=utcnow(),
-            transfer_syntax_uid=receipt.transfer_syntax_uid,
-            calling_ae=receipt.calling_ae,
-            called_ae=receipt.called_ae,
-            peer_address=receipt.peer_address,
-            implementation_class_uid=receipt.implementation_class_uid,
-            implementation_version_name=(receipt.implementation_version_name or None)
-            and receipt.implementation_version_name[:16],
-            move_originator_ae=receipt.move_originator_ae,
-            duplicate=duplicate,
+    def _contents(connection: Connection, sops: list[str]) -> dict[tuple[str, str], int]:
+        """``(sop, sha256)`` -> instance id of every indexed version of ``sops``."""
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(sops), _IN_CHUNK):
+            chunk = sops[start : start + _IN_CHUNK]
+            for instance_id, sop, sha256 in connection.execute(
+                select(col(Instance.id), col(Instance.sop_instance_uid), col(Instance.sha256)).where(
+                    col(Instance.sop_instance_uid).in_(chunk)
+                )
+            ):
+                found[sop, sha256] = cast(int, instance_id)
+        return found
+
+    @staticmethod
+    def _raise_counts(
+        connection: Connection, batch: Sequence[NewInstance], inserted: dict[tuple[str, str], dict[str, Any]]
+    ) -> None:
+        """A first version inserted is a new instance of its series, and of its study unless it is our own object."""
+        own = {(row.facts.sop_instance_uid, row.sha256): is_own_object(row.facts) for row in batch}
+        studies: dict[str, int] = {}
+        series: dict[str, int] = {}
+        for key, values in inserted.items():
+            if values["version"] != 1:
+                continue
+            if not own[key]:
+                studies[values["study_instance_uid"]] = studies.get(values["study_instance_uid"], 0) + 1
+            series[values["series_instance_uid"]] = series.get(values["series_instance_uid"], 0) + 1
+        for table, key_column, counts in (
+            (Study, col(Study.study_instance_uid), studies),
+            (Series, col(Series.series_instance_uid), series),
+        ):
+            if counts:
+                connection.execute(
+                    update(table)
+                    .where(key_column == bindparam("uid"))
+                    .values(instance_count=table.instance_count + bindparam("n")),
+                    [{"uid": uid, "n": n} for uid, n in sorted(counts.items())],
+                )
+
+    @staticmethod
+    def _has_receipt(connection: Connection, instance_id: int, row: NewInstance) -> bool:
+        association = col(Receipt.association_id)
+        return (
+            connection.execute(
+                select(col(Receipt.id)).where(
+                    col(Receipt.instance_id) == instance_id,
+                    association.is_(None)
+                    if row.receipt.association_id is None
+                    else association == row.receipt.association_id,
+                    col(Receipt.received_at) == row.received_at,
+                )
+            ).first()
+            is not None
         )
+
+    @staticmethod
+    def _receipt(instance_id: int, row: NewInstance, *, duplicate: bool) -> dict[str, Any]:
+        receipt = row.receipt
+        return {
+            "instance_id": instance_id,
+            "association_id": receipt.association_id,
+            "received_at": row.received_at,
+            "transfer_syntax_uid": receipt.transfer_syntax_uid,
+            "calling_ae": receipt.calling_ae,
+            "called_ae": receipt.called_ae,
+            "peer_address": receipt.peer_address,
+            "implementation_class_uid": receipt.implementation_class_uid,
+            "implementation_version_name": (receipt.implementation_version_name or None)
+            and receipt.implementation_version_name[:16],
+            "move_originator_ae": receipt.move_originator_ae,
+            "duplicate": duplicate,
+        }
 
     def add_quarantined(
         self,
@@ -364,6 +484,13 @@ class Index:
             session.commit()
             # an UPDATE's result carries its row count
             return last if cast(CursorResult[Any], result).rowcount == 1 else None
+
+    def last_arrival(self, study_uid: str) -> dt.datetime | None:
+        """When the study last got an instance indexed (None: no such study)."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(col(Study.last_arrival)).where(col(Study.study_instance_uid) == study_uid)
+            ).scalar_one_or_none()
 
     def release(self, study_uid: str) -> None:
         with Session(self.engine) as session:
