@@ -17,6 +17,27 @@ REGISTRY_FILE_ERROR = Gauge(
     "last good version; /healthz says why), 0 when it is in use or none is configured",
     registry=REGISTRY,
 )
+STORAGE_BYTES = Gauge(
+    "dicomcheck_storage_bytes",
+    "Bytes kept, by state: full (instances with their pixel data), header_only (copies after pixel_retention), "
+    "quarantine, evidence (packs), retention (signed retention records); updated by each retention pass",
+    ["state"],
+    registry=REGISTRY,
+)
+OLDEST_UNPRUNED_STUDY = Gauge(
+    "dicomcheck_oldest_unpruned_study_seconds",
+    "Seconds since the current decision of the oldest decided study that retention has not gone over yet "
+    "(0 when none); above pixel_retention plus an hour, retention is falling behind",
+    registry=REGISTRY,
+)
+STORAGE_FREE_BYTES = Gauge(
+    "dicomcheck_storage_free_bytes", "Bytes available on the storage volume (last check)", registry=REGISTRY
+)
+STORAGE_BELOW_MIN_FREE = Gauge(
+    "dicomcheck_storage_below_min_free_space",
+    "1 while the storage volume is below min_free_space (new instances refused with 0xA700), else 0",
+    registry=REGISTRY,
+)
 REQUEST_LATENCY = Histogram(
     "dicomcheck_http_request_seconds",
     "HTTP request latency",

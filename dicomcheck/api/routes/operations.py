@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ... import __version__, metrics
 from ...store.reads import index_reachable
+from ...store.retention import budget_for, human_bytes
 from ..deps import OperationsDep, StaffToken
 from ..schemas import Health
 
@@ -31,6 +32,22 @@ def healthz(operations: OperationsDep) -> JSONResponse:
         body.update(
             status="degraded",
             reason=f"device registry unusable, deciding with its last good version: {registry.error}"[:500],
+        )
+    # Below min_free_space new instances are refused with 0xA700 (store/retention.py): degraded, still 200.
+    settings = operations.settings
+    space = budget_for(settings.storage_dir, settings.min_free_space_budget).space()
+    body["storage"] = "unknown" if space is None else "below min_free_space" if space.below else "ok"
+    if space is not None and space.below:
+        body["status"] = "degraded"
+        body["reason"] = "; ".join(
+            filter(
+                None,
+                [
+                    body.get("reason"),
+                    f"storage volume below min_free_space ({human_bytes(space.free)} free, "
+                    f"{human_bytes(space.wanted)} wanted): new instances are refused with 0xA700",
+                ],
+            )
         )
     if index_reachable(operations.engine):
         return JSONResponse(body)
