@@ -73,7 +73,7 @@ def check_ours(ds: pydicom.Dataset, source: EvidenceSource) -> None:
     assert ds.Manufacturer == MANUFACTURER and ds.ManufacturerModelName == MODEL_NAME
     assert ds.SoftwareVersions == __version__  # the writer; the SR's provenance names the decider
     assert ds.SOPInstanceUID.startswith("2.25.") and ds.SeriesInstanceUID.startswith("2.25.")
-    assert ds.SeriesInstanceUID not in {s["series_instance_uid"] for s in source.document["series"]}
+    assert ds.SeriesInstanceUID not in {s.series_instance_uid for s in source.decision.series}
     assert ds.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
     assert ds.file_meta.ImplementationVersionName == "DICOMCHECK"
     assert all(not str(v).startswith("1.2.826.0.1.3680043.10.511.") for v in all_values(ds)), "a highdicom-rooted UID"
@@ -85,7 +85,7 @@ def check_ours(ds: pydicom.Dataset, source: EvidenceSource) -> None:
 def test_kos_and_sr_of_every_fixture_study(case: str, fixture_source, tmp_path: Path) -> None:
     require_peer("dciodvfy")
     source = fixture_source(case, devices=True)
-    document = source.document
+    document = source.decision.document()
     cited = {i.sop_instance_uid: i for i in source.instances}
     assert cited and all(i.path.is_file() for i in cited.values())
     header = pydicom.dcmread(

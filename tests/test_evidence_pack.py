@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from dicomcheck.api import create_app
 from dicomcheck.config import Settings
+from dicomcheck.enums import Outcome
 from dicomcheck.evidence.collect import from_folder
 from dicomcheck.evidence.keys import create_key
 from dicomcheck.evidence.pack import PackWriter, verify_pack
@@ -126,7 +127,9 @@ def test_zip_of_the_pack_verifies_too(pack: Path, tmp_path: Path, site):
 
 def test_re_derivation_reports_a_doctored_decision(case_copy: Path, tmp_path: Path):
     (source,) = from_folder([case_copy])
-    doctored = replace(source, document={**source.document, "outcome": "supports_76376", "code": "76376"})
+    doctored = replace(
+        source, decision=source.decision.model_copy(update={"outcome": Outcome.SUPPORTS_76376, "code": "76376"})
+    )
     key = create_key(tmp_path / "keys")
     folder = PackWriter(key).write(doctored, tmp_path / "doctored")
     result = verify_pack(folder, trusted=[key.fingerprint])
@@ -248,3 +251,22 @@ def test_index_mode_cli_and_verify_against_the_storage(served, tmp_path: Path):
     stored.write_bytes(stored.read_bytes()[:-1] + bytes([stored.read_bytes()[-1] ^ 1]))
     proc = cli("evidence", "verify", folder, "--storage", data / "storage", "--data", data)
     assert proc.returncode == 1 and f"FAIL {stored}" in proc.stdout
+
+
+def test_a_pack_from_the_index_carries_the_stored_decision_document_byte_for_byte(served, tmp_path: Path):
+    """The typed record the producers read dumps to exactly the document the index keeps: same keys,
+    order and values in evidence.json, full and PHI-minimal (but for the pseudonymised patient ID)."""
+    from dicomcheck.evidence.collect import from_index
+    from dicomcheck.store.reads import IndexReader
+
+    _, _, receiver, case = served
+    uid = case["study_instance_uid"]
+    source = from_index(receiver.engine, receiver.settings.storage_dir, uid)
+    with IndexReader.open(receiver.engine) as reader:
+        stored = reader.decision(reader.study(uid).current_decision_id).document
+    key = create_key(tmp_path / "keys")
+    full = json.loads(PackWriter(key).build(source)["evidence.json"])["study"]
+    assert json.dumps(full) == json.dumps(stored)
+    minimal = json.loads(PackWriter(key).build(source, minimal=True)["evidence.json"])["study"]
+    assert minimal["patient_id"].startswith("hmac-sha256:") and minimal["patient_id"] != stored["patient_id"]
+    assert json.dumps({**minimal, "patient_id": stored["patient_id"]}) == json.dumps(stored)

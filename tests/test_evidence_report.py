@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as dt
 import io
@@ -17,6 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicomcheck import __version__
+from dicomcheck.decision_record import StudyDecisionUnderPolicy
+from dicomcheck.enums import CitedRole, RuleId
 from dicomcheck.evidence import report_pdf
 from dicomcheck.evidence.model import CitedInstance, EvidenceSource, Receipt
 from dicomcheck.evidence.report_pdf import render_pdf
@@ -382,7 +383,7 @@ PDF_STUDIES = [
 @pytest.mark.parametrize("name", PDF_STUDIES)
 def test_pdf_report_of_a_fixture_study(fixture_source, tmp_path: Path, name: str) -> None:
     source = fixture_source(name)
-    document = source.document
+    document = source.decision.document()
     pdf = _render(source, tmp_path)
 
     pages = _pages(pdf, tmp_path)
@@ -412,8 +413,8 @@ def test_pdf_report_of_a_fixture_study(fixture_source, tmp_path: Path, name: str
 
     three_d = [s for s in document["series"] if s["is_3d"]]
     acquisition = any(s["kind"] == "acquisition" for s in document["series"])
-    assert len(source.by_role("3d")) == len(three_d)
-    assert len(source.by_role("acquisition")) == int(acquisition)
+    assert len(source.by_role(CitedRole.THREE_D)) == len(three_d)
+    assert len(source.by_role(CitedRole.ACQUISITION)) == int(acquisition)
     assert _image_count(pdf) == len(three_d) + int(acquisition)
 
     total = len(pages)
@@ -425,7 +426,7 @@ def test_pdf_report_of_a_fixture_study(fixture_source, tmp_path: Path, name: str
 
 def test_pdf_policy_that_decided_is_shown(fixture_source, tmp_path: Path) -> None:
     source = fixture_source("pacs_viewer_3d_policy_76377")
-    assert any(r["rule"] == "policy.pacs_viewer_code" for r in source.document["reasons"])
+    assert any(r.rule is RuleId.POLICY_PACS_VIEWER_CODE for r in source.decision.reasons)
     text = _pdftotext(_render(source, tmp_path))
     assert "Site policies" in text and "pacs_viewer_code" in text and "76377" in text
     plain = _pdftotext(_render(fixture_source("originals_only"), tmp_path, name="plain.pdf"))
@@ -437,16 +438,15 @@ def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(
 ) -> None:
     source = fixture_source("ct_workstation_vr_sc")
     text = _pdftotext(_render(source, tmp_path, minimal=True))
-    assert source.document["patient_id"] not in text and "withheld" in text
+    assert source.decision.patient_id not in text and "withheld" in text
 
     # a 3D image whose header says Burned In Annotation YES: the picture stays out of a minimal
     # pack even when the caller made the thumbnail with allow_burned_in=True
     path = realworld / "sc_neusoft_neuviz_no_manufacturer.dcm"
-    document = copy.deepcopy(source.document)
-    series_uid = document["series"][1]["series_instance_uid"]
-    burned = CitedInstance("1.2.3.4.5", SecondaryCaptureImageStorage, series_uid, path, "0" * 64, "3d")
+    series_uid = source.decision.series[1].series_instance_uid
+    burned = CitedInstance("1.2.3.4.5", SecondaryCaptureImageStorage, series_uid, path, "0" * 64, CitedRole.THREE_D)
     others = tuple(i for i in source.instances if i.role != "3d")
-    minimal_source = dataclasses.replace(source, document=document, instances=(burned, *others))
+    minimal_source = dataclasses.replace(source, instances=(burned, *others))
     thumbs = {
         i.sop_instance_uid: thumbnail(i.path) for i in minimal_source.instances if i.role in ("3d", "acquisition")
     }
@@ -461,18 +461,18 @@ def test_pdf_minimal_withholds_the_patient_and_burned_in_pictures(
 def test_pdf_failed_thumbnail_shows_the_note(fixture_source, tmp_path: Path) -> None:
     source = fixture_source("both_console_and_workstation")
     thumbs = {i.sop_instance_uid: thumbnail(i.path) for i in source.instances if i.role in ("3d", "acquisition")}
-    first = source.by_role("3d")[0].sop_instance_uid
+    first = source.by_role(CitedRole.THREE_D)[0].sop_instance_uid
     thumbs[first] = Thumbnail(None, "no standard Pixel Data: private compression ELSCINT1", 0, None, 1)
-    del thumbs[source.by_role("acquisition")[0].sop_instance_uid]
+    del thumbs[source.by_role(CitedRole.ACQUISITION)[0].sop_instance_uid]
     pdf = _render(source, tmp_path, thumbs=thumbs)
     text = _pdftotext(pdf)
     assert "private compression ELSCINT1" in text and "no thumbnail was made" in text
-    assert _image_count(pdf) == len(source.by_role("3d")) - 1
+    assert _image_count(pdf) == len(source.by_role(CitedRole.THREE_D)) - 1
 
 
 def test_pdf_non_ascii_receipts_decision_and_long_tables(fixture_source, tmp_path: Path) -> None:
     source = fixture_source("ct_workstation_vr_sc")
-    document = copy.deepcopy(source.document)
+    document = source.decision.document()
     document["study_description"] = "Tête et cou, Müller Łódź Ωmega"
     document["series"][0]["series_description"] = "Tête 2.5 mm"
     reason = document["reasons"][0]
@@ -485,11 +485,12 @@ def test_pdf_non_ascii_receipts_decision_and_long_tables(fixture_source, tmp_pat
         "1.2.840.10008.1.2.4.70",
         "1.3.12.2.1107.5.2",
         "SIEMENS_SWF",
+        duplicate=False,
     )
     instances = tuple(dataclasses.replace(i, receipts=(receipt,)) if i.role == "3d" else i for i in source.instances)
     decided = dataclasses.replace(
         source,
-        document=document,
+        decision=StudyDecisionUnderPolicy.model_validate(document),
         instances=instances,
         decision_id=42,
         decided_at=dt.datetime(2026, 1, 5, 10, 23, tzinfo=dt.UTC),
@@ -522,12 +523,11 @@ def test_pdf_without_system_fonts_uses_the_fonts_bundled_with_reportlab(
     fixture_source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = fixture_source("us_3d")
-    document = copy.deepcopy(source.document)
-    document["study_description"] = "Échographie tête Łódź"
+    decision = source.decision.model_copy(update={"study_description": "Échographie tête Łódź"})
     monkeypatch.setattr(report_pdf, "_find", lambda name: None)
     report_pdf._fonts.cache_clear()
     try:
-        pdf = _render(dataclasses.replace(source, document=document), tmp_path)
+        pdf = _render(dataclasses.replace(source, decision=decision), tmp_path)
     finally:
         report_pdf._fonts.cache_clear()
     fonts = subprocess.run([require_peer("pdffonts"), str(pdf)], capture_output=True, text=True, check=True).stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomcheck.enums import Outcome
 from dicomcheck.evidence.collect import from_folder
 from dicomcheck.evidence.keys import SiteKey, create_key
 from dicomcheck.evidence.pack import PACK_VERSION, PackError, PackWriter, verify_pack, zip_pack
@@ -233,7 +234,9 @@ def test_pack_only_mode_still_fails_a_changed_file_or_a_doctored_decision(pack: 
     from dataclasses import replace
 
     (source,) = from_folder([pristine["study"]])
-    doctored = replace(source, document={**source.document, "outcome": "supports_76376", "code": "76376"})
+    doctored = replace(
+        source, decision=source.decision.model_copy(update={"outcome": Outcome.SUPPORTS_76376, "code": "76376"})
+    )
     folder = PackWriter(pristine["key"]).write(doctored, tmp_path / "doctored")
     proc = cli("evidence", "verify", folder, "--fingerprint", fp, "--pack-only")
     assert proc.returncode == 1 and "DIFF outcome: recorded supports_76376" in proc.stdout

@@ -5,21 +5,27 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import Engine
 
 from .. import __version__
 from ..analysis import decide_studies
 from ..decision_record import StudyDecisionUnderPolicy
 from ..enums import CitedRole, SeriesKind
 from ..model import InstanceFacts, facts_from_dict
-from ..registry import Registry, registry_to_dict
+from ..registry import Registry
+from ..reports_in.sr import import_sr_reports
+from ..reports_in.view import report_part
 from ..rules import RULES_VERSION
 from ..sources import discover, read_all
 from ..store.files import sha256_file
 from ..store.reads import IndexReader
 from ..store.records import InstanceRecord
-from .model import CitedInstance, EvidenceSource, Receipt, is_own_object
+from ..store.reports import Reports
+from ..store.sessions import Sessions
+from .model import CitedInstance, EvidenceSource, is_own_object
 
 
 class EvidenceError(ValueError):
@@ -58,7 +64,7 @@ def shown_roles(record: StudyDecisionUnderPolicy, members: Mapping[str, Sequence
     return roles
 
 
-def stored_record(document: dict, study_uid: str) -> StudyDecisionUnderPolicy:
+def stored_record(document: Mapping[str, object], study_uid: str) -> StudyDecisionUnderPolicy:
     """The typed record of a decision document kept in the index."""
     try:
         return StudyDecisionUnderPolicy.model_validate(document)
@@ -97,12 +103,12 @@ def from_folder(
         results.append(
             EvidenceSource(
                 decision.study_instance_uid,
-                record.document(),
+                record,
                 tuple(instances),
                 RULES_VERSION,
                 __version__,
                 facts=tuple(by_uid.values()),
-                registry=registry_to_dict(registry or Registry()),
+                registry=registry or Registry(),
             )
         )
     if study_uid and not results:
@@ -111,7 +117,12 @@ def from_folder(
 
 
 def from_index(
-    engine, storage_root: Path, study_uid: str, *, decision_id: int | None = None, registry: Registry | None = None
+    engine: Engine,
+    storage_root: Path,
+    study_uid: str,
+    *,
+    decision_id: int | None = None,
+    registry: Registry | None = None,
 ) -> EvidenceSource:
     """The evidence of a decided study in the index (its current decision unless ``decision_id``).
 
@@ -138,8 +149,8 @@ def from_index(
         members: dict[str, list[str]] = {}
         for row in newest.values():
             members.setdefault(row.series_instance_uid, []).append(row.sop_instance_uid)
-        document = dict(decision.document)
-        roles = shown_roles(stored_record(document, study_uid), members)
+        record = stored_record(decision.document, study_uid)
+        roles = shown_roles(record, members)
         shown = {uid: newest[uid] for uid in roles if uid in newest}
         receipts = reader.receipts_of_instances([row.id for row in shown.values()])
     instances = [
@@ -150,19 +161,7 @@ def from_index(
             (storage_root / row.path).resolve(),
             row.sha256,
             roles[uid],
-            tuple(
-                Receipt(
-                    r.received_at,
-                    r.calling_ae,
-                    r.called_ae,
-                    r.peer_address,
-                    r.transfer_syntax_uid,
-                    r.implementation_class_uid,
-                    r.implementation_version_name,
-                    r.duplicate,
-                )
-                for r in receipts[row.id]
-            ),
+            tuple(receipts[row.id]),
         )
         for uid, row in shown.items()
     ]
@@ -171,13 +170,43 @@ def from_index(
         decided_at = decided_at.replace(tzinfo=dt.UTC)
     return EvidenceSource(
         study_uid,
-        document,
+        record,
         tuple(instances),
         decision.rules_version,
         decision.dicomcheck_version,
         decision_id=decision.id,
         decided_at=decided_at,
         facts=tuple(facts_from_dict(r.facts) for r in newest.values()),
-        registry=registry_to_dict(registry or Registry()),
+        registry=registry or Registry(),
         storage_paths={uid: r.path for uid, r in newest.items()},
     )
+
+
+def pack_report(
+    engine: Engine, source: EvidenceSource, *, report_wait: float | None, storage_root: Path | None = None
+) -> dict[str, Any] | None:
+    """The radiology report a pack of ``source`` (a stored decision) cites, held against that decision: the
+    documentation verdict, flags and reasons, the report's hash and status, and the sentences of the report
+    its statements about the 3D work came from (in text order). None for an offline analysis."""
+    if source.decision_id is None:
+        return None
+    with IndexReader.open(engine) as reader:
+        study = reader.study(source.study_instance_uid)
+        if study is None:
+            return None
+        if storage_root is not None:  # the text SRs the study received, read as reports
+            import_sr_reports(reader.bind, storage_root, study.study_instance_uid)
+        reports = Reports(reader.bind).for_study(study.study_instance_uid, study.accession_number, study.patient_id)
+    document = source.decision.model_dump(mode="json")
+    part = report_part(reports, document, decided_at=source.decided_at, report_wait=report_wait).document()
+    part["sentences"] = list(dict.fromkeys(str(s["sentence"]) for s in part["statements"] if s.get("sentence")))
+    return part
+
+
+def pack_session(engine: Engine, source: EvidenceSource) -> dict[str, Any] | None:
+    """The session part (issue 13) a pack of ``source`` (a stored decision) records: the verdict of the study's
+    session and every study of it, as computed when the pack is written. None for an offline analysis."""
+    if source.decision_id is None:
+        return None
+    session = Sessions(engine).of_study(source.study_instance_uid)
+    return session.model_dump(mode="json") if session else None

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import pydicom
@@ -38,6 +40,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from .. import __version__
+from ..decision_record import EvidenceRecord, PolicyRecord, ReasonRecord, SeriesRecord
+from ..enums import CitedRole, CptCode, Outcome
 from .model import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -136,20 +140,20 @@ class C:
     POLICY = _private("POLICY", "Site policy")
 
 
-ROLE_CONCEPTS = {
-    "3d": _private("ROLE3D", "Representative 3D image"),
-    "acquisition": _private("ROLEACQ", "Representative acquisition image"),
-    "cited": _private("ROLECITED", "Cited instance"),
+ROLE_CONCEPTS: dict[CitedRole, hd.sr.CodedConcept] = {
+    CitedRole.THREE_D: _private("ROLE3D", "Representative 3D image"),
+    CitedRole.ACQUISITION: _private("ROLEACQ", "Representative acquisition image"),
+    CitedRole.CITED: _private("ROLECITED", "Cited instance"),
 }
 
-OUTCOME_MEANINGS = {
-    "supports_76377": "3D post-processing on an independent workstation",
-    "supports_76376": "3D post-processing on the scanner console or PACS viewer",
-    "no_3d": "No 3D post-processing shown",
-    "bundled": "3D included in the base study (bundled)",
-    "needs_review": "3D present, where it was made needs review",
+OUTCOME_MEANINGS: dict[Outcome, str] = {
+    Outcome.SUPPORTS_76377: "3D post-processing on an independent workstation",
+    Outcome.SUPPORTS_76376: "3D post-processing on the scanner console or PACS viewer",
+    Outcome.NO_3D: "No 3D post-processing shown",
+    Outcome.BUNDLED: "3D included in the base study (bundled)",
+    Outcome.NEEDS_REVIEW: "3D present, where it was made needs review",
 }
-CPT_MEANINGS = {
+CPT_MEANINGS: dict[CptCode, str] = {
     "76377": "3D rendering on an independent workstation",
     "76376": "3D rendering not on an independent workstation",
 }
@@ -195,7 +199,7 @@ def _read_cited(source: EvidenceSource) -> list[_Cited]:
 
 def _header_for_patient(cited: Sequence[_Cited]) -> Dataset:
     """The header the patient and study attributes come from: a base image, else a 3D one, else any."""
-    for role in ("acquisition", "3d", "cited"):
+    for role in (CitedRole.ACQUISITION, CitedRole.THREE_D, CitedRole.CITED):
         for c in cited:
             if c.instance.role == role:
                 return c.header
@@ -215,8 +219,8 @@ def pseudonymous_id(patient_id: str) -> str:
 
 
 def keyed_pseudonym(source: EvidenceSource) -> str | None:
-    """The keyed pseudonym a PHI-minimal pack already put in the document, if any."""
-    value = source.document.get("patient_id") or ""
+    """The keyed pseudonym a PHI-minimal pack already put in the decision record, if any."""
+    value = source.decision.patient_id or ""
     return value if value.startswith("hmac-sha256:") else None
 
 
@@ -350,29 +354,74 @@ def _observer() -> hd.sr.ObserverContext:
 
 
 def outcome_statement(source: EvidenceSource) -> str:
-    document = source.document
-    outcome = document["outcome"]
-    code = document.get("code")
-    head = f"{outcome}: {OUTCOME_MEANINGS.get(outcome, outcome)}"
+    outcome, code = source.decision.outcome, source.decision.code
+    head = f"{outcome.value}: {OUTCOME_MEANINGS[outcome]}"
     head += f"; supports CPT {code}." if code else "; no 3D code."
     return head
+
+
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """The cited instances read back, and the patient and study attributes our objects take from them."""
+
+    cited: list[_Cited]
+    header: Dataset
+    """The header the patient and study attributes come from (:func:`_header_for_patient`)."""
+    patient_study: dict[str, str]
+
+    @classmethod
+    def of(cls, source: EvidenceSource, *, minimal: bool) -> _Subject:
+        cited = _read_cited(source)
+        header = _header_for_patient(cited)
+        return cls(cited, header, patient_and_study(header, minimal=minimal, pseudonym=keyed_pseudonym(source)))
+
+
+def _our_object(
+    make: Callable[..., Dataset],
+    subject: _Subject,
+    source: EvidenceSource,
+    *,
+    minimal: bool,
+    series_number: int,
+    series_description: str,
+    **specific: Any,
+) -> Dataset:
+    """One of our documents (KOS or SR) in a series of its own, with its evidence, PHI-minimal
+    scrubbing and our equipment: ``make`` is the highdicom class, ``specific`` its own arguments."""
+    ds = make(
+        evidence=[_evidence_stub(c, subject.patient_study if i == 0 else None) for i, c in enumerate(subject.cited)],
+        series_instance_uid=new_uid(),
+        series_number=series_number,
+        sop_instance_uid=new_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        **specific,
+    )
+    if minimal:
+        _scrub(ds, _secrets(subject.header), "[removed]")
+    return _finish(
+        ds,
+        source,
+        subject.patient_study,
+        minimal=minimal,
+        series_description=series_description + (" (PHI-minimal)" if minimal else ""),
+    )
 
 
 # ---------------------------------------------------------------------------- KOS
 def build_kos(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
     """A Key Object Selection Document flagging every cited instance of the source (TID 2010)."""
-    cited = _read_cited(source)
-    header = _header_for_patient(cited)
-    patient_study = patient_and_study(header, minimal=minimal, pseudonym=keyed_pseudonym(source))
-    document = source.document
-    rules = ", ".join(dict.fromkeys(r["rule"] for r in document.get("reasons", []))) or "none"
-    roles = {role: sum(1 for c in cited if c.instance.role == role) for role in ("3d", "acquisition", "cited")}
+    subject = _Subject.of(source, minimal=minimal)
+    cited = subject.cited
+    rules = ", ".join(dict.fromkeys(r.rule.value for r in source.decision.reasons)) or "none"
+    roles = {role: sum(1 for c in cited if c.instance.role == role) for role in CitedRole}
     description = (
         f"dicomcheck {source.dicomcheck_version} (rules {source.rules_version}) evidence for study "
         f"{source.study_instance_uid}. {outcome_statement(source)} Rules: {rules}. "
         f"Flagged: the {len(cited)} instance(s) whose header values the decision cites "
-        f"({roles['3d']} representative 3D, {roles['acquisition']} representative acquisition, "
-        f"{roles['cited']} cited); "
+        f"({roles[CitedRole.THREE_D]} representative 3D, {roles[CitedRole.ACQUISITION]} representative acquisition, "
+        f"{roles[CitedRole.CITED]} cited); "
         "the dicomcheck evidence report (Comprehensive SR) of this study gives the values."
     )
     content = hd.ko.KeyObjectSelection(
@@ -381,25 +430,14 @@ def build_kos(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
         observer_device_context=_observer(),
         description=description,
     )
-    evidence = [_evidence_stub(c, patient_study if i == 0 else None) for i, c in enumerate(cited)]
-    kos = hd.ko.KeyObjectSelectionDocument(
-        evidence=evidence,
-        content=content,
-        series_instance_uid=new_uid(),
-        series_number=KOS_SERIES_NUMBER,
-        sop_instance_uid=new_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-    )
-    if minimal:
-        _scrub(kos, _secrets(header), "[removed]")
-    return _finish(
-        kos,
+    return _our_object(
+        hd.ko.KeyObjectSelectionDocument,
+        subject,
         source,
-        patient_study,
         minimal=minimal,
-        series_description="dicomcheck evidence: cited images" + (" (PHI-minimal)" if minimal else ""),
+        series_number=KOS_SERIES_NUMBER,
+        series_description="dicomcheck evidence: cited images",
+        content=content,
     )
 
 
@@ -421,12 +459,14 @@ def _container(name: hd.sr.CodedConcept, items: Sequence[hd.sr.ContentItem]) -> 
 
 
 def _text_item(
-    name: hd.sr.CodedConcept, value: str, relationship=hd.sr.RelationshipTypeValues.CONTAINS
+    name: hd.sr.CodedConcept,
+    value: str,
+    relationship: hd.sr.RelationshipTypeValues = hd.sr.RelationshipTypeValues.CONTAINS,
 ) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(name=name, value=value, relationship_type=relationship)
 
 
-def _reference(c: _Cited, name: hd.sr.CodedConcept, relationship) -> hd.sr.ContentItem:
+def _reference(c: _Cited, name: hd.sr.CodedConcept, relationship: hd.sr.RelationshipTypeValues) -> hd.sr.ContentItem:
     cls = hd.sr.ImageContentItem if c.is_image else hd.sr.CompositeContentItem
     return cls(
         name=name,
@@ -436,12 +476,11 @@ def _reference(c: _Cited, name: hd.sr.CodedConcept, relationship) -> hd.sr.Conte
     )
 
 
-def _cited_value(item: dict, by_uid: dict[str, _Cited]) -> hd.sr.TextContentItem:
+def _cited_value(item: EvidenceRecord, by_uid: dict[str, _Cited]) -> hd.sr.TextContentItem:
     """One header value behind a statement, INFERRED FROM the instance it was read from."""
-    tag = f" {item['tag']}" if item.get("tag") else ""
-    text = f'{item.get("keyword") or "?"}{tag} = "{item.get("value") or ""}" [{item.get("signal")}]'
-    node = _text_item(C.CITED_VALUE, text)
-    cited = by_uid.get(item.get("sop_instance_uid") or "")
+    tag = f" {item.tag}" if item.tag else ""
+    node = _text_item(C.CITED_VALUE, f'{item.keyword}{tag} = "{item.value}" [{item.signal}]')
+    cited = by_uid.get(item.sop_instance_uid or "")
     if cited is not None:
         node.ContentSequence = hd.sr.ContentSequence(
             [_reference(cited, C.SOURCE, hd.sr.RelationshipTypeValues.INFERRED_FROM)]
@@ -449,51 +488,55 @@ def _cited_value(item: dict, by_uid: dict[str, _Cited]) -> hd.sr.TextContentItem
     return node
 
 
-def _series_item(series: dict, by_uid: dict[str, _Cited]) -> hd.sr.ContainerContentItem:
+def _words(value: object) -> str:
+    """A value as the SR writes it: an enum member by its value."""
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+def _series_item(series: SeriesRecord, by_uid: dict[str, _Cited]) -> hd.sr.ContainerContentItem:
     items: list[hd.sr.ContentItem] = [
         hd.sr.UIDRefContentItem(
             name=C.SERIES_UID,
-            value=series["series_instance_uid"],
+            value=series.series_instance_uid,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     ]
-    equipment = series.get("equipment") or {}
+    equipment = series.equipment
     for concept, value in (
-        (C.SERIES_DESCRIPTION, series.get("series_description")),
-        (C.MODALITY, series.get("modality")),
-        (C.KIND, series.get("kind")),
-        (C.TECHNIQUE, series.get("technique")),
-        (C.IS_3D, "yes" if series.get("is_3d") else "no"),
-        (C.ORIGIN, series.get("origin")),
-        (C.PRODUCT, series.get("product")),
-        (C.KIND_RULE, series.get("kind_rule")),
-        (C.ORIGIN_RULE, series.get("origin_rule")),
-        (C.MANUFACTURER, equipment.get("manufacturer")),
-        (C.MODEL, equipment.get("model")),
-        (C.STATION, equipment.get("station_name")),
-        (C.SERIAL, equipment.get("device_serial_number")),
-        (C.SOFTWARE, equipment.get("software_versions")),
+        (C.SERIES_DESCRIPTION, series.series_description),
+        (C.MODALITY, series.modality),
+        (C.KIND, series.kind),
+        (C.TECHNIQUE, series.technique),
+        (C.IS_3D, "yes" if series.is_3d else "no"),
+        (C.ORIGIN, series.origin),
+        (C.PRODUCT, series.product),
+        (C.KIND_RULE, series.kind_rule),
+        (C.ORIGIN_RULE, series.origin_rule),
+        (C.MANUFACTURER, equipment.manufacturer),
+        (C.MODEL, equipment.model),
+        (C.STATION, equipment.station_name),
+        (C.SERIAL, equipment.device_serial_number),
+        (C.SOFTWARE, equipment.software_versions),
     ):
         if value not in (None, ""):
-            items.append(_text_item(concept, str(value)))
-    items.extend(_cited_value(e, by_uid) for e in series.get("evidence", []))
+            items.append(_text_item(concept, _words(value)))
+    items.extend(_cited_value(e, by_uid) for e in series.evidence)
     return _container(C.SERIES, items)
 
 
-def _reason_item(reason: dict, by_uid: dict[str, _Cited]) -> hd.sr.ContainerContentItem:
-    items: list[hd.sr.ContentItem] = [_text_item(C.RULE, reason["rule"]), _text_item(C.STATEMENT, reason["text"])]
+def _reason_item(reason: ReasonRecord, by_uid: dict[str, _Cited]) -> hd.sr.ContainerContentItem:
+    items: list[hd.sr.ContentItem] = [_text_item(C.RULE, reason.rule.value), _text_item(C.STATEMENT, reason.text)]
     items.extend(
         hd.sr.UIDRefContentItem(name=C.SERIES_UID, value=uid, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        for uid in reason.get("series", [])
+        for uid in reason.series
     )
-    items.extend(_cited_value(e, by_uid) for e in reason.get("evidence", []))
+    items.extend(_cited_value(e, by_uid) for e in reason.evidence)
     return _container(C.REASON, items)
 
 
-def _policy_text(policy: dict | None) -> str | None:
-    if not policy:
-        return None
-    return "; ".join(f"{key} = {value}" for key, value in policy.items())
+def _policy_text(policy: PolicyRecord) -> str:
+    """Every site policy setting, ``name = value`` (a flag as Python writes it: True / False)."""
+    return "; ".join(f"{name} = {_words(value)}" for name, value in policy)
 
 
 def build_sr(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
@@ -519,12 +562,11 @@ def build_sr(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
           CONTAINS CONTAINER Provenance: Algorithm Name / Version, Rules version,
                    DateTime of processing, Decision, Decided at, Site policy
     """
-    cited = _read_cited(source)
+    subject = _Subject.of(source, minimal=minimal)
+    cited = subject.cited
     by_uid = {c.instance.sop_instance_uid: c for c in cited}
-    header = _header_for_patient(cited)
-    patient_study = patient_and_study(header, minimal=minimal, pseudonym=keyed_pseudonym(source))
-    document = source.document
-    outcome = document["outcome"]
+    decision = source.decision
+    outcome = decision.outcome
 
     root = hd.sr.ContainerContentItem(name=C.TITLE, is_content_continuous=False)  # SEPARATE: discrete statements
     root.ContentSequence = hd.sr.ContentSequence()
@@ -532,33 +574,27 @@ def build_sr(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
     root.ContentSequence.append(
         hd.sr.CodeContentItem(
             name=C.OUTCOME,
-            value=_private(outcome, OUTCOME_MEANINGS.get(outcome, outcome)),
+            value=_private(outcome.value, OUTCOME_MEANINGS[outcome]),
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
-    if document.get("code"):
-        code = str(document["code"])
+    if code := decision.code:
         root.ContentSequence.append(
             hd.sr.CodeContentItem(
                 name=C.BILLING_CODE,
-                value=hd.sr.CodedConcept(code, "C4", CPT_MEANINGS.get(code, f"CPT {code}")),
+                value=hd.sr.CodedConcept(code, "C4", CPT_MEANINGS[code]),
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
     root.ContentSequence.append(_text_item(C.SUMMARY, outcome_statement(source)))
-    for reason in document.get("reasons", []):
+    for reason in decision.reasons:
         root.ContentSequence.append(_reason_item(reason, by_uid))
-    for series in document.get("series", []):
+    for series in decision.series:
         root.ContentSequence.append(_series_item(series, by_uid))
     root.ContentSequence.append(
         _container(
             C.CITED_INSTANCES,
-            [
-                _reference(
-                    c, ROLE_CONCEPTS.get(c.instance.role, ROLE_CONCEPTS["cited"]), hd.sr.RelationshipTypeValues.CONTAINS
-                )
-                for c in cited
-            ],
+            [_reference(c, ROLE_CONCEPTS[c.instance.role], hd.sr.RelationshipTypeValues.CONTAINS) for c in cited],
         )
     )
     provenance: list[hd.sr.ContentItem] = [
@@ -581,37 +617,25 @@ def build_sr(source: EvidenceSource, *, minimal: bool = False) -> Dataset:
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
-    if policy := _policy_text(document.get("policy")):
-        provenance.append(_text_item(C.POLICY, policy))
+    provenance.append(_text_item(C.POLICY, _policy_text(decision.policy)))
     root.ContentSequence.append(_container(C.PROVENANCE, provenance))
 
-    evidence = [_evidence_stub(c, patient_study if i == 0 else None) for i, c in enumerate(cited)]
-    sr = hd.sr.ComprehensiveSR(
-        evidence=evidence,
-        content=root,
-        series_instance_uid=new_uid(),
+    return _our_object(
+        hd.sr.ComprehensiveSR,
+        subject,
+        source,
+        minimal=minimal,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=new_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        series_description="dicomcheck evidence report",
+        content=root,
         is_complete=True,
         is_final=True,
         is_verified=False,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=SCHEME, name="dicomcheck evidence concepts", responsible_organization="dicomcheck"
             )
         ],
-    )
-    if minimal:
-        _scrub(sr, _secrets(header), "[removed]")
-    return _finish(
-        sr,
-        source,
-        patient_study,
-        minimal=minimal,
-        series_description="dicomcheck evidence report" + (" (PHI-minimal)" if minimal else ""),
     )
 
 

@@ -32,7 +32,7 @@ import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +41,10 @@ from ..analysis import decide_study, group_by_study
 from ..decision_record import StudyDecisionRecord
 from ..enums import CitedRole
 from ..model import facts_from_dict, facts_to_dict
-from ..registry import registry_from_dict
+from ..registry import registry_from_dict, registry_to_dict
 from ..rules import RULES_VERSION
 from .keys import SiteKey, fingerprint, load_public_pem, verify_signature
-from .model import EvidenceSource
+from .model import EvidenceSource, Receipt
 
 if TYPE_CHECKING:  # types only: the producers are imported when a writer is made (highdicom, reportlab are heavy)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -97,10 +97,14 @@ def _json(data: object) -> bytes:
 
 def minimal_source(source: EvidenceSource, key: SiteKey) -> EvidenceSource:
     """The PHI-minimal variant: patient IDs replaced by keyed hashes (UIDs, dates and equipment kept)."""
-    document = dict(source.document)
-    document["patient_id"] = pseudonym(document.get("patient_id"), key)
+    decision = source.decision.model_copy(update={"patient_id": pseudonym(source.decision.patient_id, key)})
     facts = tuple(replace(f, patient_id=pseudonym(f.patient_id, key)) for f in source.facts)
-    return replace(source, document=document, facts=facts)
+    return replace(source, decision=decision, facts=facts)
+
+
+def _receipt_json(receipt: Receipt) -> dict[str, Any]:
+    """One receipt of a cited instance as ``evidence.json`` records it (fields in order, time as ISO 8601)."""
+    return {**asdict(receipt), "received_at": receipt.received_at.isoformat()}
 
 
 @dataclass
@@ -136,10 +140,25 @@ class PackWriter:
             pdf = render_pdf
         return kos, sr, thumbnail, pdf
 
-    def build(self, source: EvidenceSource, *, minimal: bool = False) -> dict[str, bytes]:
-        """Every file of the pack, by relative path (manifest and signature included)."""
+    def build(
+        self,
+        source: EvidenceSource,
+        *,
+        minimal: bool = False,
+        review: dict[str, Any] | None = None,
+        report: dict[str, Any] | None = None,
+        session: dict[str, Any] | None = None,
+    ) -> dict[str, bytes]:
+        """Every file of the pack, by relative path (manifest and signature included); ``review``: the
+        coder's review of the decision, recorded in ``evidence.json`` and shown in the report; ``report``:
+        the radiology report held against the decision (``collect.pack_report``), its sentences and hash
+        recorded and shown (a PHI-minimal pack keeps the verdict, flags and hash, not the sentences);
+        ``session``: the study's session (issue 13, ``collect.pack_session``), recorded and shown (a PHI-minimal
+        pack keeps the verdict and this study's part, not the other studies)."""
         if minimal:
+            session = minimal_session(session, source.study_instance_uid)
             source = minimal_source(source, self.key)
+            report = minimal_report(report)
         kos, sr, make_thumbnail, pdf = self._producers()
         files: dict[str, bytes] = {}
         thumbs: dict[str, Thumbnail] = {}
@@ -161,7 +180,12 @@ class PackWriter:
                 files[name] = png
                 entry["file"] = name
             thumb_index[cited.sop_instance_uid] = entry
-        files["report.pdf"] = pdf(source, thumbs, minimal=minimal)
+        extra: dict[str, Any] = {"review": review} if review else {}
+        if report:
+            extra["report"] = report
+        if session:
+            extra["session"] = session
+        files["report.pdf"] = pdf(source, thumbs, minimal=minimal, **extra)
         for name, build in (("kos.dcm", kos), ("sr.dcm", sr)):
             dataset = build(source, minimal=minimal)
             buffer = io.BytesIO()
@@ -179,7 +203,7 @@ class PackWriter:
                     "rules_version": source.rules_version,
                     "dicomcheck_version": source.dicomcheck_version,
                 },
-                "study": source.document,
+                "study": source.decision.model_dump(mode="json"),
                 "cited_instances": [
                     {
                         "sop_instance_uid": c.sop_instance_uid,
@@ -187,14 +211,17 @@ class PackWriter:
                         "series_instance_uid": c.series_instance_uid,
                         "role": c.role,
                         "sha256": c.sha256,
-                        "receipts": [r.as_dict() for r in c.receipts] or "analysed from files: no network receipt",
+                        "receipts": [_receipt_json(r) for r in c.receipts] or "analysed from files: no network receipt",
                     }
                     for c in source.instances
                 ],
                 "thumbnails": thumb_index,
                 "cannot_show": list(CANNOT_SHOW),
-                "registry": source.registry,
+                "registry": registry_to_dict(source.registry),
                 "facts": [facts_to_dict(f) for f in source.facts],
+                **({"review": review} if review else {}),
+                **({"report": report} if report else {}),
+                **({"session": session} if session else {}),
             }
         )
         files["public_key.pem"] = self.key.public_pem()
@@ -203,12 +230,14 @@ class PackWriter:
             "pack_version": PACK_VERSION,
             "study_instance_uid": source.study_instance_uid,
             "decision_id": source.decision_id,
-            "outcome": source.document.get("outcome"),
-            "code": source.document.get("code"),
+            "outcome": source.decision.outcome.value,
+            "code": source.decision.code,
             "rules_version": source.rules_version,
             "dicomcheck_version": __version__,
             "generated_at": source.generated_at.isoformat(),
             "minimal": minimal,
+            **({"review_id": review.get("id")} if review else {}),
+            **({"report_sha256": report.get("text_sha256")} if report and report.get("text_sha256") else {}),
             "public_key_fingerprint": self.key.fingerprint,
             "files": [
                 {"path": name, "sha256": _sha256(data), "size": len(data)} for name, data in sorted(files.items())
@@ -227,12 +256,21 @@ class PackWriter:
         files["manifest.sig"] = (self.key.sign(files["manifest.json"]).hex() + "\n").encode()
         return files
 
-    def write(self, source: EvidenceSource, out_dir: Path, *, minimal: bool = False) -> Path:
+    def write(
+        self,
+        source: EvidenceSource,
+        out_dir: Path,
+        *,
+        minimal: bool = False,
+        review: dict[str, Any] | None = None,
+        report: dict[str, Any] | None = None,
+        session: dict[str, Any] | None = None,
+    ) -> Path:
         """Write the pack into ``out_dir`` (must not exist or be empty); files end read-only."""
         out_dir = Path(out_dir)
         if out_dir.exists() and any(out_dir.iterdir()):
             raise PackError(f"{out_dir} exists and is not empty: packs are never overwritten")
-        files = self.build(source, minimal=minimal)
+        files = self.build(source, minimal=minimal, review=review, report=report, session=session)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".part-", dir=out_dir.parent))
         try:
@@ -285,6 +323,9 @@ class Verification:
     """The signer is one of the trust anchors given; without an anchor a pack never verifies."""
     instances_checked: bool = True
     """False in pack-only mode: the cited stored instances were not compared with the manifest."""
+    header_only: list[str] = field(default_factory=list)
+    """SOP Instance UIDs of cited instances now header-only (pixel retention), each matching the
+    header-only SHA-256 a retention record signed by a trusted key lists for its original."""
 
     @property
     def ok(self) -> bool:
@@ -363,10 +404,16 @@ def verify_pack(
     expected_fingerprint: str | None = None,
     trusted: Iterable[str] = (),
     check_instances: bool = True,
+    retention_root: Path | None = None,
 ) -> Verification:
     """Check the signature and its signer against the trust anchors (``trusted`` fingerprints and
     ``expected_fingerprint``), every file, and (unless ``check_instances`` is False: pack-only
     mode) every cited stored instance; re-derive the outcome from the recorded headers.
+
+    A cited instance whose pixel data retention removed passes as header-only (``header_only``) when
+    its SHA-256 is the one a retention record signed by a trusted key lists for it
+    (``evidence.retention``); the records are read from ``retention_root``, by default the
+    ``retention`` folder beside the storage folder.
 
     Without any trust anchor the result is never ok: a pack re-signed by anyone with their own key is
     internally consistent, so only a key known beforehand makes the signature mean something."""
@@ -390,7 +437,8 @@ def verify_pack(
     listed, cited_list = contents
     _check_files(files, listed, result)
     if check_instances:
-        _check_instances(cited_list, storage_root, result)
+        folder = _retention_folder(cited_list, storage_root, retention_root)
+        _check_instances(cited_list, storage_root, result, folder, str(manifest.get("study_instance_uid")), anchors)
     else:
         result.notes.append(
             f"pack-only: the {len(cited_list)} cited stored instances were NOT checked "
@@ -488,17 +536,62 @@ def _check_files(files: dict[str, bytes], listed: dict[str, Any], result: Verifi
         result.problems.append(f"{name}: not in the manifest")
 
 
-def _check_instances(cited_list: list[dict[str, Any]], storage_root: Path | None, result: Verification) -> None:
-    """Every cited stored instance is where the manifest says, with its SHA-256."""
+def _retention_folder(cited_list: list[dict[str, Any]], storage_root: Path | None, given: Path | None) -> Path | None:
+    """Where the retention records are: ``given``, else beside the storage folder (``DATA/retention``)."""
+    if given is not None:
+        return given
+    if storage_root is not None:
+        return storage_root.parent / "retention"
+    for cited in cited_list:  # the storage folder the pack recorded: its location minus its storage path
+        location, relative = cited.get("location"), cited.get("storage_path")
+        if isinstance(location, str) and isinstance(relative, str) and relative and location.endswith("/" + relative):
+            return Path(location[: -len(relative) - 1]).parent / "retention"
+    return None
+
+
+def _check_instances(
+    cited_list: list[dict[str, Any]],
+    storage_root: Path | None,
+    result: Verification,
+    retention_root: Path | None = None,
+    study_uid: str = "",
+    anchors: Iterable[str] = (),
+) -> None:
+    """Every cited stored instance is where the manifest says, with its SHA-256, or its header-only copy
+    with the SHA-256 a trusted retention record lists."""
+    from .retention import RetentionLedger
+
+    ledger = RetentionLedger(retention_root, frozenset(anchors)) if retention_root is not None else None
     for cited in cited_list:
         location = _stored_location(cited, storage_root)
+        sop_uid = cited["sop_instance_uid"]
         if location is None or not location.is_file():
             result.problems.append(
-                f"{location}: cited instance {cited['sop_instance_uid']} is missing "
-                "(with only the pack, verify with --pack-only)"
+                f"{location}: cited instance {sop_uid} is missing (with only the pack, verify with --pack-only)"
             )
-        elif _file_sha256(location) != cited.get("sha256"):
-            result.problems.append(f"{location}: cited instance {cited['sop_instance_uid']} changed (SHA-256 differs)")
+            continue
+        actual = _file_sha256(location)
+        if actual == cited.get("sha256"):
+            continue
+        removal, why_not = (
+            ledger.header_only(study_uid, sop_uid, str(cited.get("sha256")), actual) if ledger else (None, None)
+        )
+        if removal is not None:
+            result.header_only.append(sop_uid)
+            result.notes.append(
+                f"cited instance {sop_uid} is now header-only: pixel data removed by retention at "
+                f"{removal.removed_at} (record {removal.record}, signed by {removal.signer}); "
+                "every other element is the original's"
+            )
+            continue
+        hint = why_not or (
+            f"no retention record in {retention_root} lists it"
+            if retention_root is not None
+            else "no retention records to check it against (give --retention DIR)"
+        )
+        result.problems.append(f"{location}: cited instance {sop_uid} changed (SHA-256 differs; {hint})")
+    if ledger is not None:
+        result.notes.extend(ledger.notes)
 
 
 def _rederive_recorded(evidence_json: bytes, manifest: dict[str, Any], result: Verification) -> None:
@@ -557,9 +650,54 @@ def _rederive(evidence: dict[str, Any], manifest: dict[str, Any], result: Verifi
             result.differences.append(f"series {uid}: recorded {theirs.get(uid)}, re-derived {mine.get(uid)}")
 
 
-def pack_dir_name(source: EvidenceSource, *, minimal: bool) -> str:
+def pack_dir_name(
+    source: EvidenceSource,
+    *,
+    minimal: bool,
+    review_id: int | None = None,
+    report_id: int | None = None,
+    session: dict[str, Any] | None = None,
+) -> str:
+    """``decision-<id>[-session-<hash>][-review-<id>][-report-<id>][-minimal]``: a session that changed since
+    (another study of it decided; issue 13), a coder's review, or a newer radiology report adds a pack beside the
+    decision's own."""
     stamp = source.decision_id if source.decision_id is not None else source.generated_at.strftime("%Y%m%dT%H%M%SZ")
-    return f"decision-{stamp}" + ("-minimal" if minimal else "")
+    reviewed = f"-review-{review_id}" if review_id is not None else ""
+    reported = f"-report-{report_id}" if report_id is not None else ""
+    in_session = f"-session-{session_digest(session)}" if session else ""
+    return f"decision-{stamp}{in_session}{reviewed}{reported}" + ("-minimal" if minimal else "")
+
+
+def session_digest(session: dict[str, Any]) -> str:
+    """12 hex digits naming one state of a session part (its canonical JSON)."""
+    canonical = json.dumps(session, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def minimal_session(session: dict[str, Any] | None, study_uid: str) -> dict[str, Any] | None:
+    """The session part a PHI-minimal pack carries: the verdict, whether it is final, how many studies the session
+    has and this study's own part (regions, outcome, whether it carries the unit, its 3D dates); not the other
+    studies' UIDs or accession numbers, nor the notes that name them."""
+    if not session:
+        return session
+    studies: list[dict[str, Any]] = session.get("studies", [])
+    mine: dict[str, Any] = next((s for s in studies if s.get("study_instance_uid") == study_uid), {})
+    kept = ("outcome", "code", "has_3d", "regions", "regions_from", "carries_unit", "carrier_chosen", "made_later")
+    return {
+        "verdict": session.get("verdict"),
+        "final": session.get("final"),
+        "studies": len(studies),
+        "this_study": {key: mine.get(key) for key in kept},
+    }
+
+
+def minimal_report(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The report part a PHI-minimal pack carries: the verdict, flags, reasons' flag names, status and hash; no
+    sentence of the report (they may name the patient or findings), no radiologist."""
+    if not report:
+        return report
+    kept = ("documentation", "flags", "status", "received", "matched_by", "report_id", "text_sha256", "source")
+    return {key: report.get(key) for key in kept}
 
 
 def now() -> dt.datetime:

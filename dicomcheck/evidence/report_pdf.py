@@ -20,34 +20,38 @@ import functools
 import importlib.util
 import io
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any, TypeAlias
 from xml.sax.saxutils import escape
 
+from ..decision_record import EvidenceRecord
+from ..enums import CitedRole, Origin, Outcome, RuleId, SeriesKind
 from .model import CitedInstance, EvidenceSource, Receipt
 from .thumbnails import BURNED_IN_NOTE, Thumbnail
 
 __all__ = ["render_pdf", "OUTCOME_WORDS", "CANNOT_SHOW"]
 
-OUTCOME_WORDS: dict[str, tuple[str, str]] = {
-    "supports_76377": (
+OUTCOME_WORDS: dict[Outcome, tuple[str, str]] = {
+    Outcome.SUPPORTS_76377: (
         "3D on an independent workstation",
         "The images show 3D post-processing made on an independent workstation: they support 76377.",
     ),
-    "supports_76376": (
+    Outcome.SUPPORTS_76376: (
         "3D on the scanner console or PACS viewer",
         "The images show 3D post-processing made on the scanner console or in the PACS viewer: they support 76376.",
     ),
-    "no_3d": (
+    Outcome.NO_3D: (
         "No 3D post-processing",
         "The images show no 3D post-processing (originals, reformats or other derived images only).",
     ),
-    "bundled": (
+    Outcome.BUNDLED: (
         "3D bundled in the base study",
         "3D is present, but the base study already includes 3D: neither 76376 nor 76377 applies.",
     ),
-    "needs_review": (
+    Outcome.NEEDS_REVIEW: (
         "Needs review",
         "3D is present, but the headers cannot settle where it was made or what it belongs to.",
     ),
@@ -73,22 +77,32 @@ CANNOT_SHOW: tuple[tuple[str, str], ...] = (
     ),
 )
 
-_KIND_WORDS = {
-    "acquisition": "acquisition (original images)",
-    "mpr": "reformat (MPR) - not 3D",
-    "projection": "projection (MIP / MinIP)",
-    "volume_render": "volume rendering",
-    "surface_render": "surface rendering (SSD)",
-    "segmentation": "segmentation / quantitative 3D",
-    "other_derived": "other derived (no 3D technique)",
-    "non_image": "not an image (SR, KOS, presentation state, raw)",
+_KIND_WORDS: dict[SeriesKind, str] = {
+    SeriesKind.ACQUISITION: "acquisition (original images)",
+    SeriesKind.MPR: "reformat (MPR) - not 3D",
+    SeriesKind.PROJECTION: "projection (MIP / MinIP)",
+    SeriesKind.VOLUME_RENDER: "volume rendering",
+    SeriesKind.SURFACE_RENDER: "surface rendering (SSD)",
+    SeriesKind.SEGMENTATION: "segmentation / quantitative 3D",
+    SeriesKind.OTHER_DERIVED: "other derived (no 3D technique)",
+    SeriesKind.NON_IMAGE: "not an image (SR, KOS, presentation state, raw)",
 }
-_ORIGIN_WORDS = {
-    "scanner_console": "scanner console",
-    "pacs_viewer": "PACS viewer",
-    "independent_workstation": "independent workstation",
-    "unknown": "unknown",
+_ORIGIN_WORDS: dict[Origin, str] = {
+    Origin.SCANNER_CONSOLE: "scanner console",
+    Origin.PACS_VIEWER: "PACS viewer",
+    Origin.INDEPENDENT_WORKSTATION: "independent workstation",
+    Origin.UNKNOWN: "unknown",
 }
+_ROLE_WORDS: dict[CitedRole, str] = {
+    CitedRole.THREE_D: "3D image",
+    CitedRole.ACQUISITION: "acquisition image",
+    CitedRole.CITED: "cited",
+}
+_ROLE_RANK: dict[CitedRole, int] = {CitedRole.THREE_D: 0, CitedRole.ACQUISITION: 1, CitedRole.CITED: 2}
+_POLICY_RULES: dict[RuleId, str] = {
+    rule: rule.value.removeprefix("policy.") for rule in RuleId if rule.value.startswith("policy.")
+}
+"""The rule a site policy fires when it decides something -> that setting's name (a ``PolicyRecord`` field)."""
 _POLICY_NOTES = {
     "pacs_viewer_code": (
         "Sources disagree whether 3D made in a PACS viewer is 76376 or 76377 (billing-rules R9); "
@@ -99,13 +113,19 @@ _POLICY_NOTES = {
         "No billing source names curved reformats; by default they are reformats, not 3D (billing-rules R3)."
     ),
 }
-_OUTCOME_COLOURS = {  # (background, text) in hex
-    "supports_76377": ("#D8F0DC", "#14532D"),
-    "supports_76376": ("#D6EEF5", "#0C4A6E"),
-    "no_3d": ("#E8E8E8", "#222222"),
-    "bundled": ("#F1DDF0", "#701A75"),
-    "needs_review": ("#FCEBC7", "#78350F"),
+_OUTCOME_COLOURS: dict[Outcome, tuple[str, str]] = {  # (background, text) in hex
+    Outcome.SUPPORTS_76377: ("#D8F0DC", "#14532D"),
+    Outcome.SUPPORTS_76376: ("#D6EEF5", "#0C4A6E"),
+    Outcome.NO_3D: ("#E8E8E8", "#222222"),
+    Outcome.BUNDLED: ("#F1DDF0", "#701A75"),
+    Outcome.NEEDS_REVIEW: ("#FCEBC7", "#78350F"),
 }
+Flowable: TypeAlias = Any
+"""A reportlab flowable (Paragraph, Table, Image, Spacer ...): reportlab ships no type information."""
+Style: TypeAlias = Any
+"""A reportlab ``ParagraphStyle``."""
+TableCommand: TypeAlias = tuple[Any, ...]
+"""A reportlab ``TableStyle`` command: (name, start cell, end cell, arguments ...)."""
 _MAX_VALUE_CHARS = 600
 _MARGIN = 0.55 * 72  # points: page margins left / right / top; the footer sits in the bottom margin
 
@@ -160,7 +180,7 @@ def _find(name: str) -> Path | None:
     return None
 
 
-def _glyphs(font) -> frozenset[int]:
+def _glyphs(font: Any) -> frozenset[int]:
     return frozenset(getattr(font.face, "charToGlyph", None) or ())
 
 
@@ -232,14 +252,14 @@ class _Styles:
         self.caption = ParagraphStyle("caption", base, fontSize=6.8, leading=8.2)
         self.note = ParagraphStyle("note", base, fontSize=8, leading=10, textColor=colors.HexColor("#7A2E0E"))
 
-    def p(self, text: object, style=None):
+    def p(self, text: object, style: Style | None = None) -> Flowable:
         """A paragraph of plain text (escaped, cleaned for the style's font)."""
         from reportlab.platypus import Paragraph
 
         style = style or self.body
         return Paragraph(escape(_clean(text, self.fonts.covers(style.fontName))), style)
 
-    def markup(self, parts: Iterable[tuple[str, object]], style=None):
+    def markup(self, parts: Iterable[tuple[str, object]], style: Style | None = None) -> Flowable:
         """A paragraph from (kind, text) parts: kind 't' text, 'b' bold, 'm' monospace, 'br' line break."""
         from reportlab.platypus import Paragraph
 
@@ -258,7 +278,7 @@ class _Styles:
         return Paragraph("".join(chunks), style)
 
 
-def _grid_style(header: bool = True, extra: Iterable[tuple] = ()):
+def _grid_style(header: bool = True, extra: Iterable[TableCommand] = ()) -> Any:
     from reportlab.lib import colors
     from reportlab.platypus import TableStyle
 
@@ -277,7 +297,9 @@ def _grid_style(header: bool = True, extra: Iterable[tuple] = ()):
     return TableStyle(commands)
 
 
-def _table(rows: list[list], widths: list[float], *, header: bool = True, extra: Iterable[tuple] = ()):
+def _table(
+    rows: list[list[Flowable]], widths: list[float], *, header: bool = True, extra: Iterable[TableCommand] = ()
+) -> Flowable:
     from reportlab.platypus import Table
 
     table = Table(rows, colWidths=widths, repeatRows=1 if header else 0, splitByRow=1, hAlign="LEFT")
@@ -307,6 +329,14 @@ def _value(value: object) -> str:
     return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
 
 
+def _recorded(value: object) -> str:
+    """An ISO 8601 time as the report shows times (UTC, to the second), anything else as given."""
+    try:
+        return _utc(dt.datetime.fromisoformat(str(value))) or "-"
+    except ValueError:
+        return _or_dash(value)
+
+
 def _or_dash(value: object) -> str:
     return "-" if value in (None, "") else str(value)
 
@@ -326,18 +356,18 @@ def _transfer_syntax(uid: str | None) -> tuple[str, str]:
 # -------------------------------------------------------------------------------------- the canvas
 
 
-def _canvas_class(footer: Callable[[int, int], tuple[str, str]], generated: dt.datetime, fonts: _Fonts):
+def _canvas_class(footer: Callable[[int, int], tuple[str, str]], generated: dt.datetime, fonts: _Fonts) -> type:
     """A canvas that draws the footer once the page count is known ("page x of y")."""
     from reportlab.lib import colors
     from reportlab.pdfgen.canvas import Canvas
 
     stamp = generated.astimezone(dt.UTC)
 
-    class FooterCanvas(Canvas):
-        def __init__(self, *args, **kwargs) -> None:
+    class FooterCanvas(Canvas):  # type: ignore[misc]  # reportlab ships no type information
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["initialFontName"] = kwargs.get("initialFontName") or fonts.regular  # not the unembedded Helvetica
             super().__init__(*args, **kwargs)
-            self._pages: list[dict] = []
+            self._pages: list[dict[str, Any]] = []
             self.setDateFormatter(lambda *_: stamp.strftime("D:%Y%m%d%H%M%S+00'00'"))
 
         def showPage(self) -> None:  # noqa: N802 - reportlab's name
@@ -374,8 +404,17 @@ def _canvas_class(footer: Callable[[int, int], tuple[str, str]], generated: dt.d
 # ------------------------------------------------------------------------------------------ render
 
 
-def render_pdf(source: EvidenceSource, thumbnails: dict[str, Thumbnail], *, minimal: bool = False) -> bytes:
-    """The report of ``source`` as PDF bytes.
+def render_pdf(
+    source: EvidenceSource,
+    thumbnails: dict[str, Thumbnail],
+    *,
+    minimal: bool = False,
+    review: dict[str, Any] | None = None,
+    report: dict[str, Any] | None = None,
+    session: dict[str, Any] | None = None,
+) -> bytes:
+    """The report of ``source`` as PDF bytes (with the coder's ``review`` of the decision, when given, and
+    the radiology ``report`` held against it: its documentation verdict, flags, cited sentences and hash).
 
     ``thumbnails`` maps SOP Instance UID -> :class:`Thumbnail` for the instances with role ``3d`` and
     ``acquisition`` (a missing entry is reported in place of the picture). ``minimal`` (PHI-minimal
@@ -387,8 +426,8 @@ def render_pdf(source: EvidenceSource, thumbnails: dict[str, Thumbnail], *, mini
 
     fonts = _fonts()
     styles = _Styles(fonts)
-    document = source.document
-    builder = _Builder(source, thumbnails, styles, minimal)
+    decision_record = source.decision
+    builder = _Builder(source, thumbnails, styles, minimal, review, report, session)
     story = builder.story()
 
     generated = source.generated_at if source.generated_at.tzinfo else source.generated_at.replace(tzinfo=dt.UTC)
@@ -398,10 +437,10 @@ def render_pdf(source: EvidenceSource, thumbnails: dict[str, Thumbnail], *, mini
         else "offline analysis (no stored decision)"
     )
     study_line = f"Study {source.study_instance_uid}"
-    if document.get("accession_number"):
-        study_line += f" · accession {document['accession_number']}"
-    study_line += f" · outcome {document.get('outcome') or '-'}" + (
-        f" (CPT {document['code']})" if document.get("code") else ""
+    if decision_record.accession_number:
+        study_line += f" · accession {decision_record.accession_number}"
+    study_line += f" · outcome {decision_record.outcome.value}" + (
+        f" (CPT {decision_record.code})" if decision_record.code else ""
     )
 
     def footer(number: int, total: int) -> tuple[str, str]:
@@ -433,17 +472,27 @@ def render_pdf(source: EvidenceSource, thumbnails: dict[str, Thumbnail], *, mini
 
 class _Builder:
     def __init__(
-        self, source: EvidenceSource, thumbnails: dict[str, Thumbnail], styles: _Styles, minimal: bool
+        self,
+        source: EvidenceSource,
+        thumbnails: dict[str, Thumbnail],
+        styles: _Styles,
+        minimal: bool,
+        review: dict[str, Any] | None = None,
+        report: dict[str, Any] | None = None,
+        session: dict[str, Any] | None = None,
     ) -> None:
         from reportlab.lib.pagesizes import letter
 
         self.source = source
-        self.document = source.document
+        self.decision = source.decision
         self.thumbnails = thumbnails
         self.s = styles
         self.minimal = minimal
+        self.review = review
+        self.report = report
+        self.session = session
         self.width = letter[0] - 2 * _MARGIN
-        self.series = {s.get("series_instance_uid"): s for s in self.document.get("series", [])}
+        self.series = {s.series_instance_uid: s for s in self.decision.series}
 
     # -- helpers
 
@@ -451,23 +500,28 @@ class _Builder:
         series = self.series.get(uid or "")
         if series is None:
             return "(series not in the decision)"
-        return series.get("series_description") or f"(no description) …{(uid or '')[-12:]}"
+        return series.series_description or f"(no description) …{(uid or '')[-12:]}"
 
-    def ordered_instances(self, roles: tuple[str, ...]) -> list[CitedInstance]:
+    def ordered_instances(self, roles: tuple[CitedRole, ...]) -> list[CitedInstance]:
         order = {uid: i for i, uid in enumerate(self.series)}
-        rank = {"3d": 0, "acquisition": 1, "cited": 2}
         chosen = [i for i in self.source.instances if i.role in roles]
         return sorted(
             chosen,
-            key=lambda i: (rank.get(i.role, 3) if len(roles) > 1 else 0, order.get(i.series_instance_uid, len(order))),
+            key=lambda i: (
+                _ROLE_RANK[i.role] if len(roles) > 1 else 0,
+                order.get(i.series_instance_uid, len(order)),
+            ),
         )
 
     # -- story
 
-    def story(self) -> list:
-        story: list = []
+    def story(self) -> list[Flowable]:
+        story: list[Flowable] = []
         story += self.heading()
         story += self.outcome()
+        story += self.coder_review()
+        story += self.radiology_report()
+        story += self.session_part()
         story += self.rules()
         story += self.policies()
         story += self.cannot_show()
@@ -476,21 +530,21 @@ class _Builder:
         story += self.provenance()
         return story
 
-    def heading(self) -> list:
-        s, d = self.s, self.document
-        patient = "withheld (PHI-minimal pack)" if self.minimal else _or_dash(d.get("patient_id"))
+    def heading(self) -> list[Flowable]:
+        s, d = self.s, self.decision
+        patient = "withheld (PHI-minimal pack)" if self.minimal else _or_dash(d.patient_id)
         decided = (
             f"#{self.source.decision_id}, decided {_utc(self.source.decided_at) or '-'}"
             if self.source.decision_id is not None or self.source.decided_at is not None
             else "offline analysis of files (no stored decision)"
         )
         rows = [
-            ("Study Instance UID", d.get("study_instance_uid") or self.source.study_instance_uid, True),
-            ("Accession number", _or_dash(d.get("accession_number")), False),
-            ("Study date", _date(d.get("study_date")), False),
-            ("Study description", _or_dash(d.get("study_description")), False),
+            ("Study Instance UID", d.study_instance_uid, True),
+            ("Accession number", _or_dash(d.accession_number), False),
+            ("Study date", _date(d.study_date), False),
+            ("Study description", _or_dash(d.study_description), False),
             ("Patient ID", patient, False),
-            ("Received", f"{d.get('instances', '-')} instances in {len(d.get('series', []))} series", False),
+            ("Received", f"{d.instances} instances in {len(d.series)} series", False),
             ("Decision", decided, False),
         ]
         table = _table(
@@ -508,19 +562,19 @@ class _Builder:
             table,
         ]
 
-    def outcome(self) -> list:
+    def outcome(self) -> list[Flowable]:
         from reportlab.lib import colors
         from reportlab.lib.styles import ParagraphStyle
         from reportlab.platypus import Spacer, Table, TableStyle
 
-        s, d = self.s, self.document
-        outcome = d.get("outcome") or "-"
-        label, meaning = OUTCOME_WORDS.get(outcome, (outcome, ""))
-        background, ink = _OUTCOME_COLOURS.get(outcome, ("#E8E8E8", "#222222"))
+        s, d = self.s, self.decision
+        outcome = d.outcome
+        label, meaning = OUTCOME_WORDS[outcome]
+        background, ink = _OUTCOME_COLOURS[outcome]
         big = ParagraphStyle(
             "big", s.body, fontName=s.fonts.bold, fontSize=19, leading=23, textColor=colors.HexColor(ink)
         )
-        code = d.get("code")
+        code = d.code
         code_style = ParagraphStyle("code", big, fontSize=30 if code else 19, leading=35 if code else 23, alignment=2)
         plain = ParagraphStyle("plain", s.body, fontSize=9.5, leading=12, textColor=colors.HexColor(ink))
         banner = Table(
@@ -532,7 +586,7 @@ class _Builder:
                             ("t", meaning),
                             ("br", ""),
                             ("b", "Outcome: "),
-                            ("m", outcome),
+                            ("m", outcome.value),
                             ("b", "   Code: "),
                             ("m", code or "none"),
                         ],
@@ -560,39 +614,138 @@ class _Builder:
         )
         return [Spacer(1, 10), banner]
 
-    def evidence_table(self, evidence: list[dict]):
+    def coder_review(self) -> list[Flowable]:
+        """The coder's final outcome for this decision, when the pack was written after a review."""
+        review = self.review
+        if not review:
+            return []
+        s = self.s
+        code = review.get("code")
+        rows = [
+            ("Final outcome", f"{review.get('outcome')} " + (f"(CPT {code})" if code else "(no 3D code)")),
+            ("Reviewer", _or_dash(review.get("reviewer"))),
+            ("Recorded", f"{_recorded(review.get('created_at'))} with token {_or_dash(review.get('token_name'))}"),
+            ("Reason", _or_dash(review.get("reason"))),
+        ]
+        table = _table([[s.p(k, s.cell_head), s.p(v, s.small)] for k, v in rows], [110, self.width - 110], header=False)
+        return [
+            s.p("Coder's review", s.h2),
+            s.p("A coder reviewed the automatic decision above and recorded this final outcome.", s.small),
+            table,
+        ]
+
+    def radiology_report(self) -> list[Flowable]:
+        """The radiology report held against the decision (issue 12): verdict, flags with their reasons, the
+        report's sentences about the 3D work, and the SHA-256 of the report text the verdict was read from."""
+        report = self.report
+        if not report:
+            return []
+        s = self.s
+        status = {"P": "preliminary", "F": "final", "C": "corrected"}.get(str(report.get("status")), "none received")
+        rows = [
+            ("Documentation", _or_dash(report.get("documentation"))),
+            ("Flags", ", ".join(report.get("flags") or []) or "none"),
+            ("Report", f"{status}, received {_recorded(report.get('received'))}, {_or_dash(report.get('source'))}"),
+            ("Text SHA-256", _or_dash(report.get("text_sha256"))),
+        ]
+        story: list[Flowable] = [
+            s.p("Radiology report", s.h2),
+            s.p(
+                "What the radiologist's report states about the 3D work, held against the images. The outcome above "
+                "does not change on the report; this is a separate documentation verdict.",
+                s.small,
+            ),
+            _table([[s.p(k, s.cell_head), s.p(v, s.small)] for k, v in rows], [110, self.width - 110], header=False),
+        ]
+        for reason in report.get("reasons") or []:
+            story.append(s.p(f"{reason.get('flag')}: {reason.get('reason')}", s.small))
+        sentences = report.get("sentences") or []
+        if sentences:
+            story.append(s.p("Sentences of the report about the 3D work", s.cell_head))
+            story += [s.p(f"\u201c{sentence}\u201d", s.small) for sentence in sentences]
+        elif self.minimal and report.get("text_sha256"):
+            story.append(s.p("The report's sentences are withheld (PHI-minimal pack); its hash is above.", s.small))
+        return story
+
+    def session_part(self) -> list[Flowable]:
+        """The study's session (issue 13): one patient, one day; its verdict and studies, and the 3D series dated
+        after the study (the same-day tie). A PHI-minimal pack shows this study's part only."""
+        session, later = self.session, self.decision.made_later
+        if not session and not later:
+            return []
+        s = self.s
+        story: list[Flowable] = [
+            s.p("Session", s.h2),
+            s.p(
+                "The 3D add-on code is reported with the primary procedure of its day, once per session when the "
+                "regions rendered are contiguous. The session verdict depends on the outcomes and regions of the "
+                "patient's studies of that day; it never changes the outcome above.",
+                s.small,
+            ),
+        ]
+        rows: list[tuple[str, str]] = []
+        if session:
+            rows.append(("Verdict", f"{session.get('verdict')}" + ("" if session.get("final") else " (not final)")))
+            if "session_id" in session:
+                rows.append(("Session", _or_dash(session.get("session_id"))))
+                rows.append(("Carrier", _or_dash(session.get("carrier"))))
+            mine = session.get("this_study")
+            if isinstance(mine, dict):  # a PHI-minimal pack: this study's part only
+                rows.append(("Studies", f"{session.get('studies')} in the session"))
+                carries = "carries the unit" if mine.get("carries_unit") else "does not carry the unit"
+                regions = ", ".join(mine.get("regions") or []) or "unknown"
+                rows.append(("This study", f"{carries}; regions {regions}"))
+        if later:
+            rows.append(("3D dated later", later.text))
+        story.append(
+            _table([[s.p(k, s.cell_head), s.p(v, s.small)] for k, v in rows], [110, self.width - 110], header=False)
+        )
+        studies = (session or {}).get("studies")
+        if isinstance(studies, list) and studies:
+            table = [[s.p(h, s.cell_head) for h in ("Study Instance UID", "Outcome", "Regions", "Carries")]]
+            for study in studies:
+                table.append(
+                    [
+                        s.p(str(study.get("study_instance_uid")), s.mono),
+                        s.p(str(study.get("outcome")), s.small),
+                        s.p(", ".join(study.get("regions") or []) or "unknown", s.small),
+                        s.p("yes" if study.get("carries_unit") else "", s.small),
+                    ]
+                )
+            story.append(_table(table, [200, 110, self.width - 200 - 110 - 50, 50]))
+        for note in (session or {}).get("notes") or []:
+            story.append(s.p(str(note), s.small))
+        return story
+
+    def evidence_table(self, evidence: Sequence[EvidenceRecord]) -> Flowable:
         s = self.s
         rows = [[s.p(h, s.cell_head) for h in ("Tag", "Keyword", "Value", "SOP Instance UID")]]
         for item in evidence:
             rows.append(
                 [
-                    s.p(item.get("tag") or "-", s.mono),
-                    s.p(item.get("keyword") or "-", s.small),
-                    s.p(_value(item.get("value")), s.small),
-                    s.p(item.get("sop_instance_uid") or "-", s.mono),
+                    s.p(item.tag or "-", s.mono),
+                    s.p(item.keyword, s.small),
+                    s.p(_value(item.value), s.small),
+                    s.p(item.sop_instance_uid or "-", s.mono),
                 ]
             )
         return _table(rows, [52, 118, self.width - 52 - 118 - 165, 165])
 
-    def rules(self) -> list:
+    def rules(self) -> list[Flowable]:
         from reportlab.platypus import CondPageBreak, KeepTogether
 
         from ..rules import RULES
 
         s = self.s
         out = [s.p("Rules that fired", s.h2)]
-        reasons = self.document.get("reasons") or []
-        if not reasons:
-            out.append(s.p("No rule is recorded for this decision."))
-        for reason in reasons:
-            rule = reason.get("rule") or "-"
+        for reason in self.decision.reasons:  # at least one: the record requires it
+            rule = reason.rule.value
             head = s.markup([("m", rule), ("t", "  "), ("t", RULES.get(rule, ""))], s.h3)
-            parts = [head, s.p(reason.get("text") or "", s.rule_text)]
-            series = reason.get("series") or []
-            if series:
-                names = "; ".join(self.series_label(uid) for uid in series)
+            parts = [head, s.p(reason.text, s.rule_text)]
+            if reason.series:
+                names = "; ".join(self.series_label(uid) for uid in reason.series)
                 parts.append(s.markup([("b", "Series: "), ("t", names)], s.rule_text))
-            evidence = reason.get("evidence") or []
+            evidence = reason.evidence
             if evidence:
                 parts.append(self.evidence_table(evidence))
             else:
@@ -609,22 +762,14 @@ class _Builder:
                 out += [CondPageBreak(144), *parts]
         return out
 
-    def policies(self) -> list:
+    def policies(self) -> list[Flowable]:
         s = self.s
-        policy = self.document.get("policy") or {}
-        decided = {
-            r["rule"].split(".", 1)[1]: r
-            for r in self.document.get("reasons", [])
-            if str(r.get("rule", "")).startswith("policy.")
-        }
-        if not policy and not decided:
-            return []
+        policy = dict(self.decision.policy)  # setting name -> value, in the record's order
+        decided = {_POLICY_RULES[r.rule]: r for r in self.decision.reasons if r.rule in _POLICY_RULES}
         out = [s.p("Site policies", s.h2)]
         if not decided:
             values = ", ".join(f"{k} = {_policy_value(v)}" for k, v in policy.items())
-            out.append(
-                s.p(f"No site policy decided anything in this study. In force: {values or 'defaults'}.", s.small)
-            )
+            out.append(s.p(f"No site policy decided anything in this study. In force: {values}.", s.small))
             return out
         out.append(
             s.p(
@@ -640,14 +785,14 @@ class _Builder:
                 [
                     s.p(key, s.mono),
                     s.p(_policy_value(policy.get(key, "-")), s.small),
-                    s.p(hit["text"] if hit else "no", s.small),
+                    s.p(hit.text if hit else "no", s.small),
                     s.p(_POLICY_NOTES.get(key, ""), s.tiny),
                 ]
             )
         out.append(_table(rows, [88, 52, (self.width - 140) * 0.55, (self.width - 140) * 0.45]))
         return out
 
-    def cannot_show(self) -> list:
+    def cannot_show(self) -> list[Flowable]:
         from reportlab.lib import colors
         from reportlab.platypus import KeepTogether
 
@@ -671,81 +816,62 @@ class _Builder:
         )
         return [KeepTogether([s.p("What this evidence cannot show", s.h2), table])]
 
-    def equipment(self) -> list:
+    def equipment(self) -> list[Flowable]:
         s = self.s
         out = [s.p("Equipment behind each series", s.h2)]
         rows = [[s.p(h, s.cell_head) for h in ("Series", "Kind, 3D, origin", "Equipment", "Capture and derivation")]]
-        for series in self.document.get("series", []):
-            eq = series.get("equipment") or {}
-            evidence = series.get("evidence") or []
-            kind = series.get("kind") or "-"
-            technique = series.get("technique")
-            kind_words = _KIND_WORDS.get(kind, kind)
-            if technique and technique != kind:
-                kind_words += f" ({technique})"
-            sc = [e for e in evidence if str(e.get("keyword", "")).startswith("SecondaryCaptureDevice")]
-            conversion = [e for e in evidence if e.get("keyword") == "ConversionType"]
-            kind_rule = series.get("kind_rule")
-            derivation = [e for e in evidence if kind_rule and e.get("signal") == kind_rule] or [
-                e for e in evidence if str(e.get("signal", "")).startswith("kind.")
+        for series in self.decision.series:
+            eq = series.equipment
+            evidence = series.evidence
+            kind, technique = series.kind, series.technique
+            kind_words = _KIND_WORDS[kind]
+            if technique is not None and technique.value != kind.value:  # a finer name than the kind's
+                kind_words += f" ({technique.value})"
+            sc = [e for e in evidence if e.keyword.startswith("SecondaryCaptureDevice")]
+            conversion = [e for e in evidence if e.keyword == "ConversionType"]
+            kind_rule = series.kind_rule.value
+            derivation = [e for e in evidence if e.signal == kind_rule] or [
+                e for e in evidence if e.signal.startswith("kind.")
             ]
             capture: list[tuple[str, object]] = []
             for e in _unique(sc):
-                capture += [("b", f"{_short_sc(e['keyword'])}: "), ("t", _value(e.get("value"))), ("br", "")]
+                capture += [("b", f"{_short_sc(e.keyword)}: "), ("t", _value(e.value)), ("br", "")]
             capture += [("b", "Conversion type: "), ("t", ", ".join(_unique_values(conversion)) or "-"), ("br", "")]
             if not sc:
                 capture += [("b", "Secondary-capture device: "), ("t", "-"), ("br", "")]
-            capture += [("b", "Kind decided by: "), ("m", kind_rule or "-")]
+            capture += [("b", "Kind decided by: "), ("m", kind_rule)]
             for e in _unique(derivation):
-                capture += [("br", ""), ("t", f"{e.get('keyword')} = {_value(e.get('value'))}")]
+                capture += [("br", ""), ("t", f"{e.keyword} = {_value(e.value)}")]
             rows.append(
                 [
                     s.markup(
                         [
-                            ("b", series.get("series_description") or "(no description)"),
+                            ("b", series.series_description or "(no description)"),
                             ("br", ""),
-                            ("t", f"{series.get('modality') or '-'} · {series.get('instances', '-')} instances"),
+                            ("t", f"{series.modality or '-'} · {series.instances} instances"),
                             ("br", ""),
-                            ("m", series.get("series_instance_uid") or "-"),
+                            ("m", series.series_instance_uid),
                         ],
                         s.small,
                     ),
                     s.markup(
-                        [
-                            ("b", "Kind: "),
-                            ("t", kind_words),
-                            ("br", ""),
-                            ("b", "3D: "),
-                            ("t", "yes" if series.get("is_3d") else "no"),
-                            ("br", ""),
-                            ("b", "Origin: "),
-                            ("t", _ORIGIN_WORDS.get(series.get("origin"), _or_dash(series.get("origin")))),
-                            ("br", ""),
-                            ("b", "Product: "),
-                            ("t", _or_dash(series.get("product"))),
-                            ("br", ""),
-                            ("b", "Origin rule: "),
-                            ("m", _or_dash(series.get("origin_rule"))),
-                        ],
+                        _labelled(
+                            ("Kind", "t", kind_words),
+                            ("3D", "t", "yes" if series.is_3d else "no"),
+                            ("Origin", "t", _ORIGIN_WORDS[series.origin]),
+                            ("Product", "t", _or_dash(series.product)),
+                            ("Origin rule", "m", series.origin_rule.value),
+                        ),
                         s.small,
                     ),
                     s.markup(
-                        [
-                            ("b", "Manufacturer: "),
-                            ("t", _or_dash(eq.get("manufacturer"))),
-                            ("br", ""),
-                            ("b", "Model: "),
-                            ("t", _or_dash(eq.get("model"))),
-                            ("br", ""),
-                            ("b", "Station: "),
-                            ("t", _or_dash(eq.get("station_name"))),
-                            ("br", ""),
-                            ("b", "Software: "),
-                            ("t", _or_dash(eq.get("software_versions"))),
-                            ("br", ""),
-                            ("b", "Serial: "),
-                            ("t", _or_dash(eq.get("device_serial_number"))),
-                        ],
+                        _labelled(
+                            ("Manufacturer", "t", _or_dash(eq.manufacturer)),
+                            ("Model", "t", _or_dash(eq.model)),
+                            ("Station", "t", _or_dash(eq.station_name)),
+                            ("Software", "t", _or_dash(eq.software_versions)),
+                            ("Serial", "t", _or_dash(eq.device_serial_number)),
+                        ),
                         s.small,
                     ),
                     s.markup(capture, s.small),
@@ -758,11 +884,11 @@ class _Builder:
         out.append(_table(rows, [w * 0.25, w * 0.24, w * 0.24, w * 0.27]))
         return out
 
-    def images(self) -> list:
+    def images(self) -> list[Flowable]:
         from reportlab.platypus import Image, Spacer
 
         s = self.s
-        instances = self.ordered_instances(("3d", "acquisition"))
+        instances = self.ordered_instances((CitedRole.THREE_D, CitedRole.ACQUISITION))
         out = [
             s.p("Images", s.h2),
             s.p(
@@ -782,7 +908,7 @@ class _Builder:
             thumb = self.thumbnails.get(instance.sop_instance_uid)
             if thumb is not None and thumb.png is not None and self.minimal and _burned_in(instance.path):
                 thumb = Thumbnail(None, BURNED_IN_NOTE, 0, None, thumb.frames)
-            role = "3D series" if instance.role == "3d" else "Acquisition"
+            role = "3D series" if instance.role == CitedRole.THREE_D else "Acquisition"
             caption = [
                 ("b", f"{role}: "),
                 ("t", self.series_label(instance.series_instance_uid)),
@@ -806,13 +932,13 @@ class _Builder:
         out.append(_table(rows, [box + 6] * per_row, header=False, extra=[("ALIGN", (0, 0), (-1, -1), "CENTER")]))
         return out
 
-    def provenance(self) -> list:
+    def provenance(self) -> list[Flowable]:
         s = self.s
         out = [
             s.p("Receipt provenance", s.h2),
             s.p("Every cited instance: who sent it, when, from where and how. SHA-256 is of the stored file.", s.small),
         ]
-        instances = self.ordered_instances(("3d", "acquisition", "cited"))
+        instances = self.ordered_instances(tuple(CitedRole))
         if not instances:
             out.append(s.p("No instance is cited.", s.small))
             return out
@@ -829,11 +955,10 @@ class _Builder:
             ]
         ]
         spans = []
-        role_words = {"3d": "3D image", "acquisition": "acquisition image", "cited": "cited"}
         for instance in instances:
             who = s.markup(
                 [
-                    ("b", f"{role_words.get(instance.role, instance.role)}: "),
+                    ("b", f"{_ROLE_WORDS[instance.role]}: "),
                     ("t", self.series_label(instance.series_instance_uid)),
                     ("br", ""),
                     ("m", instance.sop_instance_uid),
@@ -855,7 +980,7 @@ class _Builder:
         out.append(_table(rows, widths, extra=[("SPAN", (1, r), (4, r)) for r in spans]))
         return out
 
-    def receipt_cells(self, receipt: Receipt) -> list:
+    def receipt_cells(self, receipt: Receipt) -> list[Flowable]:
         s = self.s
         name, uid = _transfer_syntax(receipt.transfer_syntax_uid)
         when = (_utc(receipt.received_at) or "-").replace("T", " ")
@@ -889,7 +1014,16 @@ class _Builder:
 def _policy_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+def _labelled(*lines: tuple[str, str, object]) -> list[tuple[str, object]]:
+    """Markup parts of ``label: value`` lines, one a line: each line is (label, value kind 't' or 'm', value)."""
+    parts: list[tuple[str, object]] = []
+    for label, kind, value in lines:
+        parts += [("br", "")] if parts else []
+        parts += [("b", f"{label}: "), (kind, value)]
+    return parts
 
 
 def _short_sc(keyword: str) -> str:
@@ -901,18 +1035,19 @@ def _short_sc(keyword: str) -> str:
     }.get(keyword, keyword)
 
 
-def _unique(items: list[dict]) -> list[dict]:
-    seen, out = set(), []
+def _unique(items: list[EvidenceRecord]) -> list[EvidenceRecord]:
+    seen: set[tuple[str, str]] = set()
+    out = []
     for item in items:
-        key = (item.get("keyword"), str(item.get("value")))
+        key = (item.keyword, item.value)
         if key not in seen:
             seen.add(key)
             out.append(item)
     return out
 
 
-def _unique_values(items: list[dict]) -> list[str]:
-    return list(dict.fromkeys(str(i.get("value")) for i in items if i.get("value") not in (None, "")))
+def _unique_values(items: list[EvidenceRecord]) -> list[str]:
+    return list(dict.fromkeys(i.value for i in items if i.value))
 
 
 def _burned_in(path: Path) -> bool:

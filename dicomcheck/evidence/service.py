@@ -16,13 +16,45 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .collect import EvidenceError, from_index
+from ..store.access import Access
+from .collect import EvidenceError, from_index, pack_report, pack_session
 from .keys import PRIVATE_NAME, KeyError_, KeyExists, SiteKey, create_key, load_key
 from .pack import PackWriter, pack_dir_name
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ..registry import Registry
+
 log = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class _Folders(Protocol):
+    """The folders of the settings a pack writer uses (``config.Settings``)."""
+
+    @property
+    def data(self) -> Path: ...
+
+    @property
+    def storage_dir(self) -> Path: ...
+
+    @property
+    def report_wait_seconds(self) -> float | None: ...
+
+
+class PackSite(Protocol):
+    """What :func:`ensure_pack` needs of the receiver (``ingest.Receiver``; the API's ``StudyOperations``)."""
+
+    @property
+    def settings(self) -> _Folders: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def effective_registry(self) -> Registry: ...
 
 
 def site_key(key_dir: Path) -> SiteKey:
@@ -63,7 +95,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def ensure_pack(receiver, study_uid: str, *, minimal: bool = False, decision_id: int | None = None) -> Path:
+def ensure_pack(receiver: PackSite, study_uid: str, *, minimal: bool = False, decision_id: int | None = None) -> Path:
     """The pack of the study's current decision (or ``decision_id``), written on first request.
 
     Exactly one process writes a given pack; every other caller waits and gets the same folder."""
@@ -77,7 +109,18 @@ def ensure_pack(receiver, study_uid: str, *, minimal: bool = False, decision_id:
         decision_id=decision_id,
         registry=receiver.effective_registry(),
     )
-    name = pack_dir_name(source, minimal=minimal)
+    review = pack_review(receiver.engine, study_uid, source.decision_id, current=decision_id is None)
+    report = pack_report(
+        receiver.engine, source, report_wait=settings.report_wait_seconds, storage_root=settings.storage_dir
+    )
+    session = pack_session(receiver.engine, source) if decision_id is None else None  # sessions (issue 13)
+    name = pack_dir_name(
+        source,
+        minimal=minimal,
+        review_id=review["id"] if review else None,
+        report_id=report.get("report_id") if report else None,
+        session=session,
+    )
     study_dir = evidence_root(settings.data) / study_uid
     folder = study_dir / name
     if (folder / "manifest.json").is_file():
@@ -89,11 +132,38 @@ def ensure_pack(receiver, study_uid: str, *, minimal: bool = False, decision_id:
             shutil.rmtree(stale, ignore_errors=True)
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-        PackWriter(site_key(settings.data / "keys")).write(source, folder, minimal=minimal)
+        PackWriter(site_key(settings.data / "keys")).write(
+            source, folder, minimal=minimal, review=review, report=report, session=session
+        )
     log.info(
-        "evidence pack written for study %s decision %s%s",
+        "evidence pack written for study %s decision %s%s%s",
         study_uid,
         source.decision_id,
+        f" review {review['id']}" if review else "",
         " (minimal)" if minimal else "",
     )
     return folder
+
+
+def pack_review(engine: Engine, study_uid: str, decision_id: int | None, *, current: bool) -> dict[str, Any] | None:
+    """The coder's review a pack of this decision carries: the latest one recorded against it, or, for the
+    current decision, the latest review no later decision made stale. A review therefore writes a new
+    pack (its name carries the review id) beside the decision's own; both are kept, the newer is served."""
+    reviews = [
+        r
+        for r in Access(engine).reviews(study_uid)
+        if r.decision_id == decision_id or (current and r.stale_since is None)
+    ]
+    if not reviews:
+        return None
+    r = reviews[-1]
+    return {
+        "id": r.id,
+        "decision_id": r.decision_id,
+        "outcome": r.outcome,
+        "code": r.code,
+        "reviewer": r.reviewer,
+        "token_name": r.token_name,
+        "reason": r.reason,
+        "created_at": r.created_at.isoformat(),
+    }

@@ -28,9 +28,12 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import SupportsIndex, SupportsInt
+from typing import TYPE_CHECKING, Any, SupportsIndex, SupportsInt
 
 import numpy as np
+
+if TYPE_CHECKING:  # pydicom is imported where it is used: thumbnails are made only when a pack is written
+    from pydicom.dataset import Dataset
 
 __all__ = ["Thumbnail", "thumbnail", "BURNED_IN_NOTE", "CT_DEFAULT_WINDOW", "MAX_FRAME_PIXELS"]
 
@@ -137,7 +140,7 @@ def _int(value: object, default: int) -> int:
         return default
 
 
-def _no_image_reason(header) -> str | None:
+def _no_image_reason(header: Dataset) -> str | None:
     """Why an instance has no picture, when the header already tells (no image module)."""
     modality = str(header.get("Modality", "") or "").upper()
     if "Rows" in header and "Columns" in header:
@@ -150,7 +153,7 @@ def _no_image_reason(header) -> str | None:
     return None  # let the decoder say what is missing
 
 
-def _private_pixel_creator(header) -> str | None:
+def _private_pixel_creator(header: Dataset) -> str | None:
     """Private pixel storage (e.g. Philips/Elscint ELSCINT1 compression in group 7FDF)."""
     for elem in header:
         group, element = elem.tag.group, elem.tag.element
@@ -164,7 +167,7 @@ def _private_pixel_creator(header) -> str | None:
     return None
 
 
-def _decode_failure(header, exc: Exception) -> str:
+def _decode_failure(header: Dataset, exc: Exception) -> str:
     text = str(exc)
     lowered = text.lower()
     if "no 'pixel data'" in lowered or "no pixel data" in lowered:
@@ -187,14 +190,14 @@ def _decode_failure(header, exc: Exception) -> str:
 _CORE_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Modality", "Rows", "PatientID")
 
 
-def _looks_like_dicom(header) -> bool:
+def _looks_like_dicom(header: Dataset) -> bool:
     meta = getattr(header, "file_meta", None)
     if meta is not None and "TransferSyntaxUID" in meta:
         return True
     return any(keyword in header for keyword in _CORE_TAGS)
 
 
-def _transfer_syntax(header) -> str:
+def _transfer_syntax(header: Dataset) -> str:
     from pydicom.uid import UID
 
     uid = getattr(header, "file_meta", {}).get("TransferSyntaxUID")
@@ -207,7 +210,7 @@ class _FrameDecoder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._dataset = None
+        self._dataset: Dataset | None = None
         self._direct = True
 
     def frame(self, index: int) -> np.ndarray:
@@ -231,7 +234,7 @@ class _FrameDecoder:
                     raise
         return pixel_array(self._full(), index=index)
 
-    def _full(self):
+    def _full(self) -> Dataset:
         import pydicom
         from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -277,7 +280,7 @@ def _non_empty_segment_frame(
 # ------------------------------------------------------------------------------------- windowing
 
 
-def _frame_item(header, index: int, sequence: str):
+def _frame_item(header: Dataset, index: int, sequence: str) -> Dataset | None:
     """The first item of a functional-group macro for frame ``index``: per-frame, then shared."""
     for groups, position in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
         try:
@@ -285,13 +288,14 @@ def _frame_item(header, index: int, sequence: str):
             if seq and len(seq) > position:
                 inner = seq[position].get(sequence)
                 if inner:
-                    return inner[0]
+                    item: Dataset = inner[0]
+                    return item
         except Exception:  # noqa: BLE001 - a broken functional group is just absent
             continue
     return None
 
 
-def _frame_value(header, index: int, keyword: str, sequence: str):
+def _frame_value(header: Dataset, index: int, keyword: str, sequence: str) -> Any:
     """A value from the top level (classic images) or the frame's functional groups (enhanced)."""
     try:
         if keyword in header and header[keyword].value not in (None, ""):
@@ -309,7 +313,7 @@ def _frame_value(header, index: int, keyword: str, sequence: str):
     return None
 
 
-def _floats(value) -> list[float]:
+def _floats(value: Any) -> list[float]:
     if value is None:
         return []
     values = [value] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else list(value)
@@ -325,7 +329,7 @@ def _floats(value) -> list[float]:
     return out
 
 
-def _display(pixels: np.ndarray, header, index: int) -> tuple[np.ndarray, str]:
+def _display(pixels: np.ndarray, header: Dataset, index: int) -> tuple[np.ndarray, str]:
     """8-bit greyscale (H, W) or RGB (H, W, 3) for display, and the windowing used in words."""
     photometric = str(header.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
@@ -353,7 +357,7 @@ def _decimate(arr: np.ndarray, target: int = 1024) -> np.ndarray:
     return arr[::step, ::step] if step > 1 else arr
 
 
-def _colour(rgb: np.ndarray, header, photometric: str) -> tuple[np.ndarray, str]:
+def _colour(rgb: np.ndarray, header: Dataset, photometric: str) -> tuple[np.ndarray, str]:
     rgb = _decimate(rgb)
     if photometric in ("RGB", "ARGB"):
         words = "none (RGB colour image)"
@@ -376,7 +380,7 @@ def _to_uint8_colour(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb.astype(np.uint8))
 
 
-def _modality(pixels: np.ndarray, header, index: int) -> np.ndarray:
+def _modality(pixels: np.ndarray, header: Dataset, index: int) -> np.ndarray:
     """Stored values -> modality values (Hounsfield units for CT) as float64."""
     from pydicom.dataset import Dataset
     from pydicom.pixels.processing import apply_modality_lut
@@ -395,7 +399,7 @@ def _modality(pixels: np.ndarray, header, index: int) -> np.ndarray:
     return np.asarray(apply_modality_lut(pixels, flat), dtype=np.float64)
 
 
-def _voi(values: np.ndarray, header, index: int) -> tuple[np.ndarray, str]:
+def _voi(values: np.ndarray, header: Dataset, index: int) -> tuple[np.ndarray, str]:
     modality = str(header.get("Modality", "") or "").strip().upper()
     attempt: tuple[np.ndarray, str] | None = None
     if header.get("VOILUTSequence"):
@@ -448,11 +452,11 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
     display.WindowCenter = center
     display.WindowWidth = width
     display.VOILUTFunction = function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR"
-    out = apply_windowing(values.copy(), display)
+    out = np.asarray(apply_windowing(values.copy(), display), dtype=np.float64)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _voi_lut(values: np.ndarray, header) -> tuple[np.ndarray, str] | None:
+def _voi_lut(values: np.ndarray, header: Dataset) -> tuple[np.ndarray, str] | None:
     from pydicom.pixels.processing import apply_voi
 
     try:
@@ -498,7 +502,7 @@ def _percentile(values: np.ndarray) -> tuple[np.ndarray, str]:
 # ------------------------------------------------------------------------------------------- PNG
 
 
-def _aspect(header, index: int, rows: int, columns: int) -> float:
+def _aspect(header: Dataset, index: int, rows: int, columns: int) -> float:
     """Displayed height / width, honouring non-square pixels (Pixel Spacing or Pixel Aspect Ratio)."""
     ratio = 1.0
     spacing = _floats(_frame_value(header, index, "PixelSpacing", "PixelMeasuresSequence"))
