@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__, metrics
 from ..config import Settings
 from ..store.reads import IndexSession
+from ..ui import UI_ROUTERS
 from .deps import GUARDS, RoleGuard, StudyOperations
 from .routes import ROUTERS
 from .schemas import ErrorOut
@@ -50,7 +51,7 @@ def create_app(settings: Settings, operations: StudyOperations) -> FastAPI:
     app.state.operations = operations
     app.add_exception_handler(RequestValidationError, unauthenticated_first)
     app.middleware("http")(request_timing)
-    for router in ROUTERS:
+    for router in (*ROUTERS, *UI_ROUTERS):  # the web pages (dicomcheck.ui) share the tokens and the audit
         app.include_router(router)
     return app
 

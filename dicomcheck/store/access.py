@@ -15,7 +15,7 @@ from sqlmodel import Session, col
 from .records import AuditRecord, DeviceRecord, ReviewRecord, StudyReadRecord, TokenRecord, from_row
 from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
 
-ROLES = ("reader", "admin", "auditor")
+ROLES = ("reader", "admin", "auditor", "reporter")
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 TOKEN_PREFIX = "dck_"
 
@@ -109,11 +109,16 @@ class Access:
 
     def verify(self, token: str) -> TokenInfo | str:
         """The token's identity, or why it is refused."""
+        found = self.verify_session(token=token)
+        return found if isinstance(found, str) else found[1]
+
+    def verify_session(self, *, token: str | None = None, token_id: int | None = None) -> tuple[int, TokenInfo] | str:
+        """The row id and identity of a token given as ``token`` or by its id (a web page's session
+        cookie holds the id, never the token), or why it is refused (unknown, revoked, expired)."""
+        where = col(ApiToken.token_hash) == hash_token(token) if token is not None else col(ApiToken.id) == token_id
         with Session(self.bind) as session:
-            row = session.execute(
-                select(ApiToken).where(col(ApiToken.token_hash) == hash_token(token))
-            ).scalar_one_or_none()
-            if row is None:
+            row = session.execute(select(ApiToken).where(where)).scalar_one_or_none()
+            if row is None or row.id is None:
                 return "unknown token"
             if row.revoked_at is not None:
                 return "token revoked"
@@ -128,7 +133,7 @@ class Access:
             if last is None or now - last >= LAST_USED_RESOLUTION:  # one write a minute, not one per request
                 session.execute(update(ApiToken).where(col(ApiToken.id) == row.id).values(last_used_at=now))
                 session.commit()
-            return TokenInfo(row.name, row.role, expires, tuple(row.studies or ()), tuple(row.accessions or ()))
+            return row.id, TokenInfo(row.name, row.role, expires, tuple(row.studies or ()), tuple(row.accessions or ()))
 
     # ---------------------------------------------------------------- audit
     def audit(
@@ -183,7 +188,10 @@ class Access:
         with Session(self.bind) as session:
             return [
                 from_row(AuditRecord, e)
-                for e in session.execute(query.order_by(col(AuditEvent.id).desc()).limit(limit)).scalars()
+                # newest first by time (the ``at`` index, also under a since / until filter), then by id
+                for e in session.execute(
+                    query.order_by(col(AuditEvent.at).desc(), col(AuditEvent.id).desc()).limit(limit)
+                ).scalars()
             ]
 
     # ---------------------------------------------------------------- registry devices
