@@ -1,7 +1,15 @@
 """The API's routers, one module per resource, in the order the OpenAPI document lists them."""
 
-from . import audit, devices, evidence, exports, operations, studies
+from . import audit, devices, evidence, exports, operations, reports, studies
 
-ROUTERS = (operations.router, studies.router, evidence.router, devices.router, audit.router, exports.router)
+ROUTERS = (
+    operations.router,
+    studies.router,
+    reports.router,
+    evidence.router,
+    devices.router,
+    audit.router,
+    exports.router,
+)
 
 __all__ = ["ROUTERS"]
