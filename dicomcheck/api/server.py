@@ -15,13 +15,28 @@ hundred such connections starve the DICOM receiver (same process) of file descri
   file descriptors (of the soft limit, and of the 1024 that pynetdicom's select() can poll); one
   more is answered 503 and closed at once, so the receiver always has descriptors;
 * the soft RLIMIT_NOFILE is raised to the hard limit at start.
+
+With more than one HTTP worker (``http_workers``; 0, the default: one per CPU core on PostgreSQL, one on
+SQLite), the main process opens the HTTP
+socket and starts that many worker processes (``spawn``) that accept on it, each with its own
+connection to the index (``operations_factory``: a read-only receiver, no migration or recovery)
+and every limit above, ``http_max_connections`` shared out among them. The DICOM receiver and the
+settle loop stay in the main process. A worker that dies is started again; a worker dies with the
+main process (``PR_SET_PDEATHSIG``), so a killed server leaves no process holding its port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
 import re
 import resource
+import signal
+import socket
+import threading
+from collections.abc import Callable
 from urllib.parse import unquote_plus
 
 import h11
@@ -228,11 +243,33 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def run_api(settings: Settings, receiver: StudyOperations) -> None:
-    """Serve until SIGTERM / SIGINT (uvicorn installs the signal handlers)."""
+def worker_count(settings: Settings) -> int:
+    """How many HTTP processes serve the API: ``http_workers``; when it is 0, one per CPU core on PostgreSQL
+    and one on SQLite (where writers of several processes wait for each other in sleeps of up to 100 ms)."""
+    if settings.http_workers:
+        return settings.http_workers
+    return 1 if settings.url.startswith("sqlite") else os.cpu_count() or 1
+
+
+def run_api(
+    settings: Settings,
+    receiver: StudyOperations,
+    operations_factory: Callable[[Settings], StudyOperations] | None = None,
+) -> None:
+    """Serve until SIGTERM / SIGINT: in this process (one worker, or no ``operations_factory`` to open the
+    index in a worker), or in ``worker_count`` worker processes."""
+    workers = worker_count(settings)
+    if workers > 1 and operations_factory is not None:
+        run_workers(settings, workers, operations_factory)
+        return
+    _serve(settings, receiver, sockets=None)
+
+
+def _serve(settings: Settings, operations: StudyOperations, *, sockets: list[socket.socket] | None) -> None:
+    """uvicorn with the guarded protocol, on its own port or on ``sockets`` (a worker)."""
     soft = raise_nofile_limit()
     protocol = guarded_protocol(settings, soft)
-    app = create_app(settings, receiver)
+    app = create_app(settings, operations)
     config = uvicorn.Config(
         app,
         host=settings.bind,
@@ -254,4 +291,96 @@ def run_api(settings: Settings, receiver: StudyOperations) -> None:
         settings.http_max_header_size,
         settings.http_max_body,
     )
-    server.run()
+    server.run(sockets=sockets)
+
+
+def http_socket(settings: Settings) -> socket.socket:
+    """The API's listening socket, opened by the main process and shared by the workers."""
+    family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
+    # proto named: asyncio sets TCP_NODELAY on accepted sockets only when it is IPPROTO_TCP (with 0, every
+    # response would wait on Nagle and the client's delayed ACK, 40 ms)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.bind, settings.http_port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_workers(settings: Settings, workers: int, operations_factory: Callable[[Settings], StudyOperations]) -> None:
+    """Start ``workers`` HTTP processes on one socket; start again any that dies; stop them on SIGTERM / SIGINT."""
+    try:
+        sock = http_socket(settings)
+    except OSError as exc:
+        log.error("cannot listen for HTTP on %s:%d: %s", settings.bind, settings.http_port, exc.strerror or exc)
+        raise SystemExit(3) from None  # as uvicorn exits when its port is taken
+    # a plain Settings (the one from a --config file is a local subclass, which cannot be pickled to a worker)
+    shared = Settings.model_validate(
+        {**settings.model_dump(), "http_max_connections": max(1, settings.http_max_connections // workers)}
+    )
+    context = multiprocessing.get_context("spawn")
+    parent = os.getpid()
+
+    def start(n: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(
+            target=_worker, args=(shared, sock, parent, operations_factory), name=f"dicomcheck-http-{n}", daemon=False
+        )
+        process.start()
+        return process
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    processes = [start(n) for n in range(workers)]
+    log.info("HTTP: %d worker processes on %s:%d", workers, settings.bind, sock.getsockname()[1])
+    try:
+        while not stop.wait(0.5):
+            for n, process in enumerate(processes):
+                if not process.is_alive() and not stop.is_set():
+                    log.warning(
+                        "HTTP worker %d (pid %s) exited with %s: started again", n, process.pid, process.exitcode
+                    )
+                    processes[n] = start(n)
+    finally:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker(
+    settings: Settings,
+    sock: socket.socket,
+    parent: int,
+    operations_factory: Callable[[Settings], StudyOperations],
+) -> None:  # pragma: no cover - runs in a worker process (tests/test_api_scale.py)
+    _die_with(parent)
+    _serve(settings, operations_factory(settings), sockets=[sock])
+
+
+def _die_with(parent: int) -> None:
+    """Be killed when the main process ends, however it ends (Linux ``PR_SET_PDEATHSIG``); elsewhere,
+    and for a parent that ended before this call, a thread watching the parent process id."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

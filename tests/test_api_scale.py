@@ -1,0 +1,260 @@
+"""The lookup API under load (issue 14): one COMMIT per answered read, with its audit event in it; every
+answered request audited, also when the server is killed mid-load."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, func, select
+from sqlmodel import Session
+
+from dicomcheck.api import create_app
+from dicomcheck.config import Settings
+from dicomcheck.ingest import Receiver
+from dicomcheck.store.access import Access
+from dicomcheck.store.engine import make_engine
+from dicomcheck.store.tables import AuditEvent
+
+from .peers import free_port, stop_process, wait_for
+from .test_explain import BENCH, _templates
+
+READ_EVENT = "DICOM Instances Accessed"
+
+
+def _audited(url: str, event_name: str | None = None) -> list[str | None]:
+    engine = make_engine(url)
+    with Session(engine) as session:
+        query = select(AuditEvent.study_instance_uid)
+        if event_name:
+            query = query.where(AuditEvent.event == event_name)
+        rows = list(session.execute(query).scalars())
+    engine.dispose()
+    return rows
+
+
+@pytest.fixture()
+def app(index_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, Receiver, str]]:
+    BENCH.populate(index_url, 60, _templates(), sqlite_fast=index_url.startswith("sqlite"))
+    receiver = Receiver(Settings(data=tmp_path / "data", database_url=index_url))
+    token = Access(receiver.engine).create_token("billing", "reader")
+    client = TestClient(create_app(receiver.settings, receiver))
+    yield client, receiver, token
+    client.close()
+    receiver.engine.dispose()
+
+
+def test_a_lookup_commits_once_with_its_audit_event(app: tuple[TestClient, Receiver, str]) -> None:
+    client, receiver, token = app
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get(f"/studies/{BENCH.study_uid(0)}", headers=headers).status_code == 200  # token's last use
+    commits: list[int] = []
+    event.listen(receiver.engine, "commit", lambda _connection: commits.append(1))
+    requests = [
+        ("GET", f"/studies/{BENCH.study_uid(1)}", None),
+        ("GET", f"/studies/{BENCH.study_uid(1)}", None),  # the second read updates the first one's record
+        ("GET", f"/studies?accession={BENCH.accession(2)}", None),
+        ("GET", "/studies?limit=5", None),
+        ("POST", "/studies/search", {"patient_id": "BP000003", "limit": 5}),
+    ]
+    for method, path, body in requests:
+        before_commits = len(commits)
+        with Session(receiver.engine) as session:
+            before = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+        response = client.request(method, path, headers=headers, json=body)
+        assert response.status_code == 200, response.text
+        assert len(commits) - before_commits == 1, f"{method} {path}: {len(commits) - before_commits} commits"
+        with Session(receiver.engine) as session:
+            after = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+        assert after == before + 1, f"{method} {path}: {after - before} audit events"
+
+
+def _serve(data: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    log = (data.parent / f"serve-{port}.log").open("ab")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DICOMCHECK_")}, **(env or {})}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicomcheck.cli",
+            "serve",
+            "--no-scp",
+            "--http-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--data",
+            str(data),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+    def healthy() -> bool:
+        assert proc.poll() is None, (data.parent / f"serve-{port}.log").read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=60)
+    return proc, port
+
+
+def _load(port: int, token: str, studies: range, answered: list[str], *, threads: int = 12) -> None:
+    """Each thread reads its share of the studies by UID on one keep-alive connection, and notes the UIDs
+    answered 200; a refused or dropped connection ends the thread (the server was killed)."""
+
+    def worker(share: list[int]) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            for i in share:
+                uid = BENCH.study_uid(i)
+                try:
+                    response = http.get(f"/studies/{uid}", headers={"Authorization": f"Bearer {token}"})
+                except httpx.HTTPError:
+                    return
+                if response.status_code == 200:
+                    answered.append(uid)
+
+    pool = [threading.Thread(target=worker, args=(list(studies)[n::threads],)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_answered_read_is_audited_under_load_and_across_a_kill(tmp_path: Path, workers: str) -> None:
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'index.sqlite3'}"
+    BENCH.populate(url, 3000, _templates(), sqlite_fast=True)
+    token = Access(make_engine(url)).create_token("billing", "reader")
+
+    proc, port = _serve(data, env={"DICOMCHECK_HTTP_WORKERS": workers})
+    try:
+        answered: list[str] = []
+        _load(port, token, range(0, 300), answered)
+        assert len(answered) == 300
+        audited = _audited(url, READ_EVENT)
+        assert sorted(audited) == sorted(answered), "answered reads and audit events differ"
+
+        answered = []  # now kill the server once a few hundred more reads have been answered
+        killer = threading.Thread(
+            target=lambda: (wait_for(lambda: len(answered) >= 150, timeout=120), proc.kill()), daemon=True
+        )
+        killer.start()
+        _load(port, token, range(300, 3000), answered)
+        killer.join()
+        assert proc.wait(timeout=30) == -9
+        wait_for(lambda: not _listening(port), timeout=30)  # its workers died with it: nothing holds the port
+        assert 150 <= len(answered) < 2700, "the kill did not land mid-load"
+        audited_now = set(_audited(url, READ_EVENT))
+        missing = set(answered) - audited_now
+        assert not missing, f"{len(missing)} reads answered 200 have no audit event after the kill"
+    finally:
+        stop_process(proc, timeout=15)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _owner(server_port: int, client_port: int, candidates: set[int]) -> int | None:
+    """The process holding the server side of the loopback connection from ``client_port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{server_port:04X}") and fields[2].endswith(f":{client_port:04X}"):
+            inode = fields[9]
+    for pid in candidates:
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        if f"socket:[{inode}]" in links:
+            return pid
+    return None
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    """Send one request and read its whole response (head and Content-Length body)."""
+    sock.sendall(request)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next((int(h.split(b":")[1]) for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.slow
+def test_two_http_workers_answer_each_with_the_limits(tmp_path: Path) -> None:
+    """``http_workers`` 2: two processes accept on the one port, each refuses an oversized header block (431),
+    the main process keeps none of the connections, and a killed worker is started again."""
+    data = tmp_path / "data"
+    proc, port = _serve(data, env={"DICOMCHECK_HTTP_WORKERS": "2", "DICOMCHECK_HTTP_MAX_HEADER_SIZE": "2048"})
+    log = data.parent / f"serve-{port}.log"
+    try:
+        wait_for(lambda: log.read_text().count("Application startup complete") >= 2, timeout=60)
+        refused_by: dict[int, int] = {}
+        children = _children(proc.pid)
+
+        def one_connection() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                ok = _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert ok.startswith(b"HTTP/1.1 200"), ok[:100]
+                owner = _owner(port, sock.getsockname()[1], children | {proc.pid})
+                assert owner is not None and owner != proc.pid, "the main process holds an HTTP connection"
+                big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n"
+                refused_by[owner] = int(_exchange(sock, big)[9:12] or 0)
+            return len(refused_by) >= 2
+
+        wait_for(one_connection, timeout=60, interval=0.01, describe=lambda: refused_by)
+        assert set(refused_by.values()) == {431}, refused_by
+        assert len(refused_by) == 2 and set(refused_by) <= children
+
+        killed = next(iter(refused_by))
+        os.kill(killed, 9)
+        wait_for(lambda: log.read_text().count("Application startup complete") >= 3, timeout=60)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        assert killed not in _children(proc.pid)
+    finally:
+        stop_process(proc, timeout=20)
+    assert proc.returncode == 0
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_workers_default_to_the_cores_on_postgresql_and_one_on_sqlite(tmp_path: Path) -> None:
+    from dicomcheck.api.server import worker_count
+
+    pg = "postgresql+psycopg://u@127.0.0.1:5432/db"
+    assert worker_count(Settings(data=tmp_path, database_url=pg)) == (os.cpu_count() or 1)
+    assert worker_count(Settings(data=tmp_path)) == 1
+    assert worker_count(Settings(data=tmp_path, http_workers=3)) == 3
