@@ -16,6 +16,7 @@ from .rules.kind import classify_series, is_secondary_capture
 from .rules.origin import decide_origin, weak_marks
 from .rules.outcome import DERIVED_ONLY_MODALITIES, decide_outcome, three_d_status
 from .rules.tags import tag_of
+from .sessions import DEFAULT_MADE_LATER_DAYS, find_regions, parse_da
 
 
 def group_by_study(instances: Iterable[InstanceFacts]) -> dict[str, dict[str, list[InstanceFacts]]]:
@@ -83,8 +84,10 @@ def decide_study(
     *,
     registry: Registry | None = None,
     knowledge: Knowledge | None = None,
+    made_later_days: int = DEFAULT_MADE_LATER_DAYS,
 ) -> StudyDecision:
-    """Decide one study from its instances, grouped by series."""
+    """Decide one study from its instances, grouped by series. ``made_later_days``: 3D series dated more than
+    this many days after the Study Date are flagged ``3d_made_later`` (the outcome is unchanged)."""
     registry = registry or Registry()
     knowledge = knowledge or builtin_knowledge()
     policy = registry.policy
@@ -146,16 +149,28 @@ def decide_study(
         decisions, all_instances, acquisition_series=base_series, knowledge=knowledge, policy=policy
     )
     first = all_instances[0]
+    study_description = _first(f.study_description for f in all_instances)
+    three_d = [series_map[s.series_instance_uid][0] for s in decisions if s.is_3d]
+    placed = [series_map[uid][0] for uid in sorted(base_series)] + three_d
+    regions = find_regions(
+        (f.body_part_examined for f in placed), (study_description, *(f.series_description for f in three_d))
+    )
+    three_d_dates = {parse_da(f.content_date) or parse_da(f.series_date) for f in three_d}
     return StudyDecision(
         study_instance_uid=study_uid,
         accession_number=_first(f.accession_number for f in all_instances),
         patient_id=_first(f.patient_id for f in all_instances),
-        study_description=_first(f.study_description for f in all_instances),
+        study_description=study_description,
         study_date=_first(f.study_date for f in all_instances) or first.study_date,
         outcome=outcome,
         reasons=reasons,
         series=tuple(decisions),
         instances=len(all_instances),
+        issuer_of_patient_id=_first(f.issuer_of_patient_id for f in all_instances),
+        regions=tuple(region.id for region in sorted(regions.regions)),
+        regions_from=regions.basis.value,
+        three_d_dates=tuple(sorted(day for day in three_d_dates if day is not None)),
+        made_later_days=made_later_days,
     )
 
 
@@ -175,9 +190,13 @@ def decide_studies(
     *,
     registry: Registry | None = None,
     knowledge: Knowledge | None = None,
+    made_later_days: int = DEFAULT_MADE_LATER_DAYS,
 ) -> list[StudyDecision]:
     """Decide every study among ``instances`` (ordered by study date, then UID)."""
     studies = group_by_study(instances)
-    decisions = [decide_study(uid, series, registry=registry, knowledge=knowledge) for uid, series in studies.items()]
+    decisions = [
+        decide_study(uid, series, registry=registry, knowledge=knowledge, made_later_days=made_later_days)
+        for uid, series in studies.items()
+    ]
     decisions.sort(key=lambda d: (d.study_date or "", d.study_instance_uid))
     return decisions

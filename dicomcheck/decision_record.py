@@ -11,6 +11,7 @@ the document, its schema and the code cannot drift apart.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
@@ -19,6 +20,7 @@ from pydantic.config import JsonValue
 
 from .enums import CptCode, Origin, Outcome, PacsViewerCode, RuleId, SeriesKind, Technique
 from .model import RuleHit, SeriesDecision, StudyDecision
+from .sessions import MadeLaterRecord, RegionBasis, RegionId, SessionRecord, made_later
 
 if TYPE_CHECKING:
     from .registry import Policy
@@ -132,6 +134,15 @@ class StudyDecisionRecord(DecisionModel):
     instances: int
     reasons: Annotated[list[ReasonRecord], Field(min_length=1)]
     series: Annotated[list[SeriesRecord], Field(min_length=1)]
+    issuer_of_patient_id: str | None = None
+    regions: list[RegionId] = []
+    """The anatomical regions of the study (ids of ``knowledge/regions.toml``, head to foot); empty: unknown."""
+    regions_from: RegionBasis = RegionBasis.UNKNOWN
+    three_d_dates: list[dt.date] = []
+    """Per 3D series its Content Date, else its Series Date: distinct, ascending."""
+    made_later: MadeLaterRecord | None = None
+    """3D series dated after the Study Date (the same-day tie of the add-on code): the dates, and the
+    ``3d_made_later`` flag beyond the threshold. The outcome never changes for it."""
 
     @model_validator(mode="after")
     def _code_follows_outcome(self) -> Self:
@@ -143,7 +154,14 @@ class StudyDecisionRecord(DecisionModel):
     def from_decision(cls, study: StudyDecision, **named_otherwise: Any) -> Self:
         reasons = [ReasonRecord.from_hit(hit) for hit in study.reasons]
         series = [SeriesRecord.from_series(s) for s in study.series]
-        return cls.read(study, reasons=reasons, series=series, **named_otherwise)
+        later = made_later(study.study_date, study.three_d_dates, study.made_later_days)
+        return cls.read(
+            study,
+            reasons=reasons,
+            series=series,
+            made_later=MadeLaterRecord.from_made_later(later) if later else None,
+            **named_otherwise,
+        )
 
     def document(self) -> dict[str, Any]:
         """The JSON document (plain strings, lists and dicts)."""
@@ -180,7 +198,8 @@ class ReadErrorRecord(DecisionModel):
 
 
 class AnalysisDocument(DecisionModel):
-    """The document printed by ``dicomcheck analyze --format json``. More keys are allowed than listed."""
+    """The document printed by ``dicomcheck analyze --format json``. More keys are allowed than listed.
+    ``$defs/session`` is the ``session`` part ``GET /studies/{uid}`` adds to a study (issue 13)."""
 
     model_config = ConfigDict(extra="allow", title="dicomcheck analyze --format json")
 
@@ -200,6 +219,12 @@ _DEF_NAMES = {
     "EquipmentRecord": "equipment",
     "PolicyRecord": "policy",
     "ReadErrorRecord": "read_error",
+    "MadeLaterRecord": "made_later",
+    "RegionBasis": "region_basis",
+    "SessionRecord": "session",
+    "SessionStudyRecord": "session_study",
+    "UnitGroupRecord": "unit_group",
+    "Verdict": "session_verdict",
 }
 """Schema definitions keep the short names clients already reference (``#/$defs/study``)."""
 
@@ -207,6 +232,8 @@ _DEF_NAMES = {
 def analysis_json_schema() -> dict[str, Any]:
     """The JSON Schema of :class:`AnalysisDocument` (what ``schema/analysis.schema.json`` holds)."""
     schema = AnalysisDocument.model_json_schema(ref_template="#/$defs/{model}")
+    session = SessionRecord.model_json_schema(ref_template="#/$defs/{model}")  # what the API adds (issue 13)
+    schema["$defs"] = {**session.pop("$defs"), **schema["$defs"], "SessionRecord": session}
     text = json.dumps(schema)
     for model, name in _DEF_NAMES.items():
         text = text.replace(f'"#/$defs/{model}"', f'"#/$defs/{name}"')
@@ -216,7 +243,7 @@ def analysis_json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://dicomcheck.local/schema/analysis.schema.json",
         **schema,
-        "description": (AnalysisDocument.__doc__ or "").replace("``", "`").strip(),
+        "description": " ".join((AnalysisDocument.__doc__ or "").split()).replace("``", "`"),
     }
 
 

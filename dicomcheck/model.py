@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from .enums import CptCode, Origin, Outcome, RuleId, SeriesKind, Technique
@@ -79,9 +80,13 @@ class InstanceFacts:
     modality: str | None = None
     accession_number: str | None = None
     patient_id: str | None = None
+    issuer_of_patient_id: str | None = None
     study_date: str | None = None
     study_description: str | None = None
     series_description: str | None = None
+    series_date: str | None = None
+    content_date: str | None = None
+    body_part_examined: str | None = None
     series_number: str | None = None
     protocol_name: str | None = None
     requested_procedure_descriptions: tuple[str, ...] = ()
@@ -189,6 +194,14 @@ class StudyDecision:
     reasons: tuple[RuleHit, ...]
     series: tuple[SeriesDecision, ...]
     instances: int
+    issuer_of_patient_id: str | None = None
+    regions: tuple[str, ...] = ()
+    """The study's anatomical regions (``sessions.find_regions`` ids, head to foot); empty: unknown."""
+    regions_from: str = "unknown"
+    three_d_dates: tuple[date, ...] = ()
+    """Per 3D series its Content Date, else its Series Date, distinct and ascending (issue 13)."""
+    made_later_days: int = 1
+    """3D series dated more than this many days after the Study Date are flagged ``3d_made_later``."""
 
     @property
     def code(self) -> CptCode | None:

@@ -20,6 +20,7 @@ from dicomcheck.decision_record import (
 from dicomcheck.enums import Outcome, RuleId
 from dicomcheck.model import InstanceFacts, RuleHit, StudyDecision
 from dicomcheck.registry import Policy
+from dicomcheck.sessions import MadeLaterRecord, made_later
 from dicomcheck.sources import discover, read_all
 
 from .conftest import ROOT
@@ -29,7 +30,9 @@ EVIDENCE_KEYS = ["signal", "tag", "keyword", "value", "sop_instance_uid"]
 
 
 def document_as_before(study: StudyDecision) -> dict:
-    """The oracle: the study document as ``decision_document.study_dict`` built it by hand (issue 8)."""
+    """The oracle: the study document as ``decision_document.study_dict`` built it by hand (issue 8), with the
+    session facts of issue 13 after it."""
+    later = made_later(study.study_date, study.three_d_dates, study.made_later_days)
 
     def evidence(items) -> list[dict]:
         return [{key: getattr(e, key) for key in EVIDENCE_KEYS} for e in items]
@@ -67,6 +70,11 @@ def document_as_before(study: StudyDecision) -> dict:
             for h in study.reasons
         ],
         "series": [series(s) for s in study.series],
+        "issuer_of_patient_id": study.issuer_of_patient_id,
+        "regions": list(study.regions),
+        "regions_from": study.regions_from,
+        "three_d_dates": [day.isoformat() for day in study.three_d_dates],
+        "made_later": MadeLaterRecord.from_made_later(later).model_dump(mode="json") if later else None,
     }
 
 
