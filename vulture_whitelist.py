@@ -112,3 +112,39 @@ _.patient_identity_removed
 # the OpenAPI enum); the role guards name them as strings (api/deps.py), only AUDITOR is named in code
 _.READER
 _.ADMIN
+
+# DICOM attributes and pydicom flags the retention tests set on data sets they write (tests/test_retention.py)
+_.CodeMeaning
+_.CodingSchemeDesignator
+_.is_undefined_length
+_.DataSetTrailingPadding
+_.FloatPixelData
+
+# the web pages' Jinja2 templates read these (dicomcheck/ui/templates: dashboard.html, equipment.html)
+_.backlog_oldest_days
+_.backlog_median_days
+_.by_month
+_.by_station
+_.three_d_rate
+_.registrable
+# FastAPI calls the JSON route beside the pages (ui/pages.py, decorated by json_router, not router)
+_.equipment_json
+# uvicorn and Selenium read these; a test sets a DICOM attribute pydicom writes (tests/test_ui_*.py)
+_.should_exit
+_.binary_location
+_.StudyDescription
+
+# issue 12 reports: response-model fields FastAPI serialises (api/schemas.py ReportOut, ReportVersionOut,
+# ReportReceipt); the role a `token create --role reporter` stores and the report guard names as a string
+_.report_id
+_.REPORTER
+# DICOM attributes the report tests set on the text SR they write (tests/test_report_api.py write_text_sr)
+_.CompletionFlag
+_.VerificationFlag
+_.VerifyingObserverName
+_.VerifyingObserverSequence
+_.RelationshipType
+
+# issue 13 sessions: a field the sessions page template reads (ui/templates/sessions.html, store/sessions.py)
+_.last_decided_at
+_.study_uids

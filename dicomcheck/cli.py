@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -15,20 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Union, cast, get_args, get_ori
 
 import annotated_types
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import __version__
-from .analysis import decide_studies
-from .knowledge import builtin_knowledge
-from .model import InstanceFacts
-from .registry import Registry, RegistryError, load_registry
-from .report import analysis_document, render_table
-from .rules import RULES, RULES_VERSION
-from .sources import ReadError, discover, read_all
 
+# Each command imports what it needs when it runs: `dicomcheck --help`, `--version` and a command's
+# `--help` never load pydicom, pynetdicom, fastapi or sqlmodel (tests/test_cli.py keeps it so).
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
+
+    from .registry import Registry
 
 # typer vendors click; its UsageError is the base of the exported BadParameter.
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -79,6 +75,8 @@ class OutputFormat(str, Enum):
 
 
 def _registry(devices: Path | None) -> Registry:
+    from .registry import Registry, RegistryError, load_registry
+
     if devices is None:
         return Registry()
     try:
@@ -110,6 +108,15 @@ def analyze(
     Exit status: 0 when at least one study was analysed, 2 when none was, 1 on a usage error.
     Inputs that cannot be analysed are listed under errors and never stop the run.
     """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .analysis import decide_studies
+    from .knowledge import builtin_knowledge
+    from .model import InstanceFacts
+    from .report import analysis_document, render_table
+    from .sources import ReadError, discover, read_all
+
     registry = _registry(devices)
     builtin_knowledge()
     sources, errors = discover(paths)
@@ -202,7 +209,7 @@ def serve(
     from the flags, then DICOMCHECK_* environment variables, then --config.
     """
     from .config import ConfigError, load_settings
-    from .ingest import Receiver, Settler
+    from .registry import RegistryError, load_registry
 
     try:
         settings = load_settings(config, **flags)
@@ -213,13 +220,12 @@ def serve(
             load_registry(settings.devices)  # a bad registry stops the start, with its line and reason
         except RegistryError as exc:
             raise _fail(f"bad --devices file: {exc}") from None
+    from .ingest import Receiver, Settler  # the receive path's libraries, once the settings are known good
+
     _run_server(settings, Receiver, Settler)
 
 
 def _run_server(settings, receiver_type, settler_type) -> None:
-    import signal
-    import threading
-
     if settings.api or settings.evidence_destination:  # API packs and returned KOS / SR are signed by the site key
         from .evidence.keys import KeyError_
         from .evidence.service import site_key
@@ -254,21 +260,74 @@ def _run_server(settings, receiver_type, settler_type) -> None:
             f"data in {settings.data}",
             flush=True,
         )
+    hl7 = None
+    if settings.hl7_port is not None:
+        hl7 = _start_hl7(settings, receiver.engine, server, settler)
     try:
         if settings.api:
             from .api.server import run_api
 
             print(f"dicomcheck {__version__}: API listening on http://{settings.bind}:{settings.http_port}", flush=True)
-            run_api(settings, receiver)  # returns on SIGTERM / SIGINT
+            # returns on SIGTERM / SIGINT; with several HTTP workers, each opens the index read-only (no migration,
+            # recovery or sweep: this process did them) and the receiver and the settle loop stay here
+            run_api(settings, receiver, functools.partial(receiver_type, read_only=True))
         else:
-            stop = threading.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
+            _wait_for_stop_signal()
     finally:
+        if hl7 is not None:
+            hl7.shutdown()
         if server is not None:
             server.shutdown()
         settler.stop()
+        receiver.close()  # index what was answered (else the journal has it for the next start)
+
+
+def _start_hl7(settings, engine, server, settler):
+    """The HL7 MLLP listener for reports (``--hl7-port``), started; a port that cannot be opened stops the start."""
+    from .reports_in.mllp import MllpLimits, MllpListener
+
+    limits = MllpLimits(settings.hl7_max_message, settings.hl7_idle_timeout, settings.hl7_max_connections)
+    listener = MllpListener(
+        engine, host=settings.bind, port=settings.hl7_port, allowed_senders=settings.hl7_allow_senders, limits=limits
+    )
+    try:
+        listener.start()
+    except OSError as exc:
+        if server is not None:
+            server.shutdown()
+        settler.stop()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise _fail(
+            f"cannot listen for HL7 on {settings.bind}:{settings.hl7_port}: {reason}", EXIT_CANNOT_LISTEN
+        ) from None
+    print(f"dicomcheck {__version__}: HL7 MLLP listening on {settings.bind}:{listener.server_address[1]}", flush=True)
+    return listener
+
+
+def _wait_for_stop_signal() -> None:
+    """Return on SIGTERM or SIGINT. The kernel gives a process's signal to any of its threads; Python runs
+    the handler on the main thread only when that thread next runs, so a main thread asleep on a lock would
+    miss a signal caught by a receiver thread (and be killed after the service manager's grace period).
+    The wake-up fd, written whichever thread caught the signal, wakes this one."""
+    import select
+    import signal
+    import socket
+    import threading
+
+    stop = threading.Event()
+    woken, wake = socket.socketpair()
+    wake.setblocking(False)
+    previous = signal.set_wakeup_fd(wake.fileno())
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.is_set():
+            if select.select([woken], [], [], 5.0)[0]:
+                woken.recv(64)
+    finally:
+        signal.set_wakeup_fd(previous)
+        woken.close()
+        wake.close()
 
 
 def _index_settings(data: Path | None, database_url: str | None):
@@ -336,7 +395,7 @@ def _existing_index(settings):
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Argument(help="Who or what the token is for (unique).")],
-    role: Annotated[str, typer.Option("--role", help="reader | admin | auditor")],
+    role: Annotated[str, typer.Option("--role", help="reader | admin | auditor | reporter (sends reports only)")],
     expires: Annotated[
         str | None,
         typer.Option(
@@ -379,6 +438,7 @@ def token_create(
 @token_app.command("list")
 def token_list(data: DataOption = None, database_url: UrlOption = None) -> None:
     """List tokens (names, roles, scopes, expiry; never the tokens)."""
+    from rich.console import Console
     from rich.table import Table
 
     table = Table("name", "role", "prefix", "created", "expires", "revoked", "scope")
@@ -504,6 +564,15 @@ def evidence(
             show_default=False,
         ),
     ] = None,
+    retention: Annotated[
+        Path | None,
+        typer.Option(
+            "--retention",
+            help="With verify: the folder of signed retention records, to recognise cited instances whose pixel "
+            "data retention removed (default: the retention folder beside the storage folder).",
+            show_default=False,
+        ),
+    ] = None,
     pack_only: Annotated[
         bool,
         typer.Option(
@@ -526,7 +595,13 @@ def evidence(
             raise typer.BadParameter("name the pack folder or ZIP to verify")
         if storage is None and data is not None and not pack_only:
             storage = _index_settings(data, None).storage_dir
-        _verify(pack, storage, _trust_anchors(fingerprint or [], trusted_keys, data, key_dir), pack_only=pack_only)
+        _verify(
+            pack,
+            storage,
+            _trust_anchors(fingerprint or [], trusted_keys, data, key_dir),
+            pack_only=pack_only,
+            retention=retention,
+        )
         return
     if out is None:
         raise typer.BadParameter("--out DIR is required to write a pack")
@@ -552,11 +627,12 @@ def evidence(
         key = load_key(folder_of_keys)
     except KeyError_ as exc:
         raise typer.BadParameter(str(exc)) from None
+    report = None  # the radiology report a pack of a stored decision cites (issue 12)
     try:
         if Path(target).exists():
             sources = from_folder([target], study, registry=_registry(devices))
         else:
-            from .evidence.collect import from_index
+            from .evidence.collect import from_index, pack_report
             from .ingest import Receiver
 
             _existing_index(settings)
@@ -564,9 +640,16 @@ def evidence(
             sources = [
                 from_index(receiver.engine, settings.storage_dir, target, registry=receiver.effective_registry())
             ]
+            report = pack_report(
+                receiver.engine,
+                sources[0],
+                report_wait=settings.report_wait_seconds,
+                storage_root=settings.storage_dir,
+            )
         if not sources:
             raise EvidenceError(f"no study found in {target}")
         writer = PackWriter(key)
+        report_id = report.get("report_id") if report else None
         for source in sources:
             if (
                 not re.fullmatch(r"[0-9]+(\.[0-9]+)*", source.study_instance_uid or "")
@@ -577,10 +660,9 @@ def evidence(
                     file=sys.stderr,
                 )
                 continue  # the UID names the pack's folder: never a path from a file
-            folder = writer.write(
-                source, out / source.study_instance_uid / pack_dir_name(source, minimal=minimal), minimal=minimal
-            )
-            print(f"{source.study_instance_uid}: {source.document['outcome']} -> {folder}")
+            name = pack_dir_name(source, minimal=minimal, report_id=report_id)
+            folder = writer.write(source, out / source.study_instance_uid / name, minimal=minimal, report=report)
+            print(f"{source.study_instance_uid}: {source.decision.outcome.value} -> {folder}")
     except (EvidenceError, PackError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -610,11 +692,15 @@ def _trust_anchors(
     return anchors
 
 
-def _verify(pack: Path, storage: Path | None, anchors: list[str], *, pack_only: bool = False) -> None:
+def _verify(
+    pack: Path, storage: Path | None, anchors: list[str], *, pack_only: bool = False, retention: Path | None = None
+) -> None:
     from .evidence.pack import PackError, verify_pack
 
     try:
-        result = verify_pack(pack, storage_root=storage, trusted=anchors, check_instances=not pack_only)
+        result = verify_pack(
+            pack, storage_root=storage, trusted=anchors, check_instances=not pack_only, retention_root=retention
+        )
     except PackError as exc:
         print(f"FAIL {exc}")
         raise typer.Exit(1) from None
@@ -628,6 +714,7 @@ def _verify(pack: Path, storage: Path | None, anchors: list[str], *, pack_only: 
     if result.ok:
         instances = (
             f"{len(manifest.get('cited_instances', []))} cited instances intact"
+            + (f" ({len(result.header_only)} of them header-only after pixel retention)" if result.header_only else "")
             if result.instances_checked
             else "the stored instances were NOT checked (pack-only)"
         )
@@ -656,9 +743,117 @@ def db_upgrade(data: DataOption = None, database_url: UrlOption = None) -> None:
     print(f"index at the newest schema: {make_engine(settings.url).url.render_as_string(hide_password=True)}")
 
 
+storage_app = typer.Typer(
+    help="Storage that lasts: pixel retention, quarantine expiry, bytes by state.", no_args_is_help=True
+)
+app.add_typer(storage_app, name="storage")
+
+
+def _storage_index(data: Path | None, database_url: str | None):
+    """Settings and the engine of the existing index, at the newest schema."""
+    from .store.engine import upgrade
+
+    settings = _index_settings(data, database_url)
+    engine = _existing_index(settings)
+    upgrade(engine)
+    return settings, engine
+
+
+@storage_app.command("prune")
+def storage_prune(
+    data: DataOption = None,
+    database_url: UrlOption = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Remove the pixel data of studies decided longer ago than this (e.g. 0s, 12h, 30d); "
+            "default: the pixel_retention setting.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Apply pixel retention and quarantine expiry now (what `serve` does every hour).
+
+    Instances of studies decided longer ago than the retention become header-only copies (the
+    thumbnail instances of a pack are kept whole); a signed retention record in DATA/retention says
+    what was removed. Quarantined inputs older than quarantine_retention are deleted.
+    """
+    from .config import parse_duration_allowing_zero
+    from .evidence.keys import KeyError_
+    from .evidence.retention import prune
+    from .evidence.service import site_key
+    from .store.retention import human_bytes
+
+    seconds = None
+    if older_than is not None:
+        try:
+            seconds = parse_duration_allowing_zero(older_than)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--older-than") from None
+    settings, engine = _storage_index(data, database_url)
+    try:
+        key = site_key(settings.data / "keys")
+    except KeyError_ as exc:
+        raise _fail(str(exc)) from None
+    report = prune(
+        settings,
+        engine,
+        key,
+        older_than=seconds if older_than is not None else settings.pixel_retention_seconds,
+        quarantine_older_than=settings.quarantine_retention_seconds,
+        node=settings.node_name or "cli",
+    )
+    if report.skipped:
+        raise _fail(report.skipped)
+    for problem in report.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print(
+        f"{report.studies} studies: {report.header_only} instances now header-only, "
+        f"{report.thumbnails_kept} thumbnail instances kept whole, {report.kept_whole} kept as received; "
+        f"{report.quarantine_deleted} quarantined inputs deleted; "
+        f"{human_bytes(report.bytes_freed + report.quarantine_bytes_freed)} freed"
+    )
+    for record in report.records:
+        print(f"retention record: {record}")
+
+
+@storage_app.command("status")
+def storage_status_command(data: DataOption = None, database_url: UrlOption = None) -> None:
+    """Print the bytes by state (full, header-only, quarantine, evidence, retention records) and the free space."""
+    import datetime as dt
+
+    from .evidence.retention import storage_status
+    from .store.retention import human_bytes
+
+    settings, engine = _storage_index(data, database_url)
+    status = storage_status(settings, engine, settings.min_free_space_budget)
+    for state, count in status.bytes_by_state.items():
+        print(f"{state:<12} {count:>16,d} bytes  {human_bytes(count)}")
+    if status.free is not None and status.total is not None:
+        print(f"{'free':<12} {status.free:>16,d} bytes  {human_bytes(status.free)} of {human_bytes(status.total)}")
+        wanted = (
+            f"{human_bytes(status.min_free)} (min_free_space {settings.min_free_space})" if status.min_free else "off"
+        )
+        print(
+            f"{'min free':<12} {wanted}"
+            + ("  BELOW: new instances are refused (0xA700)" if status.below_min_free else "")
+        )
+    if status.oldest_unpruned is not None:
+        age = dt.datetime.now(dt.UTC) - status.oldest_unpruned
+        print(
+            f"oldest study decided and not pruned yet: {age.days} d {age.seconds // 3600} h ago "
+            f"(pixel_retention {settings.pixel_retention})"
+        )
+
+
 @app.command()
 def rules() -> None:
     """List every rule id with what it means (the rule set of this version)."""
+    from rich.console import Console
+
+    from .rules import RULES, RULES_VERSION
+
     console = Console()
     console.print(f"rules version {RULES_VERSION}", style="bold")
     for rule_id, text in RULES.items():
@@ -668,6 +863,8 @@ def rules() -> None:
 @app.command()
 def version() -> None:
     """Print the dicomcheck and rules versions."""
+    from .rules import RULES_VERSION
+
     print(f"dicomcheck {__version__} (rules {RULES_VERSION})")
 
 

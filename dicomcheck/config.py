@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1-16 characters
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_SENDER_PART = r"[\x20-\x25\x27-\x5b\x5d\x5f-\x7b\x7d]"  # printable, no HL7 separator |^~\\&
+_SENDER = re.compile(rf"^{_SENDER_PART}{{0,64}}(\^{_SENDER_PART}{{1,64}})?$")
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,10 @@ class Settings(BaseSettings):
     )
     processes: Annotated[int, Flag("--processes")] = Field(
         1,
-        ge=1,
+        ge=0,
         le=64,
-        description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each).",
+        description="DICOM receiver processes behind the one port (pynetdicom is bound to one core each); 0 = one "
+        "per core available; 1 = in the serving process (measured fastest on 2 cores, bench/README.md).",
     )
     max_inflated_size: int = Field(
         1 << 30,
@@ -151,6 +154,15 @@ class Settings(BaseSettings):
         description="Open HTTP connections at most; beyond it new connections wait or are refused, so the API never "
         "starves the DICOM receiver of file descriptors.",
     )
+    http_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="HTTP worker processes of the lookup API, sharing its port. 0: one per CPU core on PostgreSQL, "
+        "one on SQLite (every lookup writes its audit event, and SQLite serialises writers across processes by "
+        "sleeping). The DICOM receiver and the settle loop stay in the main process; every worker applies the HTTP "
+        "limits, http_max_connections shared out among them.",
+    )
     auditor_full_pack: bool = Field(
         False, description="Serve auditor tokens the full evidence pack; by default they get the PHI-minimal pack."
     )
@@ -159,6 +171,67 @@ class Settings(BaseSettings):
     )
     scp: Annotated[bool, Flag("--scp")] = Field(
         True, description="Run the DICOM receiver (`--no-scp`: the HTTP API only, on a shared index)."
+    )
+    pixel_retention: Annotated[str, Flag("--pixel-retention")] = Field(
+        "30d",
+        description="How long after a study's current decision its instances keep their pixel data; then each is "
+        "replaced by a header-only copy (every other element byte-exact; the instances a pack shows as thumbnails "
+        "are kept whole) and a signed retention record says what was removed. A duration (`90s`, `12h`, `30d`, "
+        "`2w`); `0` or `off` keeps every pixel.",
+    )
+    quarantine_retention: Annotated[str, Flag("--quarantine-retention")] = Field(
+        "90d",
+        description="How long a quarantined input is kept before it is deleted (its index row stays, marked "
+        "expired). A duration; `0` or `off` keeps them all.",
+    )
+    min_free_space: Annotated[str, Flag("--min-free-space")] = Field(
+        "5%",
+        description="Free space the storage volume keeps: below it new instances are refused with 0xA700 (before the "
+        "disk is full), /healthz says degraded, and retention and quarantine expiry run at once. A share of the "
+        "volume (`5%`) or a size (`2GiB`, `500MB`); `0` turns the check off.",
+    )
+    hl7_port: Annotated[int | None, Flag("--hl7-port")] = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="TCP port of the HL7 v2 MLLP listener for radiology reports (ORU^R01); not set: no listener.",
+    )
+    hl7_allow_senders: Annotated[list[str], Flag("--hl7-allow-sender")] = Field(
+        default_factory=list,
+        description="Sending applications / facilities allowed to send reports: `APP` (MSH-3), `APP^FACILITY` "
+        "(MSH-3 and MSH-4) or `^FACILITY`; others are answered AR. Empty accepts all (with a warning).",
+    )
+    hl7_max_message: int = Field(
+        2 << 20,
+        ge=1024,
+        description="Largest HL7 message in bytes (between the MLLP start and end bytes); a larger one is answered "
+        "AR and its connection closed.",
+    )
+    hl7_idle_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds an MLLP connection may take to send its next complete message (idle or trickling) "
+        "before it is closed.",
+    )
+    hl7_max_connections: int = Field(
+        16, ge=1, le=1000, description="Open MLLP connections at most; one more is closed at once."
+    )
+    report_wait: Annotated[str, Flag("--report-wait")] = Field(
+        "7d",
+        description="How long after a study supporting 76376 / 76377 is decided a final report may take before "
+        "`report_missing` is raised. A duration (`0` at once, `12h`, `7d`); `off` never raises it.",
+    )
+    made_later_days: Annotated[int, Flag("--made-later-days")] = Field(
+        1,
+        ge=0,
+        le=3650,
+        description="3D series dated more than this many days after their Study Date are flagged `3d_made_later` "
+        "(the outcome is unchanged; the evidence names the dates).",
+    )
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Site secret keying the session id hash (issue 13); receivers sharing an index must share it. "
+        "Without it the id is pseudonymous only.",
     )
 
     @field_validator("ae_title")
@@ -195,6 +268,34 @@ class Settings(BaseSettings):
             raise ValueError(f"not UIDs: {bad}")
         return value
 
+    @field_validator("pixel_retention", "quarantine_retention")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # raises ValueError with the reason
+        return value.strip()
+
+    @field_validator("report_wait")
+    @classmethod
+    def _report_wait(cls, value: str) -> str:
+        if value.strip().lower() not in ("off", "never"):
+            parse_duration_allowing_zero(value)  # raises ValueError with the reason
+        return value.strip()
+
+    @field_validator("hl7_allow_senders")
+    @classmethod
+    def _senders(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in value if v.strip()]
+        bad = [v for v in cleaned if not _SENDER.match(v)]
+        if bad:
+            raise ValueError(f"not APP, APP^FACILITY or ^FACILITY: {bad}")
+        return cleaned
+
+    @field_validator("min_free_space")
+    @classmethod
+    def _free_space(cls, value: str) -> str:
+        parse_free_space(value)  # raises ValueError with the reason
+        return value.strip()
+
     @model_validator(mode="after")
     def _tls(self) -> Settings:
         if not (self.api or self.scp):
@@ -204,6 +305,11 @@ class Settings(BaseSettings):
         if self.tls_require_client_cert and not self.tls_ca:
             raise ValueError("tls_require_client_cert needs tls_ca to verify clients")
         return self
+
+    @property
+    def session_hash_key(self) -> bytes:
+        """``session_secret`` as the key of the session id hash (empty: none)."""
+        return self.session_secret.get_secret_value().encode("utf-8") if self.session_secret else b""
 
     @property
     def storage_dir(self) -> Path:
@@ -220,6 +326,81 @@ class Settings(BaseSettings):
     @property
     def settle_every(self) -> float:
         return self.settle_interval or min(5.0, max(0.2, self.stable_after / 4))
+
+    @property
+    def pixel_retention_seconds(self) -> float | None:
+        """``pixel_retention`` in seconds; None when pixels are kept for ever."""
+        return parse_duration(self.pixel_retention)
+
+    @property
+    def min_free_space_budget(self) -> tuple[float, int] | None:
+        """``min_free_space`` as ``(share of the volume, bytes)``; None when there is no budget."""
+        return parse_free_space(self.min_free_space)
+
+    @property
+    def report_wait_seconds(self) -> float | None:
+        """``report_wait`` in seconds; None when ``report_missing`` is never raised."""
+        if self.report_wait.lower() in ("off", "never"):
+            return None
+        return parse_duration_allowing_zero(self.report_wait)
+
+    @property
+    def quarantine_retention_seconds(self) -> float | None:
+        """``quarantine_retention`` in seconds; None when quarantined inputs are kept for ever."""
+        return parse_duration(self.quarantine_retention)
+
+
+_DURATION = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)?\s*$"
+)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtp])(i?))?b?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of a duration setting (``90s``, ``15m``, ``12h``, ``30d``, ``2w``; a bare number is seconds);
+    None for ``off`` or ``0`` (no limit). ValueError names what is wrong."""
+    value = str(text).strip().lower()
+    if value in ("off", "none", "never"):
+        return None
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (a number and s, m, h, d or w, e.g. 30d; or off)")
+    seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s")[0]]
+    return seconds or None
+
+
+def parse_duration_allowing_zero(text: str) -> float:
+    """Seconds of a duration where ``0`` means now (``storage prune --older-than 0s``), not off."""
+    value = str(text).strip().lower()
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (a number and s, m, h, d or w, e.g. 30d)")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s")[0]]
+
+
+def parse_free_space(text: str) -> tuple[float, int] | None:
+    """``min_free_space`` as ``(share of the volume, bytes)``, one of them 0; None for ``0`` / ``off``.
+
+    ``5%`` is a share; ``2GiB`` (powers of 1024 with ``i``), ``500MB`` / ``500M`` (powers of 1000) and a bare
+    number of bytes are sizes."""
+    value = str(text).strip()
+    if value.lower() in ("off", "none"):
+        return None
+    if value.endswith("%"):
+        try:
+            share = float(value[:-1])
+        except ValueError:
+            raise ValueError(f"{text!r} is not a share of the volume (e.g. 5%)") from None
+        if not 0 <= share < 100:
+            raise ValueError(f"{text!r}: a share of the volume is from 0% to below 100%")
+        return (share / 100, 0) if share else None
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"{text!r} is not a free-space size (e.g. 5%, 2GiB, 500MB, or 0)")
+    prefix, binary = (match.group(2) or "").lower(), match.group(3)
+    size = int(float(match.group(1)) * (1024 if binary else 1000) ** (" kmgtp".index(prefix) if prefix else 0))
+    return (0.0, size) if size else None
 
 
 def flag_of(field: str) -> Flag | None:

@@ -182,11 +182,13 @@ class DeviceRole(StrEnum):
 
 
 class TokenRole(StrEnum):
-    """What an API token may do: read, administer, or audit a scope of studies."""
+    """What an API token may do: read, administer, audit a scope of studies, or send reports."""
 
     READER = "reader"
     ADMIN = "admin"
     AUDITOR = "auditor"
+    REPORTER = "reporter"
+    """Sends radiology reports (``POST /studies/{uid}/report``) and nothing else."""
 
 
 class StudyStatus(StrEnum):

@@ -52,9 +52,9 @@ REJECTIONS: tuple[tuple[str, int, int, int, str], ...] = (
 STATUS_MEANING: dict[StoreStatus, tuple[str, str]] = {
     StoreStatus.SUCCESS: (
         "Success",
-        "The file is on disk (fsynced, renamed into place, directory fsynced) and indexed. Also "
-        "answered for an identical re-send (recorded as a duplicate receipt, stored once) and for "
-        "changed content under a known SOP Instance UID (kept as a new version).",
+        "The file is on disk (fsynced, renamed into place, directory fsynced) with its journal entry; its "
+        "index rows follow within moments. Also answered for an identical re-send (recorded as a duplicate "
+        "receipt, stored once) and for changed content under a known SOP Instance UID (kept as a new version).",
     ),
     StoreStatus.SOP_CLASS_NOT_SUPPORTED: (
         "Refused: SOP Class not supported",
@@ -64,7 +64,8 @@ STATUS_MEANING: dict[StoreStatus, tuple[str, str]] = {
     ),
     StoreStatus.OUT_OF_RESOURCES: (
         "Refused: Out of Resources",
-        "Storage full or failing, or the index unavailable. Nothing was answered success; the sender may retry later.",
+        "Storage full or failing, the storage volume below `min_free_space`, or the index unavailable. Nothing was "
+        "answered success; the sender may retry later.",
     ),
     StoreStatus.CANNOT_UNDERSTAND: (
         "Error: Cannot understand",
@@ -149,6 +150,26 @@ LIMITS: tuple[tuple[str, str | None, str], ...] = (
         "over 256 MB of header values: `0xA700`",
     ),
     (
+        "Free space kept on the storage volume (share of the volume or a size; `statvfs` checked at most once a second "
+        "before each instance is stored)",
+        "min_free_space",
+        "`0xA700` Out of Resources (retryable), Error Comment `storage below min_free_space`; logged once per "
+        "transition, `/healthz` degraded, metric `dicomcheck_storage_below_min_free_space`; retention and quarantine "
+        "expiry run at once",
+    ),
+    (
+        "Pixel data kept after a study's current decision: then each instance becomes a header-only copy (every other "
+        "element byte-exact; the thumbnail instances of a pack kept whole; a Deflated data set kept whole), listed in "
+        "a signed retention record; the index keeps the original SHA-256 and size",
+        "pixel_retention",
+        "nothing is refused: space is freed by the hourly retention pass or `dicomcheck storage prune`",
+    ),
+    (
+        "Quarantined inputs kept",
+        "quarantine_retention",
+        "deleted by the retention pass; the index row stays, marked expired, and a signed record lists them",
+    ),
+    (
         "HTTP: a connection idle, or sending a request's headers or body, for longer than",
         "http_idle_timeout",
         "the connection is closed",
@@ -164,6 +185,26 @@ LIMITS: tuple[tuple[str, str | None, str], ...] = (
         "http_max_connections",
         "further connections wait; the DICOM receiver keeps its file descriptors",
     ),
+    (
+        "HL7 MLLP: message size (between the start byte and the end bytes; a 1 MB report passes)",
+        "hl7_max_message",
+        "ACK `AR` (message larger than ...), connection closed; nothing stored",
+    ),
+    (
+        "HL7 MLLP: time a connection may take to send its next complete message (idle or trickling)",
+        "hl7_idle_timeout",
+        "the connection is closed; a message cut short is not stored (never acknowledged)",
+    ),
+    ("HL7 MLLP: open connections", "hl7_max_connections", "one more is closed at once"),
+)
+
+HL7_FIELDS = (
+    "hl7_port",
+    "hl7_allow_senders",
+    "hl7_max_message",
+    "hl7_idle_timeout",
+    "hl7_max_connections",
+    "report_wait",
 )
 
 
@@ -174,7 +215,7 @@ def _name(uid: str) -> str:
 
 def _check_fields() -> None:
     """Every setting the statement names is a Settings field: a renamed one fails here instead of vanishing."""
-    named = [*NETWORK_FIELDS, *(field for _, field, _ in LIMITS if field)]
+    named = [*NETWORK_FIELDS, *HL7_FIELDS, *(field for _, field, _ in LIMITS if field)]
     missing = [field for field in named if field not in Settings.model_fields]
     if missing:
         raise RuntimeError(f"scp.conformance: not Settings fields: {missing}")
@@ -319,10 +360,13 @@ def statement(settings: Settings | None = None) -> str:
     add(
         "- **Durable before success.** Success is answered only after the file is fsynced, renamed into "
         "`storage/<h(study)>/<h(series)>/<h(instance)>.<sha256>.dcm` (each `h` the first 32 hex digits of the SHA-256 "
-        "of the UID: no received value ever names a file or folder; the UIDs are kept in the index), its directory "
-        "fsynced, and the instance indexed. A failure of any of these is answered with a failure status, never "
-        "success. A commit record written before the rename lets the next start index a file whose receiver was "
-        "killed between the rename and the index."
+        "of the UID: no received value ever names a file or folder; the UIDs are kept in the index) and its "
+        "directory fsynced, with a journal entry beside it (created before the rename, made durable by the same "
+        "fsync). A failure of any of these is answered with a failure status, never success. The index rows are "
+        "written right after the answer, in batches; a study is never decided while an instance of it that was "
+        "answered is not yet indexed (by any receiver sharing the storage folder), an A-RELEASE-RP is sent only "
+        "once the association's instances are indexed, and the journal lets the next start index what a receiver "
+        "killed (or cut off by a power failure) had answered or renamed but not indexed."
     )
     add(
         "- **Duplicates and versions.** An identical re-send is answered Success and recorded as a duplicate receipt "
@@ -405,6 +449,41 @@ def statement(settings: Settings | None = None) -> str:
         "Data sets are stored byte for byte, whatever their Specific Character Set (0008,0005). For the index, "
         "header values are decoded by pydicom according to (0008,0005)."
     )
+    add("")
+
+    add("## 9. HL7 v2 reports (MLLP)")
+    add("")
+    add(
+        "With `hl7_port` set, `serve` also listens for radiology reports as HL7 v2 ORU^R01 messages over MLLP (the "
+        "framing of HL7 v2 Appendix C; python-hl7's asyncio MLLP server). Each message is answered with an original "
+        "mode ACK: `AA` once the report and its audit event are committed to the index (a resend of a stored "
+        "message, same sender, control ID and text, is `AA` without a second copy); `AE` with the reason in MSA-3 "
+        "and ERR for a message that cannot be used (not ORU^R01, no MSH or an unparseable segment, no OBX text of "
+        "type TX / FT / ST, no patient ID, no study identifier, undecodable bytes, an identifier over 64 "
+        "characters, a study of another patient); `AR` for a refused one (sending application / facility not in "
+        "`hl7_allow_senders`, a message over `hl7_max_message`, a block without the start byte 0x0B, an index that "
+        "cannot store it now). A block cut off by a new start byte is dropped and the whole message after it "
+        "answered."
+    )
+    add("")
+    add(
+        "Read: Study Instance UID from ZDS-1 (IHE RAD), else the accession number from OBR-18, OBR-3 or ORC-3, "
+        "matched within the patient ID of PID-3 component 1; report text from the OBX segments of value type TX, FT "
+        "and ST (escape sequences decoded, FT formatting commands as line breaks); status from OBR-25 (P, F, C: a "
+        "corrected report replaces the final one, every version kept); radiologist from OBR-32; report time from "
+        "OBR-22 or OBX-14 (a time without offset is taken as UTC). Character sets (MSH-18): ASCII, 8859/1 to 8859/9 "
+        "and 8859/15, UNICODE UTF-8; without MSH-18 ASCII, and UTF-8 is accepted. Logs carry the message control ID, "
+        "the sender and UIDs, never report text or patient data; every message writes an audit event."
+    )
+    add("")
+    add(
+        "Reports also arrive as DICOM text SR (Basic Text, Enhanced and Comprehensive SR) over C-STORE: stored like "
+        "any instance, and read into the reports (TEXT content items; status F when COMPLETE and VERIFIED, C with a "
+        "predecessor document, else P) when the study's report is looked at. dicomcheck's own evidence SR is "
+        "recognised and ignored."
+    )
+    add("")
+    add(settings_table_markdown(HL7_FIELDS))
     return "\n".join(out) + "\n"
 
 

@@ -80,6 +80,41 @@ def run_cli(*args: str | Path, check: bool = False) -> subprocess.CompletedProce
     return proc
 
 
+@pytest.fixture(scope="session")
+def upgraded_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder whose index is made as a user makes one (`dicomcheck db upgrade`), empty, once per
+    session: the token CLI tests share it, each with token names of its own."""
+    data = tmp_path_factory.mktemp("upgraded-index") / "data"
+    run_cli("db", "upgrade", "--data", data, check=True)
+    return data
+
+
+def imported_modules(importtime_report: str) -> set[str]:
+    """Every module named in the stderr of a ``python -X importtime`` run."""
+    return {
+        line.rsplit("|", 1)[1].strip() for line in importtime_report.splitlines() if line.startswith("import time:")
+    }
+
+
+@pytest.fixture(scope="session")
+def conformance_generator() -> subprocess.CompletedProcess[str]:
+    """`python -m scp.conformance` (how docs/conformance.md is regenerated), run once per session with no
+    DICOMCHECK_* settings; ``-X importtime`` names on stderr every module it imported."""
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "scp.conformance"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
+
+
+def errors_of(importtime_report: str) -> str:
+    """The stderr of a ``-X importtime`` run without its import lines (what went wrong, if anything)."""
+    return "\n".join(line for line in importtime_report.splitlines() if not line.startswith("import time:"))[-3000:]
+
+
 def analyze_json(*args: str | Path) -> dict:
     proc = run_cli("analyze", "--format", "json", *args)
     assert proc.returncode in (0, 2), proc.stderr
@@ -92,6 +127,19 @@ def receiver_factory(tmp_path: Path):
 
     def start(n: int, *extra: str, data: Path | None = None, **kwargs):
         return start_receiver(data or tmp_path / f"data{n}", *extra, **kwargs)
+
+    with stopped_at_end(start) as factory:
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def module_receiver_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Like ``receiver_factory``, for a receiver the tests of one module share (each leaves it as it found
+    it: no test may depend on another having run); stopped after the module's last test."""
+    folder = tmp_path_factory.mktemp("module-receivers")
+
+    def start(n: int, *extra: str, data: Path | None = None, **kwargs):
+        return start_receiver(data or folder / f"data{n}", *extra, **kwargs)
 
     with stopped_at_end(start) as factory:
         yield factory
@@ -124,14 +172,27 @@ def drop_postgres_schema(name: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.peer)])
-def index_url(request: pytest.FixtureRequest, tmp_path: Path):
-    """The index database, once on SQLite (embedded default) and once on PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'index.sqlite3'}"
+INDEX_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.peer)]
+
+
+def _index_url(backend: str, folder: Path):
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'index.sqlite3'}"
         return
     import uuid
 
     name = f"dc_test_{uuid.uuid4().hex[:12]}"
     yield postgres_schema_url(name)
     drop_postgres_schema(name)
+
+
+@pytest.fixture(params=INDEX_BACKENDS)
+def index_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """The index database, once on SQLite (embedded default) and once on PostgreSQL."""
+    yield from _index_url(request.param, tmp_path)
+
+
+@pytest.fixture(scope="module", params=INDEX_BACKENDS)
+def module_index_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """``index_url`` for an index the tests of one module share (read-only tests)."""
+    yield from _index_url(request.param, tmp_path_factory.mktemp("module-index"))

@@ -35,6 +35,12 @@ def serve(receiver_factory, **settings: str):
     return server, http_port
 
 
+@pytest.fixture(scope="module")
+def default_api(module_receiver_factory):
+    """One `dicomcheck serve` with the default HTTP settings, shared by the tests that need no others."""
+    return serve(module_receiver_factory)
+
+
 def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -89,8 +95,8 @@ def test_idle_and_stalled_connections_are_closed(receiver_factory):
         sock.close()
 
 
-def test_a_large_body_gets_413_before_it_is_read(receiver_factory):
-    _, port = serve(receiver_factory)
+def test_a_large_body_gets_413_before_it_is_read(default_api):
+    _, port = default_api
     # 200 MB announced, no token, no byte of the body sent: answered at once from Content-Length
     sock = connect(port)
     sock.sendall(
@@ -123,8 +129,8 @@ def test_a_large_body_gets_413_before_it_is_read(receiver_factory):
     assert httpx.post(f"http://127.0.0.1:{port}/studies/search", json={"limit": 5}, timeout=30).status_code == 401
 
 
-def test_oversized_headers_get_431(receiver_factory):
-    _, port = serve(receiver_factory)
+def test_oversized_headers_get_431(default_api):
+    _, port = default_api
     sock = connect(port)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
     assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
@@ -170,8 +176,8 @@ def test_a_c_store_succeeds_with_260_idle_http_connections_open(receiver_factory
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200, timeout=60)
 
 
-def test_patient_ids_are_redacted_from_the_access_log_however_encoded(receiver_factory):
-    server, port = serve(receiver_factory)
+def test_patient_ids_are_redacted_from_the_access_log_however_encoded(default_api):
+    server, port = default_api
     for n, name in enumerate(
         ["patient_id", "patient%5Fid", "patient%5fid", "PATIENT_ID", "%70atient_id", "patient_%69d"]
     ):

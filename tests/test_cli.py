@@ -1,8 +1,15 @@
-"""The analyze command as a user runs it: inputs, formats, exit statuses, errors."""
+"""The analyze command as a user runs it: inputs, formats, exit statuses, errors.
+
+Exit statuses, error lines, the terminal view and one JSON document come from the real process
+(``run_cli``); the other JSON documents from the same command run in this process (``analyze_document``):
+what those tests check is the analysis of their inputs, not the process around it.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,10 +18,22 @@ import pytest
 from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, imported_modules, run_cli
 from .dicomfiles import write_ct
 
 SCHEMA = json.loads((ROOT / "dicomcheck/schema/analysis.schema.json").read_text())
+
+
+def analyze_document(*args: str | Path) -> dict:
+    """The JSON document of `dicomcheck analyze --format json ARGS` (exit status 0), the command run in
+    this process by typer's test runner: the command's own code, without an interpreter start."""
+    from typer.testing import CliRunner
+
+    from dicomcheck import cli
+
+    result = CliRunner().invoke(cli.app, ["analyze", "--format", "json", *map(str, args)])
+    assert result.exit_code == 0, (result.exit_code, result.output[-2000:], result.exception)
+    return json.loads(result.stdout)
 
 
 @pytest.fixture()
@@ -67,9 +86,7 @@ def test_errors_never_stop_the_run(study_dir: Path, tmp_path: Path):
     junk.write_bytes(b"this is not dicom at all" * 20)
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(next(study_dir.rglob("*.dcm")).read_bytes()[:200])
-    document = json.loads(
-        run_cli("analyze", "--format", "json", study_dir, junk, truncated, tmp_path / "missing.dcm").stdout
-    )
+    document = analyze_document(study_dir, junk, truncated, tmp_path / "missing.dcm")
     assert len(document["studies"]) == 1
     reasons = {Path(e["path"]).name: e["reason"] for e in document["errors"]}
     assert set(reasons) == {"junk.dcm", "truncated.dcm", "missing.dcm"}
@@ -102,7 +119,7 @@ def test_registry_changes_the_decision(study_dir: Path, tmp_path: Path):
     devices.write_text(
         '[[device]]\nstation_name = "CT54023"\nrole = "independent_workstation"\nnote = "console re-used as 3D lab"\n'
     )
-    document = json.loads(run_cli("analyze", "--format", "json", "--devices", devices, study_dir, check=True).stdout)
+    document = analyze_document("--devices", devices, study_dir)
     study = document["studies"][0]
     assert study["outcome"] == "supports_76377"
     assert document["devices"] == str(devices)
@@ -116,7 +133,7 @@ def test_zip_archive(study_dir: Path, tmp_path: Path):
         for path in study_dir.rglob("*.dcm"):
             zf.write(path, path.relative_to(study_dir).as_posix())
         zf.writestr("README.txt", "not DICOM")
-    document = json.loads(run_cli("analyze", "--format", "json", archive, check=True).stdout)
+    document = analyze_document(archive)
     assert document["studies"][0]["instances"] == 5 and document["errors"] == []
 
 
@@ -128,20 +145,20 @@ def test_dicomdir_media(study_dir: Path, tmp_path: Path):
         fileset.add(dcmread(path))
     media = tmp_path / "media"
     fileset.write(media)
-    document = json.loads(run_cli("analyze", "--format", "json", media / "DICOMDIR", check=True).stdout)
+    document = analyze_document(media / "DICOMDIR")
     assert document["studies"][0]["instances"] == 5 and document["errors"] == []
     # the same medium walked as a folder: the DICOMDIR index is not an instance, nor an error
-    document = json.loads(run_cli("analyze", "--format", "json", media, check=True).stdout)
+    document = analyze_document(media)
     assert document["studies"][0]["instances"] == 5 and document["errors"] == []
 
 
 def test_duplicate_inputs_count_once(study_dir: Path):
-    document = json.loads(run_cli("analyze", "--format", "json", study_dir, study_dir, check=True).stdout)
+    document = analyze_document(study_dir, study_dir)
     assert document["studies"][0]["instances"] == 5
 
 
 def test_parallel_reading_gives_the_same_answer(study_dir: Path):
-    one = json.loads(run_cli("analyze", "--format", "json", "--workers", "1", study_dir, check=True).stdout)
+    one = analyze_document("--workers", "1", study_dir)
     from dicomcheck import sources
 
     assert sources.PARALLEL_THRESHOLD > 5  # small inputs are read in-process; force the pool below
@@ -166,3 +183,32 @@ def test_rules_and_version_commands():
     assert "outcome.independent_workstation" in proc.stdout and "rules version" in proc.stdout
     assert "dicomcheck" in run_cli("version", check=True).stdout
     assert run_cli("--help", check=True).stdout.count("analyze") >= 1
+
+
+HEAVY = ("pydicom", "pynetdicom", "fastapi", "sqlmodel", "sqlalchemy")
+"""What `--version` and every `--help` must not load: each command imports what it needs when it runs."""
+
+
+def test_version_and_help_load_no_dicom_network_web_or_database_library():
+    version = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dicomcheck.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert version.returncode == 0 and version.stdout.startswith("dicomcheck "), version.stderr[-2000:]
+    loaded = {name.split(".")[0] for name in imported_modules(version.stderr)}
+    assert {"typer", "dicomcheck"} <= loaded, "the import report was not read"  # the check below means something
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    commands = [["--help"], ["analyze", "--help"], ["serve", "--help"], ["token", "create", "--help"]]
+    commands += [["evidence", "--help"], ["storage", "prune", "--help"], ["db", "upgrade", "--help"]]
+    code = (
+        "import sys\nfrom dicomcheck import cli\n"
+        f"for args in {commands!r}:\n"
+        "    try:\n        cli.main(args)\n"
+        "    except SystemExit as exit:\n        assert exit.code == 0, (args, exit.code)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    helps = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert helps.returncode == 0, helps.stderr[-2000:]
+    assert "Usage:" in helps.stdout and helps.stdout.splitlines()[-1] == "[]", helps.stdout[-2000:]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 from pydicom import uid
 from pynetdicom import AE
 from pynetdicom.sop_class import (
@@ -20,6 +19,8 @@ from pynetdicom.sop_class import (
     Verification,
     VolumeRenderingVolumetricPresentationStateStorage,
 )
+
+from .conftest import errors_of
 
 ROOT = Path(__file__).resolve().parents[1]
 STATEMENT = ROOT / "docs" / "conformance.md"
@@ -58,16 +59,9 @@ def listed() -> tuple[set[str], set[str], str]:
     return storage, syntaxes, text
 
 
-def test_committed_statement_is_the_generators_output():
-    proc = subprocess.run(
-        [sys.executable, "-m", "scp.conformance"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )  # no DICOMCHECK_* settings
-    assert proc.returncode == 0, proc.stderr
+def test_committed_statement_is_the_generators_output(conformance_generator):
+    proc = conformance_generator  # `python -m scp.conformance`, no DICOMCHECK_* settings
+    assert proc.returncode == 0, errors_of(proc.stderr)
     assert proc.stdout == STATEMENT.read_text(encoding="utf-8"), (
         "docs/conformance.md is stale: run `python -m scp.conformance > docs/conformance.md` and commit it"
     )
@@ -85,9 +79,15 @@ def test_statement_lists_exactly_the_contexts_the_ae_supports():
     assert all(set(cx.transfer_syntax) == set(ACCEPTED) for cx in contexts if cx.abstract_syntax != Verification)
 
 
-def test_every_context_accepted_over_a_real_association_is_listed(receiver_factory):
+@pytest.fixture(scope="module")
+def receiver(module_receiver_factory):
+    """`dicomcheck serve` with the default settings but an allow-list, shared by this module's association tests."""
+    return module_receiver_factory("--allow-caller", "CONFORMANCE")
+
+
+def test_every_context_accepted_over_a_real_association_is_listed(receiver):
     storage, syntaxes, _ = listed()
-    server = receiver_factory("--allow-caller", "CONFORMANCE")
+    server = receiver
     ae = AE(ae_title="CONFORMANCE")
     for sop_class in SOP_CLASSES:
         for syntax in TRANSFER_SYNTAXES:  # one context per (SOP class, transfer syntax): 64 of at most 128
@@ -121,9 +121,9 @@ def _reject_reason(port: int, calling: str, called: str, keep: list) -> tuple[in
     return primitive.result, primitive.result_source, primitive.diagnostic
 
 
-def test_association_rejections_carry_the_listed_reasons(receiver_factory):
+def test_association_rejections_carry_the_listed_reasons(receiver, receiver_factory):
     _, _, text = listed()
-    server = receiver_factory("--allow-caller", "CONFORMANCE")
+    server = receiver
     limited = receiver_factory("--allow-caller", "CONFORMANCE", "--max-associations", "2")
     open_associations: list = []
     try:

@@ -96,16 +96,21 @@ class Served:
                 self.proc.wait()
 
 
-@pytest.fixture()
-def served(tmp_path):
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``served(n)``: the running ``serve --processes n`` of this module, started at the first call (one
+    start for the module's tests); a test that stops it leaves the next one a new one."""
     started: list[Served] = []
 
-    def factory(processes: int) -> Served:
-        server = Served(tmp_path / f"data{len(started)}", processes)
+    def running(processes: int) -> Served:
+        for server in started:
+            if server.processes == processes and server.proc.poll() is None:
+                return server
+        server = Served(tmp_path_factory.mktemp("served") / "data", processes)
         started.append(server)
         return server
 
-    yield factory
+    yield running
     for server in started:
         server.stop()
 
@@ -121,14 +126,10 @@ def associate(server: Served):
 
 def test_concurrent_associations_go_to_different_processes_and_the_study_is_decided(served):
     server = served(3)
-    probe = associate(server)
-    assert probe.send_c_echo().Status == 0
-    probe.release()
-    wait_for(lambda: server.rows("SELECT status FROM association") == [("released",)])
-    time.sleep(0.2)  # the probe's process reports its association closed
+    assert server.rows("SELECT count(*) FROM association") == [(0,)]  # a new server: no process serves one yet
     study = generate_uid()
     acquisition, mip = generate_uid(), generate_uid()
-    associations = [associate(server) for _ in range(3)]  # open together: one per process
+    associations = [associate(server) for _ in range(3)]  # open together: one per process (least connections)
     try:
         for number, assoc in enumerate(associations):
             for _ in range(3):
@@ -157,17 +158,21 @@ def test_concurrent_associations_go_to_different_processes_and_the_study_is_deci
     assert server.rows("SELECT instance_count FROM study") == [(9,)]
     decision = wait_for(lambda: server.rows("SELECT outcome, instance_count FROM decision"))
     assert decision == [("supports_76376", 9)]
+    probe = associate(server)  # a later association is served too, and its end recorded
+    assert probe.send_c_echo().Status == 0
+    probe.release()
+    wait_for(lambda: server.rows("SELECT status, count(*) FROM association GROUP BY status") == [("released", 4)])
 
 
 def test_a_killed_receiver_process_is_replaced_and_shutdown_stops_all(served):
-    server = served(2)
+    server = served(3)  # the module's server (this test ends it)
     before = server.workers()
     os.kill(before[0], signal.SIGKILL)
-    wait_for(lambda: len(server.workers()) == 2 and before[0] not in server.workers(), timeout=60)
+    wait_for(lambda: len(server.workers()) == len(before) and before[0] not in server.workers(), timeout=60)
     wait_for(lambda: "exited with" in server.log())
     associations = []
     deadline = time.monotonic() + 60
-    while len(associations) < 2:  # the new process may take a moment to be ready; both must serve
+    while len(associations) < 3:  # the new process may take a moment to be ready; all must serve
         assoc = associate(server)
         assert assoc.send_c_store(ct_dataset(generate_uid(), generate_uid())).Status == 0
         associations.append(assoc)

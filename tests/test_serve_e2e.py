@@ -3,7 +3,9 @@ looks them up over HTTP. Then two receivers share one PostgreSQL index."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -147,40 +149,48 @@ def test_two_receivers_on_one_postgresql_index(receiver_factory, tmp_path):
         drop_postgres_schema(name)
 
 
-@pytest.mark.parametrize("role", ["reader", "admin"])
-def test_token_cli_create_list_revoke(tmp_path, role):
-    data = tmp_path / "data"
-    upgraded = subprocess.run(
-        [sys.executable, "-m", "dicomcheck.cli", "db", "upgrade", "--data", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+def _cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomcheck.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=60
     )
-    assert upgraded.returncode == 0, upgraded.stderr  # token commands use an index, never create one
-    secret = token(data, "ris", role)
-    assert secret.startswith("dck_") and len(secret) > 40
-    listed = subprocess.run(
-        [sys.executable, "-m", "dicomcheck.cli", "token", "list", "--data", str(data)],
-        capture_output=True,
-        text=True,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )
-    assert "ris" in listed.stdout and role in listed.stdout and secret not in listed.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "dicomcheck.cli", "token", "create", "aud", "--role", "auditor", "--data", str(data)],
-        capture_output=True,
-        text=True,
-    )
+
+
+def _token_row(listing: str, name: str) -> list[str]:
+    """The cells of token ``name``'s row in the table `dicomcheck token list` prints."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in listing.splitlines() if line.startswith("│")]
+    (row,) = [row for row in rows if row[0] == name]
+    return row
+
+
+def test_token_cli_create_list_revoke(upgraded_index):
+    data = upgraded_index  # made by `db upgrade`: token commands use an index, never create one
+    secrets = {name: token(data, name, role) for name, role in (("ris", "reader"), ("ops", "admin"))}
+    for secret in secrets.values():
+        assert secret.startswith("dck_") and len(secret) > 40
+    listed = _cli("token", "list", "--data", data, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert listed.returncode == 0, listed.stderr
+    assert _token_row(listed.stdout, "ris")[:2] == ["ris", "reader"]
+    assert _token_row(listed.stdout, "ops")[:2] == ["ops", "admin"]
+    assert not any(secret in listed.stdout for secret in secrets.values())
+    for name in secrets:
+        revoked = _cli("token", "revoke", name, "--data", data)
+        assert revoked.returncode == 0 and revoked.stdout == f"revoked {name}\n", revoked.stderr
+    again = _cli("token", "revoke", "ris", "--data", data)
+    assert again.returncode == 1 and "no active token named 'ris'" in again.stderr.replace("\n", " ")
+
+
+def test_an_auditor_token_needs_an_expiry(upgraded_index):
+    bad = _cli("token", "create", "aud", "--role", "auditor", "--data", upgraded_index)
     assert bad.returncode == 1 and "auditor token needs --expires" in bad.stderr.replace("\n", " ").replace("│", "")
-    revoked = subprocess.run(
-        [sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)],
-        capture_output=True,
-        text=True,
-    )
-    assert revoked.returncode == 0
-    again = subprocess.run(
-        [sys.executable, "-m", "dicomcheck.cli", "token", "revoke", "ris", "--data", str(data)],
-        capture_output=True,
-        text=True,
-    )
-    assert again.returncode == 1
+
+
+def test_sigterm_caught_by_any_thread_stops_serve_cleanly(receiver_factory):
+    """The kernel gives a process's SIGTERM to any of its threads: here, on purpose, not the main one.
+    `serve` must still stop at once and cleanly (before, it slept on until the service manager's SIGKILL)."""
+    server = receiver_factory("--allow-caller", "MODALITY")
+    pid = server.proc.pid
+    others = sorted(int(task.name) for task in Path(f"/proc/{pid}/task").iterdir() if int(task.name) != pid)
+    assert others, "serve runs its receiver on threads besides the main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(pid, others[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+    assert server.proc.wait(timeout=60) == 0, server.log()  # a missed signal hangs here, and fails

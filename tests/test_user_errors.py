@@ -137,9 +137,8 @@ def test_version_option_and_command():
     assert run_cli("version", check=True).stdout.startswith("dicomcheck ")
 
 
-def test_token_expiring_in_the_past_is_refused(tmp_path):
-    data = tmp_path / "data"
-    run_cli("db", "upgrade", "--data", data, check=True)
+def test_token_expiring_in_the_past_is_refused(upgraded_index):
+    data = upgraded_index  # made by `dicomcheck db upgrade`, shared: token names of this test only
     refused = run_cli(
         "token", "create", "late", "--role", "auditor", "--study", "1.2.3", "--expires", "2020-01-31", "--data", data
     )

@@ -11,9 +11,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from pathlib import Path
 
 from ..decision_record import StudyDecisionUnderPolicy
+from ..reports_in.sr import import_sr_reports
+from ..reports_in.view import report_part
 from ..store.reads import IndexReader
+from ..store.reports import Reports
+from ..store.sessions import Sessions
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 
@@ -52,6 +57,13 @@ COLUMNS = (
     "review_outcome",
     "review_stale",
     "changed_after_read",
+    "documentation",
+    "report_flags",
+    "report_status",
+    "session_id",
+    "session_verdict",
+    "session_carrier",
+    "made_later_flag",
     "evidence_link",
 )
 
@@ -65,19 +77,44 @@ def decision_rows(
     outcome: str | None,
     base_url: str,
     limit: int,
+    report_wait: float | None = None,
+    documentation: str | None = None,
+    report_flag: str | None = None,
+    storage_root: Path | None = None,
+    session_verdict: str | None = None,
 ) -> list[dict]:
-    """One row per current decision (at most ``limit`` decisions read), those of ``station`` only when given."""
+    """One row per current decision (at most ``limit`` decisions read), those of ``station`` only when given, and
+    of that report ``documentation`` verdict / ``report_flag`` when given (computed per study, issue 12)."""
     rows = []
     wanted = station.upper() if station else None
+    reports = Reports(reader.bind)
+    sessions = Sessions(reader.bind)
     for record in reader.decisions_for_export(
         decided_from=decided_from, decided_to=decided_to, outcome=outcome, limit=limit
     ):
         study, decision, review = record.study, record.decision, record.latest_review
-        series = StudyDecisionUnderPolicy.model_validate(decision.document).series
+        typed = StudyDecisionUnderPolicy.model_validate(decision.document)
+        series = typed.series
         stations = sorted({s.equipment.station_name or "" for s in series} - {""})
         if wanted and wanted not in {s.upper() for s in stations}:
             continue
+        if storage_root is not None:  # the text SRs the study received, read as reports
+            import_sr_reports(reader.bind, storage_root, study.study_instance_uid)
+        report = report_part(
+            reports.for_study(study.study_instance_uid, study.accession_number, study.patient_id),
+            decision.document,
+            decided_at=study.decided_at,
+            report_wait=report_wait,
+        )
+        if documentation and report.documentation != documentation:
+            continue
+        if report_flag and report_flag not in report.verdict.flag_names:
+            continue
         three_d = [s for s in series if s.is_3d]
+        session = sessions.of_study(study.study_instance_uid)  # sessions (issue 13)
+        if session_verdict and (session is None or session.verdict.value != session_verdict):
+            continue
+        made_later = typed.made_later
         rows.append(
             {
                 "study_instance_uid": study.study_instance_uid,
@@ -97,6 +134,13 @@ def decision_rows(
                 "review_outcome": review.outcome if review else None,
                 "review_stale": (review.stale_since is not None) if review else None,
                 "changed_after_read": record.changed_after_read,
+                "documentation": report.documentation,
+                "report_flags": _join(f.value for f in report.verdict.flag_names),
+                "report_status": report.current.report.status if report.current else None,
+                "session_id": session.session_id if session else None,
+                "session_verdict": session.verdict.value if session else None,
+                "session_carrier": session.carrier if session else None,
+                "made_later_flag": made_later.flag if made_later else None,
                 "evidence_link": f"{base_url}/studies/{study.study_instance_uid}/evidence",
             }
         )

@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..enums import DeviceRole, Origin, Outcome, SeriesKind, StudyStatus, Technique, TokenRole
+from ..reports import Documentation, ReportFlag
+from ..sessions import MadeLaterRecord, SessionRecord, Verdict
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 # text reaching the index: PostgreSQL text cannot hold NUL, so it is a 422 on every database
@@ -64,6 +66,55 @@ class ReviewOut(BaseModel):
     stale_since: dt.datetime | None
 
 
+class ReportFlagOut(BaseModel):
+    flag: str
+    reason: str
+    sentences: list[str] = Field(description="The report sentences the flag is about (none for a missing element).")
+
+
+class ReportVersionOut(BaseModel):
+    report_id: int
+    status: str
+    received: dt.datetime
+    source: str
+    text_sha256: str
+    matched_by: str
+    superseded_by: int | None
+    current: bool
+
+
+class ReportOut(BaseModel):
+    """The study's radiology report held against its decision (issue 12): the documentation verdict."""
+
+    model_config = ConfigDict(extra="allow")
+
+    documentation: Documentation
+    flags: list[ReportFlag]
+    reasons: list[ReportFlagOut]
+    notes: list[str]
+    statements: list[dict[str, Any]] = Field(
+        description="What the report states about 3D work, each with the sentence it came from."
+    )
+    status: str | None = Field(description="P, F or C of the current report; null when none matched")
+    received: dt.datetime | None
+    matched_by: str | None = Field(description="study_instance_uid or accession_number")
+    report_id: int | None
+    text_sha256: str | None
+    source: str | None = Field(description="hl7, api or sr")
+    radiologist: str | None
+    report_time: dt.datetime | None
+    history: list[ReportVersionOut]
+
+
+class ReportReceipt(BaseModel):
+    report_id: int
+    study_instance_uid: str
+    status: str
+    text_sha256: str
+    received: dt.datetime
+    matched: bool = Field(description="The study's images have been received (else the report waits for them).")
+
+
 class StudyOut(BaseModel):
     """One study as ``dicomcheck analyze --format json`` prints it, plus its index status."""
 
@@ -88,6 +139,15 @@ class StudyOut(BaseModel):
     rules_version: str | None
     changed_after_read: bool = Field(description="The decision changed since this client last read the study.")
     review: ReviewOut | None = Field(description="The latest coder review, if any.")
+    report: ReportOut = Field(description="The radiology report held against the decision (issue 12).")
+    made_later: MadeLaterRecord | None = Field(
+        None, description="3D series dated after the Study Date, and the `3d_made_later` flag (issue 13)."
+    )
+    session: SessionRecord | None = Field(
+        None,
+        description="The study's session (one patient, one day; issue 13): its verdict and every study of it, "
+        "recomputed whenever one of them is decided. None before the study's first decision.",
+    )
 
 
 class StudySummary(BaseModel):
@@ -121,6 +181,11 @@ class StudySearch(BaseModel):
     modality: str | None = Field(None, max_length=16, pattern=r"^[A-Z0-9]{1,16}$")
     received_from: dt.datetime | None = None
     received_to: dt.datetime | None = None
+    documentation: Documentation | None = Field(
+        None, description="Only studies whose report documentation verdict is this (decided studies only)."
+    )
+    report_flag: ReportFlag | None = Field(None, description="Only studies whose report raises this flag.")
+    session_verdict: Verdict | None = Field(None, description="Only studies whose session verdict is this (issue 13).")
     limit: int = Field(50, ge=1, le=500)
     cursor: str | None = Field(
         None, max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page"

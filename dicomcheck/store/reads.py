@@ -12,10 +12,12 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, case, exists, func, or_, select, text
 from sqlmodel import Session, col
 
+from ..enums import Outcome
 from .access import Access
 from .records import (
     DecisionRecord,
@@ -30,7 +32,19 @@ from .records import (
     StudyRecord,
     from_row,
 )
-from .tables import Decision, Instance, Receipt, Review, Series, Study, StudyRead
+from .retention import FULL, HEADER_ONLY, QuarantineRow, RetentionInstance
+from .tables import (
+    Association,
+    Decision,
+    Instance,
+    Quarantined,
+    Receipt,
+    Review,
+    Series,
+    Study,
+    StudyRead,
+    StudySession,
+)
 
 
 def index_reachable(engine: Engine) -> bool:
@@ -90,6 +104,14 @@ class IndexReader:
             query = query.where(
                 col(Study.study_instance_uid).in_(
                     select(col(Series.study_instance_uid)).where(col(Series.modality) == filters.modality)
+                )
+            )
+        if filters.session_verdict:  # sessions (issue 13)
+            query = query.where(
+                col(Study.study_instance_uid).in_(
+                    select(col(StudySession.study_instance_uid)).where(
+                        col(StudySession.verdict) == filters.session_verdict
+                    )
                 )
             )
         if filters.received_from:
@@ -212,6 +234,240 @@ class IndexReader:
                 found[r.instance_id].append(from_row(ReceiptRecord, r))
         return found
 
+    # ---------------------------------------------------------------- pixel retention (store.retention)
+    @staticmethod
+    def _not_pruned_since_decided() -> Any:
+        """Decided studies retention has not gone over since their current decision."""
+        return and_(
+            col(Study.needs_decision).is_(False),
+            col(Study.current_decision_id).is_not(None),
+            col(Study.decided_at).is_not(None),
+            or_(col(Study.retention_applied_at).is_(None), col(Study.retention_applied_at) < col(Study.decided_at)),
+        )
+
+    def studies_due_for_retention(self, decided_before: dt.datetime, *, limit: int) -> list[str]:
+        """Studies whose current decision (which saw every instance) is older than ``decided_before`` and
+        that retention has not gone over since, oldest decision first."""
+        with Session(self.bind) as session:
+            return list(
+                session.execute(
+                    select(col(Study.study_instance_uid))
+                    .where(self._not_pruned_since_decided(), col(Study.decided_at) <= decided_before)
+                    .order_by(col(Study.decided_at), col(Study.study_instance_uid))
+                    .limit(limit)
+                ).scalars()
+            )
+
+    def oldest_unpruned_decision(self) -> dt.datetime | None:
+        """The current decision time of the oldest decided study retention has not gone over yet."""
+        with Session(self.bind) as session:
+            oldest: dt.datetime | None = session.execute(
+                select(func.min(col(Study.decided_at))).where(self._not_pruned_since_decided())
+            ).scalar_one_or_none()
+            return oldest
+
+    def retention_instances(self, study_uid: str) -> list[RetentionInstance]:
+        """Every stored content version of the study with its pixel state, in arrival order."""
+        with Session(self.bind) as session:
+            rows = session.execute(
+                select(Instance).where(col(Instance.study_instance_uid) == study_uid).order_by(col(Instance.id))
+            ).scalars()
+            return [from_row(RetentionInstance, r) for r in rows]
+
+    def stored_bytes_by_pixel_state(self) -> dict[str, int]:
+        """Bytes of the stored instances: ``full`` (received files) and ``header_only`` (their header copies)."""
+        with Session(self.bind) as session:
+            full = session.execute(
+                select(func.coalesce(func.sum(col(Instance.size)), 0)).where(col(Instance.pixel_state) == FULL)
+            ).scalar_one()
+            header = session.execute(
+                select(func.coalesce(func.sum(col(Instance.header_size)), 0)).where(
+                    col(Instance.pixel_state) == HEADER_ONLY
+                )
+            ).scalar_one()
+            return {FULL: int(full), HEADER_ONLY: int(header)}
+
+    def quarantine_rows(self, paths: Sequence[str]) -> dict[str, QuarantineRow]:
+        """Quarantine path (relative to ``quarantine/``) -> its index row, for the paths that have one."""
+        if not paths:
+            return {}
+        with Session(self.bind) as session:
+            rows = session.execute(select(Quarantined).where(col(Quarantined.path).in_(list(paths)))).scalars()
+            return {r.path: from_row(QuarantineRow, r) for r in rows}
+
+    # ---------------------------------------------------------------- web pages (dicomcheck.ui)
+    def review_queue(self, filters: QueueFilters, *, limit: int) -> list[StudyWithDecision]:
+        """Studies whose current decision is ``needs_review`` and that no current (not stale) coder review
+        settles, oldest first arrival first."""
+        settled = exists().where(
+            col(Review.study_instance_uid) == col(Study.study_instance_uid), col(Review.stale_since).is_(None)
+        )
+        query = (
+            select(Study, Decision)
+            .join(Decision, col(Decision.id) == col(Study.current_decision_id))
+            .where(col(Decision.outcome) == Outcome.NEEDS_REVIEW.value, ~settled)
+        )
+        for column, value in ((Series.station_name, filters.station), (Series.modality, filters.modality)):
+            if value:
+                query = query.where(
+                    col(Study.study_instance_uid).in_(
+                        select(col(Series.study_instance_uid)).where(col(column) == value)
+                    )
+                )
+        if filters.received_from:
+            query = query.where(col(Study.first_arrival) >= filters.received_from)
+        if filters.received_before:
+            query = query.where(col(Study.first_arrival) < filters.received_before)
+        if filters.scope_studies is not None or filters.scope_accessions is not None:
+            query = query.where(
+                or_(
+                    col(Study.study_instance_uid).in_(filters.scope_studies or ("",)),
+                    col(Study.accession_number).in_(filters.scope_accessions or ("",)),
+                )
+            )
+        query = query.order_by(col(Study.first_arrival), col(Study.study_instance_uid)).limit(limit)
+        with Session(self.bind) as session:
+            return [
+                StudyWithDecision(from_row(StudyRecord, s), from_row(DecisionRecord, d))
+                for s, d in session.execute(query).all()
+            ]
+
+    def current_decisions(self) -> list[StudyWithDecision]:
+        """Every study with a current decision, oldest first arrival first (inventory and dashboard)."""
+        query = (
+            select(Study, Decision)
+            .join(Decision, col(Decision.id) == col(Study.current_decision_id))
+            .order_by(col(Study.first_arrival), col(Study.study_instance_uid))
+        )
+        with Session(self.bind) as session:
+            return [
+                StudyWithDecision(from_row(StudyRecord, s), from_row(DecisionRecord, d))
+                for s, d in session.execute(query).all()
+            ]
+
+    def reviewed_studies(self) -> set[str]:
+        """UIDs of the studies a current (not stale) coder review settles."""
+        with Session(self.bind) as session:
+            return set(
+                session.execute(
+                    select(col(Review.study_instance_uid)).where(col(Review.stale_since).is_(None)).distinct()
+                ).scalars()
+            )
+
+    def pending_studies(self) -> int:
+        """Studies waiting for a decision that has seen every instance."""
+        with Session(self.bind) as session:
+            return int(
+                session.execute(select(func.count()).select_from(Study).where(col(Study.needs_decision))).scalar_one()
+            )
+
+    def series_equipment(self) -> list[SeriesEquipment]:
+        """Every series as indexed, with its first and last arrival and the Secondary Capture device of its
+        first stored instance (the equipment inventory)."""
+        spans = (
+            select(
+                col(Instance.series_instance_uid).label("series_uid"),
+                func.min(col(Instance.id)).label("first_id"),
+                func.min(col(Instance.received_at)).label("first_seen"),
+                func.max(col(Instance.received_at)).label("last_seen"),
+            )
+            .group_by(col(Instance.series_instance_uid))
+            .subquery()
+        )
+        query = (
+            select(Series, spans.c.first_seen, spans.c.last_seen, col(Instance.facts))
+            .join(spans, spans.c.series_uid == col(Series.series_instance_uid))
+            .join(Instance, col(Instance.id) == spans.c.first_id)
+            .order_by(col(Series.study_instance_uid), col(Series.series_instance_uid))
+        )
+        with Session(self.bind) as session:
+            return [
+                SeriesEquipment(
+                    series_instance_uid=s.series_instance_uid,
+                    study_instance_uid=s.study_instance_uid,
+                    modality=s.modality,
+                    series_number=s.series_number,
+                    series_description=s.series_description,
+                    station_name=s.station_name,
+                    device_serial_number=s.device_serial_number,
+                    manufacturer=s.manufacturer,
+                    model=s.model,
+                    calling_ae=s.calling_ae,
+                    instance_count=s.instance_count,
+                    sc_manufacturer=(facts or {}).get("sc_manufacturer"),
+                    sc_model=(facts or {}).get("sc_model"),
+                    first_seen=first,  # min / max keep the column's type: aware UTC on every dialect
+                    last_seen=last,
+                )
+                for s, first, last, facts in session.execute(query).all()
+            ]
+
+    def study_deliveries(self, study_uid: str) -> list[Delivery]:
+        """How the study's instances arrived: one row per association (and sender), in order of arrival."""
+        query = (
+            select(
+                col(Receipt.association_id),
+                col(Receipt.calling_ae),
+                col(Receipt.called_ae),
+                col(Receipt.peer_address),
+                col(Association.tls),
+                func.count(),
+                func.sum(case((col(Receipt.duplicate), 1), else_=0)),
+                func.min(col(Receipt.received_at)),
+                func.max(col(Receipt.received_at)),
+            )
+            .join(Instance, col(Instance.id) == col(Receipt.instance_id))
+            .outerjoin(Association, col(Association.id) == col(Receipt.association_id))
+            .where(col(Instance.study_instance_uid) == study_uid)
+            .group_by(
+                col(Receipt.association_id),
+                col(Receipt.calling_ae),
+                col(Receipt.called_ae),
+                col(Receipt.peer_address),
+                col(Association.tls),
+            )
+            .order_by(func.min(col(Receipt.received_at)))
+        )
+        with Session(self.bind) as session:
+            return [
+                Delivery(
+                    association_id=a,
+                    calling_ae=calling,
+                    called_ae=called,
+                    peer_address=peer,
+                    tls=bool(tls),
+                    receipts=int(count),
+                    duplicates=int(dups or 0),
+                    first=first,
+                    last=last,
+                )
+                for a, calling, called, peer, tls, count, dups, first, last in session.execute(query).all()
+            ]
+
+    def quarantined(self, *, limit: int) -> tuple[int, list[QuarantineEntry]]:
+        """How many inputs were quarantined, and the newest ``limit`` with the association they came on."""
+        query = (
+            select(Quarantined, col(Association.calling_ae), col(Association.peer_address))
+            .outerjoin(Association, col(Association.id) == col(Quarantined.association_id))
+            .order_by(col(Quarantined.id).desc())
+            .limit(limit)
+        )
+        with Session(self.bind) as session:
+            total = int(session.execute(select(func.count()).select_from(Quarantined)).scalar_one())
+            return total, [
+                QuarantineEntry(
+                    received_at=q.received_at,
+                    reason=q.reason,
+                    status=q.status,
+                    sop_class_uid=q.sop_class_uid,
+                    sop_instance_uid=q.sop_instance_uid,
+                    calling_ae=calling,
+                    peer_address=peer,
+                    expired=q.expired_at is not None,
+                )
+                for q, calling, peer in session.execute(query).all()
+            ]
+
 
 @dataclass(frozen=True, slots=True)
 class IndexSession:
@@ -225,3 +481,86 @@ class IndexSession:
     def open(cls, engine: Engine) -> Iterator[IndexSession]:
         with engine.connect() as connection:
             yield cls(IndexReader(connection), Access(connection))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The writes inside share one transaction and one COMMIT, at the end of the block (a read's
+        record, its documentation read and its audit event: all durable, or none). The store methods'
+        own ``commit`` calls inside join it without committing (SQLAlchemy's ``conservative_savepoint``
+        joining of an outer transaction); an exception rolls all of it back."""
+        bind = self.reader.bind
+        if not isinstance(bind, Connection):
+            yield
+            return
+        if bind.in_transaction():  # a read's autobegun transaction: nothing written in it yet
+            bind.rollback()
+        with bind.begin():
+            yield
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilters:
+    """What the coders' worklist selects (``review_queue``); ``scope_*`` restrict an auditor."""
+
+    station: str | None = None
+    modality: str | None = None
+    received_from: dt.datetime | None = None
+    received_before: dt.datetime | None = None
+    scope_studies: tuple[str, ...] | None = None
+    scope_accessions: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyWithDecision:
+    study: StudyRecord
+    decision: DecisionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesEquipment:
+    """A series as indexed: who wrote it, who sent it, when its instances arrived."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str | None
+    series_number: str | None
+    series_description: str | None
+    station_name: str | None
+    device_serial_number: str | None
+    manufacturer: str | None
+    model: str | None
+    calling_ae: str | None
+    instance_count: int
+    sc_manufacturer: str | None
+    sc_model: str | None
+    first_seen: dt.datetime | None
+    last_seen: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The receipts of one study's instances on one association: sender, address, when, how many."""
+
+    association_id: int | None
+    calling_ae: str | None
+    called_ae: str | None
+    peer_address: str | None
+    tls: bool
+    receipts: int
+    duplicates: int
+    first: dt.datetime | None
+    last: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A refused input: when, from whom, why (``expired``: its file was deleted by quarantine retention)."""
+
+    received_at: dt.datetime
+    reason: str
+    status: int
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    calling_ae: str | None
+    peer_address: str | None
+    expired: bool

@@ -74,6 +74,8 @@ class StudyFilters:
     received_to: dt.datetime | None = None
     scope_studies: tuple[str, ...] | None = None
     scope_accessions: tuple[str, ...] | None = None
+    session_verdict: str | None = None
+    """Only studies whose session verdict (issue 13, ``store.sessions``) is this."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,12 @@ def _ts(nullable: bool = False, index: bool = False) -> Column[dt.datetime]:
 
 class Study(SQLModel, table=True):
     __tablename__ = "study"
+    __table_args__ = (
+        # newest first (GET /studies, keyset by first arrival then UID; read backwards), the worklist
+        Index("ix_study_first_arrival_uid", "first_arrival", "study_instance_uid"),
+        # a study from its current decision (searches and exports that start from the decision's outcome or time)
+        Index("ix_study_current_decision", "current_decision_id"),
+    )
 
     study_instance_uid: str = Field(primary_key=True, max_length=64)
     accession_number: str | None = Field(default=None, max_length=64, index=True)
@@ -63,11 +69,15 @@ class Study(SQLModel, table=True):
     claimed_by: str | None = Field(default=None, max_length=128)
     claimed_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     current_decision_id: int | None = Field(default=None, foreign_key="decision.id")
-    decided_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    decided_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True, index=True))
+    retention_applied_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    """When pixel retention last went over the study (``store.retention``); before ``decided_at``: not since
+    its current decision."""
 
 
 class Series(SQLModel, table=True):
     __tablename__ = "series"
+    __table_args__ = (Index("ix_series_modality_study", "modality", "study_instance_uid"),)  # modality filters
 
     series_instance_uid: str = Field(primary_key=True, max_length=64)
     study_instance_uid: str = Field(foreign_key="study.study_instance_uid", max_length=64, index=True)
@@ -131,6 +141,12 @@ class Instance(SQLModel, table=True):
     received_at: dt.datetime = Field(sa_column=_ts())
     association_id: int | None = Field(default=None, foreign_key="association.id", index=True)
     facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    pixel_state: str = Field(default="full", max_length=16)
+    """full | header_only: the file at ``path`` lost its pixel data to retention (``sha256`` and ``size``
+    stay the received file's; ``header_sha256`` / ``header_size`` are the header-only copy's)."""
+    header_sha256: str | None = Field(default=None, max_length=64)
+    header_size: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    pruned_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class Receipt(SQLModel, table=True):
@@ -183,6 +199,8 @@ class Quarantined(SQLModel, table=True):
     sop_class_uid: str | None = Field(default=None, max_length=64)
     sop_instance_uid: str | None = Field(default=None, max_length=64)
     sha256: str | None = Field(default=None, max_length=64)
+    expired_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    """When the quarantined file was deleted by ``quarantine_retention`` (the row stays)."""
 
 
 # ---------------------------------------------------------------- API: access, audit, registry, reviews
@@ -196,7 +214,7 @@ class ApiToken(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64, unique=True)
     role: str = Field(max_length=16)
-    """reader | admin | auditor"""
+    """reader | admin | auditor | reporter"""
     token_hash: str = Field(max_length=64, unique=True)
     prefix: str = Field(max_length=12)
     created_at: dt.datetime = Field(sa_column=_ts())
@@ -288,3 +306,73 @@ class StudyRead(SQLModel, table=True):
     token_name: str = Field(max_length=64)
     decision_id: int | None = None
     read_at: dt.datetime = Field(sa_column=_ts())
+
+
+# ---------------------------------------------------------------- reports (issue 12): HL7 ORU, API, SR
+
+
+class Report(SQLModel, table=True):
+    """A radiology report as received; every version is kept. Matched to a study when it is read
+    (``store.reports``): by ``study_instance_uid`` when the report has one, else by accession number
+    within the same patient ID, so a report that arrives before its images waits for them."""
+
+    __tablename__ = "report"
+    __table_args__ = (Index("ix_report_accession_patient", "accession_number", "patient_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str | None = Field(default=None, max_length=64, index=True)
+    accession_number: str | None = Field(default=None, max_length=64)
+    patient_id: str | None = Field(default=None, max_length=64)
+    status: str = Field(max_length=1)
+    """P preliminary, F final, C corrected (replaces the final one)."""
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    text_sha256: str = Field(max_length=64)
+    radiologist: str | None = Field(default=None, max_length=128)
+    report_time: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    received_at: dt.datetime = Field(sa_column=_ts())
+    source: str = Field(max_length=8)
+    """hl7 | api | sr"""
+    sender: str | None = Field(default=None, max_length=160)
+    """``APP^FACILITY`` (MSH-3, MSH-4) for HL7, the token name for the API, the calling AE for SR."""
+    message_control_id: str | None = Field(default=None, max_length=199)
+    superseded_by: int | None = Field(default=None, foreign_key="report.id")
+    """The later final or corrected report for the same study that replaced this one."""
+
+
+class ReportRead(SQLModel, table=True):
+    """Which documentation verdict a billing client last read, for ``changed_after_read``."""
+
+    __tablename__ = "report_read"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "token_name", name="uq_report_read"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    token_name: str = Field(max_length=64)
+    documentation: str = Field(max_length=16)
+    read_at: dt.datetime = Field(sa_column=_ts())
+
+
+# ---------------------------------------------------------------- sessions (issue 13): one patient, one day
+
+
+class StudySession(SQLModel, table=True):
+    """A decided study as its session sees it (``store.sessions``), and the session record computed for it.
+    Every study of a session is recomputed whenever one of them is decided, so ``verdict`` can be filtered."""
+
+    __tablename__ = "study_session"
+
+    study_instance_uid: str = Field(primary_key=True, foreign_key="study.study_instance_uid", max_length=64)
+    session_id: str | None = Field(default=None, max_length=32, index=True)
+    """``ses-`` + 24 hex digits (a keyed hash of Patient ID, Issuer, Study Date); None: the study is alone."""
+    accession_number: str | None = Field(default=None, max_length=64)
+    outcome: str = Field(max_length=32)
+    has_3d: bool = False
+    regions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    regions_from: str = Field(max_length=32)
+    made_later: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    carrier_chosen: bool = False
+    first_decided_at: dt.datetime = Field(sa_column=_ts())
+    verdict: str = Field(max_length=32, index=True)
+    record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    """The ``session`` part of the study's decision (``sessions.SessionRecord``)."""
+    updated_at: dt.datetime = Field(sa_column=_ts())

@@ -6,6 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from ...enums import Outcome
+from ...reports import Documentation, ReportFlag
+from ...sessions import Verdict
 from ..deps import SessionDep, StaffToken, audit
 from ..exports import decision_rows, to_csv, to_xlsx
 from ..schemas import NO_NUL_PATTERN
@@ -28,6 +30,9 @@ def export_decisions(
     decided_to: dt.datetime | None = None,
     station: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
     outcome: Outcome | None = None,
+    documentation: Documentation | None = None,
+    report_flag: ReportFlag | None = None,
+    session_verdict: Verdict | None = None,
     format: Annotated[str, Query(pattern="^(csv|xlsx)$")] = "csv",
 ) -> Response:
     rows = decision_rows(
@@ -38,6 +43,11 @@ def export_decisions(
         outcome=outcome.value if outcome else None,
         base_url=str(request.base_url).rstrip("/"),
         limit=MAX_EXPORT_ROWS,
+        report_wait=request.app.state.settings.report_wait_seconds,
+        documentation=documentation.value if documentation else None,
+        report_flag=report_flag.value if report_flag else None,
+        storage_root=request.app.state.settings.storage_dir,
+        session_verdict=session_verdict.value if session_verdict else None,
     )
     audit(store, request, token, "Data Export", "R", detail={"rows": len(rows), "format": format})
     if format == "xlsx":

@@ -10,9 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from ...enums import Outcome, StudyStatus, TokenRole
+from ...reports import Documentation, ReportFlag
+from ...sessions import Verdict
 from ...store.access import TokenInfo
 from ...store.reads import IndexSession
 from ...store.records import ReviewRecord, StudyFilters, StudyPosition, StudyRecord
+from ...store.reports import Reports
+from ...store.sessions import Sessions
 from ..deps import (
     AdminToken,
     AnyToken,
@@ -36,6 +40,7 @@ from ..schemas import (
     StudySearch,
     StudySummary,
 )
+from .reports import filter_page, study_report
 
 router = APIRouter(tags=["studies"])
 
@@ -69,6 +74,7 @@ def study_view(
         document = evaluated[0].document()
     reviews = store.access.reviews(study.study_instance_uid)
     decision_id = decision.id if decision else None
+    report = study_report(store, operations.settings, study, document)
     changed = False
     if read_by is not None:
         audit_fields = {
@@ -81,10 +87,15 @@ def study_view(
             "endpoint": read_by.url.path,
             "study_instance_uid": study.study_instance_uid,
             "client_address": read_by.client.host if read_by.client else None,
-            "detail": {"outcome": document.get("outcome")},
+            "detail": {"outcome": document.get("outcome"), "documentation": report.documentation},
         }
-        previous = store.access.record_read(study.study_instance_uid, token.name, decision_id, audit=audit_fields)
+        with store.transaction():  # the read, its documentation read and its audit event: one COMMIT
+            previous = store.access.record_read(study.study_instance_uid, token.name, decision_id, audit=audit_fields)
+            read_before = Reports(store.reader.bind).record_documentation_read(
+                study.study_instance_uid, token.name, report.documentation
+            )
         changed = previous is not None and previous.decision_id != decision_id
+        changed = changed or (previous is not None and read_before is not None and read_before != report.documentation)
     document.update(
         status=StudyStatus.DECIDED if decision is not None and not study.needs_decision else StudyStatus.PENDING,
         instance_count=study.instance_count,
@@ -95,7 +106,10 @@ def study_view(
         rules_version=decision.rules_version if decision else None,
         changed_after_read=changed,
         review=review_out(reviews[-1]) if reviews else None,
+        report=report.document(),
     )
+    session = Sessions(store.reader.bind).of_study(study.study_instance_uid) if decision is not None else None
+    document["session"] = session.model_dump(mode="json") if session else None  # sessions (issue 13)
     return document
 
 
@@ -144,10 +158,21 @@ def list_studies(store: IndexSession, request: Request, token: TokenInfo, search
         received_to=search.received_to,
         scope_studies=token.studies if auditor else None,
         scope_accessions=token.accessions if auditor else None,
+        session_verdict=search.session_verdict.value if search.session_verdict else None,
     )
-    page = store.reader.find_studies(
-        filters, after=_decode_cursor(search.cursor) if search.cursor else None, limit=search.limit
-    )
+    after = _decode_cursor(search.cursor) if search.cursor else None
+    if search.documentation is None and search.report_flag is None:
+        page = store.reader.find_studies(filters, after=after, limit=search.limit)
+    else:
+        page = filter_page(
+            store,
+            request.app.state.settings,
+            lambda position, n: store.reader.find_studies(filters, after=position, limit=n),
+            after=after,
+            limit=search.limit,
+            documentation=search.documentation.value if search.documentation else None,
+            flag=search.report_flag.value if search.report_flag else None,
+        )
     items = [_summary(item.study, item.outcome, item.code) for item in page.items]
     shown = search.model_dump(exclude_none=True, exclude={"limit", "cursor", "patient_id"}, mode="json")
     if search.patient_id:
@@ -175,6 +200,9 @@ def find_studies(
     modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z0-9]{1,16}$")] = None,
     received_from: dt.datetime | None = None,
     received_to: dt.datetime | None = None,
+    documentation: Documentation | None = None,
+    report_flag: ReportFlag | None = None,
+    session_verdict: Verdict | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page")
@@ -187,6 +215,9 @@ def find_studies(
         modality=modality,
         received_from=received_from,
         received_to=received_to,
+        documentation=documentation,
+        report_flag=report_flag,
+        session_verdict=session_verdict,
         limit=limit,
         cursor=cursor,
     )
