@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-class _Folders(Protocol):
+class PackFolders(Protocol):
     """The folders of the settings a pack writer uses (``config.Settings``)."""
 
     @property
@@ -49,7 +49,7 @@ class PackSite(Protocol):
     """What :func:`ensure_pack` needs of the receiver (``ingest.Receiver``; the API's ``StudyOperations``)."""
 
     @property
-    def settings(self) -> _Folders: ...
+    def settings(self) -> PackFolders: ...
 
     @property
     def engine(self) -> Engine: ...

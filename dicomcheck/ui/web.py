@@ -6,7 +6,6 @@ No `from __future__ import annotations`: FastAPI resolves the dependency annotat
 import datetime as dt
 from collections.abc import Callable, Coroutine, Iterator
 from functools import cache
-from pathlib import Path
 from typing import Annotated, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,11 +14,10 @@ from fastapi import Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
-from sqlalchemy import Engine
 
 from .. import __version__
 from ..decision_record import StudyDecisionUnderPolicy
-from ..registry import Registry
+from ..evidence.service import PackFolders, PackSite
 from ..store.access import TokenInfo
 from ..store.reads import IndexSession
 from .session import COOKIE, PageSession, decode, session_secret
@@ -41,30 +39,19 @@ MAX_FORM_FIELDS = 50
 ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Not yet", 415: "Not a form", 422: "Not understood"}
 
 
-class _Folders(Protocol):
-    @property
-    def data(self) -> Path: ...
-
-    @property
-    def storage_dir(self) -> Path: ...
+class PageFolders(PackFolders, Protocol):
+    """The settings the pages read: a pack's folders and whether auditors get full packs."""
 
     @property
     def auditor_full_pack(self) -> bool: ...
 
-    @property
-    def report_wait_seconds(self) -> float | None: ...
 
-
-class PageOperations(Protocol):
-    """What the pages need of the receiver (``ingest.Receiver``, the API's ``StudyOperations``)."""
+class PageOperations(PackSite, Protocol):
+    """What the pages need of the receiver (``ingest.Receiver``, the API's ``StudyOperations``): what a pack
+    writer needs, and deciding a study again."""
 
     @property
-    def settings(self) -> _Folders: ...
-
-    @property
-    def engine(self) -> Engine: ...
-
-    def effective_registry(self) -> Registry: ...
+    def settings(self) -> PageFolders: ...
 
     def decide(self, study_uid: str, *, last_arrival_seen: dt.datetime) -> StudyDecisionUnderPolicy | None: ...
 
