@@ -183,7 +183,8 @@ LIMITS: tuple[tuple[str, str | None, str], ...] = (
     (
         "HTTP: open connections",
         "http_max_connections",
-        "further connections wait; the DICOM receiver keeps its file descriptors",
+        "further connections answered `503` and closed (never more than half the descriptors; accepted a"
+        " quarter of the cap at a time), so the DICOM receiver keeps its file descriptors",
     ),
     (
         "HL7 MLLP: message size (between the start byte and the end bytes; a 1 MB report passes)",

@@ -192,10 +192,13 @@ def test_connection_cap_and_the_uvicorn_version_guard(monkeypatch):
     receiver; the protocol, written against uvicorn internals, refuses another uvicorn version."""
     import uvicorn
 
-    from dicomcheck.api.server import guarded_protocol
+    from dicomcheck.api.server import accept_burst, guarded_protocol
     from dicomcheck.config import Settings
 
     assert guarded_protocol(Settings(), 256).max_connections == 128
+    # asyncio accepts up to the backlog in one pass before refusals close: the burst stays well inside the reserve
+    assert accept_burst(128) == 32 and accept_burst(200) == 50 and accept_burst(20) == 16
+    assert 128 + accept_burst(128) < 256 - 64
     assert guarded_protocol(Settings(), 100_000).max_connections == 200
     assert guarded_protocol(Settings(http_max_connections=5000), 100_000).max_connections == 512
     monkeypatch.setattr(uvicorn, "__version__", "0.56.0")

@@ -265,6 +265,15 @@ def run_api(
     _serve(settings, receiver, sockets=None)
 
 
+def accept_burst(max_connections: int) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one pass of its loop
+    before the connections over the cap are answered 503 and closed (a pass later). uvicorn's 2048 let a
+    burst of connections take every descriptor for that moment, and the DICOM receiver in the same
+    process then failed to accept (EMFILE); a quarter of the cap bounds the burst, the rest wait in the
+    kernel's queue (or the client retries its SYN) without holding a descriptor here."""
+    return max(16, min(2048, max_connections // 4))
+
+
 def _serve(settings: Settings, operations: StudyOperations, *, sockets: list[socket.socket] | None) -> None:
     """uvicorn with the guarded protocol, on its own port or on ``sockets`` (a worker)."""
     soft = raise_nofile_limit()
@@ -280,6 +289,7 @@ def _serve(settings: Settings, operations: StudyOperations, *, sockets: list[soc
         # uvicorn annotates int but only hands it to loop.call_later, which takes fractional seconds
         timeout_keep_alive=settings.http_idle_timeout,  # type: ignore[arg-type]
         h11_max_incomplete_event_size=settings.http_max_header_size,
+        backlog=accept_burst(protocol.max_connections),
     )
     server = uvicorn.Server(config)
     config.load()
