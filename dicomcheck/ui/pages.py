@@ -415,18 +415,7 @@ def evidence_download(
 @router.get("/equipment", response_class=HTMLResponse)
 def equipment_page(request: Request, store: Store, viewer: SignedIn, operations: Operations) -> HTMLResponse:
     allow(store, request, viewer, *STAFF)
-    writers = inventory(store.reader)
-    audit(store, request, viewer.token, "Query", "E", detail={"equipment": True, "writers": len(writers)})
-    return render(
-        request,
-        "equipment.html",
-        viewer,
-        writers=writers,
-        registry=operations.effective_registry(),
-        roles=[r.value for r in REGISTRY_ROLES],
-        changes=None,
-        error=None,
-    )
+    return _equipment(request, store, viewer, operations)
 
 
 @json_router.get(
@@ -469,7 +458,7 @@ def register_device(
             raise RegistryError(f"too long: {', '.join(too_long) or 'note'}")
         device = parse_device(values)
     except RegistryError as exc:
-        return _equipment_error(request, store, viewer, operations, str(exc).removeprefix("device: "))
+        return _equipment(request, store, viewer, operations, error=str(exc).removeprefix("device: "))
     values.update(valid_from=device.valid_from, valid_to=device.valid_to)
     held = {uid for w in inventory(store.reader) if _entry_matches(values, w.identity) for uid in w.held_studies}
     saved = store.access.save_device(
@@ -494,17 +483,12 @@ def register_device(
     )
     affected = [*sorted(held), *sorted(set(matched) - held)]
     changes = _redecide(store, request, viewer, operations, affected[:REDECIDE_LIMIT])
-    writers = inventory(store.reader)
-    audit(store, request, viewer.token, "Query", "E", detail={"equipment": True, "writers": len(writers)})
-    return render(
+    return _equipment(
         request,
-        "equipment.html",
+        store,
         viewer,
-        writers=writers,
-        registry=operations.effective_registry(),
-        roles=[r.value for r in REGISTRY_ROLES],
+        operations,
         changes={"device": saved, "studies": changes, "left": affected[REDECIDE_LIMIT:]},
-        error=None,
     )
 
 
@@ -555,19 +539,29 @@ def _redecide(
     return out
 
 
-def _equipment_error(
-    request: Request, store: IndexSession, viewer: Viewer, operations: PageOperations, error: str
+def _equipment(
+    request: Request,
+    store: IndexSession,
+    viewer: Viewer,
+    operations: PageOperations,
+    *,
+    changes: dict[str, Any] | None = None,
+    error: str | None = None,
 ) -> HTMLResponse:
+    """The inventory page: after a registration with what it changed, after a refused one (422) with why;
+    a page that shows the inventory is audited as a query."""
     writers = inventory(store.reader)
+    if error is None:
+        audit(store, request, viewer.token, "Query", "E", detail={"equipment": True, "writers": len(writers)})
     return render(
         request,
         "equipment.html",
         viewer,
-        status=422,
+        status=422 if error is not None else 200,
         writers=writers,
         registry=operations.effective_registry(),
         roles=[r.value for r in REGISTRY_ROLES],
-        changes=None,
+        changes=changes,
         error=error,
     )
 
