@@ -640,12 +640,7 @@ def evidence(
             sources = [
                 from_index(receiver.engine, settings.storage_dir, target, registry=receiver.effective_registry())
             ]
-            report = pack_report(
-                receiver.engine,
-                sources[0],
-                report_wait=settings.report_wait_seconds,
-                storage_root=settings.storage_dir,
-            )
+            report = pack_report(receiver.engine, sources[0], report_wait=settings.report_wait_seconds)
         if not sources:
             raise EvidenceError(f"no study found in {target}")
         writer = PackWriter(key)

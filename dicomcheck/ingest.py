@@ -32,6 +32,7 @@ from .extract import extract_facts
 from .knowledge import builtin_knowledge
 from .registry import Device as RegistryDevice
 from .registry import Registry, RegistryFile
+from .reports_in.sr import import_sr_reports
 from .rules import RULES_VERSION
 from .sources import ResourceLimitExceeded, read_file_header
 from .store.access import Access
@@ -564,11 +565,9 @@ class Receiver:
         Success means the file and its journal entry are on stable storage; the index row follows
         (:class:`IndexWriter`): at once with ``wait`` (the default: the row is committed before
         this returns), behind the answer without it (the DICOM receiver)."""
-        # ---- storage budget (issue 10 part 2; store/retention.py): below min_free_space, refuse before the disk fills
-        if (refusal := storage_refusal(self.settings)) is not None:
+        if (refusal := storage_refusal(self.settings)) is not None:  # below min_free_space: before the disk fills
             temp.unlink(missing_ok=True)
             return StoreResult(StoreStatus.OUT_OF_RESOURCES, refusal)
-        # ---- end of the storage budget block
         writer = self.writer
         if writer is None:
             raise RuntimeError("a read-only receiver stores nothing")
@@ -824,6 +823,10 @@ class Receiver:
             registry_path=registry.path,
         )
         Sessions(self.index.engine).after_decision(record, self.settings)  # sessions (issue 13)
+        try:  # the text SRs among its instances, read once as radiology reports (issue 12)
+            import_sr_reports(self.engine, self.settings.storage_dir, study_uid)
+        except Exception:  # noqa: BLE001 - a report that cannot be read must not undo the decision
+            log.exception("text SR reports of study %s not read", study_uid)
         metrics.DECISIONS.labels(record.outcome.value).inc()
         log.info("decided study %s: %s (%d instances)", study_uid, record.outcome.value, record.instances)
         if self.settings.evidence_destination:

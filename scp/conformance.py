@@ -480,7 +480,7 @@ def statement(settings: Settings | None = None) -> str:
     add(
         "Reports also arrive as DICOM text SR (Basic Text, Enhanced and Comprehensive SR) over C-STORE: stored like "
         "any instance, and read into the reports (TEXT content items; status F when COMPLETE and VERIFIED, C with a "
-        "predecessor document, else P) when the study's report is looked at. dicomcheck's own evidence SR is "
+        "predecessor document, else P) once, when the study is decided. dicomcheck's own evidence SR is "
         "recognised and ignored."
     )
     add("")

@@ -11,10 +11,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from pathlib import Path
 
 from ..decision_record import StudyDecisionUnderPolicy
-from ..reports_in.sr import import_sr_reports
 from ..reports_in.view import report_part
 from ..store.reads import IndexReader
 from ..store.reports import Reports
@@ -80,7 +78,6 @@ def decision_rows(
     report_wait: float | None = None,
     documentation: str | None = None,
     report_flag: str | None = None,
-    storage_root: Path | None = None,
     session_verdict: str | None = None,
 ) -> list[dict]:
     """One row per current decision (at most ``limit`` decisions read), those of ``station`` only when given, and
@@ -98,8 +95,6 @@ def decision_rows(
         stations = sorted({s.equipment.station_name or "" for s in series} - {""})
         if wanted and wanted not in {s.upper() for s in stations}:
             continue
-        if storage_root is not None:  # the text SRs the study received, read as reports
-            import_sr_reports(reader.bind, storage_root, study.study_instance_uid)
         report = report_part(
             reports.for_study(study.study_instance_uid, study.accession_number, study.patient_id),
             decision.document,

@@ -16,7 +16,6 @@ from ..decision_record import StudyDecisionUnderPolicy
 from ..enums import CitedRole, SeriesKind
 from ..model import InstanceFacts, facts_from_dict
 from ..registry import Registry
-from ..reports_in.sr import import_sr_reports
 from ..reports_in.view import report_part
 from ..rules import RULES_VERSION
 from ..sources import discover, read_all
@@ -182,9 +181,7 @@ def from_index(
     )
 
 
-def pack_report(
-    engine: Engine, source: EvidenceSource, *, report_wait: float | None, storage_root: Path | None = None
-) -> dict[str, Any] | None:
+def pack_report(engine: Engine, source: EvidenceSource, *, report_wait: float | None) -> dict[str, Any] | None:
     """The radiology report a pack of ``source`` (a stored decision) cites, held against that decision: the
     documentation verdict, flags and reasons, the report's hash and status, and the sentences of the report
     its statements about the 3D work came from (in text order). None for an offline analysis."""
@@ -194,8 +191,6 @@ def pack_report(
         study = reader.study(source.study_instance_uid)
         if study is None:
             return None
-        if storage_root is not None:  # the text SRs the study received, read as reports
-            import_sr_reports(reader.bind, storage_root, study.study_instance_uid)
         reports = Reports(reader.bind).for_study(study.study_instance_uid, study.accession_number, study.patient_id)
     document = source.decision.model_dump(mode="json")
     part = report_part(reports, document, decided_at=source.decided_at, report_wait=report_wait).document()

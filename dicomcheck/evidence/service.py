@@ -110,9 +110,7 @@ def ensure_pack(receiver: PackSite, study_uid: str, *, minimal: bool = False, de
         registry=receiver.effective_registry(),
     )
     review = pack_review(receiver.engine, study_uid, source.decision_id, current=decision_id is None)
-    report = pack_report(
-        receiver.engine, source, report_wait=settings.report_wait_seconds, storage_root=settings.storage_dir
-    )
+    report = pack_report(receiver.engine, source, report_wait=settings.report_wait_seconds)
     session = pack_session(receiver.engine, source) if decision_id is None else None  # sessions (issue 13)
     name = pack_dir_name(
         source,

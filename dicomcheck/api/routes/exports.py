@@ -46,7 +46,6 @@ def export_decisions(
         report_wait=request.app.state.settings.report_wait_seconds,
         documentation=documentation.value if documentation else None,
         report_flag=report_flag.value if report_flag else None,
-        storage_root=request.app.state.settings.storage_dir,
         session_verdict=session_verdict.value if session_verdict else None,
     )
     audit(store, request, token, "Data Export", "R", detail={"rows": len(rows), "format": format})

@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...config import Settings
-from ...reports_in.sr import import_sr_reports
 from ...reports_in.view import ReportPart, report_part
 from ...store.reads import IndexSession
 from ...store.records import StudyListItem, StudyPage, StudyPosition, StudyRecord
@@ -34,9 +33,8 @@ _CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9_.:-]{1,40})\"?", re.IGNOREC
 
 
 def study_report(store: IndexSession, settings: Settings, study: StudyRecord, document: dict[str, Any]) -> ReportPart:
-    """The report part of a study whose current (or evaluated) decision is ``document`` (text SRs the study
-    received are read into the reports first)."""
-    import_sr_reports(store.reader.bind, settings.storage_dir, study.study_instance_uid)
+    """The report part of a study whose current (or evaluated) decision is ``document`` (the text SRs it
+    received were read into the reports when it was decided: ``Receiver.decide``)."""
     reports = Reports(store.reader.bind).for_study(study.study_instance_uid, study.accession_number, study.patient_id)
     decided_at = study.decided_at if study.current_decision_id is not None else None
     return report_part(reports, document, decided_at=decided_at, report_wait=settings.report_wait_seconds)
