@@ -669,33 +669,44 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+def measure_step(
+    host: str, port: int, requests: list[tuple[bytes, bytes]], rate: float, args, meter: CpuMeter, *, seed: int
+) -> dict:
+    """One measured step at ``rate``, after waiting (up to ``--quiet-wait``) for a quieter machine; the
+    background load seen while the server idled is recorded with the step's CPU figures."""
+    background = background_busy(1.0)  # the machine while the server idles: other work competing for the cores
+    deadline = time.monotonic() + args.quiet_wait
+    while background > args.quiet_threshold and time.monotonic() < deadline:
+        background = background_busy(1.0)  # wait (a while) for a quieter machine
+    result = asyncio.run(
+        run_step(
+            host,
+            port,
+            requests,
+            rate,
+            warmup=args.warmup,
+            seconds=args.seconds,
+            clients=args.clients,
+            timeout=args.timeout,
+            abort_backlog=args.abort_backlog,
+            meter=meter,
+            arrivals=args.arrivals,
+            seed=seed,
+        )
+    )
+    result["cpu"]["background_busy_pct"] = background
+    return result
+
+
 def ladder(label: str, host: str, port: int, requests: list[tuple[bytes, bytes]], args, meter: CpuMeter) -> dict:
     """Step the rate up until the target fails, then bisect (geometrically) ``--refine`` times."""
     steps: list[dict] = []
     noisy: list[dict] = []
 
     def step(rate: float, retry: bool = True) -> dict:
-        background = background_busy(1.0)  # the machine while the server idles: other work competing for the cores
-        deadline = time.monotonic() + args.quiet_wait
-        while background > args.quiet_threshold and time.monotonic() < deadline:
-            background = background_busy(1.0)  # wait (a while) for a quieter machine
-        result = asyncio.run(
-            run_step(
-                host,
-                port,
-                requests,
-                rate,
-                warmup=args.warmup,
-                seconds=args.seconds,
-                clients=args.clients,
-                timeout=args.timeout,
-                abort_backlog=args.abort_backlog,
-                meter=meter,
-                arrivals=args.arrivals,
-                seed=args.seed + len(steps) + len(noisy) + int(rate),
-            )
+        result = measure_step(
+            host, port, requests, rate, args, meter, seed=args.seed + len(steps) + len(noisy) + int(rate)
         )
-        result["cpu"]["background_busy_pct"] = background
         others = result["cpu"].get("others_pct", 0.0)
         if not result["pass"] and retry and others > args.noisy:
             log(f"  {label} {rate:>6.0f}/s failed while other processes used {others}% of a core: measured again")
@@ -752,28 +763,10 @@ def fixed_rates(label: str, host: str, port: int, requests: list[tuple[bytes, by
     for repeat in range(1, args.repeats + 1):
         for rate in args.fixed_rates:
             for attempt in (1, 2):
-                background = background_busy(1.0)
-                deadline = time.monotonic() + args.quiet_wait
-                while background > args.quiet_threshold and time.monotonic() < deadline:
-                    background = background_busy(1.0)
-                result = asyncio.run(
-                    run_step(
-                        host,
-                        port,
-                        requests,
-                        rate,
-                        warmup=args.warmup,
-                        seconds=args.seconds,
-                        clients=args.clients,
-                        timeout=args.timeout,
-                        abort_backlog=args.abort_backlog,
-                        meter=meter,
-                        arrivals=args.arrivals,
-                        seed=args.seed + 1000 * repeat + attempt + int(rate),
-                    )
+                result = measure_step(
+                    host, port, requests, rate, args, meter, seed=args.seed + 1000 * repeat + attempt + int(rate)
                 )
                 result.update(repeat=repeat, arrivals=args.arrivals)
-                result["cpu"]["background_busy_pct"] = background
                 others = result["cpu"].get("others_pct", 0.0)
                 in_budget = time.monotonic() - STARTED < args.retry_within
                 if not result["pass"] and attempt == 1 and others > args.noisy and in_budget:
