@@ -316,7 +316,10 @@ def mark_quarantine_expired(engine: Engine, paths: Iterable[str], when: dt.datet
 
 # ---------------------------------------------------------------- the free-space budget
 BUDGET_CACHE_SECONDS = 1.0
-"""How long one ``statvfs`` of the storage volume answers the budget check."""
+"""How long one ``statvfs`` of the storage volume answers the budget check, while the volume is far from it."""
+BUDGET_NEAR = 256 << 20
+"""Within this many bytes of ``min_free_space`` every check reads the volume again: a sender can store more
+than the whole margin within one cache period (``statvfs`` costs microseconds, an instance milliseconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +357,9 @@ class FreeSpaceBudget:
         """The volume's free space now (at most :data:`BUDGET_CACHE_SECONDS` old); None when it cannot be read."""
         with self._lock:
             now = time.monotonic()
-            if self._space is None or now - self._checked_at >= BUDGET_CACHE_SECONDS:
+            cached = self._space
+            near = cached is not None and cached.wanted > 0 and cached.free - cached.wanted < BUDGET_NEAR
+            if cached is None or near or now - self._checked_at >= BUDGET_CACHE_SECONDS:
                 try:
                     self._space = volume_space(self.storage_dir, self.min_free)
                 except OSError as exc:
