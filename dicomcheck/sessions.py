@@ -16,6 +16,8 @@ its studies is decided; the API, exports and packs show :class:`SessionRecord`.
   (and ``no_unit`` when no study of the session supports a code), with the study that carries the unit.
 - :func:`made_later`: the 3D series dated after the study date (the same-day tie), flagged
   ``3d_made_later`` beyond a threshold. It never changes an outcome, and never a session verdict.
+- :class:`CarrierChoice`: a coder's choice of the study that carries the session's code (kept with who, when
+  and why); :func:`with_choice` marks the chosen study, :func:`carrier_refusal` says why a choice is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import lru_cache
@@ -33,7 +35,7 @@ from importlib import resources
 from itertools import chain
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import knowledge
 from .enums import CptCode, Outcome
@@ -675,6 +677,63 @@ class UnitGroupRecord(SessionModel):
     carrier: Uid | None
 
 
+class CarrierBasis(StrEnum):
+    """Why the carrier of the session's unit is the study it is."""
+
+    FIRST_DECIDED = "first_decided"
+    """The default: the first decided study of the unit."""
+    CODER_CHOICE = "coder_choice"
+    """A coder chose it (``POST /sessions/{session_id}/carrier``): who, when and why are in ``carrier_choice``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierChoice:
+    """A coder's choice of the study that carries the session's code. Every choice is kept; the latest one of a
+    session is the one that counts, across re-decisions of its studies."""
+
+    choice_id: int
+    study_instance_uid: str
+    reviewer: str
+    reason: str
+    chosen_at: datetime
+
+
+def with_choice(studies: Iterable[SessionStudy], choice: CarrierChoice | None) -> list[SessionStudy]:
+    """The studies with ``carrier_chosen`` set on the chosen one only (none without a choice)."""
+    chosen = choice.study_instance_uid if choice else None
+    return [
+        study if study.carrier_chosen == (study.study_instance_uid == chosen)
+        else replace(study, carrier_chosen=study.study_instance_uid == chosen)
+        for study in studies
+    ]
+
+
+def carrier_refusal(studies: Iterable[SessionStudy], study_uid: str) -> str | None:
+    """Why a coder may not choose ``study_uid`` to carry the code of the session of ``studies`` (None: they may).
+    A study outside the session, or one whose outcome supports no code, cannot carry it."""
+    study = next((s for s in studies if s.study_instance_uid == study_uid), None)
+    if study is None:
+        return f"study {study_uid} is not in this session (one patient, one Study Date)"
+    if study.code is None:
+        return (
+            f"study {study_uid} cannot carry the session's code: its outcome ({study.outcome.value}) supports no code"
+            + (" yet (review it first)" if study.outcome is Outcome.NEEDS_REVIEW else "")
+        )
+    return None
+
+
+class CarrierChoiceRecord(SessionModel):
+    """The coder's choice of the carrier: who chose which study, when and why. ``applied``: the chosen study
+    carries the unit now (False when it left the session or its outcome no longer supports a code)."""
+
+    choice_id: Annotated[int, Field(ge=1)]
+    study_instance_uid: Uid
+    reviewer: str
+    reason: str
+    chosen_at: datetime
+    applied: bool
+
+
 class SessionRecord(SessionModel):
     """The ``session`` part of a study's decision: the session's verdict and every study of it.
     ``session_id`` is None when the study is alone (no Patient ID or no Study Date)."""
@@ -686,10 +745,52 @@ class SessionRecord(SessionModel):
     studies: Annotated[list[SessionStudyRecord], Field(min_length=1)]
     groups: list[UnitGroupRecord]
     notes: list[str]
+    carrier_from: CarrierBasis | None = None
+    """Why the carrier carries: the first decided, or a coder's choice; None when no study carries a unit."""
+    carrier_choice: CarrierChoiceRecord | None = None
+    """The session's current carrier choice by a coder, if any (also when it no longer applies)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _carrier_from_of_earlier_records(cls, data: Any) -> Any:
+        """Records kept before coders could choose the carrier have no ``carrier_from``: their carriers were
+        the first decided."""
+        if isinstance(data, dict) and "carrier_from" not in data:
+            studies = data.get("studies") or []
+            carrying = [s for s in studies if isinstance(s, dict) and s.get("carries_unit")]
+            if carrying:
+                chosen = any(s.get("carrier_chosen") for s in carrying)
+                data = {**data, "carrier_from": (CarrierBasis.CODER_CHOICE if chosen else CarrierBasis.FIRST_DECIDED)}
+        return data
 
     @classmethod
-    def from_verdict(cls, verdict: SessionVerdict, session_id: str | None) -> Self:
+    def from_verdict(
+        cls, verdict: SessionVerdict, session_id: str | None, choice: CarrierChoice | None = None
+    ) -> Self:
+        """The record of ``verdict``; ``choice``: the session's current carrier choice (its study marked
+        ``carrier_chosen`` among ``verdict.studies``: :func:`with_choice`)."""
         carriers = set(verdict.carriers)
+        notes = list(verdict.notes)
+        applied = choice is not None and choice.study_instance_uid in carriers
+        if choice is not None and all(s.study_instance_uid != choice.study_instance_uid for s in verdict.studies):
+            notes.append(
+                f"A coder ({choice.reviewer}, {choice.chosen_at.date().isoformat()}) chose study "
+                f"{choice.study_instance_uid} to carry the session's code; it is no longer in this session: "
+                "the first decided carries it."
+            )
+        carrier_from = (CarrierBasis.CODER_CHOICE if applied else CarrierBasis.FIRST_DECIDED) if carriers else None
+        choice_record = (
+            CarrierChoiceRecord(
+                choice_id=choice.choice_id,
+                study_instance_uid=choice.study_instance_uid,
+                reviewer=choice.reviewer,
+                reason=choice.reason,
+                chosen_at=choice.chosen_at,
+                applied=applied,
+            )
+            if choice is not None
+            else None
+        )
         studies = [
             SessionStudyRecord(
                 study_instance_uid=study.study_instance_uid,
@@ -720,7 +821,9 @@ class SessionRecord(SessionModel):
             carrier=verdict.carrier,
             studies=studies,
             groups=groups,
-            notes=list(verdict.notes),
+            notes=notes,
+            carrier_from=carrier_from,
+            carrier_choice=choice_record,
         )
 
 

@@ -104,7 +104,7 @@ def test_api_depends_on_the_read_facade_not_the_receiver_nor_private_helpers():
 
 def test_each_route_module_is_one_resource():
     routes = {p.stem for p in (PACKAGE / "api" / "routes").glob("*.py")} - {"__init__"}
-    assert routes == {"studies", "reports", "evidence", "devices", "audit", "exports", "operations"}
+    assert routes == {"studies", "sessions", "reports", "evidence", "devices", "audit", "exports", "operations"}
 
 
 @pytest.fixture()

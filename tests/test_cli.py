@@ -202,6 +202,7 @@ def test_version_and_help_load_no_dicom_network_web_or_database_library():
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
     commands = [["--help"], ["analyze", "--help"], ["serve", "--help"], ["token", "create", "--help"]]
     commands += [["evidence", "--help"], ["storage", "prune", "--help"], ["db", "upgrade", "--help"]]
+    commands += [["sessions", "backfill", "--help"], ["sessions", "rebuild", "--help"]]
     code = (
         "import sys\nfrom dicomcheck import cli\n"
         f"for args in {commands!r}:\n"

@@ -35,8 +35,8 @@ SCENARIOS = {scenario["name"]: scenario for scenario in tomllib.loads(MANIFEST.r
 SCHEMA = json.loads((ROOT / "dicomcheck" / "schema" / "analysis.schema.json").read_text("utf-8"))
 SESSION_SCHEMA = jsonschema.Draft202012Validator({"$defs": SCHEMA["$defs"], "$ref": "#/$defs/session"})
 """The ``session`` part as ``schema/analysis.schema.json`` describes it."""
-NOT_WIRED = {"coder_chose_the_carrier"}
-"""A coder's carrier choice is not recorded by the review API yet: its scenario is checked by the pure core only."""
+NOT_WIRED: set[str] = set()
+"""Scenarios checked by the pure core only (none: a coder's carrier choice goes through the API)."""
 
 
 def build_study(scenario: str, entry: dict[str, Any], number: int, out: Path) -> Path:
@@ -108,6 +108,13 @@ def received(module_index_url: str, tmp_path_factory: pytest.TempPathFactory, bu
     receiver = make_receiver(module_index_url, tmp_path_factory.mktemp("sessions-data"))
     uids = {name: [receive(receiver, folder) for folder in folders] for name, folders in built.items()}
     client, token = client_of(receiver)
+    for name, studies in uids.items():  # the scenario's carrier choice by a coder (POST /sessions/{id}/carrier)
+        for entry, uid in zip(SCENARIOS[name]["study"], studies, strict=True):
+            if entry.get("carrier_chosen"):
+                session_id = session_of(client, token, uid)["session"]["session_id"]
+                body = {"study_instance_uid": uid, "reviewer": "fixture coder", "reason": "the scenario's choice"}
+                chosen = client.post(f"/sessions/{session_id}/carrier", json=body, headers=auth(token))
+                assert chosen.status_code == 201, chosen.text
     yield client, token, uids, receiver
     client.close()
     receiver.engine.dispose()
@@ -127,6 +134,11 @@ def test_fixture_session_verdicts_through_the_api(received, name: str):
         assert session["final"] is scenario.get("final", True)
         mine = next(s for s in session["studies"] if s["study_instance_uid"] == uid)
         assert mine["carries_unit"] is entry["carries_unit"], entry["case"]
+        assert mine["carrier_chosen"] is entry.get("carrier_chosen", False), entry["case"]
+        if any(e.get("carrier_chosen") for e in scenario["study"]):
+            assert session["carrier_from"] == "coder_choice" and session["carrier_choice"]["applied"] is True
+        elif session["carrier"]:
+            assert session["carrier_from"] == "first_decided" and session["carrier_choice"] is None
         assert mine["outcome"] == body["outcome"]
         if scenario.get("sessions", 1) == 1:
             assert {s["study_instance_uid"] for s in session["studies"]} == set(uids[name])
@@ -149,7 +161,9 @@ def test_list_filter_exports_and_sessions_page(received):
     listed = client.get("/studies", params={"session_verdict": "one_unit", "limit": 100}, headers=auth(token))
     assert listed.status_code == 200, listed.text
     one_unit = {item["study_instance_uid"] for item in listed.json()["items"]}
-    assert one_unit == set(uids["chest_abdomen_workstation"]) | set(uids["c_t_l_spine"])
+    assert one_unit == set(uids["chest_abdomen_workstation"]) | set(uids["coder_chose_the_carrier"]) | set(
+        uids["c_t_l_spine"]
+    )
     searched = client.post("/studies/search", json={"session_verdict": "unknown_regions"}, headers=auth(token))
     assert {item["study_instance_uid"] for item in searched.json()["items"]} == set(uids["unknown_regions"])
     assert client.get("/studies", params={"session_verdict": "two"}, headers=auth(token)).status_code == 422
@@ -167,6 +181,8 @@ def test_list_filter_exports_and_sessions_page(received):
     assert rows[late]["made_later_flag"] == "3d_made_later"
     chest, abdomen = uids["chest_abdomen_workstation"]
     assert rows[chest]["session_carrier"] == rows[abdomen]["session_carrier"] == chest
+    first_decided, chosen = uids["coder_chose_the_carrier"]
+    assert rows[first_decided]["session_carrier"] == rows[chosen]["session_carrier"] == chosen  # the coder's choice
     only = client.get("/exports/decisions", params={"session_verdict": "one_unit"}, headers=auth(admin))
     assert set(row["study_instance_uid"] for row in csv.DictReader(io.StringIO(only.text))) == one_unit
 
@@ -175,6 +191,7 @@ def test_list_filter_exports_and_sessions_page(received):
     assert page.status_code == 200, page.text
     for uid in (*uids["chest_abdomen_workstation"], *uids["unknown_regions"], *uids["c_t_l_spine"]):
         assert uid in page.text
+    assert "chosen by fixture coder" in page.text  # the coder_chose_the_carrier session says who chose
     for uid in (*uids["head_knee"], *uids["one_with_3d_one_without"], *uids["late_3d_series"]):
         assert uid not in page.text  # separate units and single sessions ask no choice
     study = client.get(f"/ui/studies/{abdomen}")

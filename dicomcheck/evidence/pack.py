@@ -687,6 +687,7 @@ def minimal_session(session: dict[str, Any] | None, study_uid: str) -> dict[str,
         "verdict": session.get("verdict"),
         "final": session.get("final"),
         "studies": len(studies),
+        "carrier_from": session.get("carrier_from"),
         "this_study": {key: mine.get(key) for key in kept},
     }
 

@@ -689,6 +689,9 @@ class _Builder:
             if "session_id" in session:
                 rows.append(("Session", _or_dash(session.get("session_id"))))
                 rows.append(("Carrier", _or_dash(session.get("carrier"))))
+            chosen = _carrier_from(session)
+            if chosen:
+                rows.append(("Carrier from", chosen))
             mine = session.get("this_study")
             if isinstance(mine, dict):  # a PHI-minimal pack: this study's part only
                 rows.append(("Studies", f"{session.get('studies')} in the session"))
@@ -1059,3 +1062,23 @@ def _burned_in(path: Path) -> bool:
         return str(header.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
     except Exception:  # noqa: BLE001
         return False
+
+
+def _carrier_from(session: dict[str, Any]) -> str | None:
+    """Why the carrier carries (issue 13): a coder's choice (who, when, why) or the default (the first decided).
+    A PHI-minimal pack has ``carrier_from`` only, not the coder's words."""
+    choice = session.get("carrier_choice")
+    basis = session.get("carrier_from")
+    if isinstance(choice, dict):
+        said = (
+            f"chosen by a coder: {choice.get('reviewer')}, {str(choice.get('chosen_at'))[:19].replace('T', ' ')} UTC"
+            f" (choice #{choice.get('choice_id')}): {choice.get('reason')}"
+        )
+        if choice.get("applied"):
+            return said
+        return f"the first decided study; a coder's choice does not apply now ({said})"
+    if basis == "coder_choice":
+        return "chosen by a coder (POST /sessions/{session_id}/carrier)"
+    if basis == "first_decided":
+        return "the first decided study (the default; no coder chose another)"
+    return None

@@ -11,14 +11,19 @@ Receivers sharing one index (PostgreSQL) serialise the recomputation of one sess
 advisory lock on the session id: two studies of one session decided at once by two processes both end with the
 same, complete session (READ COMMITTED: each statement after the lock sees what the other committed). On SQLite
 the study's own row is written before the session is read, which takes the database's one write lock first.
+
+A coder may choose the study that carries a session's code (:meth:`Sessions.choose_carrier`): every choice is
+kept in ``session_carrier_choice`` (who, when, why; a later one supersedes the earlier), and every recomputation
+reads the session's current choice, so it survives re-decisions. Studies decided before sessions were kept
+get theirs from :meth:`Sessions.keep` (``dicomcheck.session_backfill``), never by being decided again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlmodel import col
@@ -26,6 +31,8 @@ from sqlmodel import col
 from ..decision_record import StudyDecisionRecord
 from ..enums import Outcome
 from ..sessions import (
+    CarrierChoice,
+    CarrierChoiceRecord,
     MadeLater,
     MadeLaterRecord,
     RegionBasis,
@@ -33,11 +40,13 @@ from ..sessions import (
     SessionStudy,
     Verdict,
     builtin_regions,
+    carrier_refusal,
     made_later,
     session_key,
     session_verdict,
+    with_choice,
 )
-from .tables import Decision, StudySession, utcnow
+from .tables import Decision, SessionCarrierChoice, Study, StudySession, utcnow
 
 CHOICE_VERDICTS = (Verdict.ONE_UNIT, Verdict.UNKNOWN_REGIONS)
 """Verdicts that ask the coder to choose (listed on ``/ui/sessions``): ``one_unit`` across several studies
@@ -73,6 +82,10 @@ def _session_study(row: Any) -> SessionStudy:
     )
 
 
+def _choice(row: Any) -> CarrierChoice:
+    return CarrierChoice(row.id, row.study_instance_uid, row.reviewer, row.reason, row.chosen_at)
+
+
 class SessionSettings(Protocol):
     """What the recomputation reads of the settings (``config.Settings``)."""
 
@@ -81,6 +94,54 @@ class SessionSettings(Protocol):
 
     @property
     def session_hash_key(self) -> bytes: ...
+
+
+class SessionNotFound(LookupError):
+    """No decided study has this session id."""
+
+
+class CarrierRefused(ValueError):
+    """The study named cannot carry the session's code; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInput:
+    """What a study's ``study_session`` row keeps of its decision (all the session needs of it)."""
+
+    study_instance_uid: str
+    accession_number: str | None
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    study_date: str | None
+    outcome: Outcome
+    has_3d: bool
+    regions: tuple[str, ...]
+    regions_from: RegionBasis
+    three_d_dates: tuple[dt.date, ...]
+
+    @classmethod
+    def of_record(cls, record: StudyDecisionRecord) -> Self:
+        return cls(
+            study_instance_uid=record.study_instance_uid,
+            accession_number=record.accession_number,
+            patient_id=record.patient_id,
+            issuer_of_patient_id=record.issuer_of_patient_id,
+            study_date=record.study_date,
+            outcome=record.outcome,
+            has_3d=any(series.is_3d for series in record.series),
+            regions=tuple(record.regions),
+            regions_from=record.regions_from,
+            three_d_dates=tuple(record.three_d_dates),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedStudy:
+    """A decided study as a backfill reads it: its current decision and that decision's document."""
+
+    study_instance_uid: str
+    decision_id: int
+    document: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +156,10 @@ class SessionSummary:
     carrier: str | None
     study_uids: tuple[str, ...]
     last_decided_at: dt.datetime
+    coded_uids: tuple[str, ...] = ()
+    """The studies whose outcome supports a code: those a coder may choose to carry it."""
+    carrier_choice: CarrierChoiceRecord | None = None
+    """The coder's current carrier choice, if any."""
 
 
 class Sessions:
@@ -108,17 +173,42 @@ class Sessions:
         """Keep the decided study's row and recompute the session of every study of its session (and of the
         session it left, when its key changed); returns the study's session record. ``settings``: the
         ``made_later_days`` threshold and the site's ``session_hash_key``."""
-        uid = record.study_instance_uid
-        key = session_key(record.patient_id, record.issuer_of_patient_id, record.study_date)
+        return self.keep(SessionInput.of_record(record), settings)
+
+    def keep(self, study: SessionInput, settings: SessionSettings) -> SessionRecord:
+        """:meth:`after_decision` from what the session needs of the decision."""
+        session = self._keep(study, settings)
+        assert session is not None  # written unconditionally
+        return session
+
+    def backfill(
+        self, study: SessionInput, settings: SessionSettings, *, decision_id: int, only_if_missing: bool
+    ) -> SessionRecord | None:
+        """:meth:`keep` for a study decided earlier (``dicomcheck.session_backfill``), skipped (None) when, under
+        the session's lock, the study's current decision is no longer ``decision_id`` (a newer decision kept
+        its own session meanwhile) or, with ``only_if_missing``, the study has its row already (another
+        receiver sharing the index gave it one)."""
+        return self._keep(study, settings, decision_id=decision_id, only_if_missing=only_if_missing)
+
+    def _keep(
+        self,
+        study: SessionInput,
+        settings: SessionSettings,
+        *,
+        decision_id: int | None = None,
+        only_if_missing: bool = False,
+    ) -> SessionRecord | None:
+        uid = study.study_instance_uid
+        key = session_key(study.patient_id, study.issuer_of_patient_id, study.study_date)
         session_id = key.session_id(settings.session_hash_key) if key else None
-        later = made_later(record.study_date, record.three_d_dates, settings.made_later_days)
+        later = made_later(study.study_date, study.three_d_dates, settings.made_later_days)
         values = {
             "session_id": session_id,
-            "accession_number": record.accession_number,
-            "outcome": record.outcome.value,
-            "has_3d": any(series.is_3d for series in record.series),
-            "regions": list(record.regions),
-            "regions_from": record.regions_from.value,
+            "accession_number": study.accession_number,
+            "outcome": study.outcome.value,
+            "has_3d": study.has_3d,
+            "regions": list(study.regions),
+            "regions_from": study.regions_from.value,
             "made_later": MadeLaterRecord.from_made_later(later).model_dump(mode="json") if later else None,
             "updated_at": utcnow(),
         }
@@ -128,6 +218,16 @@ class Sessions:
             ).first()
             old_session = left[0] if left is not None else None
             self._lock(connection, {s for s in (session_id, old_session) if s})
+            if only_if_missing and left is not None:
+                return None
+            if decision_id is not None:
+                current = connection.execute(
+                    select(col(Study.current_decision_id)).where(col(Study.study_instance_uid) == uid)
+                ).scalar_one_or_none()
+                if current != decision_id:
+                    return None
+                if only_if_missing and self._row_exists(connection, uid):  # written while we waited for the lock
+                    return None
             changed = connection.execute(
                 update(StudySession).where(col(StudySession.study_instance_uid) == uid).values(**values)
             ).rowcount
@@ -172,10 +272,108 @@ class Sessions:
         rows = connection.execute(select(StudySession).where(where)).all()
         if not rows:  # the session a study left had no other study
             return None
-        session = SessionRecord.from_verdict(session_verdict(_session_study(row) for row in rows), session_id)
+        choice = self._current_choice(connection, session_id) if session_id is not None else None
+        studies = with_choice((_session_study(row) for row in rows), choice)
+        session = SessionRecord.from_verdict(session_verdict(studies), session_id, choice)
         document = session.model_dump(mode="json")
-        connection.execute(update(StudySession).where(where).values(verdict=session.verdict.value, record=document))
+        connection.execute(
+            update(StudySession)
+            .where(where)
+            .values(verdict=session.verdict.value, record=document, carrier_chosen=False)
+        )
+        if choice is not None and any(row.study_instance_uid == choice.study_instance_uid for row in rows):
+            connection.execute(
+                update(StudySession)
+                .where(col(StudySession.study_instance_uid) == choice.study_instance_uid)
+                .values(carrier_chosen=True)
+            )
         return session
+
+    @staticmethod
+    def _current_choice(connection: Connection, session_id: str) -> CarrierChoice | None:
+        row = connection.execute(
+            select(SessionCarrierChoice)
+            .where(
+                col(SessionCarrierChoice.session_id) == session_id,
+                col(SessionCarrierChoice.superseded_by).is_(None),
+            )
+            .order_by(col(SessionCarrierChoice.id).desc())
+            .limit(1)
+        ).first()
+        return _choice(row) if row is not None else None
+
+    def choose_carrier(
+        self, session_id: str, study_uid: str, *, reviewer: str, token_name: str, reason: str
+    ) -> tuple[CarrierChoice, SessionRecord]:
+        """Record a coder's choice of the study that carries the session's code, supersede the session's earlier
+        choice, and recompute the session record of every study of it at once. Raises :class:`SessionNotFound`
+        for an unknown session and :class:`CarrierRefused` (with the reason) for a study outside it or one
+        whose outcome supports no code (:func:`dicomcheck.sessions.carrier_refusal`)."""
+        with self._transaction() as connection:
+            self._lock(connection, {session_id})
+            rows = connection.execute(select(StudySession).where(col(StudySession.session_id) == session_id)).all()
+            if not rows:
+                raise SessionNotFound(f"no decided study is in session {session_id}")
+            refusal = carrier_refusal([_session_study(row) for row in rows], study_uid)
+            if refusal is not None:
+                raise CarrierRefused(refusal)
+            chosen_at = utcnow()
+            choice_id = connection.execute(
+                insert(SessionCarrierChoice).values(
+                    session_id=session_id,
+                    study_instance_uid=study_uid,
+                    reviewer=reviewer,
+                    token_name=token_name,
+                    reason=reason,
+                    chosen_at=chosen_at,
+                )
+            ).inserted_primary_key[0]
+            connection.execute(
+                update(SessionCarrierChoice)
+                .where(
+                    col(SessionCarrierChoice.session_id) == session_id,
+                    col(SessionCarrierChoice.superseded_by).is_(None),
+                    col(SessionCarrierChoice.id) != choice_id,
+                )
+                .values(superseded_by=choice_id)
+            )
+            session = self._recompute(connection, session_id, None)
+            assert session is not None  # the session has rows (read above, under its lock)
+            return CarrierChoice(choice_id, study_uid, reviewer, reason, chosen_at), session
+
+    # ---------------------------------------------------------------- backfill (studies decided before sessions)
+    def decided_without_session(self, limit: int, after: str = "") -> list[DecidedStudy]:
+        """Up to ``limit`` decided studies that have no ``study_session`` row, in Study Instance UID order after
+        ``after``, with their current decision's document."""
+        return self._decided(limit, after, missing_only=True)
+
+    def decided(self, limit: int, after: str = "") -> list[DecidedStudy]:
+        """Up to ``limit`` decided studies (with a session row or not), in Study Instance UID order after
+        ``after``, with their current decision's document (``sessions rebuild``)."""
+        return self._decided(limit, after, missing_only=False)
+
+    def _decided(self, limit: int, after: str, *, missing_only: bool) -> list[DecidedStudy]:
+        query = (
+            select(col(Study.study_instance_uid), col(Decision.id), col(Decision.document))
+            .join(Decision, col(Decision.id) == col(Study.current_decision_id))
+            .where(col(Study.study_instance_uid) > after)
+            .order_by(col(Study.study_instance_uid))
+            .limit(limit)
+        )
+        if missing_only:
+            query = query.outerjoin(
+                StudySession, col(StudySession.study_instance_uid) == col(Study.study_instance_uid)
+            ).where(col(StudySession.study_instance_uid).is_(None))
+        with self._connection() as connection:
+            rows: Sequence[Any] = connection.execute(query).all()
+        return [DecidedStudy(row[0], row[1], dict(row[2])) for row in rows]
+
+    @staticmethod
+    def _row_exists(connection: Connection, study_uid: str) -> bool:
+        found = connection.execute(
+            select(col(StudySession.study_instance_uid)).where(col(StudySession.study_instance_uid) == study_uid)
+        ).first()
+        return found is not None
 
     # ---------------------------------------------------------------- reads
     def of_study(self, study_uid: str) -> SessionRecord | None:
@@ -183,6 +381,24 @@ class Sessions:
         with self._connection() as connection:
             document = connection.execute(
                 select(col(StudySession.record)).where(col(StudySession.study_instance_uid) == study_uid)
+            ).scalar_one_or_none()
+        return SessionRecord.model_validate(document) if document else None
+
+    def carrier_choices(self, session_id: str) -> list[CarrierChoice]:
+        """Every carrier choice of the session, the latest (current) first."""
+        with self._connection() as connection:
+            rows = connection.execute(
+                select(SessionCarrierChoice)
+                .where(col(SessionCarrierChoice.session_id) == session_id)
+                .order_by(col(SessionCarrierChoice.id).desc())
+            ).all()
+        return [_choice(row) for row in rows]
+
+    def of_session(self, session_id: str) -> SessionRecord | None:
+        """The session record its studies share (None: no decided study is in it)."""
+        with self._connection() as connection:
+            document = connection.execute(
+                select(col(StudySession.record)).where(col(StudySession.session_id) == session_id).limit(1)
             ).scalar_one_or_none()
         return SessionRecord.model_validate(document) if document else None
 
@@ -215,6 +431,8 @@ class Sessions:
                 carrier=record.carrier,
                 study_uids=tuple(study.study_instance_uid for study in record.studies),
                 last_decided_at=row.updated_at,
+                coded_uids=tuple(study.study_instance_uid for study in record.studies if study.code),
+                carrier_choice=record.carrier_choice,
             )
         return list(sessions.values())
 
