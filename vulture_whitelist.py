@@ -127,6 +127,10 @@ _.by_month
 _.by_station
 _.three_d_rate
 _.registrable
+# issue 11 operations: the evidence-return counts the dashboard template reads (ui/templates/dashboard.html)
+_.returns_waiting
+_.returns_failed
+_.returns_sent
 # FastAPI calls the JSON route beside the pages (ui/pages.py, decorated by json_router, not router)
 _.equipment_json
 # uvicorn and Selenium read these; a test sets a DICOM attribute pydicom writes (tests/test_ui_*.py)
@@ -148,3 +152,4 @@ _.RelationshipType
 # issue 13 sessions: a field the sessions page template reads (ui/templates/sessions.html, store/sessions.py)
 _.last_decided_at
 _.study_uids
+_.coded_uids  # the studies a coder may choose as the session's carrier (sessions.html)

@@ -263,6 +263,10 @@ def _run_server(settings, receiver_type, settler_type) -> None:
     hl7 = None
     if settings.hl7_port is not None:
         hl7 = _start_hl7(settings, receiver.engine, server, settler)
+    from .session_backfill import backfill_in_background
+
+    # studies decided before sessions were kept get theirs now, not at their next decision (issue 13)
+    backfill_thread, backfill_stop = backfill_in_background(receiver.engine, settings)
     try:
         if settings.api:
             from .api.server import run_api
@@ -274,11 +278,13 @@ def _run_server(settings, receiver_type, settler_type) -> None:
         else:
             _wait_for_stop_signal()
     finally:
+        backfill_stop.set()  # between two studies; the next start goes on where it stopped
         if hl7 is not None:
             hl7.shutdown()
         if server is not None:
             server.shutdown()
         settler.stop()
+        backfill_thread.join(timeout=30)
         receiver.close()  # index what was answered (else the journal has it for the next start)
 
 
@@ -518,7 +524,8 @@ def evidence(
     target: Annotated[
         str,
         typer.Argument(
-            help="A folder / file of DICOM instances, a Study Instance UID in the index, or the word `verify`.",
+            help="A folder / file of DICOM instances, a Study Instance UID in the index, or the word `verify` or "
+            "`returns`.",
             show_default=False,
         ),
     ],
@@ -573,6 +580,14 @@ def evidence(
             show_default=False,
         ),
     ] = None,
+    retry: Annotated[
+        bool,
+        typer.Option(
+            "--retry",
+            help="With returns: queue every failed evidence return to the PACS again, due now (attempts and age "
+            "counted afresh).",
+        ),
+    ] = False,
     pack_only: Annotated[
         bool,
         typer.Option(
@@ -589,7 +604,11 @@ def evidence(
 
     dicomcheck evidence PATH-or-STUDY_UID --out DIR [--minimal]   write pack(s) (needs the site key: `dicomcheck keys create`)
     dicomcheck evidence verify PACK (--fingerprint FP | --data DIR | --trusted-keys FILE) [--storage DIR] [--pack-only]   exit 0 when intact
-    """  # noqa: E501 - the two usage lines are shown verbatim by --help (rich markup keeps line breaks)
+    dicomcheck evidence returns [--retry] (--data DIR | --database-url URL)   the returns to the PACS waiting or failed; --retry sends the failed ones again
+    """  # noqa: E501 - the three usage lines are shown verbatim by --help (rich markup keeps line breaks)
+    if target == "returns":
+        _evidence_returns(_index_settings(data, database_url), retry=retry)
+        return
     if target == "verify":
         if pack is None:
             raise typer.BadParameter("name the pack folder or ZIP to verify")
@@ -660,6 +679,28 @@ def evidence(
             print(f"{source.study_instance_uid}: {source.decision.outcome.value} -> {folder}")
     except (EvidenceError, PackError) as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _evidence_returns(settings, *, retry: bool) -> None:
+    """Print the evidence returns waiting or failed (failed first) and the counts; ``retry``: queue the failed again."""
+    from .store.returns import EvidenceReturns, ReturnState
+
+    returns = EvidenceReturns(_existing_index(settings))
+    if retry:
+        print(f"queued again: {returns.retry_failed()} failed evidence return(s), due now")
+    for item in returns.listing(limit=1000):
+        next_attempt = (
+            "-" if item.state is ReturnState.FAILED else item.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        )
+        print(
+            f"{item.state.value:<8} {item.study_instance_uid} decision {item.decision_id} -> {item.destination}: "
+            f"{item.attempts} attempt(s), next {next_attempt}, last error: {item.last_error or '-'}"
+        )
+    counts = returns.counts()
+    print(
+        f"evidence returns: {counts[ReturnState.PENDING]} waiting, {counts[ReturnState.FAILED]} failed, "
+        f"{counts[ReturnState.SENT]} sent, {counts[ReturnState.SUPERSEDED]} superseded"
+    )
 
 
 def _trust_anchors(
@@ -736,6 +777,56 @@ def db_upgrade(data: DataOption = None, database_url: UrlOption = None) -> None:
     settings = _index_settings(data, database_url)
     upgrade(make_engine(settings.url))
     print(f"index at the newest schema: {make_engine(settings.url).url.render_as_string(hide_password=True)}")
+
+
+sessions_app = typer.Typer(
+    help="Sessions (one patient, one day): give studies decided before sessions were kept theirs, or recompute all.",
+    no_args_is_help=True,
+)
+app.add_typer(sessions_app, name="sessions")
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="The serve TOML settings file (session_secret, made_later_days must be the receivers').",
+        show_default=False,
+    ),
+]
+
+
+def _sessions_index(config: Path | None, data: Path | None, database_url: str | None):
+    from .config import ConfigError, load_settings
+    from .store.engine import upgrade
+
+    try:
+        settings = load_settings(config, data=data, database_url=database_url)
+    except ConfigError as exc:
+        raise _fail(f"bad settings: {exc}") from None
+    engine = _existing_index(settings)
+    upgrade(engine)
+    return settings, engine
+
+
+@sessions_app.command("backfill")
+def sessions_backfill(config: ConfigOption = None, data: DataOption = None, database_url: UrlOption = None) -> None:
+    """Give every decided study without a session its session (serve does this at start, in the background).
+    Idempotent; outcomes never change (no study is decided again)."""
+    from .session_backfill import backfill
+
+    settings, engine = _sessions_index(config, data, database_url)
+    result = backfill(engine, settings)
+    print(f"sessions: {result.written} study(ies) given their session, {result.skipped} skipped")
+
+
+@sessions_app.command("rebuild")
+def sessions_rebuild(config: ConfigOption = None, data: DataOption = None, database_url: UrlOption = None) -> None:
+    """Recompute the session of every decided study, its regions read anew from the indexed headers with this
+    version's regions.toml (after a change of it). Outcomes never change; coders' carrier choices are kept."""
+    from .session_backfill import rebuild
+
+    settings, engine = _sessions_index(config, data, database_url)
+    result = rebuild(engine, settings)
+    print(f"sessions: {result.written} study(ies) recomputed, {result.skipped} skipped (decided again meanwhile)")
 
 
 storage_app = typer.Typer(

@@ -106,6 +106,32 @@ class Settings(BaseSettings):
     evidence_destination: Annotated[str | None, Flag("--evidence-destination")] = Field(
         None, description="AE@host:port of a PACS that receives each decision's evidence KOS and SR (C-STORE)."
     )
+    evidence_retry_base: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds before the first retry of an evidence return the PACS did not take (unreachable, "
+        "association rejected, a failure status); each later retry waits twice as long, with up to 20 % jitter.",
+    )
+    evidence_retry_max_delay: float = Field(
+        3600.0, gt=0, description="Longest wait in seconds between two attempts of an evidence return."
+    )
+    evidence_retry_max_attempts: int = Field(
+        30,
+        ge=1,
+        description="Attempts of an evidence return before it is given up as failed (`dicomcheck evidence returns "
+        "--retry` queues failed ones again).",
+    )
+    evidence_retry_max_age: str = Field(
+        "24h",
+        description="How long an evidence return is retried, from its first attempt, before it is given up as "
+        "failed. A duration (`90s`, `12h`, `2d`); `off` retries until evidence_retry_max_attempts.",
+    )
+    forwarded_allow_ips: Annotated[list[str], Flag("--forwarded-allow-ip")] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of TLS-terminating reverse proxies whose X-Forwarded-Proto / "
+        "X-Forwarded-For are trusted (the pages' Origin check, the Secure cookie, the audited client address); "
+        "empty trusts no proxy header.",
+    )
     processes: Annotated[int, Flag("--processes")] = Field(
         1,
         ge=0,
@@ -260,6 +286,28 @@ class Settings(BaseSettings):
             PacsDestination.parse(value)  # raises ValueError with the reason
         return value or None
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        cleaned = [v.strip() for v in value if v.strip()]
+        bad = []
+        for item in cleaned:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                bad.append(item)
+        if bad:
+            raise ValueError(f"not IP addresses or networks (a proxy is named by its address, never '*'): {bad}")
+        return cleaned
+
+    @field_validator("evidence_retry_max_age")
+    @classmethod
+    def _retry_age(cls, value: str) -> str:
+        parse_duration(value)  # raises ValueError with the reason
+        return value.strip()
+
     @field_validator("private_sop_classes")
     @classmethod
     def _uids(cls, value: list[str]) -> list[str]:
@@ -343,6 +391,11 @@ class Settings(BaseSettings):
         if self.report_wait.lower() in ("off", "never"):
             return None
         return parse_duration_allowing_zero(self.report_wait)
+
+    @property
+    def evidence_retry_max_age_seconds(self) -> float | None:
+        """``evidence_retry_max_age`` in seconds; None when only the number of attempts limits the retries."""
+        return parse_duration(self.evidence_retry_max_age)
 
     @property
     def quarantine_retention_seconds(self) -> float | None:

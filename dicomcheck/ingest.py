@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -53,6 +54,7 @@ from .store.files import (
 )
 from .store.index import Index, NewInstance, ReceiptInfo
 from .store.retention import storage_refusal
+from .store.returns import EvidenceReturnRecord, EvidenceReturns
 from .store.sessions import Sessions
 
 log = logging.getLogger(__name__)
@@ -351,6 +353,11 @@ class Receiver:
         if not read_only:
             upgrade(self.engine)
         self.index = Index(self.engine, self.node, self.owner)
+        self.returns = EvidenceReturns(self.engine, self.node)
+        """The evidence returns to the PACS (``evidence_destination``): queued by :meth:`decide`, sent by
+        :meth:`send_due_returns` (the :class:`ReturnSender` thread of the settler)."""
+        self.returns_queued = threading.Event()
+        """Set when a return is queued: the sender attempts it at once instead of at its next pass."""
         self._storing: set[str] = set()  # stored paths between their duplicate check and their rename
         self._storing_lock = threading.Lock()
         self.writer: IndexWriter | None = None
@@ -814,7 +821,7 @@ class Receiver:
             self.index.release(study_uid)
             return None
         record, registry = evaluated
-        self.index.save_decision(
+        decision_id = self.index.save_decision(
             study_uid,
             record,
             last_arrival_seen=last_arrival_seen,
@@ -829,30 +836,92 @@ class Receiver:
             log.exception("text SR reports of study %s not read", study_uid)
         metrics.DECISIONS.labels(record.outcome.value).inc()
         log.info("decided study %s: %s (%d instances)", study_uid, record.outcome.value, record.instances)
-        if self.settings.evidence_destination:
-            self.return_evidence(study_uid)
+        if self.settings.evidence_destination:  # sent by the return sender (``send_due_returns``), retried
+            self.returns.enqueue(study_uid, decision_id, self.settings.evidence_destination)
+            self.returns_queued.set()
         return record
 
-    def return_evidence(self, study_uid: str) -> list[int] | None:
-        """Send the decision's KOS and SR to the configured PACS, beside the study (never the
-        PHI-minimal variant). A failure is logged; the decision stands and the pack is kept."""
-        from .evidence.send import PacsDestination
+    RETURN_LEASE = 600.0
+    """Seconds a receiver holds an evidence return it is sending (a few network timeouts); a receiver that dies
+    meanwhile leaves it to the others after this."""
+
+    def send_due_returns(self) -> int:
+        """Attempt every evidence return that is due and that no other receiver holds; how many were attempted."""
+        attempted = 0
+        for due in self.returns.due():
+            claimed = self.returns.claim(due.id, lease=self.RETURN_LEASE)
+            if claimed is None:
+                continue  # another receiver took it
+            attempted += 1
+            try:
+                self._attempt_return(claimed)
+            except Exception:  # noqa: BLE001 - e.g. the index went away mid-way: the lease frees the return
+                log.exception("evidence return of study %s not recorded", claimed.study_instance_uid)
+        return attempted
+
+    def _attempt_return(self, due: EvidenceReturnRecord) -> None:
+        """Send one return's KOS and SR to its PACS, beside the study (never the PHI-minimal variant), and
+        record the outcome: sent; retried later (unreachable, rejected, a failure status, a pack not written
+        yet); failed at once when the objects can never be sent, or when the attempts or the age run out."""
+        from .evidence.send import NotSendable, PacsDestination, SendError, StoreRefused, stored
         from .evidence.service import ensure_pack
 
-        destination = PacsDestination.parse(self.settings.evidence_destination or "", calling_ae=self.settings.ae_title)
+        study = self.index.get_study(due.study_instance_uid)
+        if study is None or study.current_decision_id != due.decision_id:
+            self.returns.set_aside(due.id)  # a newer decision's return carries the newest pack
+            return
         try:
-            folder = ensure_pack(self, study_uid, minimal=False)
+            destination = PacsDestination.parse(due.destination, calling_ae=self.settings.ae_title)
+            folder = ensure_pack(self, due.study_instance_uid, minimal=False)
             statuses = destination.send([folder / "kos.dcm", folder / "sr.dcm"])
-        except Exception as exc:  # noqa: BLE001 - the PACS may be down; the pack stays for a later send
-            log.error("evidence for study %s not sent to %s: %s", study_uid, destination, type(exc).__name__)
-            return None
+            refused = [status for status in statuses if not stored(status)]
+            if refused:
+                raise StoreRefused("C-STORE status " + ", ".join(f"0x{status:04X}" for status in refused))
+        except NotSendable as exc:
+            log.error("evidence for study %s never sendable to %s: %s", due.study_instance_uid, due.destination, exc)
+            self.returns.give_up(due.id, error=f"{type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - the PACS may be down; the pack stays for the next attempt
+            # our own send errors name AE titles, addresses and statuses only; any other error is named by its
+            # class alone (its message might quote a header value)
+            named = isinstance(exc, SendError | ValueError)
+            self._retry_or_give_up(due, f"{type(exc).__name__}: {exc}"[:300] if named else type(exc).__name__)
+            return
+        self.returns.sent(due.id)
         log.info(
-            "evidence for study %s sent to %s: statuses %s",
-            study_uid,
-            destination,
-            ", ".join(f"0x{s:04X}" for s in statuses),
+            "evidence for study %s sent to %s (attempt %d): statuses %s",
+            due.study_instance_uid,
+            due.destination,
+            due.attempts + 1,
+            ", ".join(f"0x{status:04X}" for status in statuses),
         )
-        return statuses
+
+    def _retry_or_give_up(self, due: EvidenceReturnRecord, error: str) -> None:
+        """A failed attempt: the next one after the backoff, or ``failed`` once the attempts or the age run out."""
+        attempts = due.attempts + 1
+        wait = retry_delay(attempts, base=self.settings.evidence_retry_base, cap=self.settings.evidence_retry_max_delay)
+        next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
+        max_age = self.settings.evidence_retry_max_age_seconds
+        too_old = max_age is not None and (next_at - due.attempts_since).total_seconds() > max_age
+        if attempts >= self.settings.evidence_retry_max_attempts or too_old:
+            log.error(
+                "evidence for study %s not sent to %s, given up after %d attempt(s): %s",
+                due.study_instance_uid,
+                due.destination,
+                attempts,
+                error,
+            )
+            self.returns.give_up(due.id, error=error)
+            return
+        log.warning(
+            "evidence for study %s not sent to %s (attempt %d, next in %.0f s): %s",
+            due.study_instance_uid,
+            due.destination,
+            attempts,
+            wait,
+            error,
+        )
+        self.returns.retry_later(due.id, error=error, at=next_at)
 
     def settle_once(self) -> int:
         """Decide every study that has been stable for ``stable_after`` seconds and has no instance
@@ -878,6 +947,36 @@ class Receiver:
         return decided
 
 
+def retry_delay(attempts: int, *, base: float, cap: float) -> float:
+    """Seconds to wait after ``attempts`` failed attempts: ``base`` doubled after each one, at most ``cap``,
+    less up to 20 % at random, so the returns of one PACS outage do not all come back at the same moment."""
+    return min(cap, base * 2.0 ** min(attempts - 1, 60)) * random.uniform(0.8, 1.0)
+
+
+class ReturnSender(threading.Thread):
+    """Background loop sending the evidence returns that are due, apart from the settler: a PACS that does not
+    answer (network timeouts) holds up the returns, never the decisions."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        super().__init__(name="dicomcheck-evidence-returns", daemon=True)
+        self.receiver = receiver
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        interval = self.receiver.settings.settle_every
+        while not self._stop_event.is_set():
+            self.receiver.returns_queued.clear()
+            try:
+                self.receiver.send_due_returns()
+            except Exception:  # noqa: BLE001 - e.g. the index briefly unreachable; the next pass tries again
+                log.exception("evidence return pass failed")
+            self.receiver.returns_queued.wait(interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.receiver.returns_queued.set()
+
+
 class Settler(threading.Thread):
     """Background loop deciding stable studies until stopped."""
 
@@ -885,6 +984,12 @@ class Settler(threading.Thread):
         super().__init__(name="dicomcheck-settler", daemon=True)
         self.receiver = receiver
         self._stop_event = threading.Event()
+        self.returns = ReturnSender(receiver)
+        """Sends the evidence returns the decisions queue (started and stopped with the settler)."""
+
+    def start(self) -> None:
+        super().start()
+        self.returns.start()
 
     SWEEP_EVERY = 600.0
     """Seconds between sweeps of abandoned temporary files."""
@@ -917,3 +1022,4 @@ class Settler(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+        self.returns.stop()

@@ -38,6 +38,30 @@ STORAGE_BELOW_MIN_FREE = Gauge(
     "1 while the storage volume is below min_free_space (new instances refused with 0xA700), else 0",
     registry=REGISTRY,
 )
+REVIEW_BACKLOG = Gauge(
+    "dicomcheck_review_backlog_studies",
+    "Studies whose current decision is needs_review and that no current coder review settles (the worklist); "
+    "read from the index at each scrape",
+    registry=REGISTRY,
+)
+REVIEW_BACKLOG_OLDEST = Gauge(
+    "dicomcheck_review_backlog_oldest_seconds",
+    "Seconds since the first arrival of the oldest study waiting for a coder (0 when none)",
+    registry=REGISTRY,
+)
+PENDING_STUDIES = Gauge(
+    "dicomcheck_pending_studies", "Studies received and not yet decided with every instance", registry=REGISTRY
+)
+QUARANTINED = Gauge(
+    "dicomcheck_quarantined_inputs", "Inputs quarantined (refused), expired ones included", registry=REGISTRY
+)
+EVIDENCE_RETURNS = Gauge(
+    "dicomcheck_evidence_returns",
+    "Evidence returns to the PACS by state: pending (waiting for an attempt) and failed (given up; "
+    "`dicomcheck evidence returns --retry`)",
+    ["state"],
+    registry=REGISTRY,
+)
 REQUEST_LATENCY = Histogram(
     "dicomcheck_http_request_seconds",
     "HTTP request latency",

@@ -199,6 +199,15 @@ LIMITS: tuple[tuple[str, str | None, str], ...] = (
     ("HL7 MLLP: open connections", "hl7_max_connections", "one more is closed at once"),
 )
 
+EVIDENCE_FIELDS = (
+    # Settings fields of section 7 (the evidence return to the PACS), in this order
+    "evidence_destination",
+    "evidence_retry_base",
+    "evidence_retry_max_delay",
+    "evidence_retry_max_attempts",
+    "evidence_retry_max_age",
+)
+
 HL7_FIELDS = (
     "hl7_port",
     "hl7_allow_senders",
@@ -216,7 +225,13 @@ def _name(uid: str) -> str:
 
 def _check_fields() -> None:
     """Every setting the statement names is a Settings field: a renamed one fails here instead of vanishing."""
-    named = [*NETWORK_FIELDS, *HL7_FIELDS, *(field for _, field, _ in LIMITS if field)]
+    named = [
+        *NETWORK_FIELDS,
+        *EVIDENCE_FIELDS,
+        *HL7_FIELDS,
+        "forwarded_allow_ips",
+        *(field for _, field, _ in LIMITS if field),
+    ]
     missing = [field for field in named if field not in Settings.model_fields]
     if missing:
         raise RuntimeError(f"scp.conformance: not Settings fields: {missing}")
@@ -423,6 +438,12 @@ def statement(settings: Settings | None = None) -> str:
         "server certificate from `tls_cert`; with `tls_require_client_cert` a client certificate signed by `tls_ca` "
         "is required (mutual TLS). Without TLS settings the port is plain TCP."
     )
+    add(
+        "- HTTP behind a TLS-terminating reverse proxy: `X-Forwarded-Proto` and `X-Forwarded-For` are trusted only "
+        "from the addresses in `forwarded_allow_ips` (empty by default: from nobody). From them the forwarded "
+        "scheme is what the web pages' Origin check compares and what makes the session cookie `Secure`, and the "
+        "forwarded client address is audited; the proxy must pass the `Host` header on."
+    )
     add("- Logs carry UIDs, AE titles and addresses, never patient names or IDs.")
     add("")
 
@@ -442,6 +463,22 @@ def statement(settings: Settings | None = None) -> str:
         )
         add("")
         out += _table(["SOP Class", "UID", "Role"], [[_name(u), f"`{u}`", "SCU"] for u in sorted(OWN_SOP_CLASSES)])
+        add("")
+        add(
+            "Each decision queues its return in the index (one per study, decision and destination; a newer decision "
+            "of the study supersedes a return still waiting, so only the newest pack is sent). Receivers sharing the "
+            "index take each due return under a lease, so no two send it. The KOS and the SR go in one association; "
+            "a return is sent when every C-STORE answers success or a warning (`0x0000`, `0x0001`, `0x0107`, "
+            "`0x0116`, `0xBxxx`). An unreachable PACS, a rejected association, an association that ends mid-way or "
+            "any other status fails that attempt: the next waits `evidence_retry_base` seconds, doubled after each "
+            "failure up to `evidence_retry_max_delay`, less up to 20 % jitter; after `evidence_retry_max_attempts` "
+            "attempts or `evidence_retry_max_age` the return is `failed` (`/healthz` degraded, the dashboard and "
+            "`dicomcheck evidence returns` list it with its error class; `--retry` queues it again). Objects that can "
+            "never be sent (not a KOS / SR of ours, PHI-minimal, another transfer syntax) fail at once, with the "
+            "reason. Metric `dicomcheck_evidence_returns{state}`."
+        )
+        add("")
+        add(settings_table_markdown(EVIDENCE_FIELDS))
     add("")
 
     add("## 8. Character sets")

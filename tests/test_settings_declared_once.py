@@ -143,6 +143,10 @@ def test_every_flag_reaches_settings(tmp_path, monkeypatch):
         "tls_ca": (["--tls-ca", "ca.pem"], Path("ca.pem")),
         "tls_require_client_cert": (["--tls-require-client-cert"], True),
         "evidence_destination": (["--evidence-destination", "PACS@127.0.0.1:104"], "PACS@127.0.0.1:104"),
+        "forwarded_allow_ips": (
+            ["--forwarded-allow-ip", "10.0.0.5", "--forwarded-allow-ip", "10.1.0.0/16"],
+            ["10.0.0.5", "10.1.0.0/16"],
+        ),
         "processes": (["--processes", "2"], 2),
         "http_port": (["--http-port", "8081"], 8081),
         "api": (["--no-api"], False),

@@ -423,3 +423,105 @@ def test_register_a_device_from_the_inventory(site: dict) -> None:
     assert uid not in worklist_uids(client.get("/ui/worklist").text)
     events = Access(site["receiver"].engine).audit_events(study_uid=uid, event="Procedure Record", limit=5)
     assert any(e.detail.get("after") == "device registered" for e in events)
+
+
+# ---------------------------------------------------------------- operations (issue 11)
+
+
+def test_dashboard_shows_what_waits_and_the_evidence_returns(site: dict) -> None:
+    receiver = site["receiver"]
+    uid = site["expected"]["ct_console_mip"]["study_instance_uid"]
+    other = site["expected"]["ct_workstation_vr_sc"]["study_instance_uid"]
+    for study in (uid, other):
+        receiver.returns.enqueue(study, receiver.index.get_study(study).current_decision_id, "PACS@127.0.0.1:104")
+    failed = next(r for r in receiver.returns.due() if r.study_instance_uid == uid)
+    assert receiver.returns.claim(failed.id, lease=60) is not None
+    receiver.returns.give_up(failed.id, error="AssociationRejected: PACS@127.0.0.1:104 rejected the association")
+    try:
+        client = signed_in(site, "reader")
+        waiting_for_a_coder = len(worklist_uids(client.get("/ui/worklist").text))  # other tests review some
+        page = client.get("/ui/dashboard").text
+        number = {
+            name: re.search(rf'id="{name}">(\d+)<', page)
+            for name in ("backlog", "pending", "quarantined", "returns-waiting", "returns-failed")
+        }
+        assert {name: int(found[1]) for name, found in number.items() if found} == {
+            "backlog": waiting_for_a_coder,
+            "pending": 0,
+            "quarantined": 1,
+            "returns-waiting": 1,
+            "returns-failed": 1,
+        }
+        rows = re.search(r'<table class="list" id="returns-list">(.*?)</table>', page, re.S)
+        assert rows is not None
+        failed_row, waiting_row = re.findall(r"<tr class=.*?</tr>", rows[1], re.S)  # failed first
+        assert uid in failed_row and "<strong>AssociationRejected</strong>" in failed_row and "failed" in failed_row
+        assert other in waiting_row and "pending" in waiting_row and "UTC" in waiting_row  # its next attempt
+    finally:  # the other tests see no returns
+        receiver.returns.retry_failed()
+        for record in receiver.returns.due():
+            if receiver.returns.claim(record.id, lease=60):
+                receiver.returns.set_aside(record.id)
+
+
+def test_sign_out_ends_the_session_on_the_server(site: dict) -> None:
+    client = signed_in(site, "reader")
+    copied = client.cookies[COOKIE]
+    csrf = csrf_of(client.get("/ui/worklist").text)
+    assert client.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    thief = TestClient(site["app"], cookies={COOKIE: copied})
+    refused = thief.get("/ui/worklist", follow_redirects=False)
+    assert refused.status_code == 303 and refused.headers["location"] == "/ui/login"
+    access = Access(site["receiver"].engine)
+    assert any(e.detail.get("signed_out") for e in access.audit_events(event="User Authentication", limit=20))
+    alerts = access.audit_events(event="Security Alert", limit=20)
+    assert any(e.detail.get("reason") == "session ended: signed out" for e in alerts)
+    other = signed_in(site, "reader")  # another session of the same token is untouched
+    assert other.get("/ui/worklist", follow_redirects=False).status_code == 200
+
+
+def test_origin_behind_a_tls_proxy_only_with_forwarded_allow_ips(tmp_path: Path, receiver_factory) -> None:
+    """A real `serve` (uvicorn): with `--forwarded-allow-ip 127.0.0.1` a sign-in posted through an https proxy
+    (X-Forwarded-Proto https, Origin https://host) passes, its cookie is Secure and the audit names the client
+    the proxy forwarded for; without the setting the same headers are ignored and the https Origin refused."""
+    import httpx
+
+    from dicomcheck.store.engine import make_engine
+
+    from .peers import free_port, wait_for
+
+    def serve(name: str, *extra: str) -> tuple[str, str]:
+        http_port = free_port()
+        server = receiver_factory("--http-port", str(http_port), *extra, data=tmp_path / name)
+        base = f"http://127.0.0.1:{http_port}"
+        wait_for(lambda: _answers(httpx, f"{base}/healthz"), timeout=30)
+        engine = make_engine(f"sqlite:///{server.data / 'index.sqlite3'}")
+        token = Access(engine).create_token("coder-behind-proxy", "reader")
+        engine.dispose()
+        return base, token
+
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    base, token = serve("trusting", "--forwarded-allow-ip", "127.0.0.1")
+    host = base.removeprefix("http://")
+    passed = httpx.post(f"{base}/ui/login", data={"token": token}, headers={**proxied, "Origin": f"https://{host}"})
+    assert passed.status_code == 303, passed.text
+    cookie = passed.headers["set-cookie"].lower()
+    assert "; secure" in cookie and "httponly" in cookie
+    engine = make_engine(f"sqlite:///{tmp_path / 'trusting' / 'index.sqlite3'}")
+    (event,) = [e for e in Access(engine).audit_events(event="User Authentication", limit=5) if e.outcome == 0]
+    engine.dispose()
+    assert event.client_address == "203.0.113.7"
+    plain = httpx.post(f"{base}/ui/login", data={"token": token}, headers={"Origin": f"http://{host}"})
+    assert plain.status_code == 303 and "secure" not in plain.headers["set-cookie"].lower()
+
+    base, token = serve("default")
+    host = base.removeprefix("http://")
+    refused = httpx.post(f"{base}/ui/login", data={"token": token}, headers={**proxied, "Origin": f"https://{host}"})
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+
+
+def _answers(httpx_module, url: str) -> bool:
+    try:
+        return httpx_module.get(url, timeout=2).status_code in (200, 503)
+    except httpx_module.HTTPError:
+        return False

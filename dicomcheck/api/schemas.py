@@ -215,6 +215,48 @@ class ReviewIn(BaseModel):
     reason: str = Field(min_length=3, max_length=4000, pattern=NO_NUL_PATTERN)
 
 
+SESSION_ID_PATTERN = r"^ses-[0-9a-f]{24}$"
+
+
+class CarrierIn(BaseModel):
+    """A coder's choice of the study that carries a session's code (issue 13): ``one_unit`` is reported once
+    per session, by the first decided study unless a coder chooses another."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study_instance_uid: str = Field(
+        min_length=1, max_length=64, pattern=UID_PATTERN, description="The study of the session that carries the code."
+    )
+    reviewer: str = Field(
+        min_length=1, max_length=128, pattern=NO_NUL_PATTERN, description="The coder who made the call."
+    )
+    reason: str = Field(min_length=3, max_length=4000, pattern=NO_NUL_PATTERN)
+
+
+class CarrierChoiceOut(BaseModel):
+    """A recorded carrier choice: who chose which study, when and why (a later one supersedes it)."""
+
+    id: int
+    session_id: str
+    study_instance_uid: str
+    reviewer: str
+    reason: str
+    chosen_at: dt.datetime
+    current: bool = Field(description="The session's latest choice: the one that counts.")
+
+
+class SessionCarrierOut(BaseModel):
+    choice: CarrierChoiceOut
+    session: SessionRecord = Field(description="The session as every study of it now shows it (recomputed at once).")
+
+
+class SessionOut(BaseModel):
+    session: SessionRecord
+    carrier_choices: list[CarrierChoiceOut] = Field(
+        description="Every carrier choice of the session, the latest first."
+    )
+
+
 class DeviceIn(BaseModel):
     """A registry entry: the same fields as a [[device]] table of the TOML registry."""
 
@@ -271,7 +313,20 @@ class ErrorOut(BaseModel):
     detail: str | list[dict[str, Any]] = Field(description="Why the request was refused.")
 
 
+class OperationsHealth(BaseModel):
+    """What waits for people or for the PACS (counts only: ``/healthz`` needs no token)."""
+
+    review_backlog: int = Field(description="Studies in needs_review with no current coder review (the worklist).")
+    review_backlog_oldest_seconds: float = Field(description="Age of the oldest of them since its first arrival.")
+    pending_studies: int = Field(description="Studies received and not yet decided.")
+    quarantined: int = Field(description="Inputs quarantined (refused).")
+    evidence_returns_waiting: int = Field(description="Evidence returns to the PACS waiting for an attempt.")
+    evidence_returns_failed: int = Field(description="Evidence returns given up (`dicomcheck evidence returns`).")
+
+
 class Health(BaseModel):
     status: str
     index: str
     version: str
+    reason: str | None = Field(None, description="Why the status is degraded.")
+    operations: OperationsHealth | None = Field(None, description="Absent when the index is unreachable.")

@@ -29,6 +29,24 @@ class AssociationRejected(SendError):
     """The destination rejected the association (unknown calling / called AE title, busy, ...)."""
 
 
+class StoreRefused(SendError):
+    """The destination answered a C-STORE with a status that is neither success nor a warning."""
+
+
+class NotSendable(ValueError):
+    """A file that is never sent (not our KOS / SR, a PHI-minimal object, another transfer syntax): no
+    retry can change that."""
+
+
+WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116})
+"""C-STORE warnings outside the 0xBxxx range (PS3.7 C.4.2.1.4; PS3.4 GG.4.2)."""
+
+
+def stored(status: int) -> bool:
+    """Whether a C-STORE status means the object was stored: success, or a warning (PS3.4 Annex B.2.3)."""
+    return status == 0x0000 or 0xB000 <= status <= 0xBFFF or status in WARNING_STATUSES
+
+
 def _check_ae(title: str, what: str) -> str:
     if (
         not title
@@ -92,14 +110,14 @@ def _load(paths: list[Path]) -> list[tuple[Path, pydicom.Dataset]]:
         ds = pydicom.dcmread(path)
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class not in OWN_SOP_CLASSES:
-            raise ValueError(f"{path}: SOP class {sop_class or '(none)'} is not a KOS or Comprehensive / Enhanced SR")
+            raise NotSendable(f"{path}: SOP class {sop_class or '(none)'} is not a KOS or Comprehensive / Enhanced SR")
         if is_phi_minimal_own(ds):
-            raise ValueError(
+            raise NotSendable(
                 f"{path}: a PHI-minimal dicomcheck object (Patient Identity Removed YES) is never sent to a PACS"
             )
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and syntax != ExplicitVRLittleEndian:
-            raise ValueError(f"{path}: transfer syntax {syntax} (only Explicit VR Little Endian is proposed)")
+            raise NotSendable(f"{path}: transfer syntax {syntax} (only Explicit VR Little Endian is proposed)")
         loaded.append((path, ds))
     return loaded
 
@@ -115,8 +133,8 @@ def send_objects(
 ) -> list[int]:
     """C-STORE ``paths`` (our KOS / SR files) in one association; the DIMSE status of each, in order.
 
-    Raises :class:`ValueError` before connecting when a file is not a KOS / SR or is a PHI-minimal
-    object of ours; :class:`AssociationRejected` when the destination rejects us; :class:`SendError`
+    Raises :class:`NotSendable` (a ValueError) before connecting when a file is not a KOS / SR or is a
+    PHI-minimal object of ours; :class:`AssociationRejected` when the destination rejects us; :class:`SendError`
     when it cannot be reached, accepts none of our contexts, or the association ends mid-way."""
     _check_ae(called_ae, "called AE title")
     _check_ae(calling_ae, "calling AE title")

@@ -376,3 +376,63 @@ class StudySession(SQLModel, table=True):
     record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     """The ``session`` part of the study's decision (``sessions.SessionRecord``)."""
     updated_at: dt.datetime = Field(sa_column=_ts())
+
+
+class SessionCarrierChoice(SQLModel, table=True):
+    """A coder's choice of the study that carries a session's code (``one_unit``: "the first decided,
+    unless a coder review says another"). Every choice is kept; a later one for the same session sets
+    ``superseded_by`` on the one it replaces, so the current choice is the one without it."""
+
+    __tablename__ = "session_carrier_choice"
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(max_length=32, index=True)
+    study_instance_uid: str = Field(foreign_key="study.study_instance_uid", max_length=64)
+    reviewer: str = Field(max_length=128)
+    token_name: str = Field(max_length=64)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    chosen_at: dt.datetime = Field(sa_column=_ts())
+    superseded_by: int | None = Field(default=None, foreign_key="session_carrier_choice.id")
+
+
+# ---------------------------------------------------------------- operations (issue 11): evidence returns, sign-outs
+
+
+class EvidenceReturn(SQLModel, table=True):
+    """One decision's evidence KOS and SR waiting to be, or sent, to a PACS (``store.returns``): a durable
+    queue that every receiver sharing the index works off, each return claimed by one at a time."""
+
+    __tablename__ = "evidence_return"
+    __table_args__ = (
+        UniqueConstraint("study_instance_uid", "decision_id", "destination", name="uq_evidence_return"),
+        Index("ix_evidence_return_state_next", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64)
+    decision_id: int = Field(foreign_key="decision.id")
+    destination: str = Field(max_length=300)
+    """``AE@host:port`` (``evidence.send.PacsDestination``) as configured when the decision was made."""
+    state: str = Field(max_length=16)
+    """pending | sent | failed | superseded (``store.returns.ReturnState``)."""
+    attempts: int = 0
+    next_attempt_at: dt.datetime = Field(sa_column=_ts())
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    """The last failed attempt: the error class and a short reason (AE titles, addresses, statuses; no PHI)."""
+    created_at: dt.datetime = Field(sa_column=_ts())
+    attempts_since: dt.datetime = Field(sa_column=_ts())
+    """When this series of attempts began (created, or retried by hand): the maximum age counts from here."""
+    sent_at: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_until: dt.datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class EndedPageSession(SQLModel, table=True):
+    """A web page session signed out before it expired: a cookie carrying its nonce is refused (a copy of
+    the cookie is worth nothing after sign-out). Kept until ``expires_at``, when the cookie is dead anyway."""
+
+    __tablename__ = "ended_page_session"
+
+    nonce: str = Field(primary_key=True, max_length=64)
+    expires_at: dt.datetime = Field(sa_column=_ts(index=True))
+    ended_at: dt.datetime = Field(sa_column=_ts())

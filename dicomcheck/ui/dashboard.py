@@ -10,6 +10,7 @@ from typing import Any
 
 from ..enums import Outcome, SeriesKind
 from ..store.reads import IndexReader
+from ..store.returns import EvidenceReturnRecord, EvidenceReturns, ReturnState
 
 ORDER = (Outcome.SUPPORTS_76377, Outcome.SUPPORTS_76376, Outcome.NO_3D, Outcome.BUNDLED, Outcome.NEEDS_REVIEW)
 COLOURS = {
@@ -22,6 +23,8 @@ COLOURS = {
 AGE_BUCKETS = (("under 1 day", 1), ("1-7 days", 7), ("7-30 days", 30), ("over 30 days", None))
 MAX_GROUPS = 24
 """At most this many months / stations are drawn (the most recent months, the busiest stations)."""
+RETURN_ROWS = 20
+"""At most this many evidence returns are listed (failed first, then the next due)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,11 @@ class Figures:
     by_station: list[Bar] = field(default_factory=list)
     ages: list[tuple[str, int, float]] = field(default_factory=list)
     """(bucket, count, width as a fraction of the largest bucket)."""
+    returns_waiting: int = 0
+    returns_failed: int = 0
+    returns_sent: int = 0
+    returns: list[EvidenceReturnRecord] = field(default_factory=list)
+    """The failed evidence returns, then the waiting ones by next attempt (at most :data:`RETURN_ROWS`)."""
 
     @property
     def three_d_rate(self) -> str:
@@ -70,6 +78,11 @@ def figures(reader: IndexReader, *, now: dt.datetime | None = None) -> Figures:
     if ages:
         out.backlog_oldest_days = max(ages)
         out.backlog_median_days = statistics.median(ages)
+    queue = EvidenceReturns(reader.bind)
+    in_state = queue.counts()
+    out.returns_waiting, out.returns_failed = in_state[ReturnState.PENDING], in_state[ReturnState.FAILED]
+    out.returns_sent = in_state[ReturnState.SENT]
+    out.returns = queue.listing(limit=RETURN_ROWS)
     out.by_month = _bars(sorted(months.items())[-MAX_GROUPS:])
     busiest = sorted(stations.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:MAX_GROUPS]
     out.by_station = _bars(busiest)
@@ -104,3 +117,8 @@ def _bars(groups: list[tuple[str, Counter[str]]]) -> list[Bar]:
 
 def legend() -> list[tuple[str, str]]:
     return [(o.value, COLOURS[o]) for o in ORDER]
+
+
+def error_class(last_error: str | None) -> str:
+    """The error class of a return's last failed attempt (``last_error`` is ``Class: reason``)."""
+    return (last_error or "-").split(":", 1)[0]

@@ -27,9 +27,10 @@ from ..evidence.service import ensure_pack
 from ..evidence.thumbnails import thumbnail
 from ..registry import RegistryError, parse_device
 from ..rules import RULES
+from ..sessions import Verdict
 from ..store.reads import IndexSession, QueueFilters
 from ..store.records import StudyRecord
-from ..store.sessions import Sessions
+from ..store.sessions import CarrierRefused, SessionNotFound, Sessions
 from .dashboard import figures, legend
 from .inventory import inventory
 from .session import COOKIE, encode, new_session
@@ -50,6 +51,7 @@ from .web import (
     origin_ok,
     render,
     secret,
+    sign_out,
 )
 from .words import settled_by, why_review
 
@@ -58,6 +60,7 @@ json_router = APIRouter(tags=["devices"])
 UID = r"^[0-9]+(\.[0-9]+)*$"
 StudyUid = Annotated[str, PathParam(min_length=1, max_length=64, pattern=UID)]
 SeriesUid = Annotated[str, PathParam(min_length=1, max_length=64, pattern=UID)]
+SessionId = Annotated[str, PathParam(min_length=28, max_length=28, pattern=r"^ses-[0-9a-f]{24}$")]
 WORKLIST_ROWS = 500
 """The worklist shows up to this many studies on one page (no paging below it)."""
 THUMBNAIL_SIZE = 192
@@ -108,6 +111,7 @@ def login(request: Request, store: Store, form: Form) -> Response:
 @router.post("/logout", response_class=HTMLResponse)
 def logout(request: Request, store: Store, viewer: SignedIn, form: Form) -> RedirectResponse:
     checked_form(store, request, viewer, form)
+    sign_out(store, viewer)  # the session ends on the server: a copied cookie no longer works
     audit(store, request, viewer.token, "User Authentication", "E", detail={"signed_out": True})
     response = RedirectResponse(LOGIN, status_code=303)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
@@ -253,14 +257,24 @@ def study_page(request: Request, study_uid: StudyUid, store: Store, viewer: Sign
         outcomes=list(Outcome),
         may_review=viewer.role in STAFF and decision is not None,
         saved=request.query_params.get("saved") == "1",
-        session=_session_part(store, study_uid) if decision else None,
+        **(_session_part(store, study_uid, may_choose=viewer.role in STAFF) if decision else NO_SESSION),
+        carrier_saved=request.query_params.get("carrier") == "1",
     )
 
 
-def _session_part(store: IndexSession, study_uid: str) -> dict[str, Any] | None:
-    """The study's session (issue 13) as the page shows it."""
+NO_SESSION: dict[str, Any] = {"session": None, "carrier_choices": []}
+
+
+def _session_part(store: IndexSession, study_uid: str, *, may_choose: bool) -> dict[str, Any]:
+    """The study's session (issue 13) as the page shows it, and the studies a coder may choose to carry its code
+    (none when the viewer may not choose, the study is alone, or fewer than two studies could carry it)."""
     session = Sessions(store.reader.bind).of_study(study_uid)
-    return session.model_dump(mode="json") if session else None
+    if session is None:
+        return NO_SESSION
+    coded = [study.study_instance_uid for study in session.studies if study.code]
+    asks = len(coded) >= 2 or (session.verdict is Verdict.UNKNOWN_REGIONS and bool(coded))
+    choices = coded if may_choose and session.session_id and asks else []
+    return {"session": session.model_dump(mode="json"), "carrier_choices": choices}
 
 
 # ---------------------------------------------------------------- sessions (issue 13)
@@ -280,7 +294,53 @@ def sessions_page(request: Request, store: Store, viewer: SignedIn) -> HTMLRespo
         sessions=found[:WORKLIST_ROWS],
         more=len(found) > WORKLIST_ROWS,
         limit=WORKLIST_ROWS,
+        saved=request.query_params.get("saved") == "1",
     )
+
+
+@router.post("/sessions/{session_id}/carrier", response_class=HTMLResponse)
+def choose_carrier(request: Request, session_id: SessionId, store: Store, viewer: SignedIn, form: Form) -> Response:
+    """A coder's choice of the study that carries the session's code: the same choice the API records
+    (``POST /sessions/{session_id}/carrier``), audited, every study of the session recomputed at once."""
+    allow(store, request, viewer, *STAFF)
+    fields = checked_form(store, request, viewer, form)
+    study_uid = fields.get("study_instance_uid", "").strip()
+    reason = fields.get("reason", "").strip()
+    reviewer = fields.get("reviewer", "").strip() or viewer.token.name
+    back = fields.get("from_study", "").strip()
+    if not re.match(UID, study_uid) or len(study_uid) > 64:
+        raise HTTPException(422, "choose the study that carries the session's code")
+    if len(reason) < 3 or len(reason) > 2000 or len(reviewer) > 128 or "\x00" in reason + reviewer:
+        raise HTTPException(422, "give a reason (3 to 2000 characters) and a reviewer name (up to 128)")
+    try:
+        with store.transaction():  # the choice, the recomputed session and the audit event: one COMMIT
+            choice, record = Sessions(store.reader.bind).choose_carrier(
+                session_id, study_uid, reviewer=reviewer, token_name=viewer.token.name, reason=reason
+            )
+            audit(
+                store,
+                request,
+                viewer.token,
+                "Procedure Record",
+                "U",
+                study_uid=study_uid,
+                detail={"session_id": session_id, "carrier_choice_id": choice.choice_id, "verdict": record.verdict},
+            )
+    except (SessionNotFound, CarrierRefused) as exc:
+        audit(
+            store,
+            request,
+            viewer.token,
+            "Procedure Record",
+            "U",
+            study_uid=study_uid,
+            outcome=4,
+            detail={"session_id": session_id, "refused": str(exc)},
+        )
+        raise HTTPException(404 if isinstance(exc, SessionNotFound) else 409, str(exc)) from None
+    if back and re.match(UID, back) and len(back) <= 64:  # only a study of this index's pages, never a URL
+        return RedirectResponse(f"/ui/studies/{back}?carrier=1#session", status_code=303)
+    return RedirectResponse("/ui/sessions?saved=1", status_code=303)
 
 
 @router.post("/studies/{study_uid}/review", response_class=HTMLResponse)

@@ -20,6 +20,8 @@ from ..decision_record import StudyDecisionUnderPolicy
 from ..evidence.service import PackFolders, PackSite
 from ..store.access import TokenInfo
 from ..store.reads import IndexSession
+from ..store.signouts import SignOuts
+from .dashboard import error_class
 from .session import COOKIE, PageSession, decode, session_secret
 from .words import kind_words, outcome_label, session_verdict_label, why_review, writer_name
 
@@ -70,6 +72,7 @@ def templates() -> jinja2.Environment:
         kind_words=kind_words,
         writer_name=writer_name,
         why_review=why_review,
+        error_class=error_class,
         when=when,
         age=lambda days: f"{days * 24:.0f} h" if days < 1 else f"{days:.1f} days",
         day=lambda value: value.strftime("%Y-%m-%d") if value else "-",
@@ -107,6 +110,9 @@ def secret(request: Request) -> bytes:
 
 
 def own_origin(request: Request) -> str:
+    """This server's origin as the browser sees it: the scheme is the connection's, or the X-Forwarded-Proto
+    of a trusted TLS-terminating proxy (``forwarded_allow_ips``: uvicorn's proxy headers rewrite the scheme
+    before the request gets here); the host is the Host header, which the proxy must pass on."""
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
@@ -167,7 +173,8 @@ def signed_in(request: Request, store: Store) -> Viewer:
     if session is None:
         raise HTTPException(303, "sign in first", headers={"Location": LOGIN})
     found = store.access.verify_session(token_id=session.token_id)
-    if isinstance(found, str):
+    if isinstance(found, str) or SignOuts(store.reader.bind).ended(session.nonce):
+        found = found if isinstance(found, str) else "signed out"  # a copy of a signed-out session's cookie
         audit(store, request, None, "Security Alert", "E", outcome=4, detail={"reason": f"session ended: {found}"})
         raise HTTPException(
             303, "sign in again", headers={"Location": LOGIN, "Set-Cookie": f"{COOKIE}=; Max-Age=0; Path=/ui"}
@@ -176,6 +183,13 @@ def signed_in(request: Request, store: Store) -> Viewer:
 
 
 SignedIn = Annotated[Viewer, Depends(signed_in)]
+
+
+def sign_out(store: IndexSession, viewer: Viewer) -> None:
+    """End the viewer's session on the server: its cookie (and any copy of it) is refused from now on."""
+    SignOuts(store.reader.bind).end(
+        viewer.session.nonce, expires_at=dt.datetime.fromtimestamp(viewer.session.expires, dt.UTC)
+    )
 
 
 def bearer_staff(request: Request, store: Store) -> TokenInfo:

@@ -1,4 +1,7 @@
-"""Liveness, index reachability and Prometheus metrics."""
+"""Liveness, index reachability, what waits (operations signals) and Prometheus metrics."""
+
+import logging
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -6,10 +9,28 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ... import __version__, metrics
 from ...store.reads import index_reachable
 from ...store.retention import budget_for, human_bytes
-from ..deps import OperationsDep, StaffToken
+from ...store.signals import IndexBind, OperationsSignals, operations_signals
+from ..deps import OperationsDep, SessionDep, StaffToken
 from ..schemas import Health
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
+
+
+def _signals(bind: IndexBind) -> OperationsSignals | None:
+    """The operations signals read from the index now, the gauges set from them; None when it cannot answer."""
+    try:
+        signals = operations_signals(bind)
+    except Exception as exc:  # noqa: BLE001 - an unreachable index is reported by /healthz itself
+        log.warning("operations signals not read: %s", type(exc).__name__)
+        return None
+    metrics.REVIEW_BACKLOG.set(signals.review_backlog)
+    metrics.REVIEW_BACKLOG_OLDEST.set(signals.review_backlog_oldest_seconds)
+    metrics.PENDING_STUDIES.set(signals.pending_studies)
+    metrics.QUARANTINED.set(signals.quarantined)
+    metrics.EVIDENCE_RETURNS.labels("pending").set(signals.evidence_returns_waiting)
+    metrics.EVIDENCE_RETURNS.labels("failed").set(signals.evidence_returns_failed)
+    return signals
 
 
 @router.get(
@@ -22,7 +43,7 @@ def healthz(operations: OperationsDep) -> JSONResponse:
     # A bad --devices file degrades (decisions go on with its last good version) but stays 200:
     # this node still serves lookups; 503 only when the index is unreachable.
     registry = operations.reload_registry()
-    body = {
+    body: dict[str, Any] = {
         "status": "ok",
         "index": "reachable",
         "version": __version__,
@@ -49,7 +70,32 @@ def healthz(operations: OperationsDep) -> JSONResponse:
                 ],
             )
         )
-    if index_reachable(operations.engine):
+    # What waits is not liveness: 200 whatever the counts. Failed evidence returns are the exception that
+    # degrades: the PACS lacks a decision's KOS / SR and nothing more will be tried until someone acts
+    # (`dicomcheck evidence returns --retry`), like the other degraded states (a registry file or a volume to fix).
+    signals = _signals(operations.engine)  # read: the index is reachable, no second check needed
+    if signals is not None:
+        body["operations"] = {
+            "review_backlog": signals.review_backlog,
+            "review_backlog_oldest_seconds": round(signals.review_backlog_oldest_seconds, 1),
+            "pending_studies": signals.pending_studies,
+            "quarantined": signals.quarantined,
+            "evidence_returns_waiting": signals.evidence_returns_waiting,
+            "evidence_returns_failed": signals.evidence_returns_failed,
+        }
+        if signals.evidence_returns_failed:
+            body["status"] = "degraded"
+            body["reason"] = "; ".join(
+                filter(
+                    None,
+                    [
+                        body.get("reason"),
+                        f"{signals.evidence_returns_failed} evidence return(s) to the PACS failed: see "
+                        "`dicomcheck evidence returns`, then `--retry`",
+                    ],
+                )
+            )
+    if signals is not None or index_reachable(operations.engine):
         return JSONResponse(body)
     body.update(status="degraded", index="unreachable")
     body.setdefault("reason", "index unreachable")
@@ -57,6 +103,7 @@ def healthz(operations: OperationsDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-def prometheus(token: StaffToken) -> PlainTextResponse:
+def prometheus(token: StaffToken, store: SessionDep) -> PlainTextResponse:
+    _signals(store.reader.bind)  # the gauges of what waits are read from the index at each scrape
     body, content_type = metrics.exposition()
     return PlainTextResponse(body, media_type=content_type)
