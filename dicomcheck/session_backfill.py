@@ -7,7 +7,9 @@ never touched, and several receivers sharing one index may run it at once (each 
 session's lock, and skipped when another process wrote it first or a newer decision replaced the one read).
 :func:`rebuild` recomputes every decided study's session (after a ``regions.toml`` change, for instance).
 
-Neither decides a study again: the outcome is the stored decision's. What the session needs besides the
+Neither decides a study again: the outcome is the stored decision's, and a coder's current review of a study
+counts in its session instead, as on every recomputation (``Sessions`` reads the reviews under the session's
+lock; the ``study_session`` row keeps the decision's outcome). What the session needs besides the
 outcome comes from the stored decision when it has it (decisions made since sessions are kept carry Issuer
 of Patient ID, regions and 3D series dates); a decision stored before lacks them, and ``rebuild`` must read
 the regions anew: then the study's instance facts in the index are analysed in memory, under the policy the
@@ -182,7 +184,7 @@ def rebuild(
     batch: int = BATCH,
 ) -> BackfillResult:
     """Recompute the session of every decided study, its regions read anew from its instance facts with the
-    current ``regions.toml`` (outcomes unchanged; the coders' carrier choices kept)."""
+    current ``regions.toml`` (outcomes unchanged; the coders' carrier choices and current reviews counted)."""
     return _pass(engine, settings, missing_only=False, facts_of=facts_of, stop=None, batch=batch)
 
 

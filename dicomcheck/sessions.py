@@ -18,6 +18,8 @@ its studies is decided; the API, exports and packs show :class:`SessionRecord`.
   ``3d_made_later`` beyond a threshold. It never changes an outcome, and never a session verdict.
 - :class:`CarrierChoice`: a coder's choice of the study that carries the session's code (kept with who, when
   and why); :func:`with_choice` marks the chosen study, :func:`carrier_refusal` says why a choice is refused.
+- :class:`CoderReview`: a coder's current review of a study (``POST /studies/{uid}/review``); :func:`with_reviews`
+  makes its outcome the one the session counts for that study instead of the decision's.
 """
 
 from __future__ import annotations
@@ -439,6 +441,28 @@ class Verdict(StrEnum):
     """No study of the session supports a code."""
 
 
+class OutcomeSource(StrEnum):
+    """Where the outcome a session counts for one of its studies comes from."""
+
+    DECISION = "decision"
+    """The study's current automatic decision."""
+    CODER_REVIEW = "coder_review"
+    """A coder's current review of the study: the latest one no later decision made stale (a decision that
+    changed the study's outcome after the review). Who and when are in ``review``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoderReview:
+    """A coder's current (not stale) review of a study: its final outcome, counted by the session instead of the
+    decision's."""
+
+    review_id: int
+    study_instance_uid: str
+    outcome: Outcome
+    reviewer: str
+    reviewed_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class SessionStudy:
     """One study of a session, as the verdict sees it."""
@@ -457,6 +481,8 @@ class SessionStudy:
     """A coder review chose this study to carry the session's unit."""
     made_later: MadeLater | None = None
     """Shown with the study; never read by the verdict."""
+    review: CoderReview | None = None
+    """A coder's current review of the study (:func:`with_reviews`): its outcome is the one the session counts."""
 
     def __post_init__(self) -> None:
         if not self.regions and self.regions_from is not RegionBasis.UNKNOWN:
@@ -465,8 +491,18 @@ class SessionStudy:
             raise ValueError("regions given: say what told them (regions_from)")
 
     @property
+    def counted_outcome(self) -> Outcome:
+        """The outcome the session counts: the coder's current review's, else the decision's (``outcome``)."""
+        return self.review.outcome if self.review is not None else self.outcome
+
+    @property
+    def outcome_from(self) -> OutcomeSource:
+        return OutcomeSource.CODER_REVIEW if self.review is not None else OutcomeSource.DECISION
+
+    @property
     def code(self) -> CptCode | None:
-        return self.outcome.code
+        """The code of :attr:`counted_outcome`."""
+        return self.counted_outcome.code
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +551,7 @@ def _canonical(study: SessionStudy) -> tuple[Any, ...]:
     return (
         _decided_key(study),
         study.study_instance_uid,
+        study.counted_outcome.value,
         study.outcome.value,
         sorted(region.rank for region in study.regions),
         study.carrier_chosen,
@@ -540,6 +577,7 @@ def _region_names(regions: Iterable[Region]) -> str:
 def session_verdict(studies: Iterable[SessionStudy], table: RegionTable | None = None) -> SessionVerdict:
     """The verdict of one session. It depends on the studies' outcomes, regions and the coder's carrier choice
     only (never on their order, their ``made_later`` or their ``has_3d``), and never raises on valid studies.
+    A study's outcome here is :attr:`SessionStudy.counted_outcome`: a coder's current review, else the decision.
 
     Only studies whose outcome supports a code (supports_76376 / supports_76377) make units. ``no_3d`` and
     ``bundled`` studies are listed and make none. A ``needs_review`` study makes none either, but the verdict
@@ -561,16 +599,22 @@ def session_verdict(studies: Iterable[SessionStudy], table: RegionTable | None =
         unique[study.study_instance_uid] = study
     ordered = tuple(unique.values())
     units = [study for study in ordered if study.code]
-    reviewing = [study for study in ordered if study.outcome is Outcome.NEEDS_REVIEW]
+    reviewing = [study for study in ordered if study.counted_outcome is Outcome.NEEDS_REVIEW]
     if reviewing:
         notes.append(
-            f"{len(reviewing)} study(ies) of the session need review: the verdict may change once they are decided."
+            f"{len(reviewing)} study(ies) of the session need review: the verdict may change once they are reviewed."
         )
     for study in ordered:
+        if study.review is not None and study.review.outcome is not study.outcome:
+            notes.append(
+                f"Study {study.study_instance_uid}: a coder's review ({study.review.reviewer}, "
+                f"{study.review.reviewed_at.date().isoformat()}) says {study.review.outcome.value}; its decision said "
+                f"{study.outcome.value}: the session counts the review."
+            )
         if study.carrier_chosen and not study.code:
             notes.append(
                 f"Study {study.study_instance_uid} was chosen as carrier but its outcome "
-                f"({study.outcome.value}) supports no code: it carries nothing."
+                f"({study.counted_outcome.value}) supports no code: it carries nothing."
             )
     verdict, groups = _groups(units, table, notes)
     codes = sorted({study.code for study in units if study.code})
@@ -654,8 +698,16 @@ class MadeLaterRecord(SessionModel):
         )
 
 
+class SessionReviewRecord(SessionModel):
+    """The coder's review whose outcome a session counts for a study: which review, who, when."""
+
+    review_id: Annotated[int, Field(ge=1)]
+    reviewer: str
+    reviewed_at: datetime
+
+
 class SessionStudyRecord(SessionModel):
-    """A study of the session: its outcome, its regions and whether it carries the unit."""
+    """A study of the session: the outcome the session counts, its regions and whether it carries the unit."""
 
     study_instance_uid: Uid
     accession_number: str | None
@@ -667,6 +719,13 @@ class SessionStudyRecord(SessionModel):
     carries_unit: bool
     carrier_chosen: bool
     made_later: MadeLaterRecord | None
+    outcome_from: OutcomeSource = OutcomeSource.DECISION
+    """Where ``outcome`` comes from: the study's decision, or a coder's current review (``review``). Records kept
+    before reviews counted in sessions read as ``decision``."""
+    decision_outcome: Outcome | None = None
+    """The decision's outcome when a coder's review gives ``outcome`` (None: ``outcome`` is the decision's)."""
+    review: SessionReviewRecord | None = None
+    """The coder's review ``outcome`` comes from (``outcome_from``: ``coder_review``)."""
 
 
 class UnitGroupRecord(SessionModel):
@@ -708,16 +767,34 @@ def with_choice(studies: Iterable[SessionStudy], choice: CarrierChoice | None) -
     ]
 
 
+def with_reviews(studies: Iterable[SessionStudy], reviews: Iterable[CoderReview]) -> list[SessionStudy]:
+    """The studies with ``review`` set to their coder's current review (the latest given per study; a study without
+    one keeps none): the session then counts the review's outcome instead of the decision's."""
+    latest: dict[str, CoderReview] = {}
+    for review in reviews:
+        found = latest.get(review.study_instance_uid)
+        if found is None or review.review_id > found.review_id:
+            latest[review.study_instance_uid] = review
+    return [
+        study if study.review == latest.get(study.study_instance_uid)
+        else replace(study, review=latest.get(study.study_instance_uid))
+        for study in studies
+    ]
+
+
 def carrier_refusal(studies: Iterable[SessionStudy], study_uid: str) -> str | None:
     """Why a coder may not choose ``study_uid`` to carry the code of the session of ``studies`` (None: they may).
-    A study outside the session, or one whose outcome supports no code, cannot carry it."""
+    A study outside the session, or one whose counted outcome (a coder's current review, else the decision)
+    supports no code, cannot carry it."""
     study = next((s for s in studies if s.study_instance_uid == study_uid), None)
     if study is None:
         return f"study {study_uid} is not in this session (one patient, one Study Date)"
     if study.code is None:
+        outcome = study.counted_outcome
+        said_by = "the coder's review" if study.review is not None else "its outcome"
         return (
-            f"study {study_uid} cannot carry the session's code: its outcome ({study.outcome.value}) supports no code"
-            + (" yet (review it first)" if study.outcome is Outcome.NEEDS_REVIEW else "")
+            f"study {study_uid} cannot carry the session's code: {said_by} ({outcome.value}) supports no code"
+            + (" yet (review it first)" if outcome is Outcome.NEEDS_REVIEW else "")
         )
     return None
 
@@ -795,7 +872,7 @@ class SessionRecord(SessionModel):
             SessionStudyRecord(
                 study_instance_uid=study.study_instance_uid,
                 accession_number=study.accession_number,
-                outcome=study.outcome,
+                outcome=study.counted_outcome,
                 code=study.code,
                 has_3d=study.has_3d,
                 regions=[region.id for region in sorted(study.regions)],
@@ -803,6 +880,15 @@ class SessionRecord(SessionModel):
                 carries_unit=study.study_instance_uid in carriers,
                 carrier_chosen=study.carrier_chosen,
                 made_later=MadeLaterRecord.from_made_later(study.made_later) if study.made_later else None,
+                outcome_from=study.outcome_from,
+                decision_outcome=study.outcome if study.review is not None else None,
+                review=SessionReviewRecord(
+                    review_id=study.review.review_id,
+                    reviewer=study.review.reviewer,
+                    reviewed_at=study.review.reviewed_at,
+                )
+                if study.review is not None
+                else None,
             )
             for study in verdict.studies
         ]

@@ -379,15 +379,17 @@ def test_review_writes_a_new_pack_beside_the_decisions(site: dict) -> None:
     folders = sorted(p.name for p in (site["data"] / "evidence" / uid).iterdir() if p.is_dir())
     review_id = Access(site["receiver"].engine).reviews(uid)[-1].id
     decision_pack = next(f for f in folders if "review" not in f)
-    assert f"{decision_pack}-review-{review_id}" in folders  # both kept
-    pack = site["data"] / "evidence" / uid / f"{decision_pack}-review-{review_id}"
+    # both kept; the review counts in the study's session (issue 13), so its pack names the session's new state
+    (review_pack,) = [f for f in folders if f.endswith(f"-review-{review_id}")]
+    assert review_pack.split("-session-")[0] == decision_pack.split("-session-")[0]
+    pack = site["data"] / "evidence" / uid / review_pack
     evidence = json.loads((pack / "evidence.json").read_text())
     assert evidence["review"]["outcome"] == "supports_76377" and evidence["review"]["reviewer"] == "Coder One"
     assert "review" not in json.loads((site["data"] / "evidence" / uid / decision_pack / "evidence.json").read_text())
     key = load_key(site["data"] / "keys")
     assert verify_pack(pack, trusted=[key.fingerprint], storage_root=site["data"] / "storage").ok
     served = client.get(f"/ui/studies/{uid}/evidence.zip")
-    assert f"{decision_pack}-review-{review_id}" in served.headers["content-disposition"]  # the newer one
+    assert review_pack in served.headers["content-disposition"]  # the newer one
     pdftotext = require_peer("pdftotext")
     text = subprocess.run([pdftotext, str(pack / "report.pdf"), "-"], capture_output=True, text=True, check=True)
     assert "Coder's review" in text.stdout and "Vitrea VR per the report" in text.stdout

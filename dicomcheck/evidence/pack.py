@@ -676,13 +676,24 @@ def session_digest(session: dict[str, Any]) -> str:
 
 def minimal_session(session: dict[str, Any] | None, study_uid: str) -> dict[str, Any] | None:
     """The session part a PHI-minimal pack carries: the verdict, whether it is final, how many studies the session
-    has and this study's own part (regions, outcome, whether it carries the unit, its 3D dates); not the other
-    studies' UIDs or accession numbers, nor the notes that name them."""
+    has and this study's own part (regions, outcome and whether a coder's review gave it, whether it carries the
+    unit, its 3D dates); not the other studies' UIDs or accession numbers, nor the notes that name them, nor the
+    coder's name."""
     if not session:
         return session
     studies: list[dict[str, Any]] = session.get("studies", [])
     mine: dict[str, Any] = next((s for s in studies if s.get("study_instance_uid") == study_uid), {})
-    kept = ("outcome", "code", "has_3d", "regions", "regions_from", "carries_unit", "carrier_chosen", "made_later")
+    kept = (
+        "outcome",
+        "code",
+        "outcome_from",
+        "has_3d",
+        "regions",
+        "regions_from",
+        "carries_unit",
+        "carrier_chosen",
+        "made_later",
+    )
     return {
         "verdict": session.get("verdict"),
         "final": session.get("final"),

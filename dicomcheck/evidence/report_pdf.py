@@ -697,7 +697,8 @@ class _Builder:
                 rows.append(("Studies", f"{session.get('studies')} in the session"))
                 carries = "carries the unit" if mine.get("carries_unit") else "does not carry the unit"
                 regions = ", ".join(mine.get("regions") or []) or "unknown"
-                rows.append(("This study", f"{carries}; regions {regions}"))
+                counted = f"outcome {_session_outcome(mine)}"
+                rows.append(("This study", f"{counted}; {carries}; regions {regions}"))
         if later:
             rows.append(("3D dated later", later.text))
         story.append(
@@ -710,7 +711,7 @@ class _Builder:
                 table.append(
                     [
                         s.p(str(study.get("study_instance_uid")), s.mono),
-                        s.p(str(study.get("outcome")), s.small),
+                        s.p(_session_outcome(study), s.small),
                         s.p(", ".join(study.get("regions") or []) or "unknown", s.small),
                         s.p("yes" if study.get("carries_unit") else "", s.small),
                     ]
@@ -1062,6 +1063,19 @@ def _burned_in(path: Path) -> bool:
         return str(header.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
     except Exception:  # noqa: BLE001
         return False
+
+
+def _session_outcome(study: dict[str, Any]) -> str:
+    """The outcome a session counts for one of its studies, marked "(coder review)" when a coder's current review
+    gave it (issue 13) rather than the decision; with who and when where the pack has them."""
+    outcome = str(study.get("outcome"))
+    if study.get("outcome_from") != "coder_review":
+        return outcome
+    review = study.get("review")
+    if isinstance(review, dict):
+        when = str(review.get("reviewed_at"))[:10]
+        return f"{outcome} (coder review: {review.get('reviewer')}, {when})"
+    return f"{outcome} (coder review)"
 
 
 def _carrier_from(session: dict[str, Any]) -> str | None:

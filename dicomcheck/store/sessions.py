@@ -16,6 +16,11 @@ A coder may choose the study that carries a session's code (:meth:`Sessions.choo
 kept in ``session_carrier_choice`` (who, when, why; a later one supersedes the earlier), and every recomputation
 reads the session's current choice, so it survives re-decisions. Studies decided before sessions were kept
 get theirs from :meth:`Sessions.keep` (``dicomcheck.session_backfill``), never by being decided again.
+
+A coder's review of a study counts in its session: every recomputation reads each study's current review (the
+latest one no later decision made stale, ``review.stale_since``) and counts its outcome instead of the decision's
+(:func:`dicomcheck.sessions.with_reviews`); a ``study_session`` row keeps the decision's outcome. Recording a
+review recomputes the study's session (:meth:`Sessions.after_review`) in the review's own transaction.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from ..enums import Outcome
 from ..sessions import (
     CarrierChoice,
     CarrierChoiceRecord,
+    CoderReview,
     MadeLater,
     MadeLaterRecord,
+    OutcomeSource,
     RegionBasis,
     SessionRecord,
     SessionStudy,
@@ -45,8 +52,9 @@ from ..sessions import (
     session_key,
     session_verdict,
     with_choice,
+    with_reviews,
 )
-from .tables import Decision, SessionCarrierChoice, Study, StudySession, utcnow
+from .tables import Decision, Review, SessionCarrierChoice, Study, StudySession, utcnow
 
 CHOICE_VERDICTS = (Verdict.ONE_UNIT, Verdict.UNKNOWN_REGIONS)
 """Verdicts that ask the coder to choose (listed on ``/ui/sessions``): ``one_unit`` across several studies
@@ -84,6 +92,29 @@ def _session_study(row: Any) -> SessionStudy:
 
 def _choice(row: Any) -> CarrierChoice:
     return CarrierChoice(row.id, row.study_instance_uid, row.reviewer, row.reason, row.chosen_at)
+
+
+def _current_reviews(connection: Connection, study_uids: Sequence[str]) -> list[CoderReview]:
+    """The current (not stale) coder reviews of the studies, oldest first (the latest of a study counts)."""
+    if not study_uids:
+        return []
+    rows = connection.execute(
+        select(Review)
+        .where(col(Review.study_instance_uid).in_(list(study_uids)), col(Review.stale_since).is_(None))
+        .order_by(col(Review.id))
+    ).all()
+    return [_coder_review(row) for row in rows]
+
+
+def _coder_review(row: Any) -> CoderReview:
+    return CoderReview(row.id, row.study_instance_uid, Outcome(row.outcome), row.reviewer, row.created_at)
+
+
+def _counted(connection: Connection, rows: Sequence[Any], choice: CarrierChoice | None) -> list[SessionStudy]:
+    """The studies of ``rows`` as the verdict counts them: the coder's carrier choice marked, and each study's
+    current review (if any) giving its outcome."""
+    studies = with_choice((_session_study(row) for row in rows), choice)
+    return with_reviews(studies, _current_reviews(connection, [row.study_instance_uid for row in rows]))
 
 
 class SessionSettings(Protocol):
@@ -158,6 +189,8 @@ class SessionSummary:
     last_decided_at: dt.datetime
     coded_uids: tuple[str, ...] = ()
     """The studies whose outcome supports a code: those a coder may choose to carry it."""
+    reviewed_uids: tuple[str, ...] = ()
+    """The studies whose outcome in the session is a coder's review's (not the decision's)."""
     carrier_choice: CarrierChoiceRecord | None = None
     """The coder's current carrier choice, if any."""
 
@@ -273,8 +306,7 @@ class Sessions:
         if not rows:  # the session a study left had no other study
             return None
         choice = self._current_choice(connection, session_id) if session_id is not None else None
-        studies = with_choice((_session_study(row) for row in rows), choice)
-        session = SessionRecord.from_verdict(session_verdict(studies), session_id, choice)
+        session = SessionRecord.from_verdict(session_verdict(_counted(connection, rows, choice)), session_id, choice)
         document = session.model_dump(mode="json")
         connection.execute(
             update(StudySession)
@@ -302,19 +334,39 @@ class Sessions:
         ).first()
         return _choice(row) if row is not None else None
 
+    def after_review(self, study_uid: str) -> SessionRecord | None:
+        """Recompute the session of every study of ``study_uid``'s session after a coder's review of it was
+        recorded (call it in the review's transaction: one COMMIT for both). None when the study has no session
+        row (not decided since sessions are kept; the backfill gives it one, counting the review)."""
+        with self._transaction() as connection:
+            locked: set[str] = set()
+            while True:  # the study's session under its lock (a decision may have moved it meanwhile)
+                found = connection.execute(
+                    select(col(StudySession.session_id)).where(col(StudySession.study_instance_uid) == study_uid)
+                ).first()
+                if found is None:
+                    return None
+                session_id = found[0]
+                if session_id is None or session_id in locked:
+                    break
+                self._lock(connection, {session_id})
+                locked.add(session_id)
+            return self._recompute(connection, session_id, study_uid)
+
     def choose_carrier(
         self, session_id: str, study_uid: str, *, reviewer: str, token_name: str, reason: str
     ) -> tuple[CarrierChoice, SessionRecord]:
         """Record a coder's choice of the study that carries the session's code, supersede the session's earlier
         choice, and recompute the session record of every study of it at once. Raises :class:`SessionNotFound`
         for an unknown session and :class:`CarrierRefused` (with the reason) for a study outside it or one
-        whose outcome supports no code (:func:`dicomcheck.sessions.carrier_refusal`)."""
+        whose counted outcome (a coder's current review, else the decision) supports no code
+        (:func:`dicomcheck.sessions.carrier_refusal`)."""
         with self._transaction() as connection:
             self._lock(connection, {session_id})
             rows = connection.execute(select(StudySession).where(col(StudySession.session_id) == session_id)).all()
             if not rows:
                 raise SessionNotFound(f"no decided study is in session {session_id}")
-            refusal = carrier_refusal([_session_study(row) for row in rows], study_uid)
+            refusal = carrier_refusal(_counted(connection, rows, None), study_uid)
             if refusal is not None:
                 raise CarrierRefused(refusal)
             chosen_at = utcnow()
@@ -433,6 +485,11 @@ class Sessions:
                 last_decided_at=row.updated_at,
                 coded_uids=tuple(study.study_instance_uid for study in record.studies if study.code),
                 carrier_choice=record.carrier_choice,
+                reviewed_uids=tuple(
+                    study.study_instance_uid
+                    for study in record.studies
+                    if study.outcome_from is OutcomeSource.CODER_REVIEW
+                ),
             )
         return list(sessions.values())
 

@@ -347,8 +347,8 @@ def choose_carrier(request: Request, session_id: SessionId, store: Store, viewer
 def record_review(
     request: Request, study_uid: StudyUid, store: Store, viewer: SignedIn, form: Form, operations: Operations
 ) -> Response:
-    """The coder's final outcome: the same review the API records (``POST /studies/{uid}/review``); the
-    evidence pack with the review is written at once beside the decision's own."""
+    """The coder's final outcome: the same review the API records (``POST /studies/{uid}/review``), counted in the
+    study's session at once; the evidence pack with the review is written at once beside the decision's own."""
     allow(store, request, viewer, *STAFF)
     fields = checked_form(store, request, viewer, form)
     study = _readable(store, request, viewer, study_uid)
@@ -360,24 +360,26 @@ def record_review(
     reviewer = fields.get("reviewer", "").strip() or viewer.token.name
     if not reason or len(reason) > 2000 or len(reviewer) > 128:
         raise HTTPException(422, "give a reason (up to 2000 characters) and a reviewer name (up to 128)")
-    saved = store.access.add_review(
-        study_uid=study_uid,
-        decision_id=study.current_decision_id,
-        outcome=outcome.value,
-        code=outcome.code,
-        reviewer=reviewer,
-        token_name=viewer.token.name,
-        reason=reason,
-    )
-    audit(
-        store,
-        request,
-        viewer.token,
-        "Procedure Record",
-        "C",
-        study_uid=study_uid,
-        detail={"review_id": saved.id, "outcome": outcome.value},
-    )
+    with store.transaction():  # the review, its study's session recomputed (issue 13) and the audit event: one COMMIT
+        saved = store.access.add_review(
+            study_uid=study_uid,
+            decision_id=study.current_decision_id,
+            outcome=outcome.value,
+            code=outcome.code,
+            reviewer=reviewer,
+            token_name=viewer.token.name,
+            reason=reason,
+        )
+        Sessions(store.reader.bind).after_review(study_uid)
+        audit(
+            store,
+            request,
+            viewer.token,
+            "Procedure Record",
+            "C",
+            study_uid=study_uid,
+            detail={"review_id": saved.id, "outcome": outcome.value},
+        )
     if study.current_decision_id is not None:
         try:
             ensure_pack(operations, study_uid)
