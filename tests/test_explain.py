@@ -30,6 +30,7 @@ from dicomcheck.store.engine import make_engine
 from dicomcheck.store.reads import IndexReader, QueueFilters
 from dicomcheck.store.records import StudyFilters, StudyPosition
 from dicomcheck.store.reports import Reports
+from dicomcheck.store.signals import operations_signals
 from dicomcheck.store.tables import AuditEvent, Review, StudyRead
 
 from .conftest import drop_postgres_schema, postgres_schema_url
@@ -280,9 +281,13 @@ def _cases(bench: Any) -> dict[str, tuple[Callable[[Engine], Any], str]]:
         "worklist of a week": (queue(QueueFilters(received_from=week_ago, received_before=now)), JOINED),
         "worklist of an auditor": (queue(QueueFilters(scope_studies=scope, scope_accessions=(acc,))), JOINED),
         "pending studies": (lambda e: IndexReader(e).pending_studies(), PLAN),
+        # /metrics, /healthz: what waits (the review backlog is the worklist's selection, counted)
+        "operations signals": (lambda e: operations_signals(e), JOINED),
         "equipment's studies": (lambda e: IndexReader(e).studies_using_equipment(station_name="ST3"), PLAN),
         # one study: the lookup, its history, instances, deliveries, reviews, reads, reports
         "study": (lambda e: IndexReader(e).study(uid), PLAN),
+        # GET /studies/{uid}: the study, its decision, latest review and session in one statement
+        "study as read": (lambda e: IndexReader(e).study_for_read(uid), PLAN),
         "decision history": (lambda e: IndexReader(e).decision_history(uid), PLAN),
         "instances of a study": (lambda e: IndexReader(e).instances_of_study(uid), PLAN),
         "deliveries of a study": (lambda e: IndexReader(e).study_deliveries(uid), PLAN),

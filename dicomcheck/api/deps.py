@@ -6,7 +6,7 @@ No `from __future__ import annotations`: FastAPI resolves the dependency annotat
 
 import datetime as dt
 from collections.abc import Iterator
-from typing import Annotated, Protocol
+from typing import Annotated, NoReturn, Protocol
 
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import Engine
@@ -16,7 +16,7 @@ from ..decision_record import StudyDecisionUnderPolicy
 from ..registry import Registry
 from ..store.access import TokenInfo
 from ..store.reads import IndexSession
-from ..store.records import StudyRecord
+from ..store.records import StudyForRead, StudyRecord
 from .schemas import UID_PATTERN
 
 NOT_FOUND = "no study {uid} has been received"  # also an auditor's answer for a study outside its scope
@@ -155,6 +155,21 @@ def readable_study(store: IndexSession, request: Request, token: TokenInfo, stud
     study = store.reader.study(study_uid)
     if study is not None and token.may_read(study.study_instance_uid, study.accession_number):
         return study
+    refuse_unreadable(store, request, token, study_uid, received=study is not None)
+
+
+def readable_for_read(store: IndexSession, request: Request, token: TokenInfo, study_uid: str) -> StudyForRead:
+    """:func:`readable_study` with what a read of it shows (``IndexReader.study_for_read``: one query)."""
+    found = store.reader.study_for_read(study_uid)
+    if found is not None and token.may_read(found.study.study_instance_uid, found.study.accession_number):
+        return found
+    refuse_unreadable(store, request, token, study_uid, received=found is not None)
+
+
+def refuse_unreadable(
+    store: IndexSession, request: Request, token: TokenInfo, study_uid: str, *, received: bool
+) -> NoReturn:
+    """404 for a study never received or outside an auditor's scope (the auditor's refusal audited)."""
     if token.role == "auditor":
         audit(
             store,
@@ -164,6 +179,6 @@ def readable_study(store: IndexSession, request: Request, token: TokenInfo, stud
             "R",
             study_uid=study_uid,
             outcome=4,
-            detail={"reason": "outside the auditor token's scope" if study is not None else "no such study"},
+            detail={"reason": "outside the auditor token's scope" if received else "no such study"},
         )
     raise HTTPException(404, NOT_FOUND.format(uid=study_uid))

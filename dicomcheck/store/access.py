@@ -4,15 +4,42 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import queue
 import secrets
-from dataclasses import dataclass
-from typing import Any, cast
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar, cast
 
-from sqlalchemy import Connection, CursorResult, Engine, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    CursorResult,
+    Engine,
+    Executable,
+    Row,
+    Table,
+    bindparam,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
-from .records import AuditRecord, DeviceRecord, ReviewRecord, StudyReadRecord, TokenRecord, from_row
+from .records import (
+    AuditRecord,
+    DeviceRecord,
+    EarlierRead,
+    ReviewRecord,
+    StudyReadRecord,
+    TokenRecord,
+    from_columns,
+    from_row,
+)
+from .reports import Reports
 from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
 
 ROLES = ("reader", "admin", "auditor", "reporter")
@@ -30,6 +57,199 @@ def _text(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_text(v) for v in value]
     return value
+
+
+def table_of(model: Any) -> Table:
+    """The Core table of a ``store.tables`` model (prebuilt Core statements skip the ORM's per-row work)."""
+    return cast(Table, model.__table__)
+
+
+def columns_for(table: Table, record_type: type) -> list[Column[Any]]:
+    """The columns of ``table`` named like the fields of ``record_type``, in their order (``from_columns``)."""
+    return [table.c[field.name] for field in fields(record_type)]
+
+
+def read_rows(bind: Engine | Connection, statement: Executable, params: Mapping[str, Any]) -> Sequence[Row[Any]]:
+    """The rows of one read. On an API request's connection the read's transaction is ended at once (unless
+    the caller holds one open), as the ORM session did: a write that follows begins and commits its own, and
+    SQLite never has to turn a read snapshot into a write lock."""
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return connection.execute(statement, params).all()
+    outer = bind.in_transaction()
+    try:
+        return bind.execute(statement, params).all()
+    finally:
+        if not outer:
+            bind.rollback()
+
+
+Result = TypeVar("Result")
+
+
+def commit_writes(bind: Engine | Connection, work: Callable[[Connection], Result]) -> Result:
+    """Run ``work`` (index writes) and commit it before returning: in one transaction of its own, or, inside a
+    transaction the caller holds (``IndexSession.transaction``), in that one (its commit is the caller's). On
+    an API request's SQLite connection the work goes to the engine's :class:`GroupCommit`: concurrent
+    requests share one durable COMMIT instead of queueing for one fsync each."""
+    if isinstance(bind, Engine):
+        with bind.begin() as connection:
+            return work(connection)
+    if bind.in_transaction():
+        return work(bind)
+    if bind.dialect.name == "sqlite":
+        return GroupCommit.of(bind.engine).run(work)
+    with bind.begin():
+        return work(bind)
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Callable[[Connection], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """One writer thread per SQLite engine that commits the writes of concurrent API requests together.
+
+    Each request hands its writes over (:meth:`run`) and waits; the thread takes every job waiting, runs them
+    in one transaction, COMMITs once (one fsync, ``synchronous=FULL``) and only then releases the requests,
+    which answer (when a job fails, the batch is rolled back and each job runs again in its own transaction,
+    so only the failing request gets the error).
+    So an answered read still has its audit event durably written (also across a crash), and N requests
+    arriving together cost one fsync instead of N in a row (SQLite has one writer at a time: without this,
+    the last of a burst waited for every fsync before its own). The thread holds its own connection."""
+
+    MAX_BATCH = 64
+    _engines: ClassVar[weakref.WeakKeyDictionary[Engine, GroupCommit]] = weakref.WeakKeyDictionary()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._stopped = False
+        self._handover = threading.Lock()  # a job is queued before the stop, or runs without the thread
+        self._connection = engine.connect()
+        self._thread = threading.Thread(target=self._serve, name="index-group-commit", daemon=True)
+        self._thread.start()
+        event.listen(engine, "engine_disposed", self._stop)
+
+    @classmethod
+    def of(cls, engine: Engine) -> GroupCommit:
+        """The engine's group commit (started on first use, or by the API app at start; it ends, and
+        closes its connection, when the engine is disposed)."""
+        with cls._lock:
+            found = cls._engines.get(engine)
+            if found is None or not found._thread.is_alive():
+                found = cls._engines[engine] = cls(engine)
+            return found
+
+    def _stop(self, engine: Engine) -> None:
+        with self._lock:
+            if self._engines.get(engine) is self:
+                del self._engines[engine]
+        with self._handover:
+            self._stopped = True
+            self._jobs.put(None)  # after the jobs already handed over, which are still committed
+
+    def run(self, work: Callable[[Connection], Result]) -> Result:
+        """``work`` run on the writer's connection and committed; its result (or its exception)."""
+        job = _Job(work)
+        with self._handover:
+            queued = not self._stopped
+            if queued:
+                self._jobs.put(job)
+        if not queued:  # the engine was disposed meanwhile: the work commits on a connection of its own
+            with self._engine.begin() as connection:
+                return work(connection)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return cast(Result, job.result)
+
+    def _serve(self) -> None:
+        connection = self._connection
+        stopping = False
+        while not stopping:
+            jobs: list[_Job] = []
+            job = self._jobs.get()
+            while job is not None:
+                jobs.append(job)
+                if len(jobs) == self.MAX_BATCH:
+                    break
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+            stopping = job is None
+            if not jobs:
+                continue
+            try:
+                with connection.begin():
+                    results = [job.work(connection) for job in jobs]
+                for job, result in zip(jobs, results, strict=True):
+                    job.result = result
+            except Exception:  # noqa: BLE001 - a job or the COMMIT failed: all of it was rolled back
+                for job in jobs:  # each again in its own transaction, so that only a failing one fails
+                    try:
+                        with connection.begin():
+                            job.result = job.work(connection)
+                    except Exception as exc:  # noqa: BLE001 - handed to the request that sent the job
+                        job.error = exc
+            for job in jobs:
+                job.done.set()
+        connection.close()
+
+
+_TOKEN = table_of(ApiToken)
+_AUDIT = table_of(AuditEvent)
+_STUDY_READ = table_of(StudyRead)
+_TOKEN_COLUMNS = (
+    _TOKEN.c.id,
+    _TOKEN.c.name,
+    _TOKEN.c.role,
+    _TOKEN.c.revoked_at,
+    _TOKEN.c.expires_at,
+    _TOKEN.c.last_used_at,
+    _TOKEN.c.studies,
+    _TOKEN.c.accessions,
+)
+_TOKEN_BY_HASH = select(*_TOKEN_COLUMNS).where(_TOKEN.c.token_hash == bindparam("token_hash"))
+_TOKEN_BY_ID = select(*_TOKEN_COLUMNS).where(_TOKEN.c.id == bindparam("token_id"))
+_TOKEN_USED = update(_TOKEN).where(_TOKEN.c.id == bindparam("token_id")).values(last_used_at=bindparam("now"))
+_AUDIT_INSERT = insert(_AUDIT)
+_STUDY_READ_COLUMNS = columns_for(_STUDY_READ, StudyReadRecord)
+_PREVIOUS_STUDY_READ = (
+    select(*_STUDY_READ_COLUMNS)
+    .where(_STUDY_READ.c.study_instance_uid == bindparam("uid"), _STUDY_READ.c.token_name == bindparam("token"))
+    .with_for_update()
+)
+_STUDY_READ_AGAIN = (
+    update(_STUDY_READ)
+    .where(_STUDY_READ.c.study_instance_uid == bindparam("uid"), _STUDY_READ.c.token_name == bindparam("token"))
+    .values(decision_id=bindparam("decision_id"), read_at=bindparam("now"))
+)
+
+
+def _first_study_read(dialect: str) -> Executable:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id of a client's first read of a study, for the dialect."""
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        make(_STUDY_READ)
+        .values(
+            study_instance_uid=bindparam("uid"),
+            token_name=bindparam("token"),
+            decision_id=bindparam("decision_id"),
+            read_at=bindparam("now"),
+        )
+        .on_conflict_do_nothing(index_elements=["study_instance_uid", "token_name"])
+        .returning(_STUDY_READ.c.id)
+    )
+
+
+_FIRST_STUDY_READ = {dialect: _first_study_read(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def hash_token(token: str) -> str:
@@ -115,25 +335,26 @@ class Access:
     def verify_session(self, *, token: str | None = None, token_id: int | None = None) -> tuple[int, TokenInfo] | str:
         """The row id and identity of a token given as ``token`` or by its id (a web page's session
         cookie holds the id, never the token), or why it is refused (unknown, revoked, expired)."""
-        where = col(ApiToken.token_hash) == hash_token(token) if token is not None else col(ApiToken.id) == token_id
-        with Session(self.bind) as session:
-            row = session.execute(select(ApiToken).where(where)).scalar_one_or_none()
-            if row is None or row.id is None:
-                return "unknown token"
-            if row.revoked_at is not None:
-                return "token revoked"
-            expires = row.expires_at
-            if expires is not None:
-                if expires.tzinfo is None:
-                    expires = expires.replace(tzinfo=dt.UTC)
-                if expires <= utcnow():
-                    return "token expired"
-            now = utcnow()
-            last = row.last_used_at
-            if last is None or now - last >= LAST_USED_RESOLUTION:  # one write a minute, not one per request
-                session.execute(update(ApiToken).where(col(ApiToken.id) == row.id).values(last_used_at=now))
-                session.commit()
-            return row.id, TokenInfo(row.name, row.role, expires, tuple(row.studies or ()), tuple(row.accessions or ()))
+        if token is not None:
+            rows = read_rows(self.bind, _TOKEN_BY_HASH, {"token_hash": hash_token(token)})
+        else:
+            rows = read_rows(self.bind, _TOKEN_BY_ID, {"token_id": token_id})
+        if not rows:
+            return "unknown token"
+        row_id, name, role, revoked_at, expires, last, studies, accessions = tuple(rows[0])
+        if revoked_at is not None:  # read on every request, never cached: a revocation holds at once
+            return "token revoked"
+        if expires is not None:
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=dt.UTC)
+            if expires <= utcnow():
+                return "token expired"
+        now = utcnow()
+        if last is None or now - last >= LAST_USED_RESOLUTION:  # one write a minute, not one per request
+            commit_writes(
+                self.bind, lambda connection: connection.execute(_TOKEN_USED, {"token_id": row_id, "now": now})
+            )
+        return row_id, TokenInfo(name, role, expires, tuple(studies or ()), tuple(accessions or ()))
 
     # ---------------------------------------------------------------- audit
     def audit(
@@ -149,23 +370,26 @@ class Access:
         outcome: int = 0,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        with Session(self.bind) as session:
-            session.add(
-                AuditEvent(
-                    at=utcnow(),
-                    event=event,
-                    action=action,
-                    outcome=outcome,
-                    token_name=token.name if token else None,
-                    role=token.role if token else None,
-                    method=_text(method),
-                    endpoint=_text(endpoint),
-                    study_instance_uid=_text(study_uid),
-                    client_address=_text(client_address),
-                    detail=_text(detail or {}),
-                )
-            )
-            session.commit()
+        """Write one audit event, committed at once (or with the transaction the caller holds)."""
+        commit_writes(
+            self.bind,
+            lambda connection: connection.execute(
+                _AUDIT_INSERT,
+                {
+                    "at": utcnow(),
+                    "event": event,
+                    "action": action,
+                    "outcome": outcome,
+                    "token_name": token.name if token else None,
+                    "role": token.role if token else None,
+                    "method": _text(method),
+                    "endpoint": _text(endpoint),
+                    "study_instance_uid": _text(study_uid),
+                    "client_address": _text(client_address),
+                    "detail": _text(detail or {}),
+                },
+            ),
+        )
 
     def audit_events(
         self,
@@ -293,35 +517,38 @@ class Access:
             ]
 
     def record_read(
-        self, study_uid: str, token_name: str, decision_id: int | None, *, audit: dict[str, Any] | None = None
-    ) -> StudyReadRecord | None:
-        """Remember the decision this client read (and write its audit event in the same
-        transaction); returns the previous read (before this one).
+        self,
+        study_uid: str,
+        token_name: str,
+        decision_id: int | None,
+        documentation: str | None,
+        *,
+        audit: dict[str, Any] | None = None,
+    ) -> EarlierRead:
+        """Remember the decision this client read and the documentation verdict it was shown (``None``: none
+        recorded), and write its audit event: one transaction, one COMMIT before the answer; returns what the
+        client had read before this read.
 
-        Simultaneous first reads by one client race to create its row: an insert that does nothing
+        Simultaneous first reads by one client race to create its rows: an insert that does nothing
         on conflict, then a locked read and update, so every one of them succeeds (no unique-key
         violation) and exactly one of them sees no previous read."""
         now = utcnow()
-        insert = (postgresql.insert if self.bind.dialect.name == "postgresql" else sqlite.insert)(StudyRead)
-        with Session(self.bind) as session:
+        keys = {"uid": study_uid, "token": token_name, "now": now}
+        first_study_read = _FIRST_STUDY_READ[self.bind.dialect.name]
+
+        def write(connection: Connection) -> EarlierRead:
             if audit is not None:
-                session.add(AuditEvent(at=now, **_text(audit)))
-            created = session.execute(
-                insert.values(study_instance_uid=study_uid, token_name=token_name, decision_id=decision_id, read_at=now)
-                .on_conflict_do_nothing(index_elements=["study_instance_uid", "token_name"])
-                .returning(col(StudyRead.id))
-            ).first()
-            snapshot = None
-            if created is None:
-                previous = session.execute(
-                    select(StudyRead)
-                    .where(col(StudyRead.study_instance_uid) == study_uid, col(StudyRead.token_name) == token_name)
-                    .with_for_update()
-                ).scalar_one()
-                snapshot = from_row(StudyReadRecord, previous)
-                previous.decision_id, previous.read_at = decision_id, now
-            session.commit()
-            return snapshot
+                connection.execute(_AUDIT_INSERT, {"at": now, **_text(audit)})
+            previous = None
+            if connection.execute(first_study_read, {**keys, "decision_id": decision_id}).first() is None:
+                previous = from_columns(StudyReadRecord, connection.execute(_PREVIOUS_STUDY_READ, keys).one())
+                connection.execute(_STUDY_READ_AGAIN, {**keys, "decision_id": decision_id})
+            shown_before = None
+            if documentation is not None:  # in this transaction (the ORM session joins it, its commit is ours)
+                shown_before = Reports(connection).record_documentation_read(study_uid, token_name, documentation)
+            return EarlierRead(previous, shown_before)
+
+        return commit_writes(self.bind, write)
 
     def reads(self, study_uid: str) -> list[StudyReadRecord]:
         with Session(self.bind) as session:

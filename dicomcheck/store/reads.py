@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, exists, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, case, exists, func, or_, select, text
 from sqlmodel import Session, col
 
 from ..enums import Outcome
-from .access import Access
+from .access import Access, columns_for, read_rows, table_of
 from .records import (
     DecisionRecord,
     ExportRecord,
@@ -26,10 +26,12 @@ from .records import (
     ReceiptRecord,
     ReviewRecord,
     StudyFilters,
+    StudyForRead,
     StudyListItem,
     StudyPage,
     StudyPosition,
     StudyRecord,
+    from_columns,
     from_row,
 )
 from .retention import FULL, HEADER_ONLY, QuarantineRow, RetentionInstance
@@ -45,6 +47,34 @@ from .tables import (
     StudyRead,
     StudySession,
 )
+
+_STUDY = table_of(Study)
+_DECISION = table_of(Decision)
+_REVIEW = table_of(Review)
+_STUDY_SESSION = table_of(StudySession)
+_SERIES = table_of(Series)
+_STUDY_COLUMNS = columns_for(_STUDY, StudyRecord)
+_DECISION_COLUMNS = columns_for(_DECISION, DecisionRecord)
+_REVIEW_COLUMNS = columns_for(_REVIEW, ReviewRecord)
+_DECISION_BY_ID = select(*_DECISION_COLUMNS).where(_DECISION.c.id == bindparam("id"))
+_STUDY_BY_UID = select(*_STUDY_COLUMNS).where(_STUDY.c.study_instance_uid == bindparam("uid"))
+_LATEST_REVIEW_ID = (
+    select(func.max(_REVIEW.c.id))
+    .where(_REVIEW.c.study_instance_uid == _STUDY.c.study_instance_uid)
+    .correlate(_STUDY)
+    .scalar_subquery()
+)
+_STUDY_FOR_READ = (
+    select(*_STUDY_COLUMNS, *_DECISION_COLUMNS, *_REVIEW_COLUMNS, _STUDY_SESSION.c.record)
+    .select_from(
+        _STUDY.outerjoin(_DECISION, _DECISION.c.id == _STUDY.c.current_decision_id)
+        .outerjoin(_REVIEW, _REVIEW.c.id == _LATEST_REVIEW_ID)
+        .outerjoin(_STUDY_SESSION, _STUDY_SESSION.c.study_instance_uid == _STUDY.c.study_instance_uid)
+    )
+    .where(_STUDY.c.study_instance_uid == bindparam("uid"))
+)
+"""The study, its current decision, its latest review and its session record: one statement, built once (its
+compiled form is cached), instead of four ORM lookups."""
 
 
 def index_reachable(engine: Engine) -> bool:
@@ -72,14 +102,27 @@ class IndexReader:
 
     # ---------------------------------------------------------------- studies and decisions
     def study(self, study_uid: str) -> StudyRecord | None:
-        with Session(self.bind) as session:
-            row = session.get(Study, study_uid)
-            return from_row(StudyRecord, row) if row is not None else None
+        rows = read_rows(self.bind, _STUDY_BY_UID, {"uid": study_uid})
+        return from_columns(StudyRecord, rows[0]) if rows else None
+
+    def study_for_read(self, study_uid: str) -> StudyForRead | None:
+        """The study with its current decision, latest coder review and session record (one query); None when
+        it was never received."""
+        rows = read_rows(self.bind, _STUDY_FOR_READ, {"uid": study_uid})
+        if not rows:
+            return None
+        row = rows[0]
+        decision_at, review_at = len(_STUDY_COLUMNS), len(_STUDY_COLUMNS) + len(_DECISION_COLUMNS)
+        return StudyForRead(
+            study=from_columns(StudyRecord, row),
+            decision=from_columns(DecisionRecord, row, decision_at) if row[decision_at] is not None else None,
+            latest_review=from_columns(ReviewRecord, row, review_at) if row[review_at] is not None else None,
+            session=row[-1],
+        )
 
     def decision(self, decision_id: int) -> DecisionRecord | None:
-        with Session(self.bind) as session:
-            row = session.get(Decision, decision_id)
-            return from_row(DecisionRecord, row) if row is not None else None
+        rows = read_rows(self.bind, _DECISION_BY_ID, {"id": decision_id})
+        return from_columns(DecisionRecord, rows[0]) if rows else None
 
     def decision_history(self, study_uid: str) -> list[DecisionRecord]:
         """Every decision of the study, oldest first."""
@@ -90,55 +133,56 @@ class IndexReader:
             return [from_row(DecisionRecord, r) for r in rows]
 
     def find_studies(self, filters: StudyFilters, *, after: StudyPosition | None, limit: int) -> StudyPage:
-        """Studies matching ``filters``, newest first arrival first, from just after ``after``."""
-        query = select(Study, col(Decision.outcome), col(Decision.code)).outerjoin(
-            Decision, col(Decision.id) == col(Study.current_decision_id)
+        """Studies matching ``filters``, newest first arrival first, from just after ``after`` (Core rows: no ORM
+        object per study)."""
+        query = select(*_STUDY_COLUMNS, _DECISION.c.outcome, _DECISION.c.code).outerjoin(
+            _DECISION, _DECISION.c.id == _STUDY.c.current_decision_id
         )
         if filters.accession:
-            query = query.where(col(Study.accession_number) == filters.accession)
+            query = query.where(_STUDY.c.accession_number == filters.accession)
         if filters.patient_id:
-            query = query.where(col(Study.patient_id) == filters.patient_id)
+            query = query.where(_STUDY.c.patient_id == filters.patient_id)
         if filters.outcome:
-            query = query.where(col(Decision.outcome) == filters.outcome)
+            query = query.where(_DECISION.c.outcome == filters.outcome)
         if filters.modality:
             query = query.where(
-                col(Study.study_instance_uid).in_(
-                    select(col(Series.study_instance_uid)).where(col(Series.modality) == filters.modality)
+                _STUDY.c.study_instance_uid.in_(
+                    select(_SERIES.c.study_instance_uid).where(_SERIES.c.modality == filters.modality)
                 )
             )
         if filters.session_verdict:  # sessions (issue 13)
             query = query.where(
-                col(Study.study_instance_uid).in_(
-                    select(col(StudySession.study_instance_uid)).where(
-                        col(StudySession.verdict) == filters.session_verdict
+                _STUDY.c.study_instance_uid.in_(
+                    select(_STUDY_SESSION.c.study_instance_uid).where(
+                        _STUDY_SESSION.c.verdict == filters.session_verdict
                     )
                 )
             )
         if filters.received_from:
-            query = query.where(col(Study.last_arrival) >= filters.received_from)
+            query = query.where(_STUDY.c.last_arrival >= filters.received_from)
         if filters.received_to:
-            query = query.where(col(Study.first_arrival) <= filters.received_to)
+            query = query.where(_STUDY.c.first_arrival <= filters.received_to)
         if filters.scope_studies is not None or filters.scope_accessions is not None:
             query = query.where(
                 or_(
-                    col(Study.study_instance_uid).in_(filters.scope_studies or ("",)),
-                    col(Study.accession_number).in_(filters.scope_accessions or ("",)),
+                    _STUDY.c.study_instance_uid.in_(filters.scope_studies or ("",)),
+                    _STUDY.c.accession_number.in_(filters.scope_accessions or ("",)),
                 )
             )
         if after is not None:
             query = query.where(
                 or_(
-                    col(Study.first_arrival) < after.first_arrival,
+                    _STUDY.c.first_arrival < after.first_arrival,
                     and_(
-                        col(Study.first_arrival) == after.first_arrival,
-                        col(Study.study_instance_uid) < after.study_instance_uid,
+                        _STUDY.c.first_arrival == after.first_arrival,
+                        _STUDY.c.study_instance_uid < after.study_instance_uid,
                     ),
                 )
             )
-        query = query.order_by(col(Study.first_arrival).desc(), col(Study.study_instance_uid).desc()).limit(limit + 1)
-        with Session(self.bind) as session:
-            rows = session.execute(query).all()
-            items = tuple(StudyListItem(from_row(StudyRecord, s), outcome, code) for s, outcome, code in rows[:limit])
+        query = query.order_by(_STUDY.c.first_arrival.desc(), _STUDY.c.study_instance_uid.desc()).limit(limit + 1)
+        rows = read_rows(self.bind, query, {})
+        width = len(_STUDY_COLUMNS)
+        items = tuple(StudyListItem(from_columns(StudyRecord, row), row[width], row[width + 1]) for row in rows[:limit])
         next_after = None
         if len(rows) > limit:
             last = items[-1].study
@@ -484,10 +528,10 @@ class IndexSession:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """The writes inside share one transaction and one COMMIT, at the end of the block (a read's
-        record, its documentation read and its audit event: all durable, or none). The store methods'
-        own ``commit`` calls inside join it without committing (SQLAlchemy's ``conservative_savepoint``
-        joining of an outer transaction); an exception rolls all of it back."""
+        """The writes inside share one transaction and one COMMIT, at the end of the block (a review, its
+        study's session recomputed and its audit event: all durable, or none). The store methods' own
+        ``commit`` calls inside join it without committing (SQLAlchemy's ``conservative_savepoint`` joining of
+        an outer transaction; ``access.commit_writes`` joins it too); an exception rolls all of it back."""
         bind = self.reader.bind
         if not isinstance(bind, Connection):
             yield

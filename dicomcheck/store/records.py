@@ -54,6 +54,27 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StudyForRead:
+    """What one read of a study shows, from one query: the study, its current decision (None while it has
+    none), its latest coder review and its session record as stored (issue 13; None before its first
+    decision)."""
+
+    study: StudyRecord
+    decision: DecisionRecord | None
+    latest_review: ReviewRecord | None
+    session: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierRead:
+    """What a client had read of a study before this read: its read record (None: its first read) and the
+    documentation verdict it was shown then (None: none recorded)."""
+
+    study_read: StudyReadRecord | None
+    documentation: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StudyListItem:
     """A study with the outcome and code of its current decision (None while it has none)."""
 
@@ -200,6 +221,12 @@ class DeviceRecord:
     valid_to: dt.date | None
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+def from_columns(record_type: type[Record], row: Any, start: int = 0) -> Record:
+    """``record_type`` from the ``len(fields)`` values of a Core result ``row`` from position ``start`` on, in
+    the order of the record's fields (the statements of ``store.reads`` / ``store.access`` select them so)."""
+    return record_type(*row[start : start + len(fields(record_type))])
 
 
 def from_row(record_type: type[Record], row: Any) -> Record:

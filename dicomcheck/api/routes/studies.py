@@ -5,19 +5,20 @@ import binascii
 import datetime as dt
 import json
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic_core import to_json
 
 from ...enums import Outcome, StudyStatus, TokenRole
 from ...reports import Documentation, ReportFlag
-from ...sessions import Verdict
+from ...sessions import SessionRecord, Verdict
 from ...store.access import TokenInfo
 from ...store.reads import IndexSession
-from ...store.records import ReviewRecord, StudyFilters, StudyPosition, StudyRecord
-from ...store.reports import Reports
+from ...store.records import ReviewRecord, StudyFilters, StudyForRead, StudyListItem, StudyPosition
 from ...store.sessions import Sessions
 from ..deps import (
+    NOT_FOUND,
     AdminToken,
     AnyToken,
     OperationsDep,
@@ -27,18 +28,19 @@ from ..deps import (
     StudyUid,
     audit,
     existing_study,
+    readable_for_read,
     readable_study,
 )
 from ..schemas import (
     NO_NUL_PATTERN,
     UID_PATTERN,
     DecisionOut,
+    ReportOut,
     ReviewIn,
     ReviewOut,
     StudyOut,
     StudyPage,
     StudySearch,
-    StudySummary,
 )
 from .reports import filter_page, study_report
 
@@ -61,10 +63,11 @@ def review_out(review: ReviewRecord) -> dict:
 
 
 def study_view(
-    store: IndexSession, operations: StudyOperations, study: StudyRecord, token: TokenInfo, *, read_by: Request | None
-) -> dict:
-    """The study as served; ``read_by``: record this client's read and audit it (one commit)."""
-    decision = store.reader.decision(study.current_decision_id) if study.current_decision_id is not None else None
+    store: IndexSession, operations: StudyOperations, found: StudyForRead, token: TokenInfo, *, read_by: Request | None
+) -> dict[str, Any]:
+    """The study as served (``StudyOut``, JSON-ready); ``read_by``: record this client's read, its documentation
+    read and its audit event (one commit, before the answer)."""
+    study, decision = found.study, found.decision
     if decision is not None:
         document = dict(decision.document)
     else:
@@ -72,7 +75,6 @@ def study_view(
         if evaluated is None:
             raise HTTPException(404, f"no instances of study {study.study_instance_uid} are indexed")
         document = evaluated[0].document()
-    reviews = store.access.reviews(study.study_instance_uid)
     decision_id = decision.id if decision else None
     report = study_report(store, operations.settings, study, document)
     changed = False
@@ -89,13 +91,16 @@ def study_view(
             "client_address": read_by.client.host if read_by.client else None,
             "detail": {"outcome": document.get("outcome"), "documentation": report.documentation},
         }
-        with store.transaction():  # the read, its documentation read and its audit event: one COMMIT
-            previous = store.access.record_read(study.study_instance_uid, token.name, decision_id, audit=audit_fields)
-            read_before = Reports(store.reader.bind).record_documentation_read(
-                study.study_instance_uid, token.name, report.documentation
-            )
-        changed = previous is not None and previous.decision_id != decision_id
-        changed = changed or (previous is not None and read_before is not None and read_before != report.documentation)
+        earlier = store.access.record_read(
+            study.study_instance_uid, token.name, decision_id, report.documentation, audit=audit_fields
+        )
+        previous = earlier.study_read
+        changed = previous is not None and (
+            previous.decision_id != decision_id
+            or (earlier.documentation is not None and earlier.documentation != report.documentation)
+        )
+    document.setdefault("study_date", None)
+    document.setdefault("made_later", None)
     document.update(
         status=StudyStatus.DECIDED if decision is not None and not study.needs_decision else StudyStatus.PENDING,
         instance_count=study.instance_count,
@@ -105,20 +110,28 @@ def study_view(
         decision_id=decision_id,
         rules_version=decision.rules_version if decision else None,
         changed_after_read=changed,
-        review=review_out(reviews[-1]) if reviews else None,
-        report=report.document(),
+        review=review_out(found.latest_review) if found.latest_review else None,
+        report=ReportOut.model_validate(report.document()).model_dump(mode="json"),
+        # sessions (issue 13): kept with the study once it is decided
+        session=SessionRecord.model_validate(found.session).model_dump(mode="json")
+        if decision is not None and found.session
+        else None,
     )
-    session = Sessions(store.reader.bind).of_study(study.study_instance_uid) if decision is not None else None
-    document["session"] = session.model_dump(mode="json") if session else None  # sessions (issue 13)
     return document
+
+
+def json_response(content: Any) -> Response:
+    """``content`` (JSON-ready, already shaped as the route's ``response_model``) as JSON bytes, without
+    FastAPI's validation and encoding round trip (tests/test_api_responses_valid.py keeps it true to the schema)."""
+    return Response(to_json(content), media_type="application/json")
 
 
 @router.get("/studies/{study_uid}", response_model=StudyOut, summary="A study's outcome, reasons, series and evidence")
 def get_study(
     study_uid: StudyUid, request: Request, token: AnyToken, store: SessionDep, operations: OperationsDep
-) -> dict:
-    study = readable_study(store, request, token, study_uid)
-    return study_view(store, operations, study, token, read_by=request)
+) -> Response:
+    found = readable_for_read(store, request, token, study_uid)
+    return json_response(study_view(store, operations, found, token, read_by=request))
 
 
 @router.get(
@@ -147,7 +160,8 @@ def get_decisions(study_uid: StudyUid, request: Request, token: AnyToken, store:
     ]
 
 
-def list_studies(store: IndexSession, request: Request, token: TokenInfo, search: StudySearch) -> dict:
+def list_studies(store: IndexSession, request: Request, token: TokenInfo, search: StudySearch) -> dict[str, Any]:
+    """A page of study summaries (``StudyPage``, JSON-ready), its query audited."""
     auditor = token.role == TokenRole.AUDITOR
     filters = StudyFilters(
         accession=search.accession,
@@ -173,7 +187,7 @@ def list_studies(store: IndexSession, request: Request, token: TokenInfo, search
             documentation=search.documentation.value if search.documentation else None,
             flag=search.report_flag.value if search.report_flag else None,
         )
-    items = [_summary(item.study, item.outcome, item.code) for item in page.items]
+    items = [_summary(item) for item in page.items]
     shown = search.model_dump(exclude_none=True, exclude={"limit", "cursor", "patient_id"}, mode="json")
     if search.patient_id:
         shown["patient_id"] = "(given)"  # the audit trail records that it was searched, not the value
@@ -207,7 +221,7 @@ def find_studies(
     cursor: Annotated[
         str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page")
     ] = None,
-) -> dict:
+) -> Response:
     search = StudySearch(
         accession=accession,
         patient_id=patient_id,
@@ -221,14 +235,14 @@ def find_studies(
         limit=limit,
         cursor=cursor,
     )
-    return list_studies(store, request, token, search)
+    return json_response(list_studies(store, request, token, search))
 
 
 @router.post(
     "/studies/search", response_model=StudyPage, summary="Find studies by a JSON body (keeps patient IDs out of URLs)"
 )
-def search_studies(search: StudySearch, request: Request, token: AnyToken, store: SessionDep) -> dict:
-    return list_studies(store, request, token, search)
+def search_studies(search: StudySearch, request: Request, token: AnyToken, store: SessionDep) -> Response:
+    return json_response(list_studies(store, request, token, search))
 
 
 @router.post(
@@ -239,7 +253,10 @@ def reanalyze(
 ) -> dict:
     study = existing_study(store, study_uid)
     operations.decide(study_uid, last_arrival_seen=study.last_arrival)
-    view = study_view(store, operations, existing_study(store, study_uid), token, read_by=None)
+    found = store.reader.study_for_read(study_uid)
+    if found is None:
+        raise HTTPException(404, NOT_FOUND.format(uid=study_uid))
+    view = study_view(store, operations, found, token, read_by=None)
     audit(
         store,
         request,
@@ -257,42 +274,46 @@ def reanalyze(
 )
 def review(study_uid: StudyUid, body: ReviewIn, request: Request, token: StaffToken, store: SessionDep) -> dict:
     study = existing_study(store, study_uid)
-    saved = store.access.add_review(
-        study_uid=study_uid,
-        decision_id=study.current_decision_id,
-        outcome=body.outcome.value,
-        code=body.outcome.code,
-        reviewer=body.reviewer,
-        token_name=token.name,
-        reason=body.reason,
-    )
-    audit(
-        store,
-        request,
-        token,
-        "Procedure Record",
-        "C",
-        study_uid=study_uid,
-        detail={"review_id": saved.id, "outcome": body.outcome.value},
-    )
+    with store.transaction():  # the review, its study's session recomputed (issue 13) and the audit event: one COMMIT
+        saved = store.access.add_review(
+            study_uid=study_uid,
+            decision_id=study.current_decision_id,
+            outcome=body.outcome.value,
+            code=body.outcome.code,
+            reviewer=body.reviewer,
+            token_name=token.name,
+            reason=body.reason,
+        )
+        Sessions(store.reader.bind).after_review(study_uid)
+        audit(
+            store,
+            request,
+            token,
+            "Procedure Record",
+            "C",
+            study_uid=study_uid,
+            detail={"review_id": saved.id, "outcome": body.outcome.value},
+        )
     return review_out(saved)
 
 
-def _summary(study: StudyRecord, outcome: str | None, code: str | None) -> StudySummary:
-    return StudySummary(
-        study_instance_uid=study.study_instance_uid,
-        accession_number=study.accession_number,
-        study_date=study.study_date,
-        study_description=study.study_description,
-        modalities=study.modalities,
-        instance_count=study.instance_count,
-        first_arrival=study.first_arrival,
-        last_arrival=study.last_arrival,
-        status=StudyStatus(study.status),
-        outcome=Outcome(outcome) if outcome is not None else None,
-        code=code,
-        decided_at=study.decided_at,
-    )
+def _summary(item: StudyListItem) -> dict[str, Any]:
+    """One ``StudySummary``, JSON-ready."""
+    study = item.study
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "study_description": study.study_description,
+        "modalities": study.modalities,
+        "instance_count": study.instance_count,
+        "first_arrival": study.first_arrival,
+        "last_arrival": study.last_arrival,
+        "status": study.status,
+        "outcome": item.outcome,
+        "code": item.code,
+        "decided_at": study.decided_at,
+    }
 
 
 _CURSOR = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
