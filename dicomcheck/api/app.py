@@ -22,7 +22,7 @@ from ..config import Settings
 from ..store.access import GroupCommit
 from ..store.reads import IndexSession
 from ..ui import UI_ROUTERS
-from .deps import GUARDS, RoleGuard, StudyOperations
+from .deps import GUARD_OF_ENDPOINT, GUARDS, RoleGuard, StudyOperations
 from .routes import ROUTERS
 from .schemas import ErrorOut
 
@@ -66,7 +66,7 @@ async def unauthenticated_first(request: Request, exc: Exception) -> JSONRespons
 
     Typed for Starlette's handler signature (``Exception``); registered for RequestValidationError only."""
     route = request.scope.get("route")
-    guard = next(
+    guard = GUARD_OF_ENDPOINT.get(getattr(route, "endpoint", None)) or next(  # type: ignore[arg-type]
         (d.call for d in getattr(getattr(route, "dependant", None), "dependencies", ()) if d.call in GUARDS), None
     )
     if guard is not None:

@@ -5,11 +5,12 @@ No `from __future__ import annotations`: FastAPI resolves the dependency annotat
 """
 
 import datetime as dt
-from collections.abc import Iterator
-from typing import Annotated, NoReturn, Protocol
+from collections.abc import Callable, Iterator
+from typing import Annotated, NoReturn, Protocol, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from ..config import Settings
 from ..decision_record import StudyDecisionUnderPolicy
@@ -135,6 +136,39 @@ anyone = RoleGuard("reader", "admin", "auditor")
 staff = RoleGuard("reader", "admin")
 admin = RoleGuard("admin")
 GUARDS = (anyone, staff, admin)
+
+Answer = TypeVar("Answer")
+GUARD_OF_ENDPOINT: dict[Callable[..., object], RoleGuard] = {}
+"""The guard of each endpoint that checks its token in :func:`in_one_thread` rather than as a dependency
+(``app.unauthenticated_first`` reads it: a request with a bad parameter and no token is still a 401)."""
+
+
+def guarded(guard: RoleGuard) -> Callable[[Callable[..., Answer]], Callable[..., Answer]]:
+    """Mark an ``async`` endpoint whose work runs through :func:`in_one_thread` with ``guard``."""
+
+    def mark(endpoint: Callable[..., Answer]) -> Callable[..., Answer]:
+        GUARD_OF_ENDPOINT[endpoint] = guard
+        return endpoint
+
+    return mark
+
+
+async def in_one_thread(
+    guard: RoleGuard, request: Request, work: Callable[[IndexSession, TokenInfo], Answer]
+) -> Answer:
+    """The token check and ``work`` on one index connection, in ONE worker thread.
+
+    The hot lookups (``GET /studies/{uid}``, lists, searches) run this way: as sync dependencies, the index
+    session, the guard and the operations each took a thread hand-off of their own (and the session's close
+    another), and under load every hand-off waits for the event loop and the GIL: the tail of the latency
+    (bench/README.md, issue 14). Same checks, same audit, same single connection."""
+
+    def run() -> Answer:
+        with IndexSession.open(request.app.state.operations.engine) as store:
+            return work(store, guard.check(request, store))
+
+    return await run_in_threadpool(run)
+
 
 AnyToken = Annotated[TokenInfo, Depends(anyone)]
 StaffToken = Annotated[TokenInfo, Depends(staff)]

@@ -26,8 +26,11 @@ from ..deps import (
     StaffToken,
     StudyOperations,
     StudyUid,
+    anyone,
     audit,
     existing_study,
+    guarded,
+    in_one_thread,
     readable_for_read,
     readable_study,
 )
@@ -127,11 +130,13 @@ def json_response(content: Any) -> Response:
 
 
 @router.get("/studies/{study_uid}", response_model=StudyOut, summary="A study's outcome, reasons, series and evidence")
-def get_study(
-    study_uid: StudyUid, request: Request, token: AnyToken, store: SessionDep, operations: OperationsDep
-) -> Response:
-    found = readable_for_read(store, request, token, study_uid)
-    return json_response(study_view(store, operations, found, token, read_by=request))
+@guarded(anyone)
+async def get_study(study_uid: StudyUid, request: Request) -> Response:
+    def read(store: IndexSession, token: TokenInfo) -> Response:
+        found = readable_for_read(store, request, token, study_uid)
+        return json_response(study_view(store, request.app.state.operations, found, token, read_by=request))
+
+    return await in_one_thread(anyone, request, read)
 
 
 @router.get(
@@ -196,10 +201,9 @@ def list_studies(store: IndexSession, request: Request, token: TokenInfo, search
 
 
 @router.get("/studies", response_model=StudyPage, summary="Find studies (cursor-paginated, newest first)")
-def find_studies(
+@guarded(anyone)
+async def find_studies(
     request: Request,
-    token: AnyToken,
-    store: SessionDep,
     accession: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
     patient_id: Annotated[
         str | None,
@@ -235,14 +239,19 @@ def find_studies(
         limit=limit,
         cursor=cursor,
     )
-    return json_response(list_studies(store, request, token, search))
+    return await in_one_thread(
+        anyone, request, lambda store, token: json_response(list_studies(store, request, token, search))
+    )
 
 
 @router.post(
     "/studies/search", response_model=StudyPage, summary="Find studies by a JSON body (keeps patient IDs out of URLs)"
 )
-def search_studies(search: StudySearch, request: Request, token: AnyToken, store: SessionDep) -> Response:
-    return json_response(list_studies(store, request, token, search))
+@guarded(anyone)
+async def search_studies(search: StudySearch, request: Request) -> Response:
+    return await in_one_thread(
+        anyone, request, lambda store, token: json_response(list_studies(store, request, token, search))
+    )
 
 
 @router.post(
