@@ -194,7 +194,7 @@ def readable_study(store: IndexSession, request: Request, token: TokenInfo, stud
 
 def readable_for_read(store: IndexSession, request: Request, token: TokenInfo, study_uid: str) -> StudyForRead:
     """:func:`readable_study` with what a read of it shows (``IndexReader.study_for_read``: one query)."""
-    found = store.reader.study_for_read(study_uid)
+    found = store.reader.study_for_read(study_uid, reader=token.name)
     if found is not None and token.may_read(found.study.study_instance_uid, found.study.accession_number):
         return found
     refuse_unreadable(store, request, token, study_uid, received=found is not None)

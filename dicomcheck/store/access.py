@@ -20,6 +20,7 @@ from sqlalchemy import (
     Executable,
     Row,
     Table,
+    and_,
     bindparam,
     event,
     insert,
@@ -39,8 +40,7 @@ from .records import (
     from_columns,
     from_row,
 )
-from .reports import Reports
-from .tables import ApiToken, AuditEvent, Device, DeviceChange, Review, StudyRead, utcnow
+from .tables import ApiToken, AuditEvent, Device, DeviceChange, ReportRead, Review, StudyRead, utcnow
 
 ROLES = ("reader", "admin", "auditor", "reporter")
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
@@ -206,6 +206,7 @@ class GroupCommit:
 _TOKEN = table_of(ApiToken)
 _AUDIT = table_of(AuditEvent)
 _STUDY_READ = table_of(StudyRead)
+_REPORT_READ = table_of(ReportRead)
 _TOKEN_COLUMNS = (
     _TOKEN.c.id,
     _TOKEN.c.name,
@@ -221,35 +222,43 @@ _TOKEN_BY_ID = select(*_TOKEN_COLUMNS).where(_TOKEN.c.id == bindparam("token_id"
 _TOKEN_USED = update(_TOKEN).where(_TOKEN.c.id == bindparam("token_id")).values(last_used_at=bindparam("now"))
 _AUDIT_INSERT = insert(_AUDIT)
 _STUDY_READ_COLUMNS = columns_for(_STUDY_READ, StudyReadRecord)
-_PREVIOUS_STUDY_READ = (
-    select(*_STUDY_READ_COLUMNS)
-    .where(_STUDY_READ.c.study_instance_uid == bindparam("uid"), _STUDY_READ.c.token_name == bindparam("token"))
-    .with_for_update()
-)
-_STUDY_READ_AGAIN = (
-    update(_STUDY_READ)
-    .where(_STUDY_READ.c.study_instance_uid == bindparam("uid"), _STUDY_READ.c.token_name == bindparam("token"))
-    .values(decision_id=bindparam("decision_id"), read_at=bindparam("now"))
-)
-
-
-def _first_study_read(dialect: str) -> Executable:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id of a client's first read of a study, for the dialect."""
-    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (
-        make(_STUDY_READ)
-        .values(
-            study_instance_uid=bindparam("uid"),
-            token_name=bindparam("token"),
-            decision_id=bindparam("decision_id"),
-            read_at=bindparam("now"),
+_EARLIER_READ = (
+    select(*_STUDY_READ_COLUMNS, _REPORT_READ.c.documentation)
+    .select_from(
+        _STUDY_READ.outerjoin(
+            _REPORT_READ,
+            and_(
+                _REPORT_READ.c.study_instance_uid == _STUDY_READ.c.study_instance_uid,
+                _REPORT_READ.c.token_name == _STUDY_READ.c.token_name,
+            ),
         )
-        .on_conflict_do_nothing(index_elements=["study_instance_uid", "token_name"])
-        .returning(_STUDY_READ.c.id)
     )
+    .where(_STUDY_READ.c.study_instance_uid == bindparam("uid"), _STUDY_READ.c.token_name == bindparam("token"))
+)
+"""What a client last read of a study (its read record, the documentation verdict it was shown), when the
+caller did not read it already (``IndexReader.study_for_read`` with the reader's token name)."""
 
 
-_FIRST_STUDY_READ = {dialect: _first_study_read(dialect) for dialect in ("postgresql", "sqlite")}
+def _read_upsert(dialect: str, table: Table, values: dict[str, Any]) -> Executable:
+    """INSERT ... ON CONFLICT (study, token) DO UPDATE of a client's read of a study, for the dialect: one
+    statement whether it is the first read or a later one, and simultaneous first reads by one client
+    never violate the unique key (``uq_study_read``, ``uq_report_read``)."""
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = make(table).values(
+        study_instance_uid=bindparam("uid"), token_name=bindparam("token"), read_at=bindparam("now"), **values
+    )
+    updated = {name: statement.excluded[name] for name in (*values, "read_at")}
+    return statement.on_conflict_do_update(index_elements=["study_instance_uid", "token_name"], set_=updated)
+
+
+_STUDY_READ_UPSERT = {
+    dialect: _read_upsert(dialect, _STUDY_READ, {"decision_id": bindparam("decision_id")})
+    for dialect in ("postgresql", "sqlite")
+}
+_REPORT_READ_UPSERT = {
+    dialect: _read_upsert(dialect, _REPORT_READ, {"documentation": bindparam("documentation")})
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 def hash_token(token: str) -> str:
@@ -524,29 +533,31 @@ class Access:
         documentation: str | None,
         *,
         audit: dict[str, Any] | None = None,
+        earlier: EarlierRead | None = None,
     ) -> EarlierRead:
         """Remember the decision this client read and the documentation verdict it was shown (``None``: none
         recorded), and write its audit event: one transaction, one COMMIT before the answer; returns what the
         client had read before this read.
 
-        Simultaneous first reads by one client race to create its rows: an insert that does nothing
-        on conflict, then a locked read and update, so every one of them succeeds (no unique-key
-        violation) and exactly one of them sees no previous read."""
+        ``earlier`` is that, as read with the study (``IndexReader.study_for_read`` given the token name): the
+        writes are then the audit insert and one upsert per read record, nothing read in the write transaction
+        (without it, it is read there first). Simultaneous first reads by one client all succeed (the upserts
+        never violate the unique keys); each of them may report no previous read."""
         now = utcnow()
         keys = {"uid": study_uid, "token": token_name, "now": now}
-        first_study_read = _FIRST_STUDY_READ[self.bind.dialect.name]
+        dialect = self.bind.dialect.name
 
         def write(connection: Connection) -> EarlierRead:
             if audit is not None:
                 connection.execute(_AUDIT_INSERT, {"at": now, **_text(audit)})
-            previous = None
-            if connection.execute(first_study_read, {**keys, "decision_id": decision_id}).first() is None:
-                previous = from_columns(StudyReadRecord, connection.execute(_PREVIOUS_STUDY_READ, keys).one())
-                connection.execute(_STUDY_READ_AGAIN, {**keys, "decision_id": decision_id})
-            shown_before = None
-            if documentation is not None:  # in this transaction (the ORM session joins it, its commit is ours)
-                shown_before = Reports(connection).record_documentation_read(study_uid, token_name, documentation)
-            return EarlierRead(previous, shown_before)
+            before = earlier
+            if before is None:
+                row = connection.execute(_EARLIER_READ, keys).first()
+                before = EarlierRead(from_columns(StudyReadRecord, row), row[-1]) if row else EarlierRead(None, None)
+            connection.execute(_STUDY_READ_UPSERT[dialect], {**keys, "decision_id": decision_id})
+            if documentation is not None:
+                connection.execute(_REPORT_READ_UPSERT[dialect], {**keys, "documentation": documentation})
+            return before
 
         return commit_writes(self.bind, write)
 

@@ -21,6 +21,7 @@ from ..enums import Outcome
 from .access import Access, columns_for, read_rows, table_of
 from .records import (
     DecisionRecord,
+    EarlierRead,
     ExportRecord,
     InstanceRecord,
     ReceiptRecord,
@@ -30,6 +31,7 @@ from .records import (
     StudyListItem,
     StudyPage,
     StudyPosition,
+    StudyReadRecord,
     StudyRecord,
     from_columns,
     from_row,
@@ -41,6 +43,7 @@ from .tables import (
     Instance,
     Quarantined,
     Receipt,
+    ReportRead,
     Review,
     Series,
     Study,
@@ -64,17 +67,43 @@ _LATEST_REVIEW_ID = (
     .correlate(_STUDY)
     .scalar_subquery()
 )
+_STUDY_READ = table_of(StudyRead)
+_REPORT_READ = table_of(ReportRead)
+_STUDY_READ_COLUMNS = columns_for(_STUDY_READ, StudyReadRecord)
 _STUDY_FOR_READ = (
-    select(*_STUDY_COLUMNS, *_DECISION_COLUMNS, *_REVIEW_COLUMNS, _STUDY_SESSION.c.record)
+    select(
+        *_STUDY_COLUMNS,
+        *_DECISION_COLUMNS,
+        *_REVIEW_COLUMNS,
+        _STUDY_SESSION.c.record,
+        _STUDY_READ.c.id,
+        *_STUDY_READ_COLUMNS,
+        _REPORT_READ.c.documentation,
+    )
     .select_from(
         _STUDY.outerjoin(_DECISION, _DECISION.c.id == _STUDY.c.current_decision_id)
         .outerjoin(_REVIEW, _REVIEW.c.id == _LATEST_REVIEW_ID)
         .outerjoin(_STUDY_SESSION, _STUDY_SESSION.c.study_instance_uid == _STUDY.c.study_instance_uid)
+        .outerjoin(
+            _STUDY_READ,
+            and_(
+                _STUDY_READ.c.study_instance_uid == _STUDY.c.study_instance_uid,
+                _STUDY_READ.c.token_name == bindparam("reader"),
+            ),
+        )
+        .outerjoin(
+            _REPORT_READ,
+            and_(
+                _REPORT_READ.c.study_instance_uid == _STUDY.c.study_instance_uid,
+                _REPORT_READ.c.token_name == bindparam("reader"),
+            ),
+        )
     )
     .where(_STUDY.c.study_instance_uid == bindparam("uid"))
 )
-"""The study, its current decision, its latest review and its session record: one statement, built once (its
-compiled form is cached), instead of four ORM lookups."""
+"""The study, its current decision, its latest review, its session record and what the reading client (token
+name ``reader``; NULL: none) last read of it (``uq_study_read``, ``uq_report_read``): one statement, built once
+(its compiled form is cached), instead of four ORM lookups and the reads the write of this read would need."""
 
 
 def index_reachable(engine: Engine) -> bool:
@@ -105,19 +134,28 @@ class IndexReader:
         rows = read_rows(self.bind, _STUDY_BY_UID, {"uid": study_uid})
         return from_columns(StudyRecord, rows[0]) if rows else None
 
-    def study_for_read(self, study_uid: str) -> StudyForRead | None:
-        """The study with its current decision, latest coder review and session record (one query); None when
-        it was never received."""
-        rows = read_rows(self.bind, _STUDY_FOR_READ, {"uid": study_uid})
+    def study_for_read(self, study_uid: str, *, reader: str | None = None) -> StudyForRead | None:
+        """The study with its current decision, latest coder review and session record, and, given the reading
+        client's token name (``reader``), what that client last read of it (``StudyForRead.earlier``, for
+        ``Access.record_read``): one query; None when the study was never received."""
+        rows = read_rows(self.bind, _STUDY_FOR_READ, {"uid": study_uid, "reader": reader})
         if not rows:
             return None
         row = rows[0]
-        decision_at, review_at = len(_STUDY_COLUMNS), len(_STUDY_COLUMNS) + len(_DECISION_COLUMNS)
+        decision_at = len(_STUDY_COLUMNS)
+        review_at = decision_at + len(_DECISION_COLUMNS)
+        session_at = review_at + len(_REVIEW_COLUMNS)
+        read_at = session_at + 2  # after the session record and the study_read row's id
+        earlier = None
+        if reader is not None:
+            study_read = from_columns(StudyReadRecord, row, read_at) if row[session_at + 1] is not None else None
+            earlier = EarlierRead(study_read, row[-1])
         return StudyForRead(
             study=from_columns(StudyRecord, row),
             decision=from_columns(DecisionRecord, row, decision_at) if row[decision_at] is not None else None,
             latest_review=from_columns(ReviewRecord, row, review_at) if row[review_at] is not None else None,
-            session=row[-1],
+            session=row[session_at],
+            earlier=earlier,
         )
 
     def decision(self, decision_id: int) -> DecisionRecord | None:

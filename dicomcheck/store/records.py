@@ -54,24 +54,26 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class StudyForRead:
-    """What one read of a study shows, from one query: the study, its current decision (None while it has
-    none), its latest coder review and its session record as stored (issue 13; None before its first
-    decision)."""
-
-    study: StudyRecord
-    decision: DecisionRecord | None
-    latest_review: ReviewRecord | None
-    session: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
 class EarlierRead:
     """What a client had read of a study before this read: its read record (None: its first read) and the
     documentation verdict it was shown then (None: none recorded)."""
 
     study_read: StudyReadRecord | None
     documentation: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyForRead:
+    """What one read of a study shows, from one query: the study, its current decision (None while it has
+    none), its latest coder review and its session record as stored (issue 13; None before its first
+    decision); with ``earlier``, what the reading client had read of it before (``IndexReader.study_for_read``
+    given the client's token name; None when it was not), so recording this read needs no read of its own."""
+
+    study: StudyRecord
+    decision: DecisionRecord | None
+    latest_review: ReviewRecord | None
+    session: dict[str, Any] | None
+    earlier: EarlierRead | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
-from .tables import AuditEvent, Report, ReportRead, Study, utcnow
+from .tables import AuditEvent, Report, Study, utcnow
 
 FINAL_STATUSES = ("F", "C")
 MATCHED_BY_STUDY = "study_instance_uid"
@@ -253,27 +252,3 @@ class Reports:
         return tuple(
             MatchedReport(_record(r), MATCHED_BY_STUDY if r.study_instance_uid else MATCHED_BY_ACCESSION) for r in rows
         )
-
-    def record_documentation_read(self, study_uid: str, token_name: str, documentation: str) -> str | None:
-        """Remember the documentation verdict this client read; returns the one it read before (None: first)."""
-        now = utcnow()
-        insert = (postgresql.insert if self.bind.dialect.name == "postgresql" else sqlite.insert)(ReportRead)
-        with Session(self.bind) as session:  # an insert that does nothing on conflict, then a locked update
-            created = session.execute(
-                insert.values(
-                    study_instance_uid=study_uid, token_name=token_name, documentation=documentation, read_at=now
-                )
-                .on_conflict_do_nothing(index_elements=["study_instance_uid", "token_name"])
-                .returning(col(ReportRead.id))
-            ).first()
-            previous = None
-            if created is None:
-                row = session.execute(
-                    select(ReportRead)
-                    .where(col(ReportRead.study_instance_uid) == study_uid, col(ReportRead.token_name) == token_name)
-                    .with_for_update()
-                ).scalar_one()
-                previous = row.documentation
-                row.documentation, row.read_at = documentation, now
-            session.commit()
-            return previous

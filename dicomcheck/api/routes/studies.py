@@ -69,7 +69,8 @@ def study_view(
     store: IndexSession, operations: StudyOperations, found: StudyForRead, token: TokenInfo, *, read_by: Request | None
 ) -> dict[str, Any]:
     """The study as served (``StudyOut``, JSON-ready); ``read_by``: record this client's read, its documentation
-    read and its audit event (one commit, before the answer)."""
+    read and its audit event (one commit, before the answer; ``found`` read with ``reader=token.name`` carries
+    what the client read before, so that commit writes three statements and reads none)."""
     study, decision = found.study, found.decision
     if decision is not None:
         document = dict(decision.document)
@@ -95,7 +96,12 @@ def study_view(
             "detail": {"outcome": document.get("outcome"), "documentation": report.documentation},
         }
         earlier = store.access.record_read(
-            study.study_instance_uid, token.name, decision_id, report.documentation, audit=audit_fields
+            study.study_instance_uid,
+            token.name,
+            decision_id,
+            report.documentation,
+            audit=audit_fields,
+            earlier=found.earlier,
         )
         previous = earlier.study_read
         changed = previous is not None and (
