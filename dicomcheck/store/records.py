@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -228,7 +229,14 @@ class DeviceRecord:
 def from_columns(record_type: type[Record], row: Any, start: int = 0) -> Record:
     """``record_type`` from the ``len(fields)`` values of a Core result ``row`` from position ``start`` on, in
     the order of the record's fields (the statements of ``store.reads`` / ``store.access`` select them so)."""
-    return record_type(*row[start : start + len(fields(record_type))])
+    return record_type(*row[start : start + _width(record_type)])
+
+
+@cache
+def _width(record_type: type) -> int:
+    """How many fields ``record_type`` has (``dataclasses.fields`` builds a tuple on every call: 0.4 ms of
+    a 50-row list page)."""
+    return len(fields(record_type))
 
 
 def from_row(record_type: type[Record], row: Any) -> Record:
