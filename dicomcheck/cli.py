@@ -274,7 +274,7 @@ def _run_server(settings, receiver_type, settler_type) -> None:
             print(f"dicomcheck {__version__}: API listening on http://{settings.bind}:{settings.http_port}", flush=True)
             # returns on SIGTERM / SIGINT; with several HTTP workers, each opens the index read-only (no migration,
             # recovery or sweep: this process did them) and the receiver and the settle loop stay here
-            run_api(settings, receiver, functools.partial(receiver_type, read_only=True))
+            run_api(settings, receiver, functools.partial(receiver_type, read_only=True, quiet_registry=True))
         else:
             _wait_for_stop_signal()
     finally:

@@ -184,9 +184,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="HTTP worker processes of the lookup API, sharing its port. 0: one per CPU core on PostgreSQL, "
-        "one on SQLite (every lookup writes its audit event, and SQLite serialises writers across processes by "
-        "sleeping). The DICOM receiver and the settle loop stay in the main process; every worker applies the HTTP "
+        description="HTTP worker processes of the lookup API, sharing its port. 0: one per CPU core (SQLite and "
+        "PostgreSQL). The DICOM receiver and the settle loop stay in the main process; every worker applies the HTTP "
         "limits, http_max_connections shared out among them.",
     )
     auditor_full_pack: bool = Field(

@@ -341,11 +341,16 @@ def _unavailable(exc: DBAPIError) -> bool:
 class Receiver:
     """The ingest service of one process: file store + index (+ the settle loop)."""
 
-    def __init__(self, settings: Settings, *, node: str | None = None, read_only: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, node: str | None = None, read_only: bool = False, quiet_registry: bool = False
+    ) -> None:
         """``read_only`` for commands that only read an existing index (``dicomcheck evidence`` from the
         index): no migration, no recovery and no ``.tmp`` sweep, which belong to a receiver that serves
-        (and would otherwise run behind the back of the receivers sharing that index and volume)."""
+        (and would otherwise run behind the back of the receivers sharing that index and volume).
+        ``quiet_registry`` for the HTTP worker processes: the ``--devices`` file's changes of state are logged
+        by the receiver that decides with it, once, not again by every worker."""
         self.settings = settings
+        self.quiet_registry = quiet_registry
         self.node = node or settings.node_name or f"{os.uname().nodename}:{os.getpid()}"
         self.owner = process_identity()
         self.files = FileStore(settings.storage_dir, settings.quarantine_dir)
@@ -758,7 +763,7 @@ class Receiver:
             return self._registry
         watched = self._registry_file
         if watched is None or watched.path != Path(path):  # first called from __init__, before any thread
-            watched = self._registry_file = RegistryFile(path)
+            watched = self._registry_file = RegistryFile(path, reports=not self.quiet_registry)
         self._registry = watched.current()
         metrics.REGISTRY_FILE_ERROR.set(1 if self._registry.error else 0)
         return self._registry

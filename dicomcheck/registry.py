@@ -287,8 +287,11 @@ class RegistryFile:
     When the file is fixed, the next call uses it. Thread-safe (settle loop and API threads).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, reports: bool = True) -> None:
         self.path = Path(path)
+        self.reports = reports
+        """Log the file's changes of state; False in the HTTP worker processes, which watch the same file as
+        the receiver that decides with it (one log line per change, not one per process)."""
         self._lock = threading.Lock()
         self._signature: tuple | None = None
         self._good: Registry | None = None
@@ -314,7 +317,7 @@ class RegistryFile:
                 reason = " ".join(str(exc).split())
                 fallback = self._good or Registry(path=str(self.path))
                 self._current = replace(fallback, error=reason)
-                _log.error(
+                (_log.error if self.reports else _log.debug)(
                     "device registry %s is unusable, %s: %s",
                     self.path,
                     "deciding with its last good version" if self._good else "deciding without it",
@@ -322,7 +325,9 @@ class RegistryFile:
                 )
                 return self._current
             if self._current.error:
-                _log.warning("device registry %s is valid again: deciding with it", self.path)
+                (_log.warning if self.reports else _log.debug)(
+                    "device registry %s is valid again: deciding with it", self.path
+                )
             self._good = self._current = good
             return good
 

@@ -142,7 +142,11 @@ def test_a_c_store_succeeds_with_260_idle_http_connections_open(receiver_factory
     """Receiver and API in one process limited to 256 descriptors; 260 idle HTTP connections are
     open (their idle timeout is long): the API holds at most half the descriptors, refuses the
     rest with 503, and a C-STORE is still stored."""
-    server, port = serve(receiver_factory, env={"http_idle_timeout": "120"}, prefix=["prlimit", "--nofile=256:256"])
+    # one process on purpose (HTTP workers are one per core by default): the receiver and the API share its
+    # descriptors, which is what the cap protects
+    server, port = serve(
+        receiver_factory, env={"http_idle_timeout": "120", "http_workers": "1"}, prefix=["prlimit", "--nofile=256:256"]
+    )
     sockets = [connect(port) for _ in range(260)]
     try:
         refused = []

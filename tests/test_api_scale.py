@@ -352,12 +352,12 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_workers_default_to_the_cores_on_postgresql_and_one_on_sqlite(tmp_path: Path) -> None:
+def test_workers_default_to_the_cores_on_both_databases(tmp_path: Path) -> None:
     from dicomcheck.api.server import worker_count
 
     pg = "postgresql+psycopg://u@127.0.0.1:5432/db"
     assert worker_count(Settings(data=tmp_path, database_url=pg)) == (os.cpu_count() or 1)
-    assert worker_count(Settings(data=tmp_path)) == 1
+    assert worker_count(Settings(data=tmp_path)) == (os.cpu_count() or 1)
     assert worker_count(Settings(data=tmp_path, http_workers=3)) == 3
 
 
