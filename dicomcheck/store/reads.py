@@ -12,9 +12,9 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, exists, func, or_, select, text
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, case, exists, func, or_, select, text
 from sqlmodel import Session, col
 
 from ..enums import Outcome
@@ -381,14 +381,7 @@ class IndexReader:
     def review_queue(self, filters: QueueFilters, *, limit: int) -> list[StudyWithDecision]:
         """Studies whose current decision is ``needs_review`` and that no current (not stale) coder review
         settles, oldest first arrival first."""
-        settled = exists().where(
-            col(Review.study_instance_uid) == col(Study.study_instance_uid), col(Review.stale_since).is_(None)
-        )
-        query = (
-            select(Study, Decision)
-            .join(Decision, col(Decision.id) == col(Study.current_decision_id))
-            .where(col(Decision.outcome) == Outcome.NEEDS_REVIEW.value, ~settled)
-        )
+        query = awaiting_review(select(Study, Decision))
         for column, value in ((Series.station_name, filters.station), (Series.modality, filters.modality)):
             if value:
                 query = query.where(
@@ -578,6 +571,21 @@ class IndexSession:
             bind.rollback()
         with bind.begin():
             yield
+
+
+AnySelect = TypeVar("AnySelect", bound=Select)  # type: ignore[type-arg]  # any row shape
+
+
+def awaiting_review(query: AnySelect) -> AnySelect:
+    """``query`` (over ``Study``) kept to the studies that wait for a coder: the current decision is
+    ``needs_review`` and no current (not stale) review settles it. The worklist and the backlog signal
+    (``store.signals``) both select with it."""
+    settled = exists().where(
+        col(Review.study_instance_uid) == col(Study.study_instance_uid), col(Review.stale_since).is_(None)
+    )
+    return query.join(Decision, col(Decision.id) == col(Study.current_decision_id)).where(
+        col(Decision.outcome) == Outcome.NEEDS_REVIEW.value, ~settled
+    )
 
 
 @dataclass(frozen=True, slots=True)

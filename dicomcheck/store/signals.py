@@ -7,12 +7,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, exists, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlmodel import Session, col
 
-from ..enums import Outcome
+from .reads import awaiting_review
 from .returns import EvidenceReturns, ReturnState
-from .tables import Decision, Quarantined, Review, Study, utcnow
+from .tables import Quarantined, Study, utcnow
 
 IndexBind = Engine | Connection
 """An engine (one connection is checked out for every count) or the connection of a unit of work."""
@@ -39,15 +39,7 @@ class OperationsSignals:
 def review_backlog(bind: Engine | Connection) -> tuple[int, dt.datetime | None]:
     """How many studies wait for a coder (the worklist's definition, ``IndexReader.review_queue``), and the
     first arrival of the oldest. Served by the decision outcome index and the study's current-decision index."""
-    settled = exists().where(
-        col(Review.study_instance_uid) == col(Study.study_instance_uid), col(Review.stale_since).is_(None)
-    )
-    query = (
-        select(func.count(), func.min(col(Study.first_arrival)))
-        .select_from(Study)
-        .join(Decision, col(Decision.id) == col(Study.current_decision_id))
-        .where(col(Decision.outcome) == Outcome.NEEDS_REVIEW.value, ~settled)
-    )
+    query = awaiting_review(select(func.count(), func.min(col(Study.first_arrival))).select_from(Study))
     with Session(bind) as session:
         count, oldest = session.execute(query).one()
     return int(count), oldest  # min() keeps the column's type: aware UTC on every dialect
