@@ -14,15 +14,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, metrics
 from ..config import Settings
 from ..store.access import GroupCommit
-from ..store.reads import IndexSession
 from ..ui import UI_ROUTERS
-from .deps import GUARD_OF_ENDPOINT, GUARDS, RoleGuard, StudyOperations
+from .deps import GUARD_OF_ENDPOINT, GUARDS, StudyOperations, in_one_thread
 from .routes import ROUTERS
 from .schemas import ErrorOut
 
@@ -71,7 +69,7 @@ async def unauthenticated_first(request: Request, exc: Exception) -> JSONRespons
     )
     if guard is not None:
         try:
-            await run_in_threadpool(_check_token, guard, request)
+            await in_one_thread(guard, request, lambda _store, _token: None)
         except HTTPException as refused:
             return JSONResponse({"detail": refused.detail}, status_code=refused.status_code, headers=refused.headers)
     errors = [
@@ -79,11 +77,6 @@ async def unauthenticated_first(request: Request, exc: Exception) -> JSONRespons
         for e in cast(RequestValidationError, exc).errors()
     ]
     return JSONResponse({"detail": errors}, status_code=422)
-
-
-def _check_token(guard: RoleGuard, request: Request) -> None:
-    with IndexSession.open(request.app.state.operations.engine) as store:
-        guard.check(request, store)
 
 
 class RequestTiming:
