@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlmodel import col
@@ -55,6 +55,9 @@ from ..sessions import (
     with_reviews,
 )
 from .tables import Decision, Review, SessionCarrierChoice, Study, StudySession, utcnow
+
+if TYPE_CHECKING:
+    from .reads import IndexSession
 
 CHOICE_VERDICTS = (Verdict.ONE_UNIT, Verdict.UNKNOWN_REGIONS)
 """Verdicts that ask the coder to choose (listed on ``/ui/sessions``): ``one_unit`` across several studies
@@ -527,3 +530,37 @@ class _joined(_borrowed):
             else:
                 self.owned.rollback()
         return None
+
+
+class AuditCarrierChoice(Protocol):
+    """The face's audit of one carrier choice (its request and token bound): ``outcome`` 0 or 4, ``detail``."""
+
+    def __call__(self, *, outcome: int, detail: dict[str, Any]) -> None: ...
+
+
+def choose_carrier_audited(
+    store: IndexSession,
+    session_id: str,
+    study_uid: str,
+    *,
+    reviewer: str,
+    token_name: str,
+    reason: str,
+    audit: AuditCarrierChoice,
+) -> tuple[CarrierChoice, SessionRecord]:
+    """A coder's carrier choice as the API and the pages record it: the choice, the recomputed session and its
+    audit event in one COMMIT; a refusal (:class:`SessionNotFound`, :class:`CarrierRefused`) is audited as a
+    failure and raised again."""
+    try:
+        with store.transaction():
+            choice, record = Sessions(store.reader.bind).choose_carrier(
+                session_id, study_uid, reviewer=reviewer, token_name=token_name, reason=reason
+            )
+            audit(
+                outcome=0,
+                detail={"session_id": session_id, "carrier_choice_id": choice.choice_id, "verdict": record.verdict},
+            )
+    except (SessionNotFound, CarrierRefused) as exc:
+        audit(outcome=4, detail={"session_id": session_id, "refused": str(exc)})
+        raise
+    return choice, record

@@ -8,6 +8,7 @@ No `from __future__ import annotations`: FastAPI resolves the handler annotation
 """
 
 import datetime as dt
+import functools
 import hashlib
 import importlib.resources
 import os
@@ -30,7 +31,7 @@ from ..rules import RULES
 from ..sessions import Verdict
 from ..store.reads import IndexSession, QueueFilters
 from ..store.records import StudyRecord
-from ..store.sessions import CarrierRefused, SessionNotFound, Sessions
+from ..store.sessions import CarrierRefused, SessionNotFound, Sessions, choose_carrier_audited
 from .dashboard import figures, legend
 from .inventory import inventory
 from .session import COOKIE, encode, new_session
@@ -313,30 +314,16 @@ def choose_carrier(request: Request, session_id: SessionId, store: Store, viewer
     if len(reason) < 3 or len(reason) > 2000 or len(reviewer) > 128 or "\x00" in reason + reviewer:
         raise HTTPException(422, "give a reason (3 to 2000 characters) and a reviewer name (up to 128)")
     try:
-        with store.transaction():  # the choice, the recomputed session and the audit event: one COMMIT
-            choice, record = Sessions(store.reader.bind).choose_carrier(
-                session_id, study_uid, reviewer=reviewer, token_name=viewer.token.name, reason=reason
-            )
-            audit(
-                store,
-                request,
-                viewer.token,
-                "Procedure Record",
-                "U",
-                study_uid=study_uid,
-                detail={"session_id": session_id, "carrier_choice_id": choice.choice_id, "verdict": record.verdict},
-            )
-    except (SessionNotFound, CarrierRefused) as exc:
-        audit(
+        choose_carrier_audited(
             store,
-            request,
-            viewer.token,
-            "Procedure Record",
-            "U",
-            study_uid=study_uid,
-            outcome=4,
-            detail={"session_id": session_id, "refused": str(exc)},
+            session_id,
+            study_uid,
+            reviewer=reviewer,
+            token_name=viewer.token.name,
+            reason=reason,
+            audit=functools.partial(audit, store, request, viewer.token, "Procedure Record", "U", study_uid=study_uid),
         )
+    except (SessionNotFound, CarrierRefused) as exc:
         raise HTTPException(404 if isinstance(exc, SessionNotFound) else 409, str(exc)) from None
     if back and re.match(UID, back) and len(back) <= 64:  # only a study of this index's pages, never a URL
         return RedirectResponse(f"/ui/studies/{back}?carrier=1#session", status_code=303)

@@ -5,12 +5,13 @@ Staff tokens only (reader, admin), like reviews: a session names several studies
 may not cover. Every choice is kept (who, when, why) and audited; the latest counts, across re-decisions.
 """
 
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
 
 from ...sessions import CarrierChoice
-from ...store.sessions import CarrierRefused, SessionNotFound, Sessions
+from ...store.sessions import CarrierRefused, SessionNotFound, Sessions, choose_carrier_audited
 from ..deps import SessionDep, StaffToken, audit
 from ..schemas import SESSION_ID_PATTERN, CarrierChoiceOut, CarrierIn, ErrorOut, SessionCarrierOut, SessionOut
 
@@ -67,30 +68,17 @@ def choose_carrier(
     session's earlier choice is superseded (kept), and the session record of every study of it is recomputed
     at once. Refused: a study outside the session, or one whose outcome supports no code."""
     try:
-        with store.transaction():  # the choice, the recomputed session and the audit event: one COMMIT
-            choice, record = Sessions(store.reader.bind).choose_carrier(
-                session_id, body.study_instance_uid, reviewer=body.reviewer, token_name=token.name, reason=body.reason
-            )
-            audit(
-                store,
-                request,
-                token,
-                "Procedure Record",
-                "U",
-                study_uid=body.study_instance_uid,
-                detail={"session_id": session_id, "carrier_choice_id": choice.choice_id, "verdict": record.verdict},
-            )
-    except (SessionNotFound, CarrierRefused) as exc:
-        status = 404 if isinstance(exc, SessionNotFound) else 409
-        audit(
+        choice, record = choose_carrier_audited(
             store,
-            request,
-            token,
-            "Procedure Record",
-            "U",
-            study_uid=body.study_instance_uid,
-            outcome=4,
-            detail={"session_id": session_id, "refused": str(exc)},
+            session_id,
+            body.study_instance_uid,
+            reviewer=body.reviewer,
+            token_name=token.name,
+            reason=body.reason,
+            audit=functools.partial(
+                audit, store, request, token, "Procedure Record", "U", study_uid=body.study_instance_uid
+            ),
         )
-        raise HTTPException(status, str(exc)) from None
+    except (SessionNotFound, CarrierRefused) as exc:
+        raise HTTPException(404 if isinstance(exc, SessionNotFound) else 409, str(exc)) from None
     return SessionCarrierOut(choice=choice_out(session_id, choice, True), session=record)
