@@ -1,6 +1,8 @@
 """Issue 14: an audited study read commits in three statements (audit insert, study_read upsert, report_read
-upsert) when what the client read before comes with the study (``IndexReader.study_for_read(reader=...)``);
-on SQLite and on PostgreSQL, on the API request's connection as the route uses it."""
+upsert) on SQLite and in ONE statement (data-modifying CTEs) on PostgreSQL when what the client read before comes
+with the study (``IndexReader.study_for_read(reader=...)``); on the API request's connection as the route uses it.
+On PostgreSQL a lookup's connection reads in autocommit: no BEGIN / ROLLBACK round trips around its reads, and
+several writes still share one real transaction."""
 
 from __future__ import annotations
 
@@ -61,6 +63,13 @@ def statements_sent(engine: Engine) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
+def writes_of_a_read(engine: Engine) -> list[str]:
+    """What ``record_read`` sends for a read whose previous read came with the study, on ``engine``'s database."""
+    if engine.dialect.name == "postgresql":
+        return ["WITH audit_written AS"]
+    return ["INSERT INTO audit_event", "INSERT INTO study_read", "INSERT INTO report_read"]
+
+
 def read_as(session: IndexSession, uid: str, reader: str) -> StudyForRead:
     found = session.reader.study_for_read(uid, reader=reader)
     assert found is not None
@@ -81,11 +90,7 @@ def test_the_previous_read_comes_with_the_study_and_the_write_reads_nothing(inde
                 uid, "ris-3", decision_id, "documented", audit=AUDIT, earlier=first.earlier
             )
         assert returned == first.earlier
-        assert sent == [
-            "INSERT INTO audit_event",
-            "INSERT INTO study_read",
-            "INSERT INTO report_read",
-        ]
+        assert sent == writes_of_a_read(engine)
         again = read_as(session, uid, "ris-3")
         assert again.earlier is not None and again.earlier.study_read is not None
         assert (again.earlier.study_read.decision_id, again.earlier.documentation) == (decision_id, "documented")
@@ -93,7 +98,7 @@ def test_the_previous_read_comes_with_the_study_and_the_write_reads_nothing(inde
         # a later read updates both rows in place (one row per client and study) and still reads nothing
         with statements_sent(engine) as sent:
             session.access.record_read(uid, "ris-3", None, "undocumented", audit=AUDIT, earlier=again.earlier)
-        assert sent == ["INSERT INTO audit_event", "INSERT INTO study_read", "INSERT INTO report_read"]
+        assert sent == writes_of_a_read(engine)
         latest = read_as(session, uid, "ris-3").earlier
         assert latest is not None and latest.study_read is not None
         assert (latest.study_read.decision_id, latest.documentation) == (None, "undocumented")
@@ -124,6 +129,62 @@ def test_the_study_read_route_never_locks_or_updates_read_rows(indexed):
         assert first.status_code == second.status_code == 200
         assert not first.json()["changed_after_read"] and not second.json()["changed_after_read"]
         assert not any(s.startswith("UPDATE") for s in sent if "read" in s), sent
-        assert sent.count("INSERT INTO study_read") == 2
-        assert sent.count("INSERT INTO report_read") == 2
+        for statement in writes_of_a_read(receiver.engine):
+            assert sent.count(statement) == 2, sent
     assert [r.token_name for r in Access(receiver.engine).reads(uid)].count("ris-route") == 1
+
+
+def test_a_postgresql_lookup_reads_and_writes_outside_any_transaction_block(indexed):
+    """On PostgreSQL every statement of ``GET /studies/{uid}`` runs with the server idle (no BEGIN sent before it,
+    none left open after it: one round trip each), and the audited read is still written (durably: it committed
+    by itself)."""
+    receiver, uid = indexed
+    engine = receiver.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite is in-process: no round trips to save")
+    from psycopg.pq import TransactionStatus
+
+    token = Access(engine).create_token("ris-autocommit", "reader")
+    states: list[tuple[str, TransactionStatus]] = []
+
+    def after(conn, _cursor, statement: str, *_args) -> None:
+        status = conn.connection.dbapi_connection.info.transaction_status
+        states.append((" ".join(statement.split()[:3]), status))
+
+    with TestClient(create_app(receiver.settings, receiver)) as client:
+        assert client.get(f"/studies/{uid}", headers=auth(token)).status_code == 200  # the token's last use: written
+        event.listen(engine, "after_cursor_execute", after)
+        try:
+            answer = client.get(f"/studies/{uid}", headers=auth(token))
+        finally:
+            event.remove(engine, "after_cursor_execute", after)
+    assert answer.status_code == 200
+    assert [s for s, _ in states] == [
+        "SELECT api_token.id, api_token.name,",
+        states[1][0],  # the study with its decision, review, session and the previous read
+        states[2][0],  # the reports matched to it
+        "WITH audit_written AS",
+    ], states
+    assert all(status == TransactionStatus.IDLE for _, status in states), states
+    events = Access(engine).audit_events(study_uid=uid)
+    assert any(e.token_name == "ris-autocommit" and e.event == "DICOM Instances Accessed" for e in events)
+
+
+def test_several_writes_on_a_lookup_connection_are_still_one_transaction(indexed):
+    """A lookup session (``autocommit_reads``) leaves autocommit for ``transaction()``: a failure inside rolls back
+    every write of the block, and the connection reads in autocommit again after it."""
+    receiver, uid = indexed
+    engine = receiver.engine
+    with IndexSession.open(engine, autocommit_reads=True) as session:
+        with pytest.raises(RuntimeError), session.transaction():
+            session.access.record_read(uid, "ris-atomic", None, "documented", audit=AUDIT)
+            session.access.audit(event="Query", action="E", method="GET", endpoint="/x", token=None)
+            raise RuntimeError("after two writes")
+        assert session.reader.study_for_read(uid, reader="ris-atomic").earlier == EarlierRead(None, None)
+        if engine.dialect.name == "postgresql":
+            bind = session.reader.bind
+            assert bind.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
+            assert bind.connection.dbapi_connection.autocommit
+        with session.transaction():
+            session.access.record_read(uid, "ris-atomic", None, "documented", audit=AUDIT)
+    assert [r.token_name for r in Access(engine).reads(uid)].count("ris-atomic") == 1

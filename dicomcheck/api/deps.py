@@ -161,10 +161,12 @@ async def in_one_thread(
     The hot lookups (``GET /studies/{uid}``, lists, searches) run this way: as sync dependencies, the index
     session, the guard and the operations each took a thread hand-off of their own (and the session's close
     another), and under load every hand-off waits for the event loop and the GIL: the tail of the latency
-    (bench/README.md, issue 14). Same checks, same audit, same single connection."""
+    (bench/README.md, issue 14). Same checks, same audit, same single connection. On PostgreSQL that connection
+    reads in autocommit (``IndexSession.open(autocommit_reads=True)``): each read and the audited read's one
+    write are one round trip, without BEGIN / ROLLBACK / COMMIT round trips around them."""
 
     def run() -> Answer:
-        with IndexSession.open(request.app.state.operations.engine) as store:
+        with IndexSession.open(request.app.state.operations.engine, autocommit_reads=True) as store:
             return work(store, guard.check(request, store))
 
     return await run_in_threadpool(run)

@@ -8,7 +8,8 @@ import queue
 import secrets
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -87,19 +88,61 @@ def read_rows(bind: Engine | Connection, statement: Executable, params: Mapping[
 Result = TypeVar("Result")
 
 
-def commit_writes(bind: Engine | Connection, work: Callable[[Connection], Result]) -> Result:
+AUTOCOMMIT = "AUTOCOMMIT"
+
+
+def autocommits(bind: Connection) -> bool:
+    """Whether ``bind`` reads in autocommit (a PostgreSQL lookup's connection: ``IndexSession.open``)."""
+    return bind.get_execution_options().get("isolation_level") == AUTOCOMMIT
+
+
+@contextmanager
+def transaction_on(bind: Connection) -> Iterator[None]:
+    """A real transaction on ``bind``, committed at the end of the block (rolled back on an exception), also on a
+    connection that reads in autocommit: that one leaves autocommit for the block (psycopg sets it locally, no
+    round trip) and returns to it after, so several writes are still all durable or none."""
+    if bind.in_transaction():  # a read's autobegun transaction: nothing written in it yet
+        bind.rollback()
+    if not autocommits(bind):
+        with bind.begin():
+            yield
+        return
+    bind.execution_options(isolation_level=bind.default_isolation_level)
+    try:
+        with bind.begin():
+            yield
+    finally:
+        if not bind.invalidated and not bind.closed:
+            bind.execution_options(isolation_level=AUTOCOMMIT)
+
+
+def commit_writes(
+    bind: Engine | Connection, work: Callable[[Connection], Result], *, one_statement: bool = False
+) -> Result:
     """Run ``work`` (index writes) and commit it before returning: in one transaction of its own, or, inside a
     transaction the caller holds (``IndexSession.transaction``), in that one (its commit is the caller's). On
     an API request's SQLite connection the work goes to the engine's :class:`GroupCommit`: concurrent
-    requests share one durable COMMIT instead of queueing for one fsync each."""
+    requests share one durable COMMIT instead of queueing for one fsync each. ``one_statement``: ``work``
+    executes a single statement, which on a connection in autocommit (PostgreSQL lookups) is its own
+    transaction, durable when it returns (``synchronous_commit``): one round trip instead of BEGIN, the
+    statement and COMMIT."""
     if isinstance(bind, Engine):
         with bind.begin() as connection:
             return work(connection)
-    if bind.in_transaction():
+    if bind.in_transaction() and not autocommits(bind):
         return work(bind)
     if bind.dialect.name == "sqlite":
         return GroupCommit.of(bind.engine).run(work)
-    with bind.begin():
+    if one_statement and autocommits(bind):
+        try:
+            result = work(bind)
+        except BaseException:
+            if bind.in_transaction():
+                bind.rollback()
+            raise
+        bind.commit()  # ends SQLAlchemy's autobegun marker; the server committed the statement already
+        return result
+    with transaction_on(bind):
         return work(bind)
 
 
@@ -259,6 +302,43 @@ _REPORT_READ_UPSERT = {
     dialect: _read_upsert(dialect, _REPORT_READ, {"documentation": bindparam("documentation")})
     for dialect in ("postgresql", "sqlite")
 }
+_AUDIT_FIELDS = (
+    "event",
+    "action",
+    "outcome",
+    "token_name",
+    "role",
+    "method",
+    "endpoint",
+    "study_instance_uid",
+    "client_address",
+    "detail",
+)
+
+
+def _read_written_at_once(with_documentation: bool) -> Executable:
+    """PostgreSQL: a client's read of a study (its audit event, its read record and, ``with_documentation``, the
+    documentation verdict it was shown) written by ONE statement, data-modifying CTEs: atomic by itself, one round
+    trip and one WAL flush on a connection in autocommit, instead of BEGIN, three statements and COMMIT. The audit
+    event's values are bound as ``audit_<column>``."""
+    audit = (
+        insert(_AUDIT)
+        .values(
+            at=bindparam("now"),
+            **{name: bindparam(f"audit_{name}", type_=_AUDIT.c[name].type) for name in _AUDIT_FIELDS},
+        )
+        .cte("audit_written")
+    )
+    study_read = _read_upsert("postgresql", _STUDY_READ, {"decision_id": bindparam("decision_id")})
+    if not with_documentation:
+        return study_read.add_cte(audit)  # type: ignore[attr-defined]  # Insert is HasCTE
+    report_read = _read_upsert("postgresql", _REPORT_READ, {"documentation": bindparam("documentation")})
+    return report_read.add_cte(audit, study_read.cte("study_read_written"))  # type: ignore[attr-defined]
+
+
+_READ_WRITTEN_AT_ONCE = {
+    with_documentation: _read_written_at_once(with_documentation) for with_documentation in (True, False)
+}
 
 
 def hash_token(token: str) -> str:
@@ -361,7 +441,9 @@ class Access:
         now = utcnow()
         if last is None or now - last >= LAST_USED_RESOLUTION:  # one write a minute, not one per request
             commit_writes(
-                self.bind, lambda connection: connection.execute(_TOKEN_USED, {"token_id": row_id, "now": now})
+                self.bind,
+                lambda connection: connection.execute(_TOKEN_USED, {"token_id": row_id, "now": now}),
+                one_statement=True,
             )
         return row_id, TokenInfo(name, role, expires, tuple(studies or ()), tuple(accessions or ()))
 
@@ -398,6 +480,7 @@ class Access:
                     "detail": _text(detail or {}),
                 },
             ),
+            one_statement=True,
         )
 
     def audit_events(
@@ -546,6 +629,16 @@ class Access:
         now = utcnow()
         keys = {"uid": study_uid, "token": token_name, "now": now}
         dialect = self.bind.dialect.name
+        if dialect == "postgresql" and audit is not None and earlier is not None:
+            written = _READ_WRITTEN_AT_ONCE[documentation is not None]
+            params = {
+                **keys,
+                "decision_id": decision_id,
+                "documentation": documentation,
+                **{f"audit_{name}": _text(audit.get(name)) for name in _AUDIT_FIELDS},
+            }
+            commit_writes(self.bind, lambda connection: connection.execute(written, params), one_statement=True)
+            return earlier
 
         def write(connection: Connection) -> EarlierRead:
             if audit is not None:

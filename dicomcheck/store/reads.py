@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, Select, and_, bindparam, case, exists
 from sqlmodel import Session, col
 
 from ..enums import Outcome
-from .access import Access, columns_for, read_rows, table_of
+from .access import AUTOCOMMIT, Access, columns_for, read_rows, table_of, transaction_on
 from .records import (
     DecisionRecord,
     EarlierRead,
@@ -553,8 +553,13 @@ class IndexSession:
 
     @classmethod
     @contextmanager
-    def open(cls, engine: Engine) -> Iterator[IndexSession]:
+    def open(cls, engine: Engine, *, autocommit_reads: bool = False) -> Iterator[IndexSession]:
+        """``autocommit_reads`` (a lookup's session): on PostgreSQL every read is one round trip, without the
+        BEGIN and ROLLBACK around it, and one-statement writes commit themselves (``access.commit_writes``);
+        several writes together still get a real transaction (``access.transaction_on``). SQLite: no change."""
         with engine.connect() as connection:
+            if autocommit_reads and engine.dialect.name == "postgresql":
+                connection.execution_options(isolation_level=AUTOCOMMIT)
             yield cls(IndexReader(connection), Access(connection))
 
     @contextmanager
@@ -567,9 +572,7 @@ class IndexSession:
         if not isinstance(bind, Connection):
             yield
             return
-        if bind.in_transaction():  # a read's autobegun transaction: nothing written in it yet
-            bind.rollback()
-        with bind.begin():
+        with transaction_on(bind):
             yield
 
 
