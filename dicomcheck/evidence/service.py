@@ -65,8 +65,8 @@ def site_key(key_dir: Path) -> SiteKey:
     try:
         return load_key(key_dir)
     except KeyError_:
-        if (key_dir / PRIVATE_NAME).exists():
-            raise
+        if (key_dir / PRIVATE_NAME).exists():  # another process published it since the read, or it is unreadable
+            return load_key(key_dir)  # (then this raises again, naming the file)
     try:
         key = create_key(key_dir)
     except KeyExists:  # another process created it a moment ago: use that one
