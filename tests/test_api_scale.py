@@ -4,6 +4,7 @@ the server is killed mid-load."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -176,6 +177,92 @@ def test_the_group_commit_ends_with_its_engine(sqlite_engine: Engine) -> None:
     assert GroupCommit.of(sqlite_engine) is not group  # a later request on the same engine gets a new one
     assert group.run(_audit_job(7)) == 7  # one that still held the stopped one commits on its own connection
     assert [e.endpoint for e in Access(sqlite_engine).audit_events()] == ["/7"]
+
+
+def test_concurrent_lookups_on_the_loop_await_one_shared_commit(sqlite_engine: Engine) -> None:
+    """``GroupCommit.run_async``: coroutines on one event loop hand their writes over and are resumed only once
+    those are committed; waiting together, they share one COMMIT, and the loop is free meanwhile."""
+    group = GroupCommit.of(sqlite_engine)
+    commits: list[int] = []
+    event.listen(sqlite_engine, "commit", lambda _connection: commits.append(1))
+    gate, first = _held_group(group)
+
+    async def lookups() -> tuple[list[int], int]:
+        tasks = [asyncio.create_task(group.run_async(_audit_job(n))) for n in range(8)]
+        ticks = 0
+        while group._jobs.qsize() < 8:  # the loop keeps running while the writes wait
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not any(task.done() for task in tasks), "a write returned before it was committed"
+        gate.set()
+        return list(await asyncio.gather(*tasks)), ticks
+
+    results, ticks = asyncio.run(lookups())
+    first.join(30)
+    assert results == list(range(8))
+    assert len(commits) == 2, "the eight writes waiting together were not committed together"
+    assert sorted(e.endpoint for e in Access(sqlite_engine).audit_events()) == sorted(f"/{n}" for n in range(8))
+
+
+def test_a_lookup_runs_on_the_loop_on_sqlite_and_in_a_worker_thread_on_postgresql(
+    app: tuple[TestClient, Receiver, str],
+) -> None:
+    """``run_lookup``: SQLite reads in-process on the event loop's thread (no hand-off to a worker thread), the
+    writes on the group commit's thread; PostgreSQL's round trips never on the loop."""
+    client, receiver, token = app
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get(f"/studies/{BENCH.study_uid(0)}", headers=headers).status_code == 200  # token's last use
+    threads: list[tuple[str, str]] = []
+
+    def record(_conn, _cursor, statement: str, *_args) -> None:
+        threads.append((statement.split()[0], threading.current_thread().name))
+
+    event.listen(receiver.engine, "before_cursor_execute", record)
+    try:
+        for path in (f"/studies/{BENCH.study_uid(1)}", "/studies?limit=5"):
+            assert client.get(path, headers=headers).status_code == 200
+    finally:
+        event.remove(receiver.engine, "before_cursor_execute", record)
+    readers = {name for verb, name in threads if verb == "SELECT"}
+    writers = {name for verb, name in threads if verb in ("INSERT", "WITH")}
+    assert readers and writers, threads
+    on_workers = {name for name in readers if "worker" in name.lower()}
+    if receiver.engine.dialect.name == "sqlite":
+        assert not on_workers, f"SQLite lookups read on worker threads: {threads}"
+        assert writers == {"index-group-commit"}, threads
+    else:
+        assert on_workers == readers, f"PostgreSQL lookups read on the event loop: {threads}"
+
+
+def test_a_lookup_whose_audit_cannot_be_written_is_not_answered(app: tuple[TestClient, Receiver, str]) -> None:
+    """A read is answered only once its audit event is durable: when the index refuses the write (a real
+    SQLite / PostgreSQL error, raised by a trigger), the client gets 500 and no study, never the study without
+    its audit event."""
+    client, receiver, token = app
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get(f"/studies/{BENCH.study_uid(2)}", headers=headers).status_code == 200
+    with receiver.engine.begin() as connection:
+        if receiver.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_event BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_event FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
+            )
+    before = len(_audited(str(receiver.engine.url.render_as_string(hide_password=False))))
+    with TestClient(create_app(receiver.settings, receiver), raise_server_exceptions=False) as failing:
+        for path in (f"/studies/{BENCH.study_uid(3)}", "/studies?limit=5"):
+            answer = failing.get(path, headers=headers)
+            assert answer.status_code == 500, (path, answer.status_code)
+            assert BENCH.study_uid(3) not in answer.text
+    assert len(_audited(str(receiver.engine.url.render_as_string(hide_password=False)))) == before
+    reads = [r.token_name for r in Access(receiver.engine).reads(BENCH.study_uid(3))]
+    assert "billing" not in reads, "the read was recorded without its audit event"
 
 
 def _serve(data: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:

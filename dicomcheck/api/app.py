@@ -20,7 +20,7 @@ from .. import __version__, metrics
 from ..config import Settings
 from ..store.access import GroupCommit
 from ..ui import UI_ROUTERS
-from .deps import GUARD_OF_ENDPOINT, GUARDS, StudyOperations, in_one_thread
+from .deps import GUARD_OF_ENDPOINT, GUARDS, StudyOperations, run_lookup
 from .routes import ROUTERS
 from .schemas import ErrorOut
 
@@ -69,7 +69,7 @@ async def unauthenticated_first(request: Request, exc: Exception) -> JSONRespons
     )
     if guard is not None:
         try:
-            await in_one_thread(guard, request, lambda _store, _token: None)
+            await run_lookup(guard, request, lambda _store, _token: None)
         except HTTPException as refused:
             return JSONResponse({"detail": refused.detail}, status_code=refused.status_code, headers=refused.headers)
     errors = [

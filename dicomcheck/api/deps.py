@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from ..config import Settings
 from ..decision_record import StudyDecisionUnderPolicy
 from ..registry import Registry
-from ..store.access import TokenInfo
+from ..store.access import GroupCommit, TokenInfo
 from ..store.reads import IndexSession
 from ..store.records import StudyForRead, StudyRecord
 from .schemas import UID_PATTERN
@@ -139,12 +139,12 @@ GUARDS = (anyone, staff, admin)
 
 Answer = TypeVar("Answer")
 GUARD_OF_ENDPOINT: dict[Callable[..., object], RoleGuard] = {}
-"""The guard of each endpoint that checks its token in :func:`in_one_thread` rather than as a dependency
+"""The guard of each endpoint that checks its token in :func:`run_lookup` rather than as a dependency
 (``app.unauthenticated_first`` reads it: a request with a bad parameter and no token is still a 401)."""
 
 
 def guarded(guard: RoleGuard) -> Callable[[Callable[..., Answer]], Callable[..., Answer]]:
-    """Mark an ``async`` endpoint whose work runs through :func:`in_one_thread` with ``guard``."""
+    """Mark an ``async`` endpoint whose work runs through :func:`run_lookup` with ``guard``."""
 
     def mark(endpoint: Callable[..., Answer]) -> Callable[..., Answer]:
         GUARD_OF_ENDPOINT[endpoint] = guard
@@ -153,23 +153,43 @@ def guarded(guard: RoleGuard) -> Callable[[Callable[..., Answer]], Callable[...,
     return mark
 
 
-async def in_one_thread(
-    guard: RoleGuard, request: Request, work: Callable[[IndexSession, TokenInfo], Answer]
-) -> Answer:
-    """The token check and ``work`` on one index connection, in ONE worker thread.
+async def run_lookup(guard: RoleGuard, request: Request, work: Callable[[IndexSession, TokenInfo], Answer]) -> Answer:
+    """The token check and ``work`` of a hot lookup (``GET /studies/{uid}``, lists, searches) on one index
+    connection, in one thread, with every write it makes (audit events, read records) durable before it answers.
 
-    The hot lookups (``GET /studies/{uid}``, lists, searches) run this way: as sync dependencies, the index
-    session, the guard and the operations each took a thread hand-off of their own (and the session's close
-    another), and under load every hand-off waits for the event loop and the GIL: the tail of the latency
-    (bench/README.md, issue 14). Same checks, same audit, same single connection. On PostgreSQL that connection
-    reads in autocommit (``IndexSession.open(autocommit_reads=True)``): each read and the audited read's one
-    write are one round trip, without BEGIN / ROLLBACK / COMMIT round trips around them."""
+    * **SQLite**: on the event loop's own thread. The reads are in-process (WAL: a reader never waits for a
+      writer), so handing them to a worker thread only added two hand-offs, each waiting for the loop and the GIL:
+      the tail of the latency (bench/README.md, issue 14, fourth pass). The writes are kept and handed to the
+      engine's group commit as one job, *awaited*: the loop serves other requests meanwhile and their writes
+      join the same COMMIT. They are committed also when ``work`` refuses (401/403/404 with a Security Alert)
+      or fails, before the refusal goes out; a failed commit answers 500 instead.
+    * **PostgreSQL**: in one worker thread (each read is a round trip to another process, which may wait on a
+      lock: never on the loop), its connection in autocommit (``IndexSession.open(autocommit_reads=True)``): each
+      read and the audited read's one write are one round trip, without BEGIN / ROLLBACK / COMMIT around them.
 
-    def run() -> Answer:
-        with IndexSession.open(request.app.state.operations.engine, autocommit_reads=True) as store:
-            return work(store, guard.check(request, store))
+    Earlier the index session, the guard and the endpoint were sync dependencies, each with a thread hand-off
+    of its own. Same checks and audit as a dependency-guarded endpoint (the 401-before-422 order is kept by
+    ``GUARD_OF_ENDPOINT``)."""
+    engine = request.app.state.operations.engine
+    if engine.dialect.name != "sqlite":
 
-    return await run_in_threadpool(run)
+        def run() -> Answer:
+            with IndexSession.open(engine, autocommit_reads=True) as store:
+                return work(store, guard.check(request, store))
+
+        return await run_in_threadpool(run)
+    failure: BaseException | None = None
+    with IndexSession.open(engine, defer_writes=True) as store:  # the connection is back before the await
+        try:
+            answer = work(store, guard.check(request, store))
+        except Exception as exc:  # noqa: BLE001 - raised again once its audit event is durable
+            failure = exc
+        writes = store.access.take_deferred()
+    if writes is not None:
+        await GroupCommit.of(engine).run_async(writes)
+    if failure is not None:
+        raise failure
+    return answer
 
 
 AnyToken = Annotated[TokenInfo, Depends(anyone)]

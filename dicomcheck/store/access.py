@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import queue
@@ -19,6 +20,7 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     Executable,
+    Insert,
     Row,
     Table,
     and_,
@@ -152,6 +154,18 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None  # run_async's
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.waiter is not None:
+            loop, future = self.waiter
+            loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not cancelled meanwhile
+        future.set_result(None)
 
 
 class GroupCommit:
@@ -212,6 +226,24 @@ class GroupCommit:
             raise job.error
         return cast(Result, job.result)
 
+    async def run_async(self, work: Callable[[Connection], Result]) -> Result:
+        """:meth:`run` for a coroutine on the event loop: the loop goes on serving other requests while the
+        writer commits (their writes join the same COMMIT), and the coroutine resumes once ``work`` is durable."""
+        loop = asyncio.get_running_loop()
+        job = _Job(work, waiter=(loop, loop.create_future()))
+        with self._handover:
+            queued = not self._stopped
+            if queued:
+                self._jobs.put(job)
+        if not queued:
+            with self._engine.begin() as connection:
+                return work(connection)
+        assert job.waiter is not None
+        await asyncio.shield(job.waiter[1])  # a cancelled request still has its writes committed by the thread
+        if job.error is not None:
+            raise job.error
+        return cast(Result, job.result)
+
     def _serve(self) -> None:
         connection = self._connection
         stopping = False
@@ -242,7 +274,7 @@ class GroupCommit:
                     except Exception as exc:  # noqa: BLE001 - handed to the request that sent the job
                         job.error = exc
             for job in jobs:
-                job.done.set()
+                job.finish()
         connection.close()
 
 
@@ -282,7 +314,7 @@ _EARLIER_READ = (
 caller did not read it already (``IndexReader.study_for_read`` with the reader's token name)."""
 
 
-def _read_upsert(dialect: str, table: Table, values: dict[str, Any]) -> Executable:
+def _read_upsert(dialect: str, table: Table, values: dict[str, Any]) -> Insert:
     """INSERT ... ON CONFLICT (study, token) DO UPDATE of a client's read of a study, for the dialect: one
     statement whether it is the first read or a later one, and simultaneous first reads by one client
     never violate the unique key (``uq_study_read``, ``uq_report_read``)."""
@@ -331,9 +363,9 @@ def _read_written_at_once(with_documentation: bool) -> Executable:
     )
     study_read = _read_upsert("postgresql", _STUDY_READ, {"decision_id": bindparam("decision_id")})
     if not with_documentation:
-        return study_read.add_cte(audit)  # type: ignore[attr-defined]  # Insert is HasCTE
+        return study_read.add_cte(audit)
     report_read = _read_upsert("postgresql", _REPORT_READ, {"documentation": bindparam("documentation")})
-    return report_read.add_cte(audit, study_read.cte("study_read_written"))  # type: ignore[attr-defined]
+    return report_read.add_cte(audit, study_read.cte("study_read_written"))
 
 
 _READ_WRITTEN_AT_ONCE = {
@@ -363,8 +395,30 @@ class Access:
     """Tokens, audit trail, registry devices, reviews and reads; ``bind`` is an engine (a connection
     per call) or the one connection of an API request (``store.reads.IndexSession``)."""
 
-    def __init__(self, bind: Engine | Connection) -> None:
+    def __init__(self, bind: Engine | Connection, *, defer_writes: bool = False) -> None:
         self.bind = bind
+        self._deferred: list[Callable[[Connection], object]] | None = [] if defer_writes else None
+
+    def _write(self, work: Callable[[Connection], object], *, one_statement: bool = False) -> None:
+        """Commit ``work`` now (``commit_writes``), or, on a lookup's connection that defers its writes (a SQLite
+        lookup on the event loop: ``IndexSession.open(defer_writes=True)``), keep it for the one commit the lookup
+        awaits before it answers (:meth:`take_deferred`); inside a transaction the caller holds, join that."""
+        if self._deferred is not None and not (isinstance(self.bind, Connection) and self.bind.in_transaction()):
+            self._deferred.append(work)
+            return
+        commit_writes(self.bind, work, one_statement=one_statement)
+
+    def take_deferred(self) -> Callable[[Connection], None] | None:
+        """The writes kept so far, as one unit of work for the group commit (None: none), and forget them."""
+        if not self._deferred:
+            return None
+        writes, self._deferred = self._deferred, []
+
+        def write_all(connection: Connection) -> None:
+            for work in writes:
+                work(connection)
+
+        return write_all
 
     # ---------------------------------------------------------------- tokens
     def create_token(
@@ -440,8 +494,7 @@ class Access:
                 return "token expired"
         now = utcnow()
         if last is None or now - last >= LAST_USED_RESOLUTION:  # one write a minute, not one per request
-            commit_writes(
-                self.bind,
+            self._write(
                 lambda connection: connection.execute(_TOKEN_USED, {"token_id": row_id, "now": now}),
                 one_statement=True,
             )
@@ -461,9 +514,9 @@ class Access:
         outcome: int = 0,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        """Write one audit event, committed at once (or with the transaction the caller holds)."""
-        commit_writes(
-            self.bind,
+        """Write one audit event, committed at once (or with the transaction the caller holds, or with the
+        lookup's deferred writes, before its answer)."""
+        self._write(
             lambda connection: connection.execute(
                 _AUDIT_INSERT,
                 {
@@ -637,7 +690,7 @@ class Access:
                 "documentation": documentation,
                 **{f"audit_{name}": _text(audit.get(name)) for name in _AUDIT_FIELDS},
             }
-            commit_writes(self.bind, lambda connection: connection.execute(written, params), one_statement=True)
+            self._write(lambda connection: connection.execute(written, params), one_statement=True)
             return earlier
 
         def write(connection: Connection) -> EarlierRead:
@@ -652,6 +705,9 @@ class Access:
                 connection.execute(_REPORT_READ_UPSERT[dialect], {**keys, "documentation": documentation})
             return before
 
+        if earlier is not None:  # nothing to read in the write: it may wait for the lookup's one commit
+            self._write(write)
+            return earlier
         return commit_writes(self.bind, write)
 
     def reads(self, study_uid: str) -> list[StudyReadRecord]:

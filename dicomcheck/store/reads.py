@@ -553,14 +553,18 @@ class IndexSession:
 
     @classmethod
     @contextmanager
-    def open(cls, engine: Engine, *, autocommit_reads: bool = False) -> Iterator[IndexSession]:
-        """``autocommit_reads`` (a lookup's session): on PostgreSQL every read is one round trip, without the
-        BEGIN and ROLLBACK around it, and one-statement writes commit themselves (``access.commit_writes``);
-        several writes together still get a real transaction (``access.transaction_on``). SQLite: no change."""
+    def open(
+        cls, engine: Engine, *, autocommit_reads: bool = False, defer_writes: bool = False
+    ) -> Iterator[IndexSession]:
+        """``autocommit_reads`` (a PostgreSQL lookup's session): every read is one round trip, without the BEGIN
+        and ROLLBACK around it, and one-statement writes commit themselves (``access.commit_writes``); several
+        writes together still get a real transaction (``access.transaction_on``). ``defer_writes`` (a SQLite
+        lookup's session on the event loop): the audit event and read records are kept
+        (``Access.take_deferred``) for the one group commit the lookup awaits before it answers."""
         with engine.connect() as connection:
             if autocommit_reads and engine.dialect.name == "postgresql":
                 connection.execution_options(isolation_level=AUTOCOMMIT)
-            yield cls(IndexReader(connection), Access(connection))
+            yield cls(IndexReader(connection), Access(connection, defer_writes=defer_writes))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

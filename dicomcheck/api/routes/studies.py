@@ -30,9 +30,9 @@ from ..deps import (
     audit,
     existing_study,
     guarded,
-    in_one_thread,
     readable_for_read,
     readable_study,
+    run_lookup,
 )
 from ..schemas import (
     NO_NUL_PATTERN,
@@ -142,7 +142,7 @@ async def get_study(study_uid: StudyUid, request: Request) -> Response:
         found = readable_for_read(store, request, token, study_uid)
         return json_response(study_view(store, request.app.state.operations, found, token, read_by=request))
 
-    return await in_one_thread(anyone, request, read)
+    return await run_lookup(anyone, request, read)
 
 
 @router.get(
@@ -245,7 +245,7 @@ async def find_studies(
         limit=limit,
         cursor=cursor,
     )
-    return await in_one_thread(
+    return await run_lookup(
         anyone, request, lambda store, token: json_response(list_studies(store, request, token, search))
     )
 
@@ -255,7 +255,7 @@ async def find_studies(
 )
 @guarded(anyone)
 async def search_studies(search: StudySearch, request: Request) -> Response:
-    return await in_one_thread(
+    return await run_lookup(
         anyone, request, lambda store, token: json_response(list_studies(store, request, token, search))
     )
 
