@@ -30,6 +30,7 @@ from dicomcheck.store.engine import make_engine
 from dicomcheck.store.reads import IndexReader, QueueFilters
 from dicomcheck.store.records import StudyFilters, StudyPosition
 from dicomcheck.store.reports import Reports
+from dicomcheck.store.sessions import Sessions
 from dicomcheck.store.signals import operations_signals
 from dicomcheck.store.tables import AuditEvent, Review, StudyRead
 
@@ -255,6 +256,7 @@ def _cases(bench: Any) -> dict[str, tuple[Callable[[Engine], Any], str]]:
             find(StudyFilters(outcome="needs_review", received_from=week_ago)),
             PLAN,
         ),
+        "studies by session verdict": (find(StudyFilters(session_verdict="one_unit")), PLAN),
         # exports by date range
         "export a day": (
             lambda e: IndexReader(e).decisions_for_export(
@@ -281,6 +283,13 @@ def _cases(bench: Any) -> dict[str, tuple[Callable[[Engine], Any], str]]:
         "worklist of a week": (queue(QueueFilters(received_from=week_ago, received_before=now)), JOINED),
         "worklist of an auditor": (queue(QueueFilters(scope_studies=scope, scope_accessions=(acc,))), JOINED),
         "pending studies": (lambda e: IndexReader(e).pending_studies(), PLAN),
+        "sessions asking the coder to choose": (lambda e: Sessions(e).asking_to_choose(), PLAN),
+        # retention (issue 10): the studies whose decision is old enough, oldest first
+        "studies due for retention": (
+            lambda e: IndexReader(e).studies_due_for_retention(month_ago, limit=500),
+            PLAN,
+        ),
+        "oldest study retention has not gone over": (lambda e: IndexReader(e).oldest_unpruned_decision(), PLAN),
         # /metrics, /healthz: what waits (the review backlog is the worklist's selection, counted)
         "operations signals": (lambda e: operations_signals(e), JOINED),
         "equipment's studies": (lambda e: IndexReader(e).studies_using_equipment(station_name="ST3"), PLAN),
