@@ -234,6 +234,9 @@ def _run_server(settings, receiver_type, settler_type) -> None:
             site_key(settings.data / "keys")  # created at the first start, its fingerprint logged that once
         except KeyError_ as exc:
             raise typer.BadParameter(str(exc)) from None
+    # without the API, this process's own SIGTERM / SIGINT handling is in place before anything is announced as
+    # listening: a service manager (or a test) that stops it right after the announcement is never missed
+    stop_signals = None if settings.api else _StopSignals()
     receiver = receiver_type(settings)
     settler = settler_type(receiver)
     settler.start()
@@ -275,9 +278,11 @@ def _run_server(settings, receiver_type, settler_type) -> None:
             # returns on SIGTERM / SIGINT; with several HTTP workers, each opens the index read-only (no migration,
             # recovery or sweep: this process did them) and the receiver and the settle loop stay here
             run_api(settings, receiver, functools.partial(receiver_type, read_only=True, quiet_registry=True))
-        else:
-            _wait_for_stop_signal()
+        elif stop_signals is not None:
+            stop_signals.wait()
     finally:
+        if stop_signals is not None:
+            stop_signals.close()
         backfill_stop.set()  # between two studies; the next start goes on where it stopped
         if hl7 is not None:
             hl7.shutdown()
@@ -310,30 +315,41 @@ def _start_hl7(settings, engine, server, settler):
     return listener
 
 
-def _wait_for_stop_signal() -> None:
-    """Return on SIGTERM or SIGINT. The kernel gives a process's signal to any of its threads; Python runs
-    the handler on the main thread only when that thread next runs, so a main thread asleep on a lock would
-    miss a signal caught by a receiver thread (and be killed after the service manager's grace period).
-    The wake-up fd, written whichever thread caught the signal, wakes this one."""
-    import select
-    import signal
-    import socket
-    import threading
+class _StopSignals:
+    """SIGTERM and SIGINT, caught from the moment this is made until :meth:`close`; :meth:`wait` returns once one
+    came (also one that came before it was called). The kernel gives a process's signal to any of its threads;
+    Python runs the handler on the main thread only when that thread next runs, so a main thread asleep on a
+    lock would miss a signal caught by a receiver thread (and be killed after the service manager's grace
+    period). The wake-up fd, written whichever thread caught the signal, wakes this one."""
 
-    stop = threading.Event()
-    woken, wake = socket.socketpair()
-    wake.setblocking(False)
-    previous = signal.set_wakeup_fd(wake.fileno())
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.is_set():
-            if select.select([woken], [], [], 5.0)[0]:
-                woken.recv(64)
-    finally:
-        signal.set_wakeup_fd(previous)
-        woken.close()
-        wake.close()
+    def __init__(self) -> None:
+        import signal
+        import socket
+        import threading
+
+        self._stop = threading.Event()
+        self._woken, self._wake = socket.socketpair()
+        self._wake.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._wake.fileno())
+        self._previous = {
+            sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def wait(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            if select.select([self._woken], [], [], 5.0)[0]:
+                self._woken.recv(64)
+
+    def close(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._woken.close()
+        self._wake.close()
 
 
 def _index_settings(data: Path | None, database_url: str | None):
