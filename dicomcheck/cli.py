@@ -234,9 +234,10 @@ def _run_server(settings, receiver_type, settler_type) -> None:
             site_key(settings.data / "keys")  # created at the first start, its fingerprint logged that once
         except KeyError_ as exc:
             raise typer.BadParameter(str(exc)) from None
-    # without the API, this process's own SIGTERM / SIGINT handling is in place before anything is announced as
-    # listening: a service manager (or a test) that stops it right after the announcement is never missed
-    stop_signals = None if settings.api else _StopSignals()
+    # SIGTERM / SIGINT are caught before anything is announced as listening: a service manager (or a test) that
+    # stops the service right after the announcement is never missed (the API's server takes the signals over
+    # once it runs, and is stopped by one that came before)
+    stop_signals = _StopSignals()
     receiver = receiver_type(settings)
     settler = settler_type(receiver)
     settler.start()
@@ -277,12 +278,16 @@ def _run_server(settings, receiver_type, settler_type) -> None:
             print(f"dicomcheck {__version__}: API listening on http://{settings.bind}:{settings.http_port}", flush=True)
             # returns on SIGTERM / SIGINT; with several HTTP workers, each opens the index read-only (no migration,
             # recovery or sweep: this process did them) and the receiver and the settle loop stay here
-            run_api(settings, receiver, functools.partial(receiver_type, read_only=True, quiet_registry=True))
-        elif stop_signals is not None:
+            run_api(
+                settings,
+                receiver,
+                functools.partial(receiver_type, read_only=True, quiet_registry=True),
+                stop=stop_signals.event,
+            )
+        else:
             stop_signals.wait()
     finally:
-        if stop_signals is not None:
-            stop_signals.close()
+        stop_signals.close()
         backfill_stop.set()  # between two studies; the next start goes on where it stopped
         if hl7 is not None:
             hl7.shutdown()
@@ -327,18 +332,18 @@ class _StopSignals:
         import socket
         import threading
 
-        self._stop = threading.Event()
+        self.event = threading.Event()
         self._woken, self._wake = socket.socketpair()
         self._wake.setblocking(False)
         self._previous_fd = signal.set_wakeup_fd(self._wake.fileno())
         self._previous = {
-            sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+            sig: signal.signal(sig, lambda *_: self.event.set()) for sig in (signal.SIGTERM, signal.SIGINT)
         }
 
     def wait(self) -> None:
         import select
 
-        while not self._stop.is_set():
+        while not self.event.is_set():
             if select.select([self._woken], [], [], 5.0)[0]:
                 self._woken.recv(64)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -194,3 +195,44 @@ def test_sigterm_caught_by_any_thread_stops_serve_cleanly(receiver_factory):
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.tgkill(pid, others[-1], signal.SIGTERM) == 0, ctypes.get_errno()
     assert server.proc.wait(timeout=60) == 0, server.log()  # a missed signal hangs here, and fails
+
+
+@pytest.mark.parametrize("http_workers", ["1", "2"])
+def test_sigterm_right_after_the_announcement_stops_serve_cleanly(tmp_path: Path, http_workers: str):
+    """A service manager may stop `serve` the moment it says it listens: the signal is caught from before the
+    announcement, also while the API is still starting (its app built, uvicorn or its workers not yet running),
+    and `serve` ends cleanly (exit 0), rather than by the signal's default action or never."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMCHECK_")}
+    env["DICOMCHECK_HTTP_WORKERS"] = http_workers
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicomcheck.cli",
+            "serve",
+            "--no-scp",
+            "--bind",
+            "127.0.0.1",
+            "--http-port",
+            str(free_port()),
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        seen = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "API listening" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        assert proc.wait(timeout=60) == 0, "".join(seen) + proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -259,14 +259,18 @@ def run_api(
     settings: Settings,
     receiver: StudyOperations,
     operations_factory: Callable[[Settings], StudyOperations] | None = None,
+    *,
+    stop: threading.Event | None = None,
 ) -> None:
     """Serve until SIGTERM / SIGINT: in this process (one worker, or no ``operations_factory`` to open the
-    index in a worker), or in ``worker_count`` worker processes."""
+    index in a worker), or in ``worker_count`` worker processes. ``stop``: set by the caller's own handlers of
+    those signals, installed before start-up (one that came before uvicorn's or the workers' handlers took
+    over still stops the service)."""
     workers = worker_count(settings)
     if workers > 1 and operations_factory is not None:
-        run_workers(settings, workers, operations_factory)
+        run_workers(settings, workers, operations_factory, stop=stop)
         return
-    _serve(settings, receiver, sockets=None)
+    _serve(settings, receiver, sockets=None, stop=stop)
 
 
 def accept_burst(max_connections: int) -> int:
@@ -278,8 +282,15 @@ def accept_burst(max_connections: int) -> int:
     return max(16, min(2048, max_connections // 4))
 
 
-def _serve(settings: Settings, operations: StudyOperations, *, sockets: list[socket.socket] | None) -> None:
-    """uvicorn with the guarded protocol, on its own port or on ``sockets`` (a worker)."""
+def _serve(
+    settings: Settings,
+    operations: StudyOperations,
+    *,
+    sockets: list[socket.socket] | None,
+    stop: threading.Event | None = None,
+) -> None:
+    """uvicorn with the guarded protocol, on its own port or on ``sockets`` (a worker); ``stop`` set (before
+    uvicorn has its own signal handlers, or after) ends it as its own SIGTERM handling does."""
     soft = raise_nofile_limit()
     protocol = guarded_protocol(settings, soft)
     app = create_app(settings, operations)
@@ -308,6 +319,13 @@ def _serve(settings: Settings, operations: StudyOperations, *, sockets: list[soc
         settings.http_max_header_size,
         settings.http_max_body,
     )
+    if stop is not None:
+
+        def exit_on_stop() -> None:
+            stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=exit_on_stop, name="stop-signal", daemon=True).start()
     server.run(sockets=sockets)
 
 
@@ -337,7 +355,13 @@ def http_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-def run_workers(settings: Settings, workers: int, operations_factory: Callable[[Settings], StudyOperations]) -> None:
+def run_workers(
+    settings: Settings,
+    workers: int,
+    operations_factory: Callable[[Settings], StudyOperations],
+    *,
+    stop: threading.Event | None = None,
+) -> None:
     """Start ``workers`` HTTP processes on one socket; start again any that dies; stop them on SIGTERM / SIGINT."""
     try:
         sock = http_socket(settings)
@@ -358,14 +382,14 @@ def run_workers(settings: Settings, workers: int, operations_factory: Callable[[
         process.start()
         return process
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopped = stop if stop is not None else threading.Event()  # the caller's, which may be set already
+    previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     processes = [start(n) for n in range(workers)]
     log.info("HTTP: %d worker processes on %s:%d", workers, settings.bind, sock.getsockname()[1])
     try:
-        while not stop.wait(0.5):
+        while not stopped.wait(0.5):
             for n, process in enumerate(processes):
-                if not process.is_alive() and not stop.is_set():
+                if not process.is_alive() and not stopped.is_set():
                     log.warning(
                         "HTTP worker %d (pid %s) exited with %s: started again", n, process.pid, process.exitcode
                     )
