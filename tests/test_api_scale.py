@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, event, func, insert, select
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from dicomcheck.api import create_app
@@ -263,6 +264,34 @@ def test_a_lookup_whose_audit_cannot_be_written_is_not_answered(app: tuple[TestC
     assert len(_audited(str(receiver.engine.url.render_as_string(hide_password=False)))) == before
     reads = [r.token_name for r in Access(receiver.engine).reads(BENCH.study_uid(3))]
     assert "billing" not in reads, "the read was recorded without its audit event"
+
+
+def test_a_sqlite_lookup_on_the_loop_never_waits_for_the_pool(tmp_path: Path) -> None:
+    """SQLite lookups run on the event loop, on a connection of the loop's own: with every pooled connection held
+    elsewhere (requests on threads that give theirs back only through the loop), a lookup is still answered at
+    once, not after the pool's timeout with a 500. (PostgreSQL lookups wait for the pool on a worker thread.)"""
+    url = f"sqlite:///{tmp_path / 'index.sqlite3'}"
+    BENCH.populate(url, 10, _templates(), sqlite_fast=True)
+    receiver = Receiver(Settings(data=tmp_path / "data", database_url=url))
+    token = Access(receiver.engine).create_token("billing", "reader")
+    client = TestClient(create_app(receiver.settings, receiver))
+    engine = receiver.engine
+    headers = {"Authorization": f"Bearer {token}"}
+    with client:  # start-up takes the loop's connection
+        held = []
+        try:
+            while True:  # every connection the pool will give (then the 30 s pool timeout: a waiting lookup fails)
+                try:
+                    held.append(engine.connect())
+                except PoolTimeout:
+                    break
+            assert held, "the pool gave no connection"
+            for path in (f"/studies/{BENCH.study_uid(4)}", "/studies?limit=5"):
+                assert client.get(path, headers=headers).status_code == 200, path
+        finally:
+            for connection in held:
+                connection.close()
+    engine.dispose()
 
 
 def _serve(data: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:

@@ -8,6 +8,8 @@ every refused request writes an audit event named after the DICOM / IHE ATNA voc
 # No `from __future__ import annotations`: FastAPI resolves the handler annotations at runtime.
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import cast
 
 from fastapi import FastAPI, HTTPException, Request
@@ -19,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__, metrics
 from ..config import Settings
 from ..store.access import GroupCommit
+from ..store.reads import ThreadConnections
 from ..ui import UI_ROUTERS
 from .deps import GUARD_OF_ENDPOINT, GUARDS, StudyOperations, run_lookup
 from .routes import ROUTERS
@@ -36,9 +39,20 @@ ERROR_RESPONSES = {
 }
 
 
+@asynccontextmanager
+async def _reserve_loop_connection(app: FastAPI) -> AsyncIterator[None]:
+    """On SQLite the lookups run on the event loop, on a connection of the loop's own (``api.deps.run_lookup``):
+    taken at start-up, before any request holds one of the pool's."""
+    engine = app.state.operations.engine
+    if engine.dialect.name == "sqlite":
+        ThreadConnections.of(engine)
+    yield
+
+
 def create_app(settings: Settings, operations: StudyOperations) -> FastAPI:
     """The API app on the index ``operations`` works on (no import-time state)."""
     app = FastAPIOffline(
+        lifespan=_reserve_loop_connection,
         responses=ERROR_RESPONSES,
         static_url=DOCS_ASSETS,
         max_body_size=settings.http_max_body,

@@ -179,7 +179,8 @@ async def run_lookup(guard: RoleGuard, request: Request, work: Callable[[IndexSe
 
         return await run_in_threadpool(run)
     failure: BaseException | None = None
-    with IndexSession.open(engine, defer_writes=True) as store:  # the connection is back before the await
+    # the loop's own connection (never waits for the pool: store.reads.ThreadConnections), free before the await
+    with IndexSession.on_this_thread(engine, defer_writes=True) as store:
         try:
             answer = work(store, guard.check(request, store))
         except Exception as exc:  # noqa: BLE001 - raised again once its audit event is durable

@@ -9,12 +9,14 @@ connection instead of one per lookup.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, and_, bindparam, case, exists, func, or_, select, text
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, case, event, exists, func, or_, select, text
 from sqlmodel import Session, col
 
 from ..enums import Outcome
@@ -544,6 +546,43 @@ class IndexReader:
             ]
 
 
+class ThreadConnections:
+    """One connection per engine and thread, kept open between uses, outside the pool's traffic.
+
+    For the event loop's thread (SQLite lookups: ``api.deps.run_lookup``): checking a connection out of the pool
+    there could wait, with the whole loop, for connections that other requests' threads hold and give back only
+    through the loop (FastAPI ends their yield dependencies from it): a stall until the pool's timeout. The
+    loop runs its lookups one at a time, so one connection of its own is all it needs, taken once. The
+    connections are closed when the engine is disposed; a closed or invalidated one is replaced."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _held: ClassVar[weakref.WeakKeyDictionary[Engine, dict[int, Connection]]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, engine: Engine) -> Connection:
+        """The calling thread's connection to ``engine`` (checked out of the pool on its first use only)."""
+        thread = threading.get_ident()
+        with cls._lock:
+            held = cls._held.get(engine)
+            if held is None:
+                held = cls._held[engine] = {}
+                event.listen(engine, "engine_disposed", cls._close_all)
+            connection = held.get(thread)
+            if connection is not None and not connection.closed and not connection.invalidated:
+                return connection
+        connection = engine.connect()
+        with cls._lock:
+            cls._held.setdefault(engine, {})[thread] = connection
+        return connection
+
+    @classmethod
+    def _close_all(cls, engine: Engine) -> None:
+        with cls._lock:
+            held = cls._held.pop(engine, {})
+        for connection in held.values():
+            connection.close()
+
+
 @dataclass(frozen=True, slots=True)
 class IndexSession:
     """One connection for a unit of work (an API request): its reads and the API's writes share it."""
@@ -565,6 +604,19 @@ class IndexSession:
             if autocommit_reads and engine.dialect.name == "postgresql":
                 connection.execution_options(isolation_level=AUTOCOMMIT)
             yield cls(IndexReader(connection), Access(connection, defer_writes=defer_writes))
+
+    @classmethod
+    @contextmanager
+    def on_this_thread(cls, engine: Engine, *, defer_writes: bool = False) -> Iterator[IndexSession]:
+        """:meth:`open` on the calling thread's own connection (:class:`ThreadConnections`), never waiting for
+        the pool; left without an open transaction after the block (a read snapshot held on would keep SQLite
+        from checkpointing its WAL)."""
+        connection = ThreadConnections.of(engine)
+        try:
+            yield cls(IndexReader(connection), Access(connection, defer_writes=defer_writes))
+        finally:
+            if not connection.closed and connection.in_transaction():
+                connection.rollback()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
