@@ -301,12 +301,6 @@ class Settings(BaseSettings):
             raise ValueError(f"not IP addresses or networks (a proxy is named by its address, never '*'): {bad}")
         return cleaned
 
-    @field_validator("evidence_retry_max_age")
-    @classmethod
-    def _retry_age(cls, value: str) -> str:
-        parse_duration(value)  # raises ValueError with the reason
-        return value.strip()
-
     @field_validator("private_sop_classes")
     @classmethod
     def _uids(cls, value: list[str]) -> list[str]:
@@ -315,7 +309,7 @@ class Settings(BaseSettings):
             raise ValueError(f"not UIDs: {bad}")
         return value
 
-    @field_validator("pixel_retention", "quarantine_retention")
+    @field_validator("pixel_retention", "quarantine_retention", "evidence_retry_max_age")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)  # raises ValueError with the reason
