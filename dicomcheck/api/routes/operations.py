@@ -33,6 +33,12 @@ def _signals(bind: IndexBind) -> OperationsSignals | None:
     return signals
 
 
+def _degrade(body: dict[str, Any], reason: str) -> None:
+    """Mark the health answer degraded (still 200), its reason added to those already there."""
+    body["status"] = "degraded"
+    body["reason"] = "; ".join(filter(None, [body.get("reason"), reason]))
+
+
 @router.get(
     "/healthz",
     response_model=Health,
@@ -50,25 +56,16 @@ def healthz(operations: OperationsDep) -> JSONResponse:
         "registry": "none" if operations.settings.devices is None else "error" if registry.error else "ok",
     }
     if registry.error:
-        body.update(
-            status="degraded",
-            reason=f"device registry unusable, deciding with its last good version: {registry.error}"[:500],
-        )
+        _degrade(body, f"device registry unusable, deciding with its last good version: {registry.error}"[:500])
     # Below min_free_space new instances are refused with 0xA700 (store/retention.py): degraded, still 200.
     settings = operations.settings
     space = budget_for(settings.storage_dir, settings.min_free_space_budget).space()
     body["storage"] = "unknown" if space is None else "below min_free_space" if space.below else "ok"
     if space is not None and space.below:
-        body["status"] = "degraded"
-        body["reason"] = "; ".join(
-            filter(
-                None,
-                [
-                    body.get("reason"),
-                    f"storage volume below min_free_space ({human_bytes(space.free)} free, "
-                    f"{human_bytes(space.wanted)} wanted): new instances are refused with 0xA700",
-                ],
-            )
+        _degrade(
+            body,
+            f"storage volume below min_free_space ({human_bytes(space.free)} free, "
+            f"{human_bytes(space.wanted)} wanted): new instances are refused with 0xA700",
         )
     # What waits is not liveness: 200 whatever the counts. Failed evidence returns are the exception that
     # degrades: the PACS lacks a decision's KOS / SR and nothing more will be tried until someone acts
@@ -84,16 +81,10 @@ def healthz(operations: OperationsDep) -> JSONResponse:
             "evidence_returns_failed": signals.evidence_returns_failed,
         }
         if signals.evidence_returns_failed:
-            body["status"] = "degraded"
-            body["reason"] = "; ".join(
-                filter(
-                    None,
-                    [
-                        body.get("reason"),
-                        f"{signals.evidence_returns_failed} evidence return(s) to the PACS failed: see "
-                        "`dicomcheck evidence returns`, then `--retry`",
-                    ],
-                )
+            _degrade(
+                body,
+                f"{signals.evidence_returns_failed} evidence return(s) to the PACS failed: see "
+                "`dicomcheck evidence returns`, then `--retry`",
             )
     if signals is not None or index_reachable(operations.engine):
         return JSONResponse(body)
