@@ -214,35 +214,37 @@ class GroupCommit:
     def run(self, work: Callable[[Connection], Result]) -> Result:
         """``work`` run on the writer's connection and committed; its result (or its exception)."""
         job = _Job(work)
-        with self._handover:
-            queued = not self._stopped
-            if queued:
-                self._jobs.put(job)
-        if not queued:  # the engine was disposed meanwhile: the work commits on a connection of its own
+        if not self._queued(job):  # the engine was disposed meanwhile: the work commits on a connection of its own
             with self._engine.begin() as connection:
                 return work(connection)
         job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return cast(Result, job.result)
+        return cast(Result, self._outcome(job))
 
     async def run_async(self, work: Callable[[Connection], Result]) -> Result:
         """:meth:`run` for a coroutine on the event loop: the loop goes on serving other requests while the
         writer commits (their writes join the same COMMIT), and the coroutine resumes once ``work`` is durable."""
         loop = asyncio.get_running_loop()
-        job = _Job(work, waiter=(loop, loop.create_future()))
-        with self._handover:
-            queued = not self._stopped
-            if queued:
-                self._jobs.put(job)
-        if not queued:
+        done = loop.create_future()
+        job = _Job(work, waiter=(loop, done))
+        if not self._queued(job):
             with self._engine.begin() as connection:
                 return work(connection)
-        assert job.waiter is not None
-        await asyncio.shield(job.waiter[1])  # a cancelled request still has its writes committed by the thread
+        await asyncio.shield(done)  # a cancelled request still has its writes committed by the thread
+        return cast(Result, self._outcome(job))
+
+    def _queued(self, job: _Job) -> bool:
+        """Hand ``job`` to the writer thread; False once the group has stopped (its engine disposed)."""
+        with self._handover:
+            if self._stopped:
+                return False
+            self._jobs.put(job)
+            return True
+
+    @staticmethod
+    def _outcome(job: _Job) -> Any:
         if job.error is not None:
             raise job.error
-        return cast(Result, job.result)
+        return job.result
 
     def _serve(self) -> None:
         connection = self._connection
@@ -401,8 +403,9 @@ class Access:
 
     def _write(self, work: Callable[[Connection], object], *, one_statement: bool = False) -> None:
         """Commit ``work`` now (``commit_writes``), or, on a lookup's connection that defers its writes (a SQLite
-        lookup on the event loop: ``IndexSession.open(defer_writes=True)``), keep it for the one commit the lookup
-        awaits before it answers (:meth:`take_deferred`); inside a transaction the caller holds, join that."""
+        lookup on the event loop: ``IndexSession.on_this_thread(defer_writes=True)``), keep it for the one commit
+        the lookup awaits before it answers (:meth:`take_deferred`); inside a transaction the caller holds, join
+        that."""
         if self._deferred is not None and not (isinstance(self.bind, Connection) and self.bind.in_transaction()):
             self._deferred.append(work)
             return

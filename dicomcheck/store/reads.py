@@ -592,25 +592,23 @@ class IndexSession:
 
     @classmethod
     @contextmanager
-    def open(
-        cls, engine: Engine, *, autocommit_reads: bool = False, defer_writes: bool = False
-    ) -> Iterator[IndexSession]:
+    def open(cls, engine: Engine, *, autocommit_reads: bool = False) -> Iterator[IndexSession]:
         """``autocommit_reads`` (a PostgreSQL lookup's session): every read is one round trip, without the BEGIN
         and ROLLBACK around it, and one-statement writes commit themselves (``access.commit_writes``); several
-        writes together still get a real transaction (``access.transaction_on``). ``defer_writes`` (a SQLite
-        lookup's session on the event loop): the audit event and read records are kept
-        (``Access.take_deferred``) for the one group commit the lookup awaits before it answers."""
+        writes together still get a real transaction (``access.transaction_on``)."""
         with engine.connect() as connection:
             if autocommit_reads and engine.dialect.name == "postgresql":
                 connection.execution_options(isolation_level=AUTOCOMMIT)
-            yield cls(IndexReader(connection), Access(connection, defer_writes=defer_writes))
+            yield cls(IndexReader(connection), Access(connection))
 
     @classmethod
     @contextmanager
     def on_this_thread(cls, engine: Engine, *, defer_writes: bool = False) -> Iterator[IndexSession]:
         """:meth:`open` on the calling thread's own connection (:class:`ThreadConnections`), never waiting for
         the pool; left without an open transaction after the block (a read snapshot held on would keep SQLite
-        from checkpointing its WAL)."""
+        from checkpointing its WAL). ``defer_writes`` (a SQLite lookup on the event loop): the audit event and
+        read records are kept (``Access.take_deferred``) for the one group commit the lookup awaits before it
+        answers."""
         connection = ThreadConnections.of(engine)
         try:
             yield cls(IndexReader(connection), Access(connection, defer_writes=defer_writes))
