@@ -160,6 +160,22 @@ def start_receiver(
     raise AssertionError(f"receiver did not start:\n{server.log()}")
 
 
+def start_api_only(
+    data: Path, port: int, *extra: str, env: dict[str, str] | None = None, stdout=None
+) -> subprocess.Popen:
+    """`dicomcheck serve --no-scp` on 127.0.0.1:``port`` (the API alone), the test run's own DICOMCHECK_* settings
+    left out and ``env`` added; its output to ``stdout`` (a file or ``subprocess.PIPE``, as text)."""
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("DICOMCHECK_")}, **(env or {})}
+    command = [sys.executable, "-m", "dicomcheck.cli", "serve", "--no-scp", "--http-port", str(port)]
+    return subprocess.Popen(
+        [*command, "--bind", "127.0.0.1", "--data", str(data), *extra],
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        text=True,
+    )
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, *, describe=None):
     """Poll ``predicate`` until it is truthy (its value is returned) or fail after ``timeout`` seconds,
     with ``describe()`` (what was seen instead) in the message when given."""

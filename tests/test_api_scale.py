@@ -8,7 +8,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from dicomcheck.store.access import Access, GroupCommit
 from dicomcheck.store.engine import make_engine, upgrade
 from dicomcheck.store.tables import AuditEvent, utcnow
 
-from .peers import free_port, stop_process, wait_for
+from .peers import free_port, start_api_only, stop_process, wait_for
 from .test_explain import BENCH, _templates
 
 READ_EVENT = "DICOM Instances Accessed"
@@ -296,27 +295,8 @@ def test_a_sqlite_lookup_on_the_loop_never_waits_for_the_pool(tmp_path: Path) ->
 
 def _serve(data: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    log = (data.parent / f"serve-{port}.log").open("ab")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DICOMCHECK_")}, **(env or {})}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomcheck.cli",
-            "serve",
-            "--no-scp",
-            "--http-port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--data",
-            str(data),
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    log = (data.parent / f"serve-{port}.log").open("a")
+    proc = start_api_only(data, port, *extra, env=env, stdout=log)
 
     def healthy() -> bool:
         assert proc.poll() is None, (data.parent / f"serve-{port}.log").read_text()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from .conftest import drop_postgres_schema, postgres_schema_url
 from .dicomfiles import ct_dataset
-from .peers import free_port, peer_env, require_peer, wait_for
+from .peers import free_port, peer_env, require_peer, start_api_only, wait_for
 
 
 def token(data: Path, name: str = "billing", role: str = "reader", database_url: str | None = None) -> str:
@@ -202,27 +201,8 @@ def test_sigterm_right_after_the_announcement_stops_serve_cleanly(tmp_path: Path
     """A service manager may stop `serve` the moment it says it listens: the signal is caught from before the
     announcement, also while the API is still starting (its app built, uvicorn or its workers not yet running),
     and `serve` ends cleanly (exit 0), rather than by the signal's default action or never."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMCHECK_")}
-    env["DICOMCHECK_HTTP_WORKERS"] = http_workers
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomcheck.cli",
-            "serve",
-            "--no-scp",
-            "--bind",
-            "127.0.0.1",
-            "--http-port",
-            str(free_port()),
-            "--data",
-            str(tmp_path / "data"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    env = {"DICOMCHECK_HTTP_WORKERS": http_workers}
+    proc = start_api_only(tmp_path / "data", free_port(), env=env, stdout=subprocess.PIPE)
     try:
         seen = []
         assert proc.stdout is not None
