@@ -19,7 +19,7 @@ from sqlalchemy import Engine, event
 from dicomcheck.api import create_app
 from dicomcheck.config import Settings
 from dicomcheck.ingest import Receiver
-from dicomcheck.store.access import Access
+from dicomcheck.store.access import Access, audit_row
 from dicomcheck.store.reads import IndexSession
 from dicomcheck.store.records import EarlierRead, StudyForRead
 
@@ -177,7 +177,7 @@ def test_several_writes_on_a_lookup_connection_are_still_one_transaction(indexed
     with IndexSession.open(engine, autocommit_reads=True) as session:
         with pytest.raises(RuntimeError), session.transaction():
             session.access.record_read(uid, "ris-atomic", None, "documented", audit=AUDIT)
-            session.access.audit(event="Query", action="E", method="GET", endpoint="/x", token=None)
+            session.access.audit(audit_row(event="Query", action="E", method="GET", endpoint="/x", token=None))
             raise RuntimeError("after two writes")
         assert session.reader.study_for_read(uid, reader="ris-atomic").earlier == EarlierRead(None, None)
         if engine.dialect.name == "postgresql":

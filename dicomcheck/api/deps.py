@@ -6,7 +6,7 @@ No `from __future__ import annotations`: FastAPI resolves the dependency annotat
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from typing import Annotated, NoReturn, Protocol, TypeVar
+from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy import Engine
@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from ..config import Settings
 from ..decision_record import StudyDecisionUnderPolicy
 from ..registry import Registry
-from ..store.access import GroupCommit, TokenInfo
+from ..store.access import GroupCommit, TokenInfo, audit_row
 from ..store.reads import IndexSession
 from ..store.records import StudyForRead, StudyRecord
 from .schemas import UID_PATTERN
@@ -67,6 +67,30 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+def request_audit(
+    request: Request,
+    token: TokenInfo | None,
+    event: str,
+    action: str,
+    *,
+    study_uid: str | None = None,
+    outcome: int = 0,
+    detail: dict | None = None,
+) -> dict[str, Any]:
+    """The audit event (DICOM / IHE ATNA event names) of this request (method, path, client), by ``token``."""
+    return audit_row(
+        event=event,
+        action=action,
+        method=request.method,
+        endpoint=request.url.path,
+        token=token,
+        study_uid=study_uid,
+        client_address=client_address(request),
+        outcome=outcome,
+        detail=detail,
+    )
+
+
 def audit(
     store: IndexSession,
     request: Request,
@@ -78,17 +102,9 @@ def audit(
     outcome: int = 0,
     detail: dict | None = None,
 ) -> None:
-    """Write one audit event (DICOM / IHE ATNA event names) for this request, committed at once."""
+    """Write one audit event for this request (:func:`request_audit`), committed at once."""
     store.access.audit(
-        event=event,
-        action=action,
-        method=request.method,
-        endpoint=request.url.path,
-        token=token,
-        study_uid=study_uid,
-        client_address=client_address(request),
-        outcome=outcome,
-        detail=detail,
+        request_audit(request, token, event, action, study_uid=study_uid, outcome=outcome, detail=detail)
     )
 
 

@@ -33,7 +33,7 @@ from hl7.mllp import HL7StreamProtocol, HL7StreamWriter, MLLPStreamReader
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..store.access import Access
+from ..store.access import Access, audit_row
 from ..store.reports import NewReport, Reports
 from .hl7_message import ACCEPT, ERROR, REJECT, Header, Refused, ack, check_header, read_header, read_message
 from .hl7_message import sender_allowed as _sender_allowed
@@ -241,22 +241,14 @@ class MllpListener:
             "HL7 message %s from %s (%s) answered %s: %s", control, sender, address, refusal.code, refusal.reason
         )
         try:
-            Access(self.engine).audit(**_audit(header, address, None, refusal.code, refusal.reason, audit_call=True))
+            Access(self.engine).audit(_audit(header, address, None, refusal.code, refusal.reason))
         except SQLAlchemyError as exc:
             log.error("audit event of HL7 message %s not written: %s", control, type(exc).__name__)
         return ack(header, refusal.code, refusal.reason, error_code=refusal.error_code)
 
 
-def _audit(
-    header: Header | None,
-    address: str | None,
-    study_uid: str | None,
-    code: str,
-    reason: str | None,
-    *,
-    audit_call: bool = False,
-) -> dict[str, Any]:
-    """The audit event of one message: as ``Access.audit`` takes it (``audit_call``) or as ``AuditEvent`` fields."""
+def _audit(header: Header | None, address: str | None, study_uid: str | None, code: str, reason: str | None) -> dict:
+    """The audit event of one message (``store.access.audit_row``)."""
     not_allowed = code == REJECT and reason is not None and "not allowed" in reason
     detail: dict[str, Any] = {
         "control_id": header.control_id if header else None,
@@ -265,15 +257,14 @@ def _audit(
     }
     if reason:
         detail["reason"] = reason
-    fields: dict[str, Any] = {
-        "event": "Security Alert" if not_allowed else AUDIT_EVENT,
-        "action": "E" if not_allowed else "C",
-        "outcome": 0 if code == ACCEPT else 4,
-        "method": "MLLP",
-        "endpoint": "hl7",
-        "client_address": address,
-        "detail": detail,
-    }
-    if audit_call:
-        return {**fields, "token": None, "study_uid": study_uid}
-    return {**fields, "token_name": None, "role": None, "study_instance_uid": study_uid}
+    return audit_row(
+        event="Security Alert" if not_allowed else AUDIT_EVENT,
+        action="E" if not_allowed else "C",
+        outcome=0 if code == ACCEPT else 4,
+        method="MLLP",
+        endpoint="hl7",
+        token=None,
+        study_uid=study_uid,
+        client_address=address,
+        detail=detail,
+    )

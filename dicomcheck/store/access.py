@@ -393,6 +393,34 @@ class TokenInfo:
         return study_uid in self.studies or (accession is not None and accession in self.accessions)
 
 
+def audit_row(
+    *,
+    event: str,
+    action: str,
+    method: str,
+    endpoint: str,
+    token: TokenInfo | None,
+    study_uid: str | None = None,
+    client_address: str | None = None,
+    outcome: int = 0,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns of one audit event (DICOM / IHE ATNA event names) but its time, the request-derived text made
+    storable (:func:`_text`): what ``Access.audit``, ``Access.record_read`` and ``Reports.add`` write."""
+    return {
+        "event": event,
+        "action": action,
+        "outcome": outcome,
+        "token_name": token.name if token else None,
+        "role": token.role if token else None,
+        "method": _text(method),
+        "endpoint": _text(endpoint),
+        "study_instance_uid": _text(study_uid),
+        "client_address": _text(client_address),
+        "detail": _text(detail or {}),
+    }
+
+
 class Access:
     """Tokens, audit trail, registry devices, reviews and reads; ``bind`` is an engine (a connection
     per call) or the one connection of an API request (``store.reads.IndexSession``)."""
@@ -504,40 +532,10 @@ class Access:
         return row_id, TokenInfo(name, role, expires, tuple(studies or ()), tuple(accessions or ()))
 
     # ---------------------------------------------------------------- audit
-    def audit(
-        self,
-        *,
-        event: str,
-        action: str,
-        method: str,
-        endpoint: str,
-        token: TokenInfo | None,
-        study_uid: str | None = None,
-        client_address: str | None = None,
-        outcome: int = 0,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        """Write one audit event, committed at once (or with the transaction the caller holds, or with the
-        lookup's deferred writes, before its answer)."""
-        self._write(
-            lambda connection: connection.execute(
-                _AUDIT_INSERT,
-                {
-                    "at": utcnow(),
-                    "event": event,
-                    "action": action,
-                    "outcome": outcome,
-                    "token_name": token.name if token else None,
-                    "role": token.role if token else None,
-                    "method": _text(method),
-                    "endpoint": _text(endpoint),
-                    "study_instance_uid": _text(study_uid),
-                    "client_address": _text(client_address),
-                    "detail": _text(detail or {}),
-                },
-            ),
-            one_statement=True,
-        )
+    def audit(self, row: Mapping[str, Any]) -> None:
+        """Write one audit event (``row``: :func:`audit_row`), committed at once (or with the transaction the
+        caller holds, or with the lookup's deferred writes, before its answer)."""
+        self._write(lambda connection: connection.execute(_AUDIT_INSERT, {"at": utcnow(), **row}), one_statement=True)
 
     def audit_events(
         self,
@@ -691,14 +689,14 @@ class Access:
                 **keys,
                 "decision_id": decision_id,
                 "documentation": documentation,
-                **{f"audit_{name}": _text(audit.get(name)) for name in _AUDIT_FIELDS},
+                **{f"audit_{name}": audit.get(name) for name in _AUDIT_FIELDS},
             }
             self._write(lambda connection: connection.execute(written, params), one_statement=True)
             return earlier
 
         def write(connection: Connection) -> EarlierRead:
             if audit is not None:
-                connection.execute(_AUDIT_INSERT, {"at": now, **_text(audit)})
+                connection.execute(_AUDIT_INSERT, {"at": now, **audit})
             before = earlier
             if before is None:
                 row = connection.execute(_EARLIER_READ, keys).first()

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from .. import __version__
 from ..decision_record import StudyDecisionUnderPolicy
 from ..evidence.service import PackFolders, PackSite
-from ..store.access import TokenInfo
+from ..store.access import TokenInfo, audit_row
 from ..store.reads import IndexSession
 from ..store.signouts import SignOuts
 from .dashboard import error_class
@@ -140,15 +140,17 @@ def audit(
     """One audit event for this request (the API's events; the reader is the token's name); a page
     view's detail says ``page``."""
     store.access.audit(
-        event=event,
-        action=action,
-        method=request.method,
-        endpoint=request.url.path,
-        token=token,
-        study_uid=study_uid,
-        client_address=request.client.host if request.client else None,
-        outcome=outcome,
-        detail={"page": True, **(detail or {})} if page else (detail or {}),
+        audit_row(
+            event=event,
+            action=action,
+            method=request.method,
+            endpoint=request.url.path,
+            token=token,
+            study_uid=study_uid,
+            client_address=request.client.host if request.client else None,
+            outcome=outcome,
+            detail={"page": True, **(detail or {})} if page else detail,
+        )
     )
 
 

@@ -21,7 +21,7 @@ from ...reports_in.view import ReportPart, report_part
 from ...store.reads import IndexSession
 from ...store.records import StudyListItem, StudyPage, StudyPosition, StudyRecord
 from ...store.reports import NewReport, Reports
-from ..deps import RoleGuard, client_address
+from ..deps import RoleGuard, request_audit
 from ..schemas import UID_PATTERN, ErrorOut, ReportReceipt
 
 router = APIRouter(tags=["reports"])
@@ -138,18 +138,14 @@ def _store_report(study_uid: str, request: Request, body: bytes) -> JSONResponse
             source="api",
             sender=token.name,
         )
-        audit = {
-            "event": "Procedure Record",
-            "action": "C",
-            "outcome": 0,
-            "token_name": token.name,
-            "role": token.role,
-            "method": request.method,
-            "endpoint": request.url.path,
-            "study_instance_uid": study_uid,
-            "client_address": client_address(request),
-            "detail": {"status": status, "source": "api", "matched": study is not None},
-        }
+        audit = request_audit(
+            request,
+            token,
+            "Procedure Record",
+            "C",
+            study_uid=study_uid,
+            detail={"status": status, "source": "api", "matched": study is not None},
+        )
         stored, _ = Reports(store.reader.bind).add(new, audit=audit)
     receipt = ReportReceipt(
         report_id=stored.id,

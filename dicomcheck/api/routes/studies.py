@@ -32,6 +32,7 @@ from ..deps import (
     guarded,
     readable_for_read,
     readable_study,
+    request_audit,
     run_lookup,
 )
 from ..schemas import (
@@ -83,24 +84,15 @@ def study_view(
     report = study_report(store, operations.settings, study, document)
     changed = False
     if read_by is not None:
-        audit_fields = {
-            "event": "DICOM Instances Accessed",
-            "action": "R",
-            "outcome": 0,
-            "token_name": token.name,
-            "role": token.role,
-            "method": read_by.method,
-            "endpoint": read_by.url.path,
-            "study_instance_uid": study.study_instance_uid,
-            "client_address": read_by.client.host if read_by.client else None,
-            "detail": {"outcome": document.get("outcome"), "documentation": report.documentation},
-        }
+        detail = {"outcome": document.get("outcome"), "documentation": report.documentation}
         earlier = store.access.record_read(
             study.study_instance_uid,
             token.name,
             decision_id,
             report.documentation,
-            audit=audit_fields,
+            audit=request_audit(
+                read_by, token, "DICOM Instances Accessed", "R", study_uid=study.study_instance_uid, detail=detail
+            ),
             earlier=found.earlier,
         )
         previous = earlier.study_read
